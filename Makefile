@@ -1,0 +1,26 @@
+# Top-level entry points. `make quickstart` and `make test` are the README's two commands.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
+
+.PHONY: setup build test test-all quickstart clean bench
+
+setup:
+	bash scripts/setup.sh
+
+build:
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Fast suite (what CI runs). Slow and MPI tests carry CTest labels and are excluded here.
+test: setup build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE "slow|mpi"
+
+test-all: setup build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+quickstart: setup build
+	./$(BUILD)/skymoe quickstart
+
+clean:
+	rm -rf $(BUILD)
