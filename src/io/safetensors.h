@@ -1,0 +1,59 @@
+#pragma once
+// Hugging Face safetensors: memory-mapped reading (one file, or a sharded directory with
+// model.safetensors.index.json) and atomic writing (temp file, then rename).
+// Format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
+// data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the data (offsets relative to it).
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace sky {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::string file;     // the shard it lives in
+  size_t offset = 0;    // absolute byte offset in that file
+  size_t nbytes = 0;
+};
+
+class SafetensorsReader {
+ public:
+  // `path` is a .safetensors file, or a directory holding model.safetensors or
+  // model.safetensors.index.json (+ shards). Validates every header fully: header length,
+  // JSON, dtypes, shapes vs byte sizes, offsets in range, no overlapping tensors.
+  static SafetensorsReader open(const std::string& path);
+
+  bool has(const std::string& name) const { return infos_.count(name) != 0; }
+  std::vector<std::string> names() const;  // sorted
+  const TensorInfo& info(const std::string& name) const;  // throws naming the tensor and the path
+  // A zero-copy view into the memory map (kept alive by the tensor's owner).
+  Tensor get(const std::string& name) const;
+  // get(name) after checking the shape; the error names tensor, file, expected and actual shape.
+  Tensor get_checked(const std::string& name, const Shape& expected) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::map<std::string, TensorInfo> infos_;
+  std::map<std::string, std::shared_ptr<void>> maps_;  // file -> mapping (munmap on release)
+  std::map<std::string, std::string> metadata_;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+// Writes one .safetensors file atomically (temp file + fsync + rename). Tensors keep their dtype.
+void write_safetensors(const std::string& path, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// Writes a model directory's weights: model.safetensors when the total is <= max_shard_bytes,
+// else model-0000i-of-0000N.safetensors shards plus model.safetensors.index.json. Each file atomic.
+void write_safetensors_dir(const std::string& dir, const NamedTensors& tensors, size_t max_shard_bytes,
+                           const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace sky

@@ -1,0 +1,28 @@
+#pragma once
+// The MoE router after the gate matmul (DESIGN.md section 2): optional gating logit normalization
+// (Skywork eq. 6, unbiased std), softmax, top-k, renormalized top-k weights. Computed in fp32 (or
+// double in tests) whatever the weights' dtype.
+#include <cstdint>
+
+namespace sky {
+
+struct RouterOptions {
+  int num_experts = 0;
+  int top_k = 2;
+  bool logits_norm = false;
+  double lambda = 1.0;  // moe_gate_norm_std
+};
+
+// logits [N, E] -> probs [N, E] = softmax(z~), topk_idx [N, k] ordered by descending prob (ties:
+// lower expert index first), topk_w [N, k] = g_j / sum of the selected g.
+template <class T>
+void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o);
+
+// Accumulates dlogits from dprobs [N, E] (gradient reaching the softmax probabilities directly,
+// e.g. from the aux loss; may be null) and dtopk_w [N, k] (gradient of the renormalized weights).
+// The normalization's mean and std are part of the differentiated graph.
+template <class T>
+void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* logits, const T* probs,
+                     const int32_t* topk_idx, int N, const RouterOptions& o);
+
+}  // namespace sky

@@ -1,0 +1,33 @@
+#include "ops/swiglu.h"
+
+#include <cmath>
+
+namespace sky {
+
+template <class T>
+void swiglu_forward(T* out, const T* gate, const T* up, long n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (long i = 0; i < n; i++) {
+    T g = gate[i];
+    out[i] = g / (T(1) + std::exp(-g)) * up[i];
+  }
+}
+
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, long n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (long i = 0; i < n; i++) {
+    T g = gate[i];
+    T s = T(1) / (T(1) + std::exp(-g));
+    T silu = g * s;
+    dup[i] += dout[i] * silu;
+    dgate[i] += dout[i] * up[i] * s * (T(1) + g * (T(1) - s));
+  }
+}
+
+template void swiglu_forward<float>(float*, const float*, const float*, long);
+template void swiglu_forward<double>(double*, const double*, const double*, long);
+template void swiglu_backward<float>(float*, float*, const float*, const float*, const float*, long);
+template void swiglu_backward<double>(double*, double*, const double*, const double*, const double*, long);
+
+}  // namespace sky
