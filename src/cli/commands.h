@@ -1,0 +1,20 @@
+#pragma once
+// Each subcommand lives in its own file and receives argv starting at its own name.
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+namespace sky::cli {
+
+int cmd_init(int argc, char** argv);
+int cmd_info(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+
+// Parses argv into `app`; returns -1 to continue, or the exit code (help printed, or a usage error).
+int parse(CLI::App& app, int argc, char** argv);
+
+// "1,5,9" -> {1, 5, 9}; throws naming the bad item.
+std::vector<int32_t> parse_id_list(const std::string& s, const char* flag);
+
+}  // namespace sky::cli

@@ -1,0 +1,115 @@
+#include "model/model.h"
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+
+namespace sky {
+
+namespace fs = std::filesystem;
+
+void Model::bind() {
+  w = param_view<float>(cfg, params.data());
+  rope = RopeTable(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta);
+}
+
+Model Model::random(const ModelConfig& cfg, uint64_t seed) {
+  cfg.validate();
+  Model m;
+  m.cfg = cfg;
+  m.layout = ParamLayout::build(cfg);
+  m.params = FloatBuf(m.layout.total);
+  m.bind();
+  const double out_scale = 1.0 / std::sqrt(2.0 * cfg.num_layers);
+  const size_t chunk = size_t(1) << 16;
+  for (size_t si = 0; si < m.layout.specs.size(); si++) {
+    const ParamSpec& s = m.layout.specs[si];
+    float* p = m.params.data() + s.offset;
+    if (s.shape.size() == 1) {
+      for (size_t i = 0; i < s.numel(); i++) p[i] = 1.0f;
+      continue;
+    }
+    bool is_out = s.name.find("o_proj") != std::string::npos || s.name.find("down_proj") != std::string::npos ||
+                  s.name.find(".w2.") != std::string::npos;
+    const double stdev = 0.02 * (is_out ? out_scale : 1.0);
+    const size_t n = s.numel(), nchunks = (n + chunk - 1) / chunk;
+    // Each chunk has its own generator so the values do not depend on the thread count.
+#pragma omp parallel for schedule(dynamic)
+    for (size_t c = 0; c < nchunks; c++) {
+      Rng rng(seed * 1000003ull + si * 7919ull + c * 104729ull + 1);
+      for (size_t i = c * chunk; i < std::min(n, (c + 1) * chunk); i++) p[i] = float(stdev * rng.normal());
+    }
+  }
+  return m;
+}
+
+static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst) {
+  SKY_CHECK(r.has(s.name), "{}: missing tensor '{}'", r.path(), s.name);
+  Tensor t = r.get_checked(s.name, s.shape);
+  SKY_CHECK(dtype_is_float(t.dtype), "{}: tensor '{}' has non-float dtype {}", r.path(), s.name, dtype_name(t.dtype));
+  convert_to_f32(t.dtype, t.data, dst, s.numel());
+  std::string scale_name = s.name.substr(0, s.name.size() - 7) + ".weight_scale";  // strip ".weight"
+  bool is_fp8 = t.dtype == DType::F8_E4M3 || t.dtype == DType::F8_E5M2;
+  if (!r.has(scale_name)) {
+    SKY_CHECK(!is_fp8, "{}: FP8 tensor '{}' has no '{}' beside it", r.path(), s.name, scale_name);
+    return;
+  }
+  Tensor sc = r.get(scale_name).to_f32();
+  const int64_t rows = s.shape[0], cols = s.numel() / rows, ns = sc.numel();
+  SKY_CHECK(ns == 1 || ns == rows, "{}: '{}' has {} values; expected 1 (per-tensor) or {} (per-row)", r.path(),
+            scale_name, ns, rows);
+  const float* f = sc.f32();
+  for (int64_t i = 0; i < rows; i++) {
+    float k = f[ns == 1 ? 0 : i];
+    for (int64_t j = 0; j < cols; j++) dst[i * cols + j] *= k;
+  }
+}
+
+void load_params(const std::string& dir, const ParamLayout& layout, float* out) {
+  SafetensorsReader r = SafetensorsReader::open(dir);
+  // Exceptions must not escape an OpenMP region: keep the first and rethrow after the loop.
+  std::exception_ptr err;
+#pragma omp parallel for schedule(dynamic)
+  for (size_t i = 0; i < layout.specs.size(); i++) {
+    try {
+      load_one(r, layout.specs[i], out + layout.specs[i].offset);
+    } catch (...) {
+#pragma omp critical
+      if (!err) err = std::current_exception();
+    }
+  }
+  if (err) std::rethrow_exception(err);
+}
+
+Model Model::load(const std::string& dir) {
+  std::error_code ec;
+  SKY_CHECK(fs::is_directory(dir, ec), "model directory '{}' does not exist or is not a directory", dir);
+  Model m;
+  m.cfg = ModelConfig::load_file(dir);
+  m.layout = ParamLayout::build(m.cfg);
+  m.params = FloatBuf(m.layout.total);
+  load_params(dir, m.layout, m.params.data());
+  m.bind();
+  return m;
+}
+
+void Model::save(const std::string& dir, DType dtype, size_t max_shard_bytes) const {
+  fs::create_directories(dir);
+  NamedTensors ts;
+  for (auto& s : layout.specs) {
+    Tensor t;
+    t.dtype = DType::F32;
+    t.shape = s.shape;
+    t.data = const_cast<float*>(params.data() + s.offset);
+    ts.emplace_back(s.name, dtype == DType::F32 || s.shape.size() == 1 ? t : t.to(dtype));
+  }
+  write_safetensors_dir(dir, ts, max_shard_bytes, {{"format", "pt"}});
+  write_text_atomic((fs::path(dir) / "config.json").string(), cfg.to_hf_json().dump(2) + "\n");
+}
+
+}  // namespace sky

@@ -1,0 +1,41 @@
+#pragma once
+// A model = config + flat f32 parameters. Loading converts whatever dtype the checkpoint holds
+// (F32/BF16/F16, FP8 with weight_scale) to f32; saving writes an HF-layout directory.
+#include <string>
+
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "ops/rope.h"
+
+namespace sky {
+
+struct Model {
+  ModelConfig cfg;
+  ParamLayout layout;
+  FloatBuf params;
+  ParamView<float> w;  // named views into params
+  RopeTable rope;      // cos/sin for positions [0, max_position_embeddings)
+
+  Model() = default;
+  Model(const Model&) = delete;  // views point into params
+  Model& operator=(const Model&) = delete;
+  Model(Model&&) = default;
+  Model& operator=(Model&&) = default;
+
+  // Llama-style init: N(0, 0.02) matrices, output projections (o_proj, w2/down_proj) scaled by
+  // 1/sqrt(2L), norms 1. Deterministic for a seed whatever the thread count.
+  static Model random(const ModelConfig& cfg, uint64_t seed);
+  // config.json + safetensors (single, sharded) from an HF-layout directory.
+  static Model load(const std::string& dir);
+  // Writes config.json and the weights (as `dtype`) into dir; shards above max_shard_bytes.
+  void save(const std::string& dir, DType dtype = DType::F32, size_t max_shard_bytes = size_t(2) << 30) const;
+
+  void bind();  // recompute `w` (after params moved) and the RoPE table
+};
+
+// Loads tensors named by `layout` from an HF directory into `out` (f32), checking names, shapes
+// and dtypes; dequantizes FP8 weights with a `.weight_scale` beside them (per-tensor or per-row).
+void load_params(const std::string& dir, const ParamLayout& layout, float* out);
+
+}  // namespace sky

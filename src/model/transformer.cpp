@@ -1,0 +1,201 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/matmul.h"
+#include "ops/rmsnorm.h"
+#include "ops/swiglu.h"
+
+namespace sky {
+
+MoeOptions moe_options(const ModelConfig& cfg, double capacity_factor, DropPolicy policy, AuxLossType aux) {
+  MoeOptions o;
+  o.router.num_experts = cfg.num_experts;
+  o.router.top_k = cfg.top_k;
+  o.router.logits_norm = cfg.logits_norm;
+  o.router.lambda = cfg.gate_norm_std;
+  o.capacity_factor = capacity_factor;
+  o.policy = policy;
+  o.aux = aux;
+  return o;
+}
+
+void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what) {
+  for (size_t i = 0; i < n; i++)
+    SKY_CHECK(ids[i] >= 0 && ids[i] < vocab, "{}: token id {} at position {} is outside the vocabulary [0, {})",
+              what, ids[i], i, vocab);
+}
+
+void Activations::resize(const ModelConfig& c, int B_, int T_) {
+  B = B_;
+  T = T_;
+  const size_t N = size_t(B) * T, H = c.hidden_size;
+  inputs.resize(N);
+  targets.resize(N);
+  pos.resize(N);
+  for (size_t n = 0; n < N; n++) pos[n] = int32_t(n % T);
+  resid.resize(c.num_layers + 1);
+  for (auto& r : resid) r.resize(N * H);
+  layers.resize(c.num_layers);
+  for (auto& L : layers) {
+    L.ln1.resize(N * H);
+    L.rstd1.resize(N);
+    L.q.resize(N * c.q_dim());
+    L.k.resize(N * c.kv_dim());
+    L.v.resize(N * c.kv_dim());
+    L.att.resize(size_t(B) * c.num_heads * T * T);
+    L.ctx.resize(N * c.q_dim());
+    L.mid.resize(N * H);
+    L.ln2.resize(N * H);
+    L.rstd2.resize(N);
+    if (!c.is_moe()) {
+      L.h1.resize(N * c.intermediate_size);
+      L.h3.resize(N * c.intermediate_size);
+      L.act.resize(N * c.intermediate_size);
+    }
+  }
+  lnf.resize(N * H);
+  rstdf.resize(N);
+  logits.resize(N * size_t(c.vocab_size));
+  losses.resize(N);
+}
+
+static MoeWeights<float> moe_weights(const ModelConfig& c, const LayerView<float>& L) {
+  MoeWeights<float> w;
+  w.H = c.hidden_size;
+  w.I = c.intermediate_size;
+  w.E = c.num_experts;
+  w.router = L.router;
+  w.w1 = L.w1;
+  w.w3 = L.w3;
+  w.w2 = L.w2;
+  return w;
+}
+
+// out = FFN(in) for N rows, dense or MoE; the caches receive what backward needs.
+static void ffn_forward(const Model& m, int l, LayerActs& A, const float* in, float* out, int N, const MoeOptions& moe) {
+  const ModelConfig& c = m.cfg;
+  const auto& L = m.w.layers[l];
+  if (c.is_moe()) {
+    moe_forward(out, in, N, moe_weights(c, L), moe, A.moe);
+    return;
+  }
+  const int H = c.hidden_size, I = c.intermediate_size;
+  A.h1.resize(size_t(N) * I);
+  A.h3.resize(size_t(N) * I);
+  A.act.resize(size_t(N) * I);
+  matmul_forward(A.h1.data(), in, L.w_gate, N, H, I);
+  matmul_forward(A.h3.data(), in, L.w_up, N, H, I);
+  swiglu_forward(A.act.data(), A.h1.data(), A.h3.data(), long(N) * I);
+  matmul_forward(out, A.act.data(), L.w_down, N, I, H);
+}
+
+static void add_inplace(float* y, const float* x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+double forward(const Model& m, Activations& A, const int32_t* inputs, const int32_t* targets, int B, int T,
+               const MoeOptions& moe) {
+  const ModelConfig& c = m.cfg;
+  SKY_CHECK(T <= c.max_position_embeddings, "sequence length {} exceeds max_position_embeddings {}", T,
+            c.max_position_embeddings);
+  if (A.B != B || A.T != T || A.layers.size() != size_t(c.num_layers)) A.resize(c, B, T);
+  const int N = B * T, H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
+  const float eps = float(c.rms_norm_eps);
+  std::memcpy(A.inputs.data(), inputs, sizeof(int32_t) * N);
+  check_tokens(inputs, N, V, "input");
+  if (targets) {
+    std::memcpy(A.targets.data(), targets, sizeof(int32_t) * N);
+    check_tokens(targets, N, V, "target");
+  }
+
+  embedding_forward(A.resid[0].data(), inputs, m.w.embed, N, H);
+  for (int l = 0; l < c.num_layers; l++) {
+    const auto& W = m.w.layers[l];
+    LayerActs& L = A.layers[l];
+    const float* x = A.resid[l].data();
+    float* y = A.resid[l + 1].data();
+    // Attention block: y = x + o_proj(attn(rope(q), rope(k), v)).
+    rmsnorm_forward(L.ln1.data(), L.rstd1.data(), x, W.attn_norm, N, H, eps);
+    matmul_forward(L.q.data(), L.ln1.data(), W.wq, N, H, qd);
+    matmul_forward(L.k.data(), L.ln1.data(), W.wk, N, H, kvd);
+    matmul_forward(L.v.data(), L.ln1.data(), W.wv, N, H, kvd);
+    rope_forward(L.q.data(), A.pos.data(), N, c.num_heads, m.rope);
+    rope_forward(L.k.data(), A.pos.data(), N, c.num_kv_heads, m.rope);
+    attention_forward(L.ctx.data(), L.att.data(), L.q.data(), L.k.data(), L.v.data(), B, T, c.num_heads,
+                      c.num_kv_heads, c.head_dim);
+    matmul_forward(L.mid.data(), L.ctx.data(), W.wo, N, qd, H);
+    add_inplace(L.mid.data(), x, size_t(N) * H);  // mid = x + attn
+    // FFN block: y = mid + ffn(norm(mid)).
+    rmsnorm_forward(L.ln2.data(), L.rstd2.data(), L.mid.data(), W.ffn_norm, N, H, eps);
+    ffn_forward(m, l, L, L.ln2.data(), y, N, moe);
+    add_inplace(y, L.mid.data(), size_t(N) * H);
+  }
+  const float* xf = A.resid[c.num_layers].data();
+  rmsnorm_forward(A.lnf.data(), A.rstdf.data(), xf, m.w.final_norm, N, H, eps);
+  matmul_forward(A.logits.data(), A.lnf.data(), m.w.lm_head, N, H, V);
+  if (!targets) return 0.0;
+  cross_entropy_forward(A.losses.data(), A.logits.data(), targets, N, V);
+  double sum = 0;
+  for (int n = 0; n < N; n++) sum += A.losses[n];
+  return sum / N;
+}
+
+void KVCache::init(const ModelConfig& c, int max_len_) {
+  max_len = max_len_;
+  len = 0;
+  k.assign(c.num_layers, std::vector<float>(size_t(max_len) * c.kv_dim()));
+  v.assign(c.num_layers, std::vector<float>(size_t(max_len) * c.kv_dim()));
+}
+
+void forward_cached(const Model& m, KVCache& cache, const int32_t* tokens, int n,
+                    float* last_logits, float* all_logits) {
+  const ModelConfig& c = m.cfg;
+  const int H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size, start = cache.len;
+  SKY_CHECK(n > 0, "forward_cached: no tokens");
+  SKY_CHECK(start + n <= cache.max_len, "sequence of {} tokens exceeds the KV cache of {}", start + n, cache.max_len);
+  SKY_CHECK(start + n <= m.rope.max_pos, "position {} exceeds the RoPE table ({})", start + n - 1, m.rope.max_pos);
+  check_tokens(tokens, n, V, "prompt");
+  const float eps = float(c.rms_norm_eps);
+  std::vector<float> x(size_t(n) * H), ln(size_t(n) * H), q(size_t(n) * qd), ctx(size_t(n) * qd), tmp(size_t(n) * H),
+      rstd(n), scratch(size_t(c.num_heads) * (start + n));
+  std::vector<int32_t> pos(n);
+  for (int i = 0; i < n; i++) pos[i] = start + i;
+  MoeOptions moe = moe_options(c, 0.0, DropPolicy::Prob, AuxLossType::None);
+  LayerActs acts;
+  embedding_forward(x.data(), tokens, m.w.embed, n, H);
+  for (int l = 0; l < c.num_layers; l++) {
+    const auto& W = m.w.layers[l];
+    float* kc = cache.k[l].data() + size_t(start) * kvd;
+    float* vc = cache.v[l].data() + size_t(start) * kvd;
+    rmsnorm_forward(ln.data(), rstd.data(), x.data(), W.attn_norm, n, H, eps);
+    matmul_forward(q.data(), ln.data(), W.wq, n, H, qd);
+    matmul_forward(kc, ln.data(), W.wk, n, H, kvd);
+    matmul_forward(vc, ln.data(), W.wv, n, H, kvd);
+    rope_forward(q.data(), pos.data(), n, c.num_heads, m.rope);
+    rope_forward(kc, pos.data(), n, c.num_kv_heads, m.rope);
+    attention_cached(ctx.data(), q.data(), cache.k[l].data(), cache.v[l].data(), start, n, c.num_heads,
+                     c.num_kv_heads, c.head_dim, scratch.data());
+    matmul_forward(tmp.data(), ctx.data(), W.wo, n, qd, H);
+    add_inplace(x.data(), tmp.data(), size_t(n) * H);
+    rmsnorm_forward(ln.data(), rstd.data(), x.data(), W.ffn_norm, n, H, eps);
+    ffn_forward(m, l, acts, ln.data(), tmp.data(), n, moe);
+    add_inplace(x.data(), tmp.data(), size_t(n) * H);
+  }
+  cache.len += n;
+  // Only the rows whose logits are wanted go through the final norm and the LM head.
+  const int first = all_logits ? 0 : n - 1, rows = n - first;
+  rmsnorm_forward(ln.data(), rstd.data(), x.data() + size_t(first) * H, m.w.final_norm, rows, H, eps);
+  std::vector<float> logits(size_t(rows) * V);
+  matmul_forward(logits.data(), ln.data(), m.w.lm_head, rows, H, V);
+  if (all_logits) std::memcpy(all_logits, logits.data(), sizeof(float) * logits.size());
+  std::memcpy(last_logits, logits.data() + size_t(rows - 1) * V, sizeof(float) * V);
+}
+
+}  // namespace sky

@@ -1,0 +1,178 @@
+#include "model_ref.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <string>
+
+#include "model/params.h"
+
+namespace skytest {
+
+using sky::ModelConfig;
+
+namespace {
+
+struct Ref {
+  const ModelConfig& c;
+  const std::vector<double>& p;
+  std::map<std::string, size_t> off;
+  Ref(const ModelConfig& c_, const std::vector<double>& p_) : c(c_), p(p_) {
+    for (auto& s : sky::ParamLayout::build(c).specs) off[s.name] = s.offset;
+  }
+  const double* W(const std::string& name) const { return p.data() + off.at(name); }
+
+  // y[o] = sum_i W[o, i] x[i]
+  std::vector<double> linear(const double* w, const std::vector<double>& x, int O) const {
+    std::vector<double> y(O, 0.0);
+    const int I = int(x.size());
+    for (int o = 0; o < O; o++)
+      for (int i = 0; i < I; i++) y[o] += w[size_t(o) * I + i] * x[i];
+    return y;
+  }
+  std::vector<double> rmsnorm(const std::vector<double>& x, const double* w) const {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    double r = 1.0 / std::sqrt(ss / x.size() + c.rms_norm_eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = x[i] * r * w[i];
+    return y;
+  }
+  void rope(std::vector<double>& x, int heads, int pos) const {
+    const int d = c.head_dim;
+    for (int h = 0; h < heads; h++)
+      for (int i = 0; i < d / 2; i++) {
+        double ang = pos * std::pow(c.rope_theta, -2.0 * i / d);
+        double a = x[h * d + i], b = x[h * d + i + d / 2];
+        x[h * d + i] = a * std::cos(ang) - b * std::sin(ang);
+        x[h * d + i + d / 2] = b * std::cos(ang) + a * std::sin(ang);
+      }
+  }
+  std::vector<double> swiglu_ffn(const double* w1, const double* w3, const double* w2, const std::vector<double>& x) const {
+    const int I = c.intermediate_size;
+    auto a = linear(w1, x, I), b = linear(w3, x, I);
+    for (int i = 0; i < I; i++) a[i] = a[i] / (1 + std::exp(-a[i])) * b[i];
+    return linear(w2, a, c.hidden_size);
+  }
+};
+
+}  // namespace
+
+std::vector<double> ref_logits(const ModelConfig& c, const std::vector<double>& params,
+                               const std::vector<int32_t>& tokens, double cf, std::vector<double>* drop_rates) {
+  Ref R(c, params);
+  const int T = int(tokens.size()), H = c.hidden_size, d = c.head_dim, E = c.num_experts, k = c.top_k;
+  std::vector<std::vector<double>> x(T, std::vector<double>(H));
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < H; i++) x[t][i] = R.W("model.embed_tokens.weight")[size_t(tokens[t]) * H + i];
+  if (drop_rates) drop_rates->clear();
+  for (int l = 0; l < c.num_layers; l++) {
+    std::string P = "model.layers." + std::to_string(l) + ".";
+    std::vector<std::vector<double>> q(T), kk(T), vv(T);
+    for (int t = 0; t < T; t++) {
+      auto h = R.rmsnorm(x[t], R.W(P + "input_layernorm.weight"));
+      q[t] = R.linear(R.W(P + "self_attn.q_proj.weight"), h, c.q_dim());
+      kk[t] = R.linear(R.W(P + "self_attn.k_proj.weight"), h, c.kv_dim());
+      vv[t] = R.linear(R.W(P + "self_attn.v_proj.weight"), h, c.kv_dim());
+      R.rope(q[t], c.num_heads, t);
+      R.rope(kk[t], c.num_kv_heads, t);
+    }
+    const int group = c.num_heads / c.num_kv_heads;
+    for (int t = 0; t < T; t++) {
+      std::vector<double> ctx(c.q_dim(), 0.0);
+      for (int h = 0; h < c.num_heads; h++) {
+        const int g = h / group;
+        std::vector<double> s(t + 1);
+        for (int u = 0; u <= t; u++) {
+          double dot = 0;
+          for (int i = 0; i < d; i++) dot += q[t][h * d + i] * kk[u][g * d + i];
+          s[u] = dot / std::sqrt(double(d));
+        }
+        double mx = *std::max_element(s.begin(), s.end()), z = 0;
+        for (auto& v : s) z += v = std::exp(v - mx);
+        for (int u = 0; u <= t; u++)
+          for (int i = 0; i < d; i++) ctx[h * d + i] += s[u] / z * vv[u][g * d + i];
+      }
+      auto o = R.linear(R.W(P + "self_attn.o_proj.weight"), ctx, H);
+      for (int i = 0; i < H; i++) x[t][i] += o[i];
+    }
+    std::vector<std::vector<double>> h2(T);
+    for (int t = 0; t < T; t++) h2[t] = R.rmsnorm(x[t], R.W(P + "post_attention_layernorm.weight"));
+    if (!c.is_moe()) {
+      for (int t = 0; t < T; t++) {
+        auto f = R.swiglu_ffn(R.W(P + "mlp.gate_proj.weight"), R.W(P + "mlp.up_proj.weight"),
+                              R.W(P + "mlp.down_proj.weight"), h2[t]);
+        for (int i = 0; i < H; i++) x[t][i] += f[i];
+      }
+      continue;
+    }
+    // Router: logits -> (normalize with unbiased std) -> softmax -> top-k -> renormalize.
+    std::vector<std::vector<double>> g(T);
+    std::vector<std::vector<int>> sel(T);
+    for (int t = 0; t < T; t++) {
+      auto z = R.linear(R.W(P + "block_sparse_moe.gate.weight"), h2[t], E);
+      if (c.logits_norm) {
+        double mean = std::accumulate(z.begin(), z.end(), 0.0) / E, var = 0;
+        for (double v : z) var += (v - mean) * (v - mean);
+        double sd = std::sqrt(var / (E - 1));
+        for (auto& v : z) v = c.gate_norm_std * (v - mean) / sd;
+      }
+      double mx = *std::max_element(z.begin(), z.end()), s = 0;
+      g[t].resize(E);
+      for (int e = 0; e < E; e++) s += g[t][e] = std::exp(z[e] - mx);
+      for (auto& v : g[t]) v /= s;
+      std::vector<int> order(E);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return g[t][a] > g[t][b]; });
+      sel[t].assign(order.begin(), order.begin() + k);
+    }
+    // Capacity: per expert keep the highest-probability assignments (ties: earlier token).
+    std::vector<std::vector<bool>> kept(T, std::vector<bool>(k, true));
+    int dropped = 0;
+    if (cf > 0) {
+      const int cap = int(std::ceil(cf * T * k / E));
+      for (int e = 0; e < E; e++) {
+        std::vector<std::pair<int, int>> as;  // (token, slot)
+        for (int t = 0; t < T; t++)
+          for (int j = 0; j < k; j++)
+            if (sel[t][j] == e) as.push_back({t, j});
+        std::stable_sort(as.begin(), as.end(), [&](auto a, auto b) { return g[a.first][e] > g[b.first][e]; });
+        for (size_t r = cap; r < as.size(); r++) { kept[as[r].first][as[r].second] = false; dropped++; }
+      }
+    }
+    if (drop_rates) drop_rates->push_back(double(dropped) / (double(T) * k));
+    for (int t = 0; t < T; t++) {
+      double s = 0;
+      for (int j = 0; j < k; j++) s += g[t][sel[t][j]];
+      for (int j = 0; j < k; j++) {
+        if (!kept[t][j]) continue;
+        const int e = sel[t][j];
+        auto f = R.swiglu_ffn(R.W(sky::expert_param_name(l, e, "w1")), R.W(sky::expert_param_name(l, e, "w3")),
+                              R.W(sky::expert_param_name(l, e, "w2")), h2[t]);
+        for (int i = 0; i < H; i++) x[t][i] += g[t][e] / s * f[i];
+      }
+    }
+  }
+  std::vector<double> logits(size_t(T) * c.vocab_size);
+  for (int t = 0; t < T; t++) {
+    auto h = R.rmsnorm(x[t], R.W("model.norm.weight"));
+    auto lg = R.linear(R.W("lm_head.weight"), h, c.vocab_size);
+    std::copy(lg.begin(), lg.end(), logits.begin() + size_t(t) * c.vocab_size);
+  }
+  return logits;
+}
+
+double ref_loss(const ModelConfig& c, const std::vector<double>& logits, const std::vector<int32_t>& targets) {
+  const int V = c.vocab_size;
+  double sum = 0;
+  for (size_t t = 0; t < targets.size(); t++) {
+    const double* l = logits.data() + t * V;
+    double mx = *std::max_element(l, l + V), z = 0;
+    for (int v = 0; v < V; v++) z += std::exp(l[v] - mx);
+    sum += mx + std::log(z) - l[targets[t]];
+  }
+  return sum / targets.size();
+}
+
+}  // namespace skytest
