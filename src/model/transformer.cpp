@@ -147,6 +147,88 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
   return sum / N;
 }
 
+static void grow(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+static void zero(std::vector<float>& v, size_t n) { std::fill(v.begin(), v.begin() + n, 0.0f); }
+
+// Dense SwiGLU FFN backward: accumulates d_in and weight grads from d_out.
+static void dense_ffn_backward(const ModelConfig& c, const LayerView<float>& W, const LayerView<float>& G, LayerActs& L,
+                               Activations& A, const float* in, const float* d_out, float* d_in, int N) {
+  const int H = c.hidden_size, I = c.intermediate_size;
+  const size_t NI = size_t(N) * I;
+  grow(A.d_h1, NI);
+  grow(A.d_h3, NI);
+  grow(A.d_act, NI);
+  zero(A.d_h1, NI);
+  zero(A.d_h3, NI);
+  zero(A.d_act, NI);
+  matmul_backward(A.d_act.data(), G.w_down, d_out, L.act.data(), W.w_down, N, I, H);
+  swiglu_backward(A.d_h1.data(), A.d_h3.data(), A.d_act.data(), L.h1.data(), L.h3.data(), long(NI));
+  matmul_backward(d_in, G.w_gate, A.d_h1.data(), in, W.w_gate, N, H, I);
+  matmul_backward(d_in, G.w_up, A.d_h3.data(), in, W.w_up, N, H, I);
+}
+
+void backward(const Model& m, Activations& A, float* grads, const MoeOptions& moe, const LossWeights& lw,
+              double scale) {
+  const ModelConfig& c = m.cfg;
+  const int B = A.B, T = A.T, N = B * T, H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
+  const size_t NH = size_t(N) * H;
+  ParamView<float> G = param_view<float>(c, grads);
+  grow(A.d_logits, size_t(N) * V);
+  for (auto* v : {&A.d_lnf, &A.d_x, &A.d_mid, &A.d_ln}) grow(*v, NH);
+  grow(A.d_q, size_t(N) * qd);
+  grow(A.d_ctx, size_t(N) * qd);
+  grow(A.d_k, size_t(N) * kvd);
+  grow(A.d_v, size_t(N) * kvd);
+
+  // Loss = mean over N positions, times the accumulation scale.
+  std::vector<float> dloss(N, float(scale / N));
+  zero(A.d_logits, size_t(N) * V);
+  cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, V);
+  zero(A.d_lnf, NH);
+  matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, H, V);
+  zero(A.d_x, NH);  // d_x: gradient wrt the residual stream at the current depth
+  rmsnorm_backward(A.d_x.data(), G.final_norm, A.d_lnf.data(), A.resid[c.num_layers].data(), m.w.final_norm,
+                   A.rstdf.data(), N, H);
+
+  for (int l = c.num_layers - 1; l >= 0; l--) {
+    const auto& W = m.w.layers[l];
+    const auto& GL = G.layers[l];
+    LayerActs& L = A.layers[l];
+    // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
+    std::copy(A.d_x.begin(), A.d_x.begin() + NH, A.d_mid.begin());
+    zero(A.d_ln, NH);
+    if (c.is_moe()) {
+      MoeGrads<float> mg{GL.router, GL.w1, GL.w3, GL.w2};
+      double alpha = l < int(lw.aux_alpha.size()) ? lw.aux_alpha[l] : 0.0;
+      moe_backward(A.d_ln.data(), mg, A.d_x.data(), L.ln2.data(), N, moe_weights(c, W), moe, L.moe, alpha * scale,
+                   lw.z_coef * scale);
+    } else {
+      dense_ffn_backward(c, W, GL, L, A, L.ln2.data(), A.d_x.data(), A.d_ln.data(), N);
+    }
+    rmsnorm_backward(A.d_mid.data(), GL.ffn_norm, A.d_ln.data(), L.mid.data(), W.ffn_norm, L.rstd2.data(), N, H);
+    // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
+    std::copy(A.d_mid.begin(), A.d_mid.begin() + NH, A.d_x.begin());
+    zero(A.d_ctx, size_t(N) * qd);
+    matmul_backward(A.d_ctx.data(), GL.wo, A.d_mid.data(), L.ctx.data(), W.wo, N, qd, H);
+    zero(A.d_q, size_t(N) * qd);
+    zero(A.d_k, size_t(N) * kvd);
+    zero(A.d_v, size_t(N) * kvd);
+    attention_backward(A.d_q.data(), A.d_k.data(), A.d_v.data(), A.d_ctx.data(), L.q.data(), L.k.data(), L.v.data(),
+                       L.att.data(), B, T, c.num_heads, c.num_kv_heads, c.head_dim);
+    rope_backward(A.d_q.data(), A.pos.data(), N, c.num_heads, m.rope);
+    rope_backward(A.d_k.data(), A.pos.data(), N, c.num_kv_heads, m.rope);
+    zero(A.d_ln, NH);
+    matmul_backward(A.d_ln.data(), GL.wq, A.d_q.data(), L.ln1.data(), W.wq, N, H, qd);
+    matmul_backward(A.d_ln.data(), GL.wk, A.d_k.data(), L.ln1.data(), W.wk, N, H, kvd);
+    matmul_backward(A.d_ln.data(), GL.wv, A.d_v.data(), L.ln1.data(), W.wv, N, H, kvd);
+    rmsnorm_backward(A.d_x.data(), GL.attn_norm, A.d_ln.data(), A.resid[l].data(), W.attn_norm, L.rstd1.data(), N, H);
+  }
+  embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, H);
+}
+
 void KVCache::init(const ModelConfig& c, int max_len_) {
   max_len = max_len_;
   len = 0;

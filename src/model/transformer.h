@@ -26,6 +26,8 @@ struct Activations {
   std::vector<std::vector<float>> resid;  // [L+1][N*H]: residual stream entering each layer, and the final one
   std::vector<LayerActs> layers;
   std::vector<float> lnf, rstdf, logits, losses;
+  // Gradient scratch for backward (sized on first use).
+  std::vector<float> d_logits, d_lnf, d_x, d_mid, d_ln, d_q, d_k, d_v, d_ctx, d_h1, d_h3, d_act;
   void resize(const ModelConfig& cfg, int B, int T);
 };
 
@@ -36,6 +38,18 @@ void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what);
 // Per-layer MoE statistics (drop rate, aux loss, load) are left in acts.layers[l].moe.
 double forward(const Model& m, Activations& acts, const int32_t* inputs, const int32_t* targets, int B, int T,
                const MoeOptions& moe);
+
+// Loss terms beyond cross-entropy: total = mean CE + sum_l aux_alpha[l] * aux_l + z_coef * sum_l z_l.
+struct LossWeights {
+  std::vector<double> aux_alpha;  // per layer (empty: 0)
+  double z_coef = 0.0;
+};
+
+// Backward of the last forward() (which must have had targets): accumulates d(total loss) * scale
+// into `grads` (a flat buffer laid out like the model's params). `scale` folds gradient
+// accumulation over micro-batches (1/num_micro_batches).
+void backward(const Model& m, Activations& acts, float* grads, const MoeOptions& moe, const LossWeights& lw,
+              double scale = 1.0);
 
 // KV cache of one sequence.
 struct KVCache {

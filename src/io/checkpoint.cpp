@@ -1,0 +1,88 @@
+#include "io/checkpoint.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <cstring>
+#include <fstream>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+
+namespace sky {
+
+namespace fs = std::filesystem;
+
+static Tensor flat_view(const float* p, size_t n) {
+  Tensor t;
+  t.dtype = DType::F32;
+  t.shape = {int64_t(n)};
+  t.data = const_cast<float*>(p);
+  return t;
+}
+
+std::string save_checkpoint(const std::string& out_dir, int64_t step, const CheckpointData& d, int keep) {
+  fs::create_directories(out_dir);
+  const std::string name = fmt::format("step-{:08d}", step);
+  const fs::path final_dir = fs::path(out_dir) / name;
+  const fs::path tmp_dir = fs::path(out_dir) / (".tmp-" + name);
+  fs::remove_all(tmp_dir);
+  d.model->save(tmp_dir.string(), DType::F32, size_t(1) << 40);
+  const size_t total = d.model->layout.total;
+  write_safetensors((tmp_dir / "optimizer.safetensors").string(),
+                    {{"adam.m", flat_view(d.adam_m, total)}, {"adam.v", flat_view(d.adam_v, total)}});
+  write_text_atomic((tmp_dir / "trainer_state.json").string(), d.state.dump(2) + "\n");
+  // Replace an existing checkpoint of the same step only after the new one is complete.
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  write_text_atomic((fs::path(out_dir) / "latest").string(), name + "\n");
+  if (keep > 0) {
+    std::vector<std::string> steps;
+    for (auto& e : fs::directory_iterator(out_dir)) {
+      std::string n = e.path().filename().string();
+      if (e.is_directory() && n.rfind("step-", 0) == 0) steps.push_back(n);
+    }
+    std::sort(steps.begin(), steps.end());
+    for (size_t i = 0; i + keep < steps.size(); i++)
+      if (steps[i] != name) fs::remove_all(fs::path(out_dir) / steps[i]);
+  }
+  return final_dir.string();
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  std::error_code ec;
+  SKY_CHECK(fs::is_directory(path, ec), "--resume: '{}' is not a directory", path);
+  if (fs::exists(fs::path(path) / "trainer_state.json")) return path;
+  fs::path latest = fs::path(path) / "latest";
+  std::ifstream f(latest);
+  SKY_CHECK(f.good(), "--resume: '{}' holds neither trainer_state.json nor a 'latest' file", path);
+  std::string name;
+  std::getline(f, name);
+  fs::path dir = fs::path(path) / name;
+  SKY_CHECK(!name.empty() && fs::exists(dir / "trainer_state.json"),
+            "--resume: '{}' names checkpoint '{}', which is missing or incomplete", latest.string(), name);
+  return dir.string();
+}
+
+nlohmann::json load_checkpoint_state(const std::string& dir, float* m, float* v, size_t total) {
+  const std::string sp = (fs::path(dir) / "trainer_state.json").string();
+  std::ifstream f(sp);
+  SKY_CHECK(f.good(), "cannot read '{}'", sp);
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed JSON: {}", sp, e.what());
+  }
+  SafetensorsReader r = SafetensorsReader::open((fs::path(dir) / "optimizer.safetensors").string());
+  for (auto [name, dst] : {std::pair{"adam.m", m}, std::pair{"adam.v", v}}) {
+    Tensor t = r.get_checked(name, {int64_t(total)});
+    SKY_CHECK(t.dtype == DType::F32, "{}: '{}' must be F32", r.path(), name);
+    std::memcpy(dst, t.data, total * sizeof(float));
+  }
+  return state;
+}
+
+}  // namespace sky

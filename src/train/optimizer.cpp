@@ -1,0 +1,55 @@
+#include "train/optimizer.h"
+
+#include <cmath>
+
+namespace sky {
+
+AdamW::AdamW(const ParamLayout& layout, const AdamWOptions& o) : o_(o), m_(layout.total), v_(layout.total) {
+  for (auto& s : layout.specs) {
+    // Adjacent specs with the same decay flag merge into one range.
+    if (!ranges_.empty() && ranges_.back().decay == s.decay && ranges_.back().end == s.offset)
+      ranges_.back().end = s.offset + s.numel();
+    else
+      ranges_.push_back({s.offset, s.offset + s.numel(), s.decay});
+  }
+}
+
+void AdamW::update(float* p, const float* g, double lr, int64_t step) {
+  const double bc1 = 1.0 - std::pow(o_.beta1, double(step)), bc2 = 1.0 - std::pow(o_.beta2, double(step));
+  const float b1 = float(o_.beta1), b2 = float(o_.beta2), eps = float(o_.eps);
+  const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
+  float* m = m_.data();
+  float* v = v_.data();
+  for (const Range& r : ranges_) {
+    const float shrink = r.decay ? float(1.0 - lr * o_.weight_decay) : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (size_t i = r.begin; i < r.end; i++) {
+      float gi = g[i];
+      m[i] = b1 * m[i] + (1 - b1) * gi;
+      v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+      p[i] = p[i] * shrink - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+    }
+  }
+}
+
+double grad_norm(const float* g, size_t n) {
+  double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+  for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];
+  return std::sqrt(s);
+}
+
+double clip_grad_norm(float* g, size_t n, double max_norm) {
+  double norm = grad_norm(g, n);
+  if (max_norm > 0) {
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      const float c = float(coef);
+#pragma omp parallel for schedule(static)
+      for (size_t i = 0; i < n; i++) g[i] *= c;
+    }
+  }
+  return norm;
+}
+
+}  // namespace sky

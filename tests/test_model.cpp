@@ -1,0 +1,176 @@
+// Whole-model checks: the engine's forward pass against the independent float64 reference
+// (tests/model_ref.cpp), KV-cache generation against the batch forward, save/load round trips.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "model/transformer.h"
+#include "model_ref.h"
+#include "ref.h"
+
+using namespace sky;
+
+static ModelConfig tiny_moe(bool lnorm = true) {
+  ModelConfig c = ModelConfig::preset("tiny");
+  c.vocab_size = 37;
+  c.hidden_size = 24;
+  c.num_heads = 6;
+  c.num_kv_heads = 2;  // GQA
+  c.head_dim = 4;
+  c.intermediate_size = 10;
+  c.num_experts = 5;
+  c.top_k = 2;
+  c.logits_norm = lnorm;
+  c.gate_norm_std = 1.3;
+  c.rope_theta = 500.0;
+  return c;
+}
+
+// Random params with a larger scale than init so every path (router, experts) matters.
+static Model random_model(const ModelConfig& c, uint64_t seed) {
+  Model m = Model::random(c, seed);
+  auto r = skytest::randn(m.layout.total, seed + 99, 0.3);
+  for (auto& s : m.layout.specs)
+    for (size_t i = 0; i < s.numel(); i++)
+      m.params[s.offset + i] = s.shape.size() == 1 ? float(1.0 + 0.2 * r[s.offset + i]) : float(r[s.offset + i]);
+  return m;
+}
+
+static std::vector<double> params_f64(const Model& m) {
+  return std::vector<double>(m.params.data(), m.params.data() + m.layout.total);
+}
+
+static std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
+  Rng r(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = int32_t(r.below(V));
+  return t;
+}
+
+static void check_against_reference(const ModelConfig& c, int B, int T, double cf, uint64_t seed) {
+  Model m = random_model(c, seed);
+  auto toks = random_tokens(B * T + 1, c.vocab_size, seed + 1);
+  std::vector<int32_t> in(toks.begin(), toks.end() - 1), tgt(toks.begin() + 1, toks.end());
+  Activations A;
+  double loss = forward(m, A, in.data(), tgt.data(), B, T, moe_options(c, cf));
+  auto P = params_f64(m);
+  double ref_loss_sum = 0;
+  for (int b = 0; b < B; b++) {
+    std::vector<int32_t> row(in.begin() + b * T, in.begin() + (b + 1) * T), trow(tgt.begin() + b * T, tgt.begin() + (b + 1) * T);
+    std::vector<double> drops;
+    auto ref = skytest::ref_logits(c, P, row, cf, &drops);
+    double err = skytest::max_err_ratio(A.logits.data() + size_t(b) * T * c.vocab_size, ref.data(), ref.size(), 1e-4, 1e-4);
+    EXPECT_LE(err, 1.0) << "row " << b;
+    ref_loss_sum += skytest::ref_loss(c, ref, trow);
+    if (cf > 0 && B == 1)
+      for (int l = 0; l < c.num_layers; l++) EXPECT_NEAR(A.layers[l].moe.disp.drop_rate(), drops[l], 1e-12) << "layer " << l;
+  }
+  EXPECT_NEAR(loss, ref_loss_sum / B, 1e-4 * std::fabs(loss));
+}
+
+TEST(Model, MoeLogitsMatchReference) { check_against_reference(tiny_moe(true), 2, 7, 0.0, 1); }
+TEST(Model, MoeWithoutLogitNormMatchesReference) { check_against_reference(tiny_moe(false), 3, 5, 0.0, 2); }
+TEST(Model, MoeCapacityDroppingMatchesReference) {
+  ModelConfig c = tiny_moe(true);
+  check_against_reference(c, 1, 13, 0.6, 3);
+  // The drop rate is really non-zero at this capacity.
+  Model m = random_model(c, 3);
+  auto toks = random_tokens(13, c.vocab_size, 4);
+  Activations A;
+  forward(m, A, toks.data(), nullptr, 1, 13, moe_options(c, 0.6));
+  EXPECT_GT(A.layers[0].moe.disp.drop_rate(), 0.0);
+}
+TEST(Model, DenseLogitsMatchReference) {
+  ModelConfig c = tiny_moe();
+  c.model_type = "llama";
+  c.num_experts = 0;
+  check_against_reference(c, 2, 6, 0.0, 5);
+}
+TEST(Model, MhaTopOneMatchesReference) {
+  ModelConfig c = tiny_moe();
+  c.num_kv_heads = c.num_heads;
+  c.top_k = 1;
+  check_against_reference(c, 1, 9, 0.0, 6);
+}
+
+TEST(Model, CachedGenerationMatchesBatchForward) {
+  ModelConfig c = tiny_moe();
+  Model m = random_model(c, 7);
+  const int T = 11, V = c.vocab_size;
+  auto toks = random_tokens(T, V, 8);
+  Activations A;
+  forward(m, A, toks.data(), nullptr, 1, T, moe_options(c));
+  // Prefill 4 tokens (all logits), then one at a time.
+  KVCache cache;
+  cache.init(c, T);
+  std::vector<float> last(V), all(size_t(4) * V);
+  forward_cached(m, cache, toks.data(), 4, last.data(), all.data());
+  for (size_t i = 0; i < all.size(); i++) ASSERT_NEAR(all[i], A.logits[i], 1e-4);
+  for (int t = 4; t < T; t++) {
+    forward_cached(m, cache, &toks[t], 1, last.data());
+    for (int v = 0; v < V; v++) ASSERT_NEAR(last[v], A.logits[size_t(t) * V + v], 1e-4) << "t=" << t;
+  }
+  EXPECT_THROW(forward_cached(m, cache, toks.data(), 1, last.data()), Error);  // cache full
+}
+
+TEST(Model, SaveLoadRoundTrip) {
+  ModelConfig c = tiny_moe();
+  Model m = random_model(c, 9);
+  auto dir = skytest::temp_dir("model");
+  m.save(dir + "/f32");
+  Model a = Model::load(dir + "/f32");
+  ASSERT_EQ(a.layout.total, m.layout.total);
+  for (size_t i = 0; i < m.layout.total; i++) ASSERT_EQ(a.params[i], m.params[i]);
+  // Sharded BF16: every 2-D weight rounds to bf16, norms stay f32.
+  m.save(dir + "/bf16", DType::BF16, 4096);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/bf16/model.safetensors.index.json"));
+  Model b = Model::load(dir + "/bf16");
+  for (auto& s : m.layout.specs)
+    for (size_t i = 0; i < s.numel(); i++) {
+      float want = s.shape.size() == 1 ? m.params[s.offset + i] : bf16_to_f32(f32_to_bf16(m.params[s.offset + i]));
+      ASSERT_EQ(b.params[s.offset + i], want) << s.name;
+    }
+  EXPECT_EQ(b.cfg.to_hf_json(), c.to_hf_json());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Model, LoadErrorsNameTheProblem) {
+  ModelConfig c = tiny_moe();
+  Model m = random_model(c, 10);
+  auto dir = skytest::temp_dir("model-bad");
+  m.save(dir);
+  // Config claiming a different shape: shape mismatch names the tensor.
+  auto j = c.to_hf_json();
+  j["intermediate_size"] = 12;
+  std::ofstream(dir + "/config.json") << j.dump();
+  try {
+    Model::load(dir);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("w1.weight"), std::string::npos) << e.what();
+  }
+  // More experts than the file holds: a missing tensor is named.
+  j = c.to_hf_json();
+  j["num_experts"] = {6};
+  std::ofstream(dir + "/config.json") << j.dump();
+  try {
+    Model::load(dir);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("experts.5"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Model::load(dir + "/nope"), Error);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Model, OutOfVocabTokenIsAnError) {
+  ModelConfig c = tiny_moe();
+  Model m = random_model(c, 11);
+  std::vector<int32_t> t = {1, 2, c.vocab_size};
+  Activations A;
+  EXPECT_THROW(forward(m, A, t.data(), nullptr, 1, 3, moe_options(c)), Error);
+}
