@@ -1,0 +1,63 @@
+#include "ops/rope.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace sky {
+
+RopeTable::RopeTable(int head_dim_, int max_pos_, double theta) : head_dim(head_dim_), max_pos(max_pos_) {
+  SKY_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be even and positive, got {}", head_dim);
+  SKY_CHECK(max_pos >= 0, "rope: max_pos must be >= 0, got {}", max_pos);
+  int half = head_dim / 2;
+  cos.resize((size_t)max_pos * half);
+  sin.resize((size_t)max_pos * half);
+  for (int i = 0; i < half; i++) {
+    double inv_freq = std::pow(theta, -2.0 * i / head_dim);
+    for (int p = 0; p < max_pos; p++) {
+      double a = p * inv_freq;
+      cos[(size_t)p * half + i] = std::cos(a);
+      sin[(size_t)p * half + i] = std::sin(a);
+    }
+  }
+}
+
+// sign = +1 rotates by +angle (forward), -1 by -angle (the transpose, for backward).
+template <class T>
+static void rope_rotate(T* x, const int32_t* pos, int N, int n_heads, const RopeTable& table, int sign) {
+  // Checked up front: an exception cannot leave an OpenMP region.
+  for (int n = 0; n < N; n++)
+    SKY_CHECK(pos[n] >= 0 && pos[n] < table.max_pos, "rope: position {} outside [0, {})", pos[n], table.max_pos);
+  int d = table.head_dim, half = d / 2;
+#pragma omp parallel for schedule(static) if ((long)N * n_heads * d > 65536)
+  for (int n = 0; n < N; n++) {
+    const double* c = table.cos.data() + (size_t)pos[n] * half;
+    const double* s = table.sin.data() + (size_t)pos[n] * half;
+    for (int h = 0; h < n_heads; h++) {
+      T* xh = x + ((long)n * n_heads + h) * d;
+      for (int i = 0; i < half; i++) {
+        T ci = (T)c[i], si = (T)(sign * s[i]);
+        T x0 = xh[i], x1 = xh[i + half];
+        xh[i] = x0 * ci - x1 * si;
+        xh[i + half] = x1 * ci + x0 * si;
+      }
+    }
+  }
+}
+
+template <class T>
+void rope_forward(T* x, const int32_t* pos, int N, int n_heads, const RopeTable& table) {
+  rope_rotate(x, pos, N, n_heads, table, +1);
+}
+
+template <class T>
+void rope_backward(T* dx, const int32_t* pos, int N, int n_heads, const RopeTable& table) {
+  rope_rotate(dx, pos, N, n_heads, table, -1);
+}
+
+template void rope_forward<float>(float*, const int32_t*, int, int, const RopeTable&);
+template void rope_forward<double>(double*, const int32_t*, int, int, const RopeTable&);
+template void rope_backward<float>(float*, const int32_t*, int, int, const RopeTable&);
+template void rope_backward<double>(double*, const int32_t*, int, int, const RopeTable&);
+
+}  // namespace sky
