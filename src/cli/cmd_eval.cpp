@@ -1,0 +1,65 @@
+#include <fmt/format.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/threads.h"
+#include "io/token_data.h"
+#include "model/transformer.h"
+
+namespace sky::cli {
+
+int cmd_eval(int argc, char** argv) {
+  CLI::App app{"Mean next-token cross-entropy of a model on a token file (flat little-endian uint32 ids).\n"
+               "Batch k reads B*S+1 consecutive tokens starting at k*B*S; row b's inputs are tokens\n"
+               "[b*S, b*S+S) of that chunk and its targets the same shifted by one."};
+  app.name("skymoe eval");
+  std::string model, data;
+  int seq = 0, batch = 1, batches = 0, threads = 0;
+  bool json_out = false;
+  app.add_option("--model", model, "model directory (HF layout)")->required();
+  app.add_option("--data", data, "token file (uint32 little-endian)")->required();
+  app.add_option("--seq-len", seq, "sequence length S")->required()->check(CLI::PositiveNumber);
+  app.add_option("--batch-size", batch, "rows per batch B")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batches", batches, "batches to evaluate (0 = every full batch in the file)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "threads (0 = all cores)");
+  app.add_flag("--json", json_out, "print one JSON object: loss, tokens, batches, perplexity, seconds");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  set_threads(threads);
+  Model m = Model::load(model);
+  SKY_CHECK(seq <= m.cfg.max_position_embeddings, "--seq-len {} exceeds the model's max_position_embeddings {}", seq,
+            m.cfg.max_position_embeddings);
+  TokenFile f = TokenFile::open(data, m.cfg.vocab_size);
+  const uint64_t avail = sequential_batch_count(f.size(), batch, seq);
+  SKY_CHECK(avail > 0, "{}: {} tokens are fewer than one batch needs ({} = B*S+1)", data, f.size(),
+            uint64_t(batch) * seq + 1);
+  SKY_CHECK(uint64_t(batches) <= avail, "--batches {} but {} holds only {} full batches of {}x{}", batches, data,
+            avail, batch, seq);
+  const uint64_t nb = batches > 0 ? uint64_t(batches) : avail;
+  std::vector<int32_t> in(size_t(batch) * seq), tgt(size_t(batch) * seq);
+  Activations acts;
+  MoeOptions moe = moe_options(m.cfg, 0.0, DropPolicy::Prob, AuxLossType::None);
+  double sum = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (uint64_t k = 0; k < nb; k++) {
+    sequential_batch(f, f.all(), batch, seq, k, in.data(), tgt.data());
+    sum += forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
+    if (!json_out && nb > 1) fmt::print(stderr, "\reval batch {}/{}  loss {:.4f}", k + 1, nb, sum / (k + 1));
+  }
+  if (!json_out && nb > 1) fmt::print(stderr, "\n");
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double loss = sum / nb;
+  const uint64_t tokens = nb * uint64_t(batch) * seq;
+  if (json_out) {
+    fmt::print("{}\n", nlohmann::json{{"loss", loss}, {"tokens", tokens}, {"batches", nb}, {"perplexity", std::exp(loss)},
+                                      {"seconds", secs}, {"tokens_per_s", tokens / secs}}.dump());
+  } else {
+    fmt::print("loss {:.6f}  perplexity {:.3f}  tokens {}  ({:.0f} tokens/s)\n", loss, std::exp(loss), tokens,
+               tokens / secs);
+  }
+  return 0;
+}
+
+}  // namespace sky::cli

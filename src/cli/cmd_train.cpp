@@ -1,0 +1,72 @@
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "train/trainer.h"
+
+namespace sky::cli {
+
+int cmd_train(int argc, char** argv) {
+  CLI::App app{"Train a dense or MoE model on one process (Skywork router techniques, adaptive aux loss)."};
+  app.name("skymoe train");
+  TrainOptions o;
+  std::string lr_schedule = "cosine", aux = "skywork", adaptive = "on", policy = "prob", order = "shuffled";
+  app.add_option("--model", o.model_dir, "start from this model/checkpoint directory");
+  app.add_option("--config", o.config, "start from scratch: preset name or config.json");
+  app.add_option("--data", o.data, "training tokens (flat uint32 file)")->required();
+  app.add_option("--val-data", o.val_data, "validation tokens (separate file)");
+  app.add_option("--val-fraction", o.val_fraction, "hold out this fraction of the end of --data for validation");
+  app.add_option("--eval-every", o.eval_every, "validate every N steps (0 = at the end)")->capture_default_str();
+  app.add_option("--eval-batches", o.eval_batches, "validation batches")->capture_default_str();
+  app.add_option("--seq-len", o.seq_len, "sequence length")->capture_default_str();
+  app.add_option("--batch-size", o.batch_size, "sequences per micro-batch")->capture_default_str();
+  app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
+  app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
+  app.add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--lr-schedule", lr_schedule, "constant | cosine")->capture_default_str()
+      ->check(CLI::IsMember({"constant", "cosine"}));
+  app.add_option("--min-lr-ratio", o.schedule.min_ratio, "cosine floor as a fraction of --lr")->capture_default_str();
+  app.add_option("--warmup", o.schedule.warmup, "linear warm-up steps")->capture_default_str();
+  app.add_option("--weight-decay", o.adam.weight_decay, "AdamW decoupled weight decay (2-D weights only)")->capture_default_str();
+  app.add_option("--beta1", o.adam.beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--beta2", o.adam.beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--eps", o.adam.eps, "AdamW epsilon")->capture_default_str();
+  app.add_option("--grad-clip", o.grad_clip, "global-norm clipping (0 = off)")->capture_default_str();
+  app.add_option("--aux-loss", aux, "skywork | switch | none")->capture_default_str()
+      ->check(CLI::IsMember({"skywork", "switch", "none"}));
+  app.add_option("--aux-alpha", o.aux_alpha, "initial (adaptive) or fixed aux-loss coefficient")->capture_default_str();
+  app.add_option("--aux-adaptive", adaptive, "on | off: Skywork's per-layer adaptive coefficients")->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--aux-xi", o.aux_xi, "adaptive: xi (alpha_hat = min(xi * drop_rate, alpha_max))")->capture_default_str();
+  app.add_option("--aux-alpha-max", o.aux_alpha_max, "adaptive: alpha_max")->capture_default_str();
+  app.add_option("--aux-beta", o.aux_beta, "adaptive: moving-average beta")->capture_default_str();
+  app.add_option("--z-loss", o.z_loss, "router z-loss coefficient (0 = off)")->capture_default_str();
+  app.add_option("--capacity-factor", o.capacity_factor, "expert capacity factor (0 = dropless)")->capture_default_str();
+  app.add_option("--drop-policy", policy, "prob | position: which assignments keep a full expert's slots")
+      ->capture_default_str()->check(CLI::IsMember({"prob", "position"}));
+  app.add_option("--data-order", order, "shuffled | sequential")->capture_default_str()
+      ->check(CLI::IsMember({"shuffled", "sequential"}));
+  app.add_option("--seed", o.seed, "seed (init and data order)")->capture_default_str();
+  app.add_option("--threads", o.threads, "threads (0 = all cores)");
+  app.add_option("--out", o.out_dir, "run directory for checkpoints (step-N/, latest)");
+  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end)")->capture_default_str();
+  app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)")->capture_default_str();
+  app.add_option("--log-jsonl", o.log_jsonl, "write one JSON object per step to this file");
+  app.add_option("--log-every", o.log_every, "plain-text progress every N steps (off a terminal)")->capture_default_str();
+  app.add_option("--resume", o.resume, "continue from a checkpoint (or a run directory's latest)");
+  app.add_flag("--quiet", o.quiet, "no progress output");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  o.schedule.cosine = lr_schedule == "cosine";
+  o.aux = aux == "skywork" ? AuxLossType::Skywork : aux == "switch" ? AuxLossType::Switch : AuxLossType::None;
+  o.aux_adaptive = adaptive == "on";
+  o.drop_policy = policy == "prob" ? DropPolicy::Prob : DropPolicy::Position;
+  o.data_order = parse_data_order(order);
+  TrainResult r = train(o);
+  const StepLog& last = r.log.back();
+  fmt::print("trained to step {}: loss {:.4f} (ce {:.4f}){}; {:.0f} tokens/s\n", last.step, last.loss, last.ce_loss,
+             r.final_val_loss >= 0 ? fmt::format(", val {:.4f}", r.final_val_loss) : "", r.tokens_per_s);
+  if (!r.final_checkpoint.empty()) fmt::print("checkpoint: {}\n", r.final_checkpoint);
+  return 0;
+}
+
+}  // namespace sky::cli

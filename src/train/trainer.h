@@ -1,0 +1,69 @@
+#pragma once
+// Single-process training loop: micro-batches with gradient accumulation, AdamW, LR schedule,
+// clipping, Skywork's adaptive aux-loss coefficients, periodic validation, atomic checkpoints,
+// bit-for-bit resume, JSONL logging.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/token_data.h"
+#include "moe/adaptive_alpha.h"
+#include "moe/moe_layer.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace sky {
+
+struct TrainOptions {
+  std::string model_dir;  // start from this checkpoint/model directory, or
+  std::string config;     // from scratch: preset name or config.json
+  std::string data, val_data;
+  double val_fraction = 0.0;  // take validation from the end of --data (only when > 0)
+  int eval_every = 0;         // steps (0 = only at the end, when validation data exists)
+  int eval_batches = 8;
+  int seq_len = 256, batch_size = 8, grad_accum = 1;
+  int64_t steps = 100;
+  LrSchedule schedule;  // lr, warmup, cosine, min_ratio (total is set from steps)
+  AdamWOptions adam;
+  double grad_clip = 1.0;
+  AuxLossType aux = AuxLossType::Skywork;
+  double aux_alpha = 0.01;
+  bool aux_adaptive = true;
+  double aux_xi = 0.2, aux_alpha_max = 0.01, aux_beta = 0.99;
+  double z_loss = 0.0;
+  double capacity_factor = 0.0;
+  DropPolicy drop_policy = DropPolicy::Prob;
+  DataOrder data_order = DataOrder::Shuffled;
+  uint64_t seed = 0;
+  int threads = 0;
+  std::string out_dir;
+  int save_every = 0;  // 0 = only at the end
+  int keep = 2;        // checkpoints kept (0 = all)
+  std::string log_jsonl;
+  std::string resume;
+  int log_every = 10;  // plain-text lines when not on a terminal
+  bool quiet = false;
+};
+
+struct StepLog {
+  int64_t step = 0;
+  double loss = 0, ce_loss = 0, aux_loss = 0, z_loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0;
+  double val_loss = -1;  // < 0: not evaluated this step
+  std::vector<double> drop_rate, alpha, aux_per_layer, entropy;
+  std::vector<std::vector<int64_t>> expert_load;  // [layer][expert]
+};
+
+struct TrainResult {
+  std::vector<StepLog> log;
+  std::string final_checkpoint;
+  double final_val_loss = -1;
+  double tokens_per_s = 0;  // over the whole run (excluding evaluation and checkpoint writes)
+};
+
+void validate_train_options(const TrainOptions& o);  // throws naming the flag and value
+
+// Runs training; `on_step` (optional) sees every step's log.
+TrainResult train(const TrainOptions& o, const std::function<void(const StepLog&)>& on_step = {});
+
+}  // namespace sky
