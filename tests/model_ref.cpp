@@ -59,14 +59,15 @@ struct Ref {
 
 }  // namespace
 
-std::vector<double> ref_logits(const ModelConfig& c, const std::vector<double>& params,
-                               const std::vector<int32_t>& tokens, double cf, std::vector<double>* drop_rates) {
+RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, const std::vector<int32_t>& tokens,
+                   int B, int Tseq, double cf) {
   Ref R(c, params);
-  const int T = int(tokens.size()), H = c.hidden_size, d = c.head_dim, E = c.num_experts, k = c.top_k;
+  RefOut out;
+  // t indexes all B*T rows; attention stays inside each row's own sequence.
+  const int T = B * Tseq, H = c.hidden_size, d = c.head_dim, E = c.num_experts, k = c.top_k;
   std::vector<std::vector<double>> x(T, std::vector<double>(H));
   for (int t = 0; t < T; t++)
     for (int i = 0; i < H; i++) x[t][i] = R.W("model.embed_tokens.weight")[size_t(tokens[t]) * H + i];
-  if (drop_rates) drop_rates->clear();
   for (int l = 0; l < c.num_layers; l++) {
     std::string P = "model.layers." + std::to_string(l) + ".";
     std::vector<std::vector<double>> q(T), kk(T), vv(T);
@@ -75,24 +76,25 @@ std::vector<double> ref_logits(const ModelConfig& c, const std::vector<double>& 
       q[t] = R.linear(R.W(P + "self_attn.q_proj.weight"), h, c.q_dim());
       kk[t] = R.linear(R.W(P + "self_attn.k_proj.weight"), h, c.kv_dim());
       vv[t] = R.linear(R.W(P + "self_attn.v_proj.weight"), h, c.kv_dim());
-      R.rope(q[t], c.num_heads, t);
-      R.rope(kk[t], c.num_kv_heads, t);
+      R.rope(q[t], c.num_heads, t % Tseq);
+      R.rope(kk[t], c.num_kv_heads, t % Tseq);
     }
     const int group = c.num_heads / c.num_kv_heads;
     for (int t = 0; t < T; t++) {
       std::vector<double> ctx(c.q_dim(), 0.0);
       for (int h = 0; h < c.num_heads; h++) {
         const int g = h / group;
-        std::vector<double> s(t + 1);
-        for (int u = 0; u <= t; u++) {
+        const int t0 = t / Tseq * Tseq;  // first row of this sequence
+        std::vector<double> s(t - t0 + 1);
+        for (int u = t0; u <= t; u++) {
           double dot = 0;
           for (int i = 0; i < d; i++) dot += q[t][h * d + i] * kk[u][g * d + i];
-          s[u] = dot / std::sqrt(double(d));
+          s[u - t0] = dot / std::sqrt(double(d));
         }
         double mx = *std::max_element(s.begin(), s.end()), z = 0;
         for (auto& v : s) z += v = std::exp(v - mx);
-        for (int u = 0; u <= t; u++)
-          for (int i = 0; i < d; i++) ctx[h * d + i] += s[u] / z * vv[u][g * d + i];
+        for (int u = t0; u <= t; u++)
+          for (int i = 0; i < d; i++) ctx[h * d + i] += s[u - t0] / z * vv[u][g * d + i];
       }
       auto o = R.linear(R.W(P + "self_attn.o_proj.weight"), ctx, H);
       for (int i = 0; i < H; i++) x[t][i] += o[i];
@@ -141,7 +143,14 @@ std::vector<double> ref_logits(const ModelConfig& c, const std::vector<double>& 
         for (size_t r = cap; r < as.size(); r++) { kept[as[r].first][as[r].second] = false; dropped++; }
       }
     }
-    if (drop_rates) drop_rates->push_back(double(dropped) / (double(T) * k));
+    out.drop_rates.push_back(double(dropped) / (double(T) * k));
+    double aux = 0;
+    for (int e = 0; e < E; e++) {
+      double mean = 0;
+      for (int t = 0; t < T; t++) mean += g[t][e] / T;
+      aux += (1.0 / E - mean) * (1.0 / E - mean);
+    }
+    out.aux.push_back(aux);
     for (int t = 0; t < T; t++) {
       double s = 0;
       for (int j = 0; j < k; j++) s += g[t][sel[t][j]];
@@ -154,13 +163,13 @@ std::vector<double> ref_logits(const ModelConfig& c, const std::vector<double>& 
       }
     }
   }
-  std::vector<double> logits(size_t(T) * c.vocab_size);
+  out.logits.resize(size_t(T) * c.vocab_size);
   for (int t = 0; t < T; t++) {
     auto h = R.rmsnorm(x[t], R.W("model.norm.weight"));
     auto lg = R.linear(R.W("lm_head.weight"), h, c.vocab_size);
-    std::copy(lg.begin(), lg.end(), logits.begin() + size_t(t) * c.vocab_size);
+    std::copy(lg.begin(), lg.end(), out.logits.begin() + size_t(t) * c.vocab_size);
   }
-  return logits;
+  return out;
 }
 
 double ref_loss(const ModelConfig& c, const std::vector<double>& logits, const std::vector<int32_t>& targets) {

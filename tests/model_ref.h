@@ -8,11 +8,16 @@
 
 namespace skytest {
 
-// Logits [T, V] of one sequence; params in the flat layout of sky::ParamLayout::build(cfg).
-// capacity_factor > 0 applies dropping with the by-probability policy over the T tokens.
-std::vector<double> ref_logits(const sky::ModelConfig& cfg, const std::vector<double>& params,
-                               const std::vector<int32_t>& tokens, double capacity_factor = 0.0,
-                               std::vector<double>* drop_rates = nullptr);
+struct RefOut {
+  std::vector<double> logits;      // [B*T, V]
+  std::vector<double> drop_rates;  // per MoE layer
+  std::vector<double> aux;         // per MoE layer: Skywork eq. 4 over all B*T tokens
+};
+
+// B sequences of T tokens (row-major); params in the flat layout of sky::ParamLayout::build(cfg).
+// The router statistics, capacity (by-probability policy) and aux loss span all B*T tokens.
+RefOut ref_forward(const sky::ModelConfig& cfg, const std::vector<double>& params, const std::vector<int32_t>& tokens,
+                   int B, int T, double capacity_factor = 0.0);
 
 double ref_loss(const sky::ModelConfig& cfg, const std::vector<double>& logits, const std::vector<int32_t>& targets);
 

@@ -49,6 +49,7 @@ const Command kCommands[] = {
     {"info", sky::cli::cmd_info, "print a model's config, parameter counts and tensor table"},
     {"eval", sky::cli::cmd_eval, "mean next-token cross-entropy of a model on a token file"},
     {"generate", sky::cli::cmd_generate, "generate tokens from a prompt with a KV cache"},
+    {"upcycle", sky::cli::cmd_upcycle, "turn a dense checkpoint into an MoE (experts copy the dense FFN)"},
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
 };
 
