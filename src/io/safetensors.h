@@ -31,10 +31,13 @@ class SafetensorsReader {
   bool has(const std::string& name) const { return infos_.count(name) != 0; }
   std::vector<std::string> names() const;  // sorted
   const TensorInfo& info(const std::string& name) const;  // throws naming the tensor and the path
-  // A zero-copy view into the memory map (kept alive by the tensor's owner).
+  // A zero-copy view into the memory map (kept alive by the tensor's owner). Read-only (writing
+  // through data faults) and not necessarily aligned to the element size: convert or copy.
   Tensor get(const std::string& name) const;
   // get(name) after checking the shape; the error names tensor, file, expected and actual shape.
   Tensor get_checked(const std::string& name, const Shape& expected) const;
+  // The header's __metadata__; for a sharded directory also the index's "metadata" (non-string
+  // values as JSON text, e.g. total_size), which wins over the shards' on a clash.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::string& path() const { return path_; }
 
@@ -53,6 +56,7 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 
 // Writes a model directory's weights: model.safetensors when the total is <= max_shard_bytes,
 // else model-0000i-of-0000N.safetensors shards plus model.safetensors.index.json. Each file atomic.
+// Creates `dir` if needed and removes weight files of any other layout left in it.
 void write_safetensors_dir(const std::string& dir, const NamedTensors& tensors, size_t max_shard_bytes,
                            const std::map<std::string, std::string>& metadata = {});
 
