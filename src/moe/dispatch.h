@@ -14,6 +14,7 @@ struct Dispatch {
   std::vector<int32_t> row_token;   // token index of each routed row (ascending within an expert)
   std::vector<int32_t> row_slot;    // top-k slot (0..k-1) of each routed row
   std::vector<uint8_t> kept;        // [N*k]: 1 when assignment (n, slot) was kept
+  std::vector<int32_t> slot_row;    // [N*k]: routed row of assignment (n, slot), -1 when dropped
   std::vector<int32_t> load;        // [E]: assignments routed to expert e before dropping
   int64_t dropped = 0;
   double drop_rate() const { return num_tokens ? double(dropped) / (double(num_tokens) * top_k) : 0.0; }
@@ -25,5 +26,9 @@ struct Dispatch {
 template <class T>
 Dispatch make_dispatch(const int32_t* topk_idx, const T* probs, int N, int E, int k, double capacity_factor,
                        DropPolicy policy);
+// Same, refilling d in place so a caller that keeps d around stops allocating after the first call.
+template <class T>
+void make_dispatch_into(Dispatch& d, const int32_t* topk_idx, const T* probs, int N, int E, int k,
+                        double capacity_factor, DropPolicy policy);
 
 }  // namespace sky

@@ -45,6 +45,10 @@ struct MoeCache {
   double aux_loss = 0.0;                 // of the chosen type (0 when None)
   double z_loss = 0.0;
   double entropy = 0.0;                  // mean router entropy (nats) over tokens
+  // Backward scratch (mutable: moe_backward takes the cache const but reuses these buffers across steps).
+  mutable std::vector<T> d_rows;                  // [R,H]: gradient of y, then reused for the gradient of xg
+  mutable std::vector<T> dact, dh1, dh3;          // [R,I]
+  mutable std::vector<T> dtopk_w, dprobs, dlogits;  // [N,k], [N,E], [N,E]
 };
 
 // out [N, H] = MoE(x [N, H]) (overwrites out).

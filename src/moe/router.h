@@ -19,7 +19,7 @@ template <class T>
 void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o);
 
 // Accumulates dlogits from dprobs [N, E] (gradient reaching the softmax probabilities directly,
-// e.g. from the aux loss; may be null) and dtopk_w [N, k] (gradient of the renormalized weights).
+// e.g. from the aux loss) and dtopk_w [N, k] (gradient of the renormalized weights); either may be null.
 // The normalization's mean and std are part of the differentiated graph.
 template <class T>
 void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* logits, const T* probs,
