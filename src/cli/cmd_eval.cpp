@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "core/threads.h"
 #include "io/token_data.h"
 #include "model/transformer.h"

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "core/threads.h"
 #include "infer/sampler.h"
 #include "model/transformer.h"

@@ -1,8 +1,11 @@
 #include <fmt/format.h>
 
+#include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/params.h"
