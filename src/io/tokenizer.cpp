@@ -1,0 +1,382 @@
+#include "io/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <climits>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <thread>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "io/token_data.h"
+
+namespace sky {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kSpaceSymbol = "\xe2\x96\x81";  // "▁", SentencePiece's visible space
+
+// SentencePiece skips training lines longer than max_sentence_length; we cut them instead so
+// corpora with very long lines (one document per line) still train on all their text.
+constexpr size_t kMaxLine = 4096;
+
+bool is_blank(const std::string& s) { return s.find_first_not_of(" \t\r\f\v") == std::string::npos; }
+
+void strip_cr(std::string& s) {
+  if (!s.empty() && s.back() == '\r') s.pop_back();
+}
+
+void check_readable(const std::string& path, const char* what) {
+  std::error_code ec;
+  SKY_CHECK(fs::is_regular_file(path, ec), "{}: {} is missing or not a regular file", what, path);
+  std::ifstream in(path, std::ios::binary);
+  SKY_CHECK(in.good(), "{}: cannot read {}", what, path);
+}
+
+// Feeds the trainer the lines of several files, skipping blank lines and lone "%" (fortune
+// separators, which would otherwise become the most frequent "sentence") and cutting long lines.
+class LineIterator : public sentencepiece::SentenceIterator {
+ public:
+  explicit LineIterator(const std::vector<std::string>& files) : files_(files) { advance(); }
+  bool done() const override { return done_; }
+  void Next() override { advance(); }
+  const std::string& value() const override { return value_; }
+  sentencepiece::util::Status status() const override { return status_; }
+
+ private:
+  void advance() {
+    while (true) {
+      if (!rest_.empty()) {
+        take_piece();
+        return;
+      }
+      if (!in_.is_open() || !std::getline(in_, rest_)) {
+        if (in_.is_open()) in_.close();
+        if (next_file_ == files_.size()) {
+          done_ = true;
+          return;
+        }
+        const std::string& f = files_[next_file_++];
+        in_.open(f, std::ios::binary);
+        if (!in_) {
+          status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound, "cannot read " + f);
+          done_ = true;
+          return;
+        }
+        rest_.clear();
+        continue;
+      }
+      strip_cr(rest_);
+      if (is_blank(rest_) || rest_ == "%") rest_.clear();
+    }
+  }
+
+  // Cuts at a space in the second half of the limit when there is one (the space becomes the next
+  // piece's dummy prefix), else at a UTF-8 character boundary.
+  void take_piece() {
+    if (rest_.size() <= kMaxLine) {
+      value_ = std::move(rest_);
+      rest_.clear();
+      return;
+    }
+    size_t cut = rest_.rfind(' ', kMaxLine);
+    size_t skip = 1;
+    if (cut == std::string::npos || cut < kMaxLine / 2) {
+      cut = kMaxLine;
+      while (cut > 0 && (static_cast<unsigned char>(rest_[cut]) & 0xC0) == 0x80) cut--;
+      skip = 0;
+    }
+    value_ = rest_.substr(0, cut);
+    rest_.erase(0, cut + skip);
+  }
+
+  const std::vector<std::string>& files_;
+  size_t next_file_ = 0;
+  std::ifstream in_;
+  std::string rest_, value_;
+  bool done_ = false;
+  sentencepiece::util::Status status_;
+};
+
+}  // namespace
+
+Tokenizer Tokenizer::from_processor(std::shared_ptr<sentencepiece::SentencePieceProcessor> sp, std::string path) {
+  Tokenizer t;
+  t.sp_ = std::move(sp);
+  t.path_ = std::move(path);
+  // The model proto's normalizer spec is not in the public headers; a dummy prefix shows as a
+  // leading space when a lone word is encoded and its pieces read back.
+  std::string s;
+  for (int32_t id : t.encode("a")) s += t.decode_piece(id);
+  t.dummy_prefix_ = s == " a";
+  return t;
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  check_readable(path, "tokenizer");
+  auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
+  auto st = sp->Load(path);
+  SKY_CHECK(st.ok(), "tokenizer {}: not a valid SentencePiece model: {}", path, st.ToString());
+  return from_processor(std::move(sp), path);
+}
+
+Tokenizer Tokenizer::train(const std::vector<std::string>& text_files, const std::string& model_path,
+                           int vocab_size, const TokenizerTrainOptions& opt) {
+  SKY_CHECK(!text_files.empty(), "tokenizer training needs at least one text file");
+  for (const auto& f : text_files) check_readable(f, "tokenizer training");
+  SKY_CHECK(opt.model_type == "bpe" || opt.model_type == "unigram",
+            "tokenizer model type '{}' is not one of: bpe, unigram", opt.model_type);
+  SKY_CHECK(vocab_size > 259, "tokenizer vocab size {} is too small: byte fallback alone takes 259 ids", vocab_size);
+  SKY_CHECK(opt.seed != UINT_MAX, "tokenizer seed {} is reserved by SentencePiece", opt.seed);
+  SKY_CHECK(opt.threads > 0, "tokenizer training threads {} must be positive", opt.threads);
+
+  std::string out = model_path;
+  if (fs::path(out).extension() != ".model") out += ".model";
+
+  const std::unordered_map<std::string, std::string> args = {
+      {"model_type", opt.model_type},
+      {"vocab_size", std::to_string(vocab_size)},
+      {"character_coverage", fmt::format("{}", opt.character_coverage)},
+      {"byte_fallback", "true"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      // Identity normalization and kept whitespace, so decode(encode(x)) == x for any text.
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"add_dummy_prefix", "true"},
+      {"split_digits", "true"},
+      {"allow_whitespace_only_pieces", "true"},
+      {"max_sentence_length", std::to_string(kMaxLine)},
+      {"input_sentence_size", std::to_string(opt.input_sentence_size)},
+      {"shuffle_input_sentence", "true"},
+      {"num_threads", std::to_string(opt.threads)},
+      {"minloglevel", opt.verbose ? "0" : "2"},
+  };
+
+  // SentencePiece keeps one random generator per thread, seeded on first use; a fresh thread makes
+  // the sampling depend on opt.seed alone, however many models this process trained before.
+  std::string proto;
+  sentencepiece::util::Status st;
+  std::thread worker([&] {
+    sentencepiece::SetRandomGeneratorSeed(opt.seed);
+    LineIterator lines(text_files);
+    st = sentencepiece::SentencePieceTrainer::Train(args, &lines, &proto);
+  });
+  worker.join();
+  SKY_CHECK(st.ok(), "tokenizer training on {} ({} files) failed: {}", text_files.front(), text_files.size(),
+            st.ToString());
+
+  std::string tmp = out + ".tmp";
+  {
+    std::ofstream o(tmp, std::ios::binary | std::ios::trunc);
+    o.write(proto.data(), std::streamsize(proto.size()));
+    SKY_CHECK(o.good(), "tokenizer {}: cannot write {}", out, tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, out, ec);
+  SKY_CHECK(!ec, "tokenizer {}: cannot rename {} into place: {}", out, tmp, ec.message());
+
+  auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
+  st = sp->LoadFromSerializedProto(proto);
+  SKY_CHECK(st.ok(), "tokenizer {}: trained model does not load: {}", out, st.ToString());
+  return from_processor(std::move(sp), out);
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  std::vector<int> ids;
+  auto st = sp_->Encode(text, &ids);
+  SKY_CHECK(st.ok(), "tokenizer {}: encode failed: {}", path_, st.ToString());
+  return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  const int n = vocab_size();
+  for (size_t i = 0; i < ids.size(); i++)
+    SKY_CHECK(ids[i] >= 0 && ids[i] < n, "tokenizer {}: id {} at position {} is outside the vocab of {}", path_,
+              ids[i], i, n);
+  std::string out;
+  auto st = sp_->Decode(ids, &out);
+  SKY_CHECK(st.ok(), "tokenizer {}: decode failed: {}", path_, st.ToString());
+  return out;
+}
+
+std::string Tokenizer::decode_piece(int32_t id) const {
+  const std::string& piece = id_to_piece(id);
+  if (sp_->IsControl(id)) return "";
+  if (sp_->IsUnknown(id)) return " \xe2\x81\x87 ";  // SentencePiece's default unk surface " ⁇ "
+  if (sp_->IsByte(id)) return std::string(1, char(std::stoi(piece.substr(3, 2), nullptr, 16)));  // "<0xAB>"
+  std::string s;
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, kSpaceSymbol.size(), kSpaceSymbol) == 0) {
+      s += ' ';
+      i += kSpaceSymbol.size();
+    } else {
+      s += piece[i++];
+    }
+  }
+  return s;
+}
+
+const std::string& Tokenizer::id_to_piece(int32_t id) const {
+  SKY_CHECK(id >= 0 && id < vocab_size(), "tokenizer {}: id {} is outside the vocab of {}", path_, id, vocab_size());
+  return sp_->IdToPiece(id);
+}
+
+int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int Tokenizer::bos_id() const { return sp_->bos_id(); }
+int Tokenizer::eos_id() const { return sp_->eos_id(); }
+int Tokenizer::unk_id() const { return sp_->unk_id(); }
+int Tokenizer::pad_id() const { return sp_->pad_id(); }
+
+StreamDecoder::StreamDecoder(const Tokenizer& tok, bool at_start) : tok_(&tok), strip_space_(at_start) {}
+
+std::string StreamDecoder::push(int32_t id) {
+  std::string s = tok_->decode_piece(id);
+  // Like decode(): the first visible piece loses the space the dummy prefix put in front of it.
+  if (strip_space_ && !s.empty()) {
+    if (tok_->adds_dummy_prefix() && tok_->id_to_piece(id).starts_with(kSpaceSymbol)) s.erase(0, 1);
+    strip_space_ = false;
+  }
+  pending_ += s;
+
+  // Emit whole characters; a truncated one at the end waits, a malformed byte becomes U+FFFD as in
+  // SentencePiece's own decoding.
+  std::string out;
+  size_t i = 0;
+  const size_t n = pending_.size();
+  auto cont = [&](size_t k) { return (static_cast<unsigned char>(pending_[k]) & 0xC0) == 0x80; };
+  while (i < n) {
+    unsigned char c = pending_[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    size_t have = 1;
+    while (have < len && i + have < n && cont(i + have)) have++;
+    if (len != 0 && have == len) {
+      out.append(pending_, i, len);
+      i += len;
+    } else if (len != 0 && i + have == n) {
+      break;  // incomplete so far
+    } else {
+      out += "\xef\xbf\xbd";
+      i++;
+    }
+  }
+  pending_.erase(0, i);
+  return out;
+}
+
+std::string StreamDecoder::flush() {
+  std::string s = std::move(pending_);
+  pending_.clear();
+  return s;
+}
+
+DocSeparator parse_doc_separator(const std::string& s) {
+  if (s == "line") return DocSeparator::Line;
+  if (s == "blank") return DocSeparator::Blank;
+  if (s == "percent") return DocSeparator::Percent;
+  if (s == "file") return DocSeparator::File;
+  fail("document separator '{}' is not one of: line, blank, percent, file", s);
+}
+
+namespace {
+
+// Calls doc(text) for each non-blank document of one file and consumed(n) as bytes are read.
+void read_documents(const std::string& path, DocSeparator sep, const std::function<void(const std::string&)>& doc,
+                    const std::function<void(uint64_t)>& consumed) {
+  std::ifstream in(path, std::ios::binary);
+  SKY_CHECK(in.good(), "tokenize: cannot read {}", path);
+  if (sep == DocSeparator::File) {
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    consumed(text.size());
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+    if (!is_blank(text)) doc(text);
+    return;
+  }
+  std::string line, cur;
+  bool started = false;
+  auto finish = [&] {
+    if (started && !is_blank(cur)) doc(cur);
+    cur.clear();
+    started = false;
+  };
+  while (std::getline(in, line)) {
+    consumed(line.size() + 1);
+    strip_cr(line);
+    if (sep == DocSeparator::Line) {
+      cur = line;
+      started = true;
+      finish();
+      continue;
+    }
+    if (sep == DocSeparator::Blank ? is_blank(line) : line == "%") {
+      finish();
+    } else {
+      if (started) cur += '\n';
+      cur += line;
+      started = true;
+    }
+  }
+  SKY_CHECK(in.eof(), "tokenize: read error in {}", path);
+  finish();
+}
+
+}  // namespace
+
+TokenizeStats tokenize_files(const Tokenizer& tok, const std::vector<std::string>& text_files,
+                             const std::string& out_path, const TokenizeOptions& opt, const ProgressFn& progress) {
+  SKY_CHECK(!text_files.empty(), "tokenize: no text files given");
+  SKY_CHECK(!opt.bos || tok.bos_id() >= 0, "tokenize: tokenizer {} has no bos id", tok.path());
+  SKY_CHECK(!opt.eos || tok.eos_id() >= 0, "tokenize: tokenizer {} has no eos id", tok.path());
+  uint64_t total = 0;
+  for (const auto& f : text_files) {
+    check_readable(f, "tokenize");
+    total += fs::file_size(f);
+  }
+
+  TokenizeStats stats;
+  TokenFileWriter writer(out_path);
+  std::vector<uint32_t> buf;
+  uint64_t done = 0, reported = 0;
+  auto report = [&](bool force) {
+    if (progress && (force || done - reported >= (1u << 20))) {
+      progress(std::min(done, total), total);
+      reported = done;
+    }
+  };
+  report(true);
+  for (const auto& f : text_files) {
+    read_documents(
+        f, opt.separator,
+        [&](const std::string& text) {
+          if (opt.bos) buf.push_back(uint32_t(tok.bos_id()));
+          for (int32_t id : tok.encode(text)) buf.push_back(uint32_t(id));
+          if (opt.eos) buf.push_back(uint32_t(tok.eos_id()));
+          stats.documents++;
+          if (buf.size() >= (1u << 20)) {
+            writer.append(buf);
+            buf.clear();
+          }
+        },
+        [&](uint64_t n) {
+          done += n;
+          report(false);
+        });
+  }
+  writer.append(buf);
+  stats.tokens = writer.count();
+  stats.bytes = total;
+  SKY_CHECK(stats.tokens > 0, "tokenize: {} text files hold no documents", text_files.size());
+  writer.commit();
+  done = total;
+  report(true);
+  return stats;
+}
+
+}  // namespace sky
