@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "model/transformer.h"
+#include "io/safetensors.h"
 #include "model_ref.h"
 #include "ref.h"
 
@@ -148,15 +150,22 @@ TEST(Model, LoadErrorsNameTheProblem) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("w1.weight"), std::string::npos) << e.what();
   }
-  // More experts than the file holds: a missing tensor is named.
-  j = c.to_hf_json();
-  j["num_experts"] = {6};
-  std::ofstream(dir + "/config.json") << j.dump();
+  // A tensor missing from the file is named.
+  std::ofstream(dir + "/config.json") << c.to_hf_json().dump();
+  NamedTensors ts;
+  for (auto& s : m.layout.specs) {
+    if (s.name == expert_param_name(1, 3, "w2")) continue;
+    Tensor t = Tensor::empty(DType::F32, s.shape);
+    std::copy(m.params.data() + s.offset, m.params.data() + s.offset + s.numel(), t.f32());
+    ts.emplace_back(s.name, t);
+  }
+  write_safetensors(dir + "/model.safetensors", ts);
   try {
     Model::load(dir);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("experts.5"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'model.layers.1.block_sparse_moe.experts.3.w2.weight'"),
+              std::string::npos) << e.what();
   }
   EXPECT_THROW(Model::load(dir + "/nope"), Error);
   std::filesystem::remove_all(dir);
