@@ -1,0 +1,112 @@
+// `skymoe bench train`: training throughput (forward + backward + AdamW) on synthetic tokens.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "model/transformer.h"
+#include "train/optimizer.h"
+
+namespace sky::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+int bench_train(const std::string& preset, int seq, int batch, int steps, int warmup, bool json_out) {
+  ModelConfig cfg = ModelConfig::resolve(preset);
+  SKY_CHECK(seq <= cfg.max_position_embeddings, "--seq-len {} exceeds max_position_embeddings {}", seq,
+            cfg.max_position_embeddings);
+  if (!json_out)
+    fmt::print(stderr, "bench train: {} ({:.1f}M params, {:.1f}M active), B={} S={}, {} threads\n", preset,
+               cfg.param_count() / 1e6, cfg.active_param_count() / 1e6, batch, seq, num_threads());
+  Model m = Model::random(cfg, 1);
+  AdamW opt(m.layout, AdamWOptions{});
+  FloatBuf grads(m.layout.total);
+  Activations acts;
+  MoeOptions moe = moe_options(cfg, 0.0, DropPolicy::Prob, AuxLossType::Skywork);
+  LossWeights lw{std::vector<double>(cfg.num_layers, 0.01), 0.0};
+  Rng rng(7);
+  std::vector<int32_t> in(size_t(batch) * seq), tgt(in.size());
+  std::vector<double> t_fwd, t_bwd, t_opt, t_step;
+  for (int s = 0; s < warmup + steps; s++) {
+    for (size_t i = 0; i < in.size(); i++) in[i] = int32_t(rng.below(cfg.vocab_size));
+    for (size_t i = 0; i < in.size(); i++) tgt[i] = i + 1 < in.size() ? in[i + 1] : in[0];
+    auto t0 = Clock::now();
+    std::memset(grads.data(), 0, grads.size() * sizeof(float));
+    forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
+    double f = since(t0);
+    auto t1 = Clock::now();
+    backward(m, acts, grads.data(), moe, lw, 1.0);
+    double b = since(t1);
+    auto t2 = Clock::now();
+    clip_grad_norm(grads.data(), grads.size(), 1.0);
+    opt.update(m.params.data(), grads.data(), 1e-4, s + 1);
+    double o = since(t2);
+    double all = since(t0);
+    if (s >= warmup) {
+      t_fwd.push_back(f);
+      t_bwd.push_back(b);
+      t_opt.push_back(o);
+      t_step.push_back(all);
+    }
+    if (!json_out)
+      fmt::print(stderr, "  step {}{}: {:.2f}s (fwd {:.2f} bwd {:.2f} opt {:.2f}) {:.0f} tok/s\n", s + 1,
+                 s < warmup ? " (warm-up)" : "", all, f, b, o, in.size() / all);
+  }
+  auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
+  const double tok = double(in.size());
+  // Model FLOPs per token: 6 x active matmul params, plus causal attention (QK^T and AV, fwd+bwd).
+  const double flops_tok = 6.0 * cfg.active_param_count() + 6.0 * cfg.num_layers * seq * cfg.q_dim();
+  const double tps = tok / med(t_step);
+  nlohmann::json j = {{"preset", preset},
+                      {"threads", num_threads()},
+                      {"batch_size", batch},
+                      {"seq_len", seq},
+                      {"steps", steps},
+                      {"tokens_per_s", tps},
+                      {"step_s", med(t_step)},
+                      {"forward_s", med(t_fwd)},
+                      {"backward_s", med(t_bwd)},
+                      {"optimizer_s", med(t_opt)},
+                      {"model_gflops_per_s", tps * flops_tok / 1e9}};
+  if (json_out)
+    fmt::print("{}\n", j.dump());
+  else
+    fmt::print("train {}: {:.0f} tokens/s (step {:.2f}s: forward {:.2f}, backward {:.2f}, optimizer {:.2f}); "
+               "{:.0f} model GFLOP/s\n", preset, tps, med(t_step), med(t_fwd), med(t_bwd), med(t_opt),
+               tps * flops_tok / 1e9);
+  return 0;
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  CLI::App app{"Benchmarks. `skymoe bench train --preset train-moe`: training tokens/s (forward, backward, AdamW)."};
+  app.name("skymoe bench");
+  app.require_subcommand(1);
+  auto* tr = app.add_subcommand("train", "training throughput on synthetic tokens");
+  std::string preset = "train-moe";
+  int seq = 256, batch = 8, steps = 3, warmup = 1, threads = 0;
+  bool json_out = false;
+  tr->add_option("--preset,--config", preset, "preset or config.json")->capture_default_str();
+  tr->add_option("--seq-len", seq, "sequence length")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--batch-size", batch, "sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--steps", steps, "timed steps (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--warmup-steps", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  tr->add_option("--threads", threads, "threads (0 = all cores)");
+  tr->add_flag("--json", json_out, "print one JSON object");
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  set_threads(threads);
+  if (tr->parsed()) return bench_train(preset, seq, batch, steps, warmup, json_out);
+  return 0;
+}
+
+}  // namespace sky::cli
