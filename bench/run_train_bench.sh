@@ -8,8 +8,8 @@ bin=${SKYMOE:-build/skymoe}
 export OMP_NUM_THREADS=$threads
 sky=$($bin bench train --preset "$preset" --threads "$threads" --steps 3 --warmup-steps 1 --json)
 # Debian's torch must use the OpenMP OpenBLAS, not the reference BLAS.
-blas=/usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3
-pt=$(LD_PRELOAD=${blas} /usr/bin/python3 bench/train_pytorch.py --preset "$preset" --threads "$threads" --steps 3 --warmup-steps 1)
+blasdir=/usr/lib/x86_64-linux-gnu/openblas-openmp
+pt=$(LD_LIBRARY_PATH=${blasdir} /usr/bin/python3 bench/train_pytorch.py --preset "$preset" --threads "$threads" --steps 3 --warmup-steps 1)
 echo "skymoe : $sky"
 echo "pytorch: $pt"
 python3 - "$sky" "$pt" <<'PY'

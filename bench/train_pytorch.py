@@ -59,7 +59,9 @@ class Layer(torch.nn.Module):
         if s.nkv != s.nh:
             k = k.repeat_interleave(s.nh // s.nkv, dim=1)
             v = v.repeat_interleave(s.nh // s.nkv, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        sc = (q @ k.transpose(-1, -2)) / math.sqrt(s.hd)
+        sc = sc.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        a = sc.softmax(-1) @ v
         x = x + s.o(a.transpose(1, 2).reshape(B, T, H))
         h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * s.n2
         if not s.E:
