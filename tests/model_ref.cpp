@@ -17,11 +17,21 @@ namespace {
 struct Ref {
   const ModelConfig& c;
   const std::vector<double>& p;
-  std::map<std::string, size_t> off;
-  Ref(const ModelConfig& c_, const std::vector<double>& p_) : c(c_), p(p_) {
-    for (auto& s : sky::ParamLayout::build(c).specs) off[s.name] = s.offset;
-  }
+  const std::map<std::string, size_t>& off;
+  Ref(const ModelConfig& c_, const std::vector<double>& p_) : c(c_), p(p_), off(offsets(c_)) {}
   const double* W(const std::string& name) const { return p.data() + off.at(name); }
+
+  // Tensor name -> offset, built once per shape (finite-difference tests call ref_forward thousands of times).
+  static const std::map<std::string, size_t>& offsets(const ModelConfig& c) {
+    thread_local std::map<std::vector<int>, std::map<std::string, size_t>> cache;
+    std::vector<int> key = {c.vocab_size, c.hidden_size,        c.num_layers, c.num_heads,
+                            c.num_kv_heads, c.intermediate_size, c.num_experts};
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    std::map<std::string, size_t> off;
+    for (auto& s : sky::ParamLayout::build(c).specs) off[s.name] = s.offset;
+    return cache.emplace(key, std::move(off)).first->second;
+  }
 
   // y[o] = sum_i W[o, i] x[i]
   std::vector<double> linear(const double* w, const std::vector<double>& x, int O) const {
@@ -66,16 +76,20 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
   // t indexes all B*T rows; attention stays inside each row's own sequence.
   const int T = B * Tseq, H = c.hidden_size, d = c.head_dim, E = c.num_experts, k = c.top_k;
   std::vector<std::vector<double>> x(T, std::vector<double>(H));
+  const double* embed = R.W("model.embed_tokens.weight");
   for (int t = 0; t < T; t++)
-    for (int i = 0; i < H; i++) x[t][i] = R.W("model.embed_tokens.weight")[size_t(tokens[t]) * H + i];
+    for (int i = 0; i < H; i++) x[t][i] = embed[size_t(tokens[t]) * H + i];
   for (int l = 0; l < c.num_layers; l++) {
     std::string P = "model.layers." + std::to_string(l) + ".";
+    const double *ln1 = R.W(P + "input_layernorm.weight"), *wq = R.W(P + "self_attn.q_proj.weight"),
+                 *wk = R.W(P + "self_attn.k_proj.weight"), *wv = R.W(P + "self_attn.v_proj.weight"),
+                 *wo = R.W(P + "self_attn.o_proj.weight"), *ln2 = R.W(P + "post_attention_layernorm.weight");
     std::vector<std::vector<double>> q(T), kk(T), vv(T);
     for (int t = 0; t < T; t++) {
-      auto h = R.rmsnorm(x[t], R.W(P + "input_layernorm.weight"));
-      q[t] = R.linear(R.W(P + "self_attn.q_proj.weight"), h, c.q_dim());
-      kk[t] = R.linear(R.W(P + "self_attn.k_proj.weight"), h, c.kv_dim());
-      vv[t] = R.linear(R.W(P + "self_attn.v_proj.weight"), h, c.kv_dim());
+      auto h = R.rmsnorm(x[t], ln1);
+      q[t] = R.linear(wq, h, c.q_dim());
+      kk[t] = R.linear(wk, h, c.kv_dim());
+      vv[t] = R.linear(wv, h, c.kv_dim());
       R.rope(q[t], c.num_heads, t % Tseq);
       R.rope(kk[t], c.num_kv_heads, t % Tseq);
     }
@@ -96,11 +110,11 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
         for (int u = t0; u <= t; u++)
           for (int i = 0; i < d; i++) ctx[h * d + i] += s[u - t0] / z * vv[u][g * d + i];
       }
-      auto o = R.linear(R.W(P + "self_attn.o_proj.weight"), ctx, H);
+      auto o = R.linear(wo, ctx, H);
       for (int i = 0; i < H; i++) x[t][i] += o[i];
     }
     std::vector<std::vector<double>> h2(T);
-    for (int t = 0; t < T; t++) h2[t] = R.rmsnorm(x[t], R.W(P + "post_attention_layernorm.weight"));
+    for (int t = 0; t < T; t++) h2[t] = R.rmsnorm(x[t], ln2);
     if (!c.is_moe()) {
       for (int t = 0; t < T; t++) {
         auto f = R.swiglu_ffn(R.W(P + "mlp.gate_proj.weight"), R.W(P + "mlp.up_proj.weight"),
@@ -112,8 +126,16 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
     // Router: logits -> (normalize with unbiased std) -> softmax -> top-k -> renormalize.
     std::vector<std::vector<double>> g(T);
     std::vector<std::vector<int>> sel(T);
+    double zsum = 0;
+    const double* gate = R.W(P + "block_sparse_moe.gate.weight");
     for (int t = 0; t < T; t++) {
-      auto z = R.linear(R.W(P + "block_sparse_moe.gate.weight"), h2[t], E);
+      auto z = R.linear(gate, h2[t], E);
+      {  // router z-loss term of this token, on the raw logits
+        double zm = *std::max_element(z.begin(), z.end()), se = 0;
+        for (double v : z) se += std::exp(v - zm);
+        const double lse = zm + std::log(se);
+        zsum += lse * lse;
+      }
       if (c.logits_norm) {
         double mean = std::accumulate(z.begin(), z.end(), 0.0) / E, var = 0;
         for (double v : z) var += (v - mean) * (v - mean);
@@ -143,6 +165,7 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
         for (size_t r = cap; r < as.size(); r++) { kept[as[r].first][as[r].second] = false; dropped++; }
       }
     }
+    out.zloss.push_back(zsum / T);
     out.drop_rates.push_back(double(dropped) / (double(T) * k));
     double aux = 0;
     for (int e = 0; e < E; e++) {
@@ -151,22 +174,28 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
       aux += (1.0 / E - mean) * (1.0 / E - mean);
     }
     out.aux.push_back(aux);
+    std::vector<const double*> w1(E), w3(E), w2(E);
+    for (int e = 0; e < E; e++) {
+      w1[e] = R.W(sky::expert_param_name(l, e, "w1"));
+      w3[e] = R.W(sky::expert_param_name(l, e, "w3"));
+      w2[e] = R.W(sky::expert_param_name(l, e, "w2"));
+    }
     for (int t = 0; t < T; t++) {
       double s = 0;
       for (int j = 0; j < k; j++) s += g[t][sel[t][j]];
       for (int j = 0; j < k; j++) {
         if (!kept[t][j]) continue;
         const int e = sel[t][j];
-        auto f = R.swiglu_ffn(R.W(sky::expert_param_name(l, e, "w1")), R.W(sky::expert_param_name(l, e, "w3")),
-                              R.W(sky::expert_param_name(l, e, "w2")), h2[t]);
+        auto f = R.swiglu_ffn(w1[e], w3[e], w2[e], h2[t]);
         for (int i = 0; i < H; i++) x[t][i] += g[t][e] / s * f[i];
       }
     }
   }
   out.logits.resize(size_t(T) * c.vocab_size);
+  const double *norm = R.W("model.norm.weight"), *head = R.W("lm_head.weight");
   for (int t = 0; t < T; t++) {
-    auto h = R.rmsnorm(x[t], R.W("model.norm.weight"));
-    auto lg = R.linear(R.W("lm_head.weight"), h, c.vocab_size);
+    auto h = R.rmsnorm(x[t], norm);
+    auto lg = R.linear(head, h, c.vocab_size);
     std::copy(lg.begin(), lg.end(), out.logits.begin() + size_t(t) * c.vocab_size);
   }
   return out;
@@ -182,6 +211,17 @@ double ref_loss(const ModelConfig& c, const std::vector<double>& logits, const s
     sum += mx + std::log(z) - l[targets[t]];
   }
   return sum / targets.size();
+}
+
+double ref_objective(const ModelConfig& c, const std::vector<double>& params, const std::vector<int32_t>& inputs,
+                     const std::vector<int32_t>& targets, int B, int T, double cf, const std::vector<double>& alpha,
+                     double z_coef, RefOut* out) {
+  RefOut r = ref_forward(c, params, inputs, B, T, cf);
+  double total = ref_loss(c, r.logits, targets);
+  for (size_t l = 0; l < r.aux.size(); l++)
+    total += (l < alpha.size() ? alpha[l] : 0.0) * r.aux[l] + z_coef * r.zloss[l];
+  if (out) *out = std::move(r);
+  return total;
 }
 
 }  // namespace skytest

@@ -12,6 +12,7 @@ struct RefOut {
   std::vector<double> logits;      // [B*T, V]
   std::vector<double> drop_rates;  // per MoE layer
   std::vector<double> aux;         // per MoE layer: Skywork eq. 4 over all B*T tokens
+  std::vector<double> zloss;       // per MoE layer: mean over all B*T tokens of logsumexp(raw router logits)^2
 };
 
 // B sequences of T tokens (row-major); params in the flat layout of sky::ParamLayout::build(cfg).
@@ -20,5 +21,11 @@ RefOut ref_forward(const sky::ModelConfig& cfg, const std::vector<double>& param
                    int B, int T, double capacity_factor = 0.0);
 
 double ref_loss(const sky::ModelConfig& cfg, const std::vector<double>& logits, const std::vector<int32_t>& targets);
+
+// The training objective (DESIGN.md section 2): mean CE + sum_l alpha[l] * aux_l + z_coef * sum_l zloss_l
+// (alpha may be shorter than the layer count: missing entries are 0). `out` (optional) receives the forward.
+double ref_objective(const sky::ModelConfig& cfg, const std::vector<double>& params, const std::vector<int32_t>& inputs,
+                     const std::vector<int32_t>& targets, int B, int T, double capacity_factor,
+                     const std::vector<double>& alpha, double z_coef, RefOut* out = nullptr);
 
 }  // namespace skytest

@@ -1,6 +1,8 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace sky {
 
@@ -33,9 +35,20 @@ void AdamW::update(float* p, const float* g, double lr, int64_t step) {
 }
 
 double grad_norm(const float* g, size_t n) {
+  // Fixed blocks summed in a fixed order, not an OpenMP reduction: libgomp combines reduction
+  // partials in thread-arrival order, so with 3+ threads the norm (and the clip coefficient) could
+  // differ in the last bit from run to run, breaking bit-for-bit resume.
+  constexpr size_t kBlock = size_t(1) << 14;
+  const size_t nb = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(nb, 0.0);
+#pragma omp parallel for schedule(static) if (nb > 1)
+  for (size_t b = 0; b < nb; b++) {
+    double s = 0;
+    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); i++) s += double(g[i]) * g[i];
+    part[b] = s;
+  }
   double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (size_t i = 0; i < n; i++) s += double(g[i]) * g[i];
+  for (double p : part) s += p;
   return std::sqrt(s);
 }
 

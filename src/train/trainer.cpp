@@ -34,16 +34,24 @@ void validate_train_options(const TrainOptions& o) {
   SKY_CHECK(o.steps > 0, "--steps must be positive, got {}", o.steps);
   SKY_CHECK(std::isfinite(o.schedule.lr) && o.schedule.lr > 0, "--lr must be positive, got {}", o.schedule.lr);
   SKY_CHECK(o.schedule.warmup >= 0, "--warmup must be >= 0, got {}", o.schedule.warmup);
+  SKY_CHECK(o.schedule.min_ratio >= 0 && o.schedule.min_ratio <= 1, "--min-lr-ratio must be in [0, 1], got {}",
+            o.schedule.min_ratio);
   SKY_CHECK(o.adam.beta1 >= 0 && o.adam.beta1 < 1, "--beta1 must be in [0, 1), got {}", o.adam.beta1);
   SKY_CHECK(o.adam.beta2 >= 0 && o.adam.beta2 < 1, "--beta2 must be in [0, 1), got {}", o.adam.beta2);
-  SKY_CHECK(o.adam.eps > 0, "--eps must be positive, got {}", o.adam.eps);
-  SKY_CHECK(o.adam.weight_decay >= 0, "--weight-decay must be >= 0, got {}", o.adam.weight_decay);
-  SKY_CHECK(o.grad_clip >= 0, "--grad-clip must be >= 0 (0 = off), got {}", o.grad_clip);
-  SKY_CHECK(o.aux_alpha >= 0, "--aux-alpha must be >= 0, got {}", o.aux_alpha);
-  SKY_CHECK(o.aux_xi >= 0 && o.aux_alpha_max >= 0, "--aux-xi and --aux-alpha-max must be >= 0");
+  // Infinities are rejected too: each one would only surface later as a non-finite loss (or, for
+  // --eps, as a run that silently never moves).
+  SKY_CHECK(std::isfinite(o.adam.eps) && o.adam.eps > 0, "--eps must be finite and positive, got {}", o.adam.eps);
+  SKY_CHECK(std::isfinite(o.adam.weight_decay) && o.adam.weight_decay >= 0,
+            "--weight-decay must be finite and >= 0, got {}", o.adam.weight_decay);
+  SKY_CHECK(std::isfinite(o.grad_clip) && o.grad_clip >= 0, "--grad-clip must be finite and >= 0 (0 = off), got {}",
+            o.grad_clip);
+  SKY_CHECK(std::isfinite(o.aux_alpha) && o.aux_alpha >= 0, "--aux-alpha must be finite and >= 0, got {}",
+            o.aux_alpha);
+  SKY_CHECK(std::isfinite(o.aux_xi) && o.aux_xi >= 0 && std::isfinite(o.aux_alpha_max) && o.aux_alpha_max >= 0,
+            "--aux-xi and --aux-alpha-max must be finite and >= 0, got {} and {}", o.aux_xi, o.aux_alpha_max);
   SKY_CHECK(o.aux_beta >= 0 && o.aux_beta <= 1, "--aux-beta must be in [0, 1], got {}", o.aux_beta);
-  SKY_CHECK(o.z_loss >= 0, "--z-loss must be >= 0, got {}", o.z_loss);
-  SKY_CHECK(std::isfinite(o.capacity_factor), "--capacity-factor must be finite");
+  SKY_CHECK(std::isfinite(o.z_loss) && o.z_loss >= 0, "--z-loss must be finite and >= 0, got {}", o.z_loss);
+  SKY_CHECK(std::isfinite(o.capacity_factor), "--capacity-factor must be finite, got {}", o.capacity_factor);
   SKY_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1), got {}", o.val_fraction);
   SKY_CHECK(o.val_data.empty() || o.val_fraction == 0, "give --val-data or --val-fraction, not both");
   SKY_CHECK(o.save_every >= 0, "--save-every must be >= 0, got {}", o.save_every);
