@@ -170,7 +170,18 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
 
   std::ofstream jsonl;
   if (!o.log_jsonl.empty()) {
-    jsonl.open(o.log_jsonl, step0 > 0 ? std::ios::app : std::ios::trunc);
+    // On resume, keep the log's lines up to the checkpoint's step: steps a stopped run logged after
+    // its last checkpoint are redone and must not appear twice.
+    std::string kept;
+    if (step0 > 0) {
+      std::ifstream old(o.log_jsonl);
+      for (std::string line; std::getline(old, line);) {
+        json j = json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.is_object() && j.value("step", int64_t(0)) <= step0) kept += line + "\n";
+      }
+    }
+    jsonl.open(o.log_jsonl, std::ios::trunc);
+    jsonl << kept;
     SKY_CHECK(jsonl.good(), "--log-jsonl: cannot write '{}'", o.log_jsonl);
   }
 
