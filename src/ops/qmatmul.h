@@ -1,0 +1,39 @@
+#pragma once
+// Linear layers for inference with f32 activations and f32, bf16 or fp8-E4M3 weights (per-tensor or
+// per-output-row f32 scales). Weights are decoded in registers, never into a temporary array.
+// Memory-bound at small N (decode): speed is bytes per weight and how close the loop runs to the
+// memory roofline.
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace sky {
+
+struct QWeight {
+  DType dtype = DType::F32;  // F32, BF16 or F8_E4M3
+  int O = 0, I = 0;          // [O, I], row-major (HF layout)
+  const void* data = nullptr;
+  const float* scale = nullptr;  // F8_E4M3 only: 1 value (per-tensor) or O values (per-row)
+  int scale_count = 0;
+  Tensor storage, scale_storage;  // keep the bytes alive (owned, or a view into a memory map)
+
+  size_t bytes() const { return size_t(O) * I * dtype_size(dtype) + size_t(scale_count) * 4; }
+  float row_scale(int o) const { return scale ? scale[scale_count == 1 ? 0 : o] : 1.0f; }
+};
+
+// Makes a QWeight from f32 values, converting to `dtype`. For F8_E4M3, `per_row` chooses one scale
+// per output row (else one per tensor); scales map each row's (or the tensor's) max |w| to 448.
+QWeight quantize_weight(const float* w, int O, int I, DType dtype, bool per_row);
+
+// y[N, O] = x[N, I] * W^T (overwrites y). Parallel over output rows (OpenMP); every weight row is
+// read once for all N input rows. Rows of x and y are contiguous with strides I and O.
+void qmatmul(float* y, const float* x, const QWeight& w, int N);
+
+// The same over a sub-range of output rows [o_begin, o_end) on the calling thread only (for use
+// inside a parallel region, e.g. grouped expert GEMMs). y keeps stride O.
+void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin, int o_end);
+
+// Name of the SIMD target chosen at run time (e.g. "AVX3_ZEN4", "AVX2").
+const char* qmatmul_target();
+
+}  // namespace sky
