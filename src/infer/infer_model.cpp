@@ -1,0 +1,188 @@
+#include "infer/infer_model.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/params.h"
+
+namespace sky {
+
+static DType parse_target(const std::string& s) {
+  if (s == "f32") return DType::F32;
+  if (s == "bf16") return DType::BF16;
+  if (s == "fp8") return DType::F8_E4M3;
+  fail("--dtype '{}' (expected auto, f32, bf16 or fp8)", s);
+}
+
+static std::vector<float> f32_vec(const SafetensorsReader& r, const std::string& name, const Shape& shape) {
+  Tensor t = r.get_checked(name, shape);
+  std::vector<float> v(t.numel());
+  convert_to_f32(t.dtype, t.data, v.data(), v.size());
+  return v;
+}
+
+// Loads one linear weight [O, I]. Kept as a view into the map when the stored dtype is wanted
+// (or `target` is auto and the stored dtype is one the kernels take); converted otherwise.
+static QWeight load_linear(const SafetensorsReader& r, const std::string& name, int O, int I, const InferLoadOptions& o,
+                           bool is_head, bool* mmapped) {
+  Tensor t = r.get_checked(name, {O, I});
+  std::string scale_name = name.substr(0, name.size() - 7) + ".weight_scale";
+  const bool has_scale = r.has(scale_name);
+  DType want = o.dtype == "auto" ? t.dtype : parse_target(o.dtype);
+  if (want == DType::F16 || want == DType::F8_E5M2) want = DType::F32;
+  if (is_head && want == DType::F8_E4M3) want = DType::BF16;  // the LM head stays higher precision
+  if (t.dtype == want && (want == DType::F32 || want == DType::BF16) && !has_scale) {
+    QWeight q;
+    q.dtype = want;
+    q.O = O;
+    q.I = I;
+    q.data = t.data;
+    q.storage = t;
+    *mmapped = true;
+    return q;
+  }
+  if (t.dtype == DType::F8_E4M3 && want == DType::F8_E4M3) {
+    SKY_CHECK(has_scale, "{}: FP8 tensor '{}' has no '{}' beside it", r.path(), name, scale_name);
+    QWeight q;
+    q.dtype = want;
+    q.O = O;
+    q.I = I;
+    q.data = t.data;
+    q.storage = t;
+    q.scale_storage = r.get(scale_name).to_f32();
+    q.scale_count = int(q.scale_storage.numel());
+    SKY_CHECK(q.scale_count == 1 || q.scale_count == O, "{}: '{}' has {} values; expected 1 or {}", r.path(),
+              scale_name, q.scale_count, O);
+    q.scale = q.scale_storage.f32();
+    *mmapped = true;
+    return q;
+  }
+  // Convert: dequantize to f32 (applying any scale), then quantize to the target.
+  std::vector<float> w(size_t(O) * I);
+  convert_to_f32(t.dtype, t.data, w.data(), w.size());
+  if (has_scale) {
+    Tensor sc = r.get(scale_name).to_f32();
+    const int64_t ns = sc.numel();
+    SKY_CHECK(ns == 1 || ns == O, "{}: '{}' has {} values; expected 1 or {}", r.path(), scale_name, ns, O);
+    for (int i = 0; i < O; i++)
+      for (int j = 0; j < I; j++) w[size_t(i) * I + j] *= sc.f32()[ns == 1 ? 0 : i];
+  }
+  return quantize_weight(w.data(), O, I, want, o.per_row);
+}
+
+InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o) {
+  if (o.dtype != "auto") parse_target(o.dtype);
+  InferModel m;
+  m.cfg = ModelConfig::load_file(dir);
+  const ModelConfig& c = m.cfg;
+  SafetensorsReader r = SafetensorsReader::open(dir);
+  const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  m.embed = f32_vec(r, "model.embed_tokens.weight", {c.vocab_size, H});
+  m.final_norm = f32_vec(r, "model.norm.weight", {H});
+  bool mm = false;
+  m.lm_head = load_linear(r, "lm_head.weight", c.vocab_size, H, o, true, &mm);
+  m.layers.resize(c.num_layers);
+  std::exception_ptr err;
+#pragma omp parallel for schedule(dynamic)
+  for (int l = 0; l < c.num_layers; l++) {
+    try {
+      bool lm = false;
+      InferLayer& L = m.layers[l];
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      L.attn_norm = f32_vec(r, p + "input_layernorm.weight", {H});
+      L.ffn_norm = f32_vec(r, p + "post_attention_layernorm.weight", {H});
+      L.wq = load_linear(r, p + "self_attn.q_proj.weight", qd, H, o, false, &lm);
+      L.wk = load_linear(r, p + "self_attn.k_proj.weight", kvd, H, o, false, &lm);
+      L.wv = load_linear(r, p + "self_attn.v_proj.weight", kvd, H, o, false, &lm);
+      L.wo = load_linear(r, p + "self_attn.o_proj.weight", H, qd, o, false, &lm);
+      if (c.is_moe()) {
+        L.router = f32_vec(r, p + "block_sparse_moe.gate.weight", {c.num_experts, H});
+        for (int e = 0; e < c.num_experts; e++) {
+          L.w1.push_back(load_linear(r, expert_param_name(l, e, "w1"), I, H, o, false, &lm));
+          L.w3.push_back(load_linear(r, expert_param_name(l, e, "w3"), I, H, o, false, &lm));
+          L.w2.push_back(load_linear(r, expert_param_name(l, e, "w2"), H, I, o, false, &lm));
+        }
+      } else {
+        L.gate = load_linear(r, p + "mlp.gate_proj.weight", I, H, o, false, &lm);
+        L.up = load_linear(r, p + "mlp.up_proj.weight", I, H, o, false, &lm);
+        L.down = load_linear(r, p + "mlp.down_proj.weight", H, I, o, false, &lm);
+      }
+#pragma omp critical
+      mm = mm || lm;
+    } catch (...) {
+#pragma omp critical
+      if (!err) err = std::current_exception();
+    }
+  }
+  if (err) std::rethrow_exception(err);
+  m.mmapped = mm;
+  m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
+  const QWeight& probe = c.is_moe() ? m.layers[0].w1[0] : m.layers[0].gate;
+  m.weight_dtype = probe.dtype == DType::F8_E4M3 ? "fp8" : probe.dtype == DType::BF16 ? "bf16" : "f32";
+  return m;
+}
+
+InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row) {
+  InferModel m;
+  m.cfg = src.cfg;
+  const ModelConfig& c = m.cfg;
+  const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  auto vec = [](const float* p, size_t n) { return std::vector<float>(p, p + n); };
+  auto lin = [&](const float* p, int O, int In) { return quantize_weight(p, O, In, dtype, per_row); };
+  m.embed = vec(src.w.embed, size_t(c.vocab_size) * H);
+  m.final_norm = vec(src.w.final_norm, H);
+  m.lm_head = quantize_weight(src.w.lm_head, c.vocab_size, H, dtype == DType::F8_E4M3 ? DType::BF16 : dtype, per_row);
+  for (int l = 0; l < c.num_layers; l++) {
+    const auto& W = src.w.layers[l];
+    InferLayer L;
+    L.attn_norm = vec(W.attn_norm, H);
+    L.ffn_norm = vec(W.ffn_norm, H);
+    L.wq = lin(W.wq, qd, H);
+    L.wk = lin(W.wk, kvd, H);
+    L.wv = lin(W.wv, kvd, H);
+    L.wo = lin(W.wo, H, qd);
+    if (c.is_moe()) {
+      L.router = vec(W.router, size_t(c.num_experts) * H);
+      for (int e = 0; e < c.num_experts; e++) {
+        L.w1.push_back(lin(W.w1 + size_t(e) * I * H, I, H));
+        L.w3.push_back(lin(W.w3 + size_t(e) * I * H, I, H));
+        L.w2.push_back(lin(W.w2 + size_t(e) * H * I, H, I));
+      }
+    } else {
+      L.gate = lin(W.w_gate, I, H);
+      L.up = lin(W.w_up, I, H);
+      L.down = lin(W.w_down, H, I);
+    }
+    m.layers.push_back(std::move(L));
+  }
+  m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
+  m.weight_dtype = dtype == DType::F8_E4M3 ? "fp8" : dtype == DType::BF16 ? "bf16" : "f32";
+  return m;
+}
+
+double InferModel::decode_weight_bytes_per_token() const {
+  double b = double(lm_head.bytes()) + final_norm.size() * 4.0;
+  for (const auto& L : layers) {
+    b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
+    if (cfg.is_moe()) {
+      b += L.router.size() * 4.0;
+      b += cfg.top_k * double(L.w1[0].bytes() + L.w3[0].bytes() + L.w2[0].bytes());
+    } else {
+      b += double(L.gate.bytes() + L.up.bytes() + L.down.bytes());
+    }
+  }
+  return b;
+}
+
+double InferModel::total_weight_bytes() const {
+  double b = double(lm_head.bytes()) + (embed.size() + final_norm.size()) * 4.0;
+  for (const auto& L : layers) {
+    b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
+    b += L.router.size() * 4.0 + double(L.gate.bytes() + L.up.bytes() + L.down.bytes());
+    for (size_t e = 0; e < L.w1.size(); e++) b += double(L.w1[e].bytes() + L.w3[e].bytes() + L.w2[e].bytes());
+  }
+  return b;
+}
+
+}  // namespace sky
