@@ -21,10 +21,10 @@ int cmd_eval(int argc, char** argv) {
   bool json_out = false;
   app.add_option("--model", model, "model directory (HF layout)")->required();
   app.add_option("--data", data, "token file (uint32 little-endian)")->required();
-  app.add_option("--seq-len", seq, "sequence length S")->required()->check(CLI::PositiveNumber);
-  app.add_option("--batch-size", batch, "rows per batch B")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", seq, "sequence length S")->required()->check(positive_int());
+  app.add_option("--batch-size", batch, "rows per batch B")->capture_default_str()->check(positive_int());
   app.add_option("--batches", batches, "batches to evaluate (0 = every full batch in the file)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(non_negative_int());
   app.add_option("--threads", threads, "threads (0 = all cores)");
   app.add_flag("--json", json_out, "print one JSON object: loss, tokens, batches, perplexity, seconds");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;

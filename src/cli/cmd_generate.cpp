@@ -19,7 +19,7 @@ int cmd_generate(int argc, char** argv) {
   SamplerOptions so;
   app.add_option("--model", model, "model directory (HF layout)")->required();
   app.add_option("--prompt-ids", prompt, "prompt as comma-separated token ids, e.g. 1,5,9")->required();
-  app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str()->check(non_negative_int());
   app.add_option("--temperature", so.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
   app.add_option("--top-p", so.top_p, "nucleus sampling mass")->capture_default_str();
   app.add_option("--top-k", so.top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();

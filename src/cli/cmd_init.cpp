@@ -21,7 +21,7 @@ int cmd_init(int argc, char** argv) {
   app.add_option("--seed", seed, "random seed")->capture_default_str();
   app.add_option("--dtype", dtype, "weight dtype to write: F32, BF16 or F16")->capture_default_str();
   app.add_option("--shard-gb", shard_gb, "split safetensors into shards of at most this size")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(positive_number());
   app.add_option("--threads", threads, "threads (0 = all cores)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   set_threads(threads);

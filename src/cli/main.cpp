@@ -1,5 +1,8 @@
 // skymoe: one binary, one subcommand per file (see commands.h).
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -15,6 +18,40 @@ int parse(CLI::App& app, int argc, char** argv) {
     return app.exit(e);
   }
   return -1;
+}
+
+namespace {
+
+// A validator accepting a whole-string number (parsed by `parse`) for which `ok` holds.
+template <class Parse, class Ok>
+CLI::Validator number_check(const char* want, const char* tag, Parse parse, Ok ok) {
+  return CLI::Validator(
+      [=](std::string& s) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        auto v = parse(s.c_str(), &end);
+        if (s.empty() || *end != 0 || errno == ERANGE || !ok(v)) return std::string("must be ") + want + ", got '" + s + "'";
+        return "";
+      },
+      tag);
+}
+
+}  // namespace
+
+CLI::Validator positive_int() {
+  return number_check("a positive integer", "POSITIVE", [](const char* s, char** e) { return std::strtoll(s, e, 10); },
+                      [](long long v) { return v > 0 && v <= INT32_MAX; });
+}
+
+CLI::Validator non_negative_int() {
+  return number_check("a non-negative integer", "NONNEGATIVE",
+                      [](const char* s, char** e) { return std::strtoll(s, e, 10); },
+                      [](long long v) { return v >= 0 && v <= INT32_MAX; });
+}
+
+CLI::Validator positive_number() {
+  return number_check("a positive number", "POSITIVE", [](const char* s, char** e) { return std::strtod(s, e); },
+                      [](double v) { return std::isfinite(v) && v > 0; });
 }
 
 std::vector<int32_t> parse_id_list(const std::string& s, const char* flag) {
