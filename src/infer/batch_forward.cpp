@@ -1,0 +1,198 @@
+#include "infer/batch_forward.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "moe/router.h"
+#include "ops/attention.h"
+#include "ops/matmul.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/swiglu.h"
+
+namespace sky {
+
+void SeqKV::init(const ModelConfig& c, int cap) {
+  capacity = cap;
+  len = 0;
+  const size_t n = size_t(c.num_layers) * cap * c.kv_dim();
+  k.assign(n, 0.0f);
+  v.assign(n, 0.0f);
+}
+
+template <class V>
+static void grow(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+static void add_rows(float* y, const float* x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+// Splits the concatenation of `count` experts' output rows [0, count * O) evenly across the team
+// and runs this thread's share; so every thread streams about the same number of weight bytes.
+template <class F>
+static void split_rows(int count, int O, F&& run) {
+  const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+  const int64_t total = int64_t(count) * O;
+  int64_t b = total * t / nt, e = total * (t + 1) / nt;
+  while (b < e) {
+    int j = int(b / O), o0 = int(b % O);
+    int o1 = int(std::min<int64_t>(e - int64_t(j) * O, O));
+    run(j, o0, o1);
+    b = int64_t(j) * O + o1;
+  }
+}
+
+void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, float* h1, float* h3, float* y, int H,
+                     int I) {
+  std::vector<int> active;  // experts with routed rows
+  for (int e = 0; e < d.num_experts; e++)
+    if (d.offsets[e + 1] > d.offsets[e]) active.push_back(e);
+  const int A = int(active.size());
+#pragma omp parallel
+  {
+    // Gate and up projections, then SwiGLU on the same (rows, columns) this thread produced.
+    split_rows(A, I, [&](int j, int o0, int o1) {
+      const int e = active[j], r0 = d.offsets[e], n = d.offsets[e + 1] - r0;
+      const float* x = xg + size_t(r0) * H;
+      float* a = h1 + size_t(r0) * I;
+      float* b = h3 + size_t(r0) * I;
+      qmatmul_rows(a, x, L.w1[e], n, o0, o1);
+      qmatmul_rows(b, x, L.w3[e], n, o0, o1);
+      for (int r = 0; r < n; r++) swiglu_forward(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
+    });
+#pragma omp barrier
+    split_rows(A, H, [&](int j, int o0, int o1) {
+      const int e = active[j], r0 = d.offsets[e], n = d.offsets[e + 1] - r0;
+      qmatmul_rows(y + size_t(r0) * H, h1 + size_t(r0) * I, L.w2[e], n, o0, o1);
+    });
+  }
+}
+
+static void ffn(const InferModel& m, const InferLayer& L, const float* in, float* out, int n, BatchScratch& s) {
+  const ModelConfig& c = m.cfg;
+  const int H = c.hidden_size, I = c.intermediate_size;
+  if (!c.is_moe()) {
+    grow(s.h1, size_t(n) * I);
+    grow(s.h3, size_t(n) * I);
+    qmatmul(s.h1.data(), in, L.gate, n);
+    qmatmul(s.h3.data(), in, L.up, n);
+    swiglu_forward(s.h1.data(), s.h1.data(), s.h3.data(), long(n) * I);
+    qmatmul(out, s.h1.data(), L.down, n);
+    return;
+  }
+  const int E = c.num_experts, k = c.top_k;
+  RouterOptions ro{E, k, c.logits_norm, c.gate_norm_std};
+  grow(s.router_logits, size_t(n) * E);
+  grow(s.probs, size_t(n) * E);
+  grow(s.topk_w, size_t(n) * k);
+  grow(s.topk_idx, size_t(n) * k);
+  matmul_forward(s.router_logits.data(), in, L.router.data(), n, H, E);
+  router_forward(s.probs.data(), s.topk_idx.data(), s.topk_w.data(), s.router_logits.data(), n, ro);
+  make_dispatch_into(s.disp, s.topk_idx.data(), s.probs.data(), n, E, k, 0.0, DropPolicy::Prob);  // inference is dropless
+  const int R = s.disp.offsets[E];
+  grow(s.xg, size_t(R) * H);
+  grow(s.h1, size_t(R) * I);
+  grow(s.h3, size_t(R) * I);
+  grow(s.y, size_t(R) * H);
+  for (int r = 0; r < R; r++)
+    std::memcpy(s.xg.data() + size_t(r) * H, in + size_t(s.disp.row_token[r]) * H, sizeof(float) * H);
+  grouped_experts(L, s.disp, s.xg.data(), s.h1.data(), s.h3.data(), s.y.data(), H, I);
+  // Combine: each token sums its experts' outputs weighted by the renormalized gate.
+#pragma omp parallel for schedule(static) if (n > 8)
+  for (int t = 0; t < n; t++) {
+    float* o = out + size_t(t) * H;
+    std::fill(o, o + H, 0.0f);
+    for (int j = 0; j < k; j++) {
+      const int row = s.disp.slot_row[size_t(t) * k + j];
+      const float w = s.topk_w[size_t(t) * k + j];
+      const float* yr = s.y.data() + size_t(row) * H;
+      for (int i = 0; i < H; i++) o[i] += w * yr[i];
+    }
+  }
+}
+
+void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,
+                   float* all_logits) {
+  const ModelConfig& c = m.cfg;
+  const int H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
+  const float eps = float(c.rms_norm_eps);
+  int n = 0, max_ctx = 0;
+  for (const auto& r : rows) {
+    SKY_CHECK(r.n > 0, "batch_forward: a sequence with no new tokens");
+    SKY_CHECK(r.kv->len + r.n <= r.kv->capacity, "sequence of {} tokens exceeds its KV capacity {}", r.kv->len + r.n,
+              r.kv->capacity);
+    SKY_CHECK(r.kv->len + r.n <= m.rope.max_pos, "position {} exceeds max_position_embeddings {}", r.kv->len + r.n - 1,
+              m.rope.max_pos);
+    for (int i = 0; i < r.n; i++)
+      SKY_CHECK(r.tokens[i] >= 0 && r.tokens[i] < V, "token id {} is outside the vocabulary [0, {})", r.tokens[i], V);
+    n += r.n;
+    max_ctx = std::max(max_ctx, r.kv->len + r.n);
+  }
+  for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
+  grow(s.q, size_t(n) * qd);
+  grow(s.ctx, size_t(n) * qd);
+  grow(s.k, size_t(n) * kvd);
+  grow(s.v, size_t(n) * kvd);
+  grow(s.rstd, n);
+  grow(s.pos, n);
+  grow(s.att, size_t(c.num_heads) * max_ctx);
+  {
+    int r0 = 0;
+    for (const auto& r : rows)
+      for (int i = 0; i < r.n; i++, r0++) {
+        s.pos[r0] = r.kv->len + i;
+        std::memcpy(s.x.data() + size_t(r0) * H, m.embed.data() + size_t(r.tokens[i]) * H, sizeof(float) * H);
+      }
+  }
+  for (int l = 0; l < c.num_layers; l++) {
+    const InferLayer& L = m.layers[l];
+    rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.attn_norm.data(), n, H, eps);
+    qmatmul(s.q.data(), s.ln.data(), L.wq, n);
+    qmatmul(s.k.data(), s.ln.data(), L.wk, n);
+    qmatmul(s.v.data(), s.ln.data(), L.wv, n);
+    rope_forward(s.q.data(), s.pos.data(), n, c.num_heads, m.rope);
+    rope_forward(s.k.data(), s.pos.data(), n, c.num_kv_heads, m.rope);
+    int r0 = 0;
+    for (const auto& r : rows) {
+      std::memcpy(r.kv->k_at(c, l, r.kv->len), s.k.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
+      std::memcpy(r.kv->v_at(c, l, r.kv->len), s.v.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
+      attention_cached(s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->k_at(c, l, 0),
+                       r.kv->v_at(c, l, 0), r.kv->len, r.n, c.num_heads, c.num_kv_heads, c.head_dim, s.att.data());
+      r0 += r.n;
+    }
+    qmatmul(s.tmp.data(), s.ctx.data(), L.wo, n);
+    add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
+    rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.ffn_norm.data(), n, H, eps);
+    ffn(m, L, s.ln.data(), s.tmp.data(), n, s);
+    add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
+  }
+  for (const auto& r : rows) r.kv->len += r.n;
+  if (all_logits) {
+    rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), m.final_norm.data(), n, H, eps);
+    qmatmul(all_logits, s.ln.data(), m.lm_head, n);
+    int r0 = 0;
+    for (size_t i = 0; i < rows.size(); i++) {
+      r0 += rows[i].n;
+      std::memcpy(logits + i * V, all_logits + size_t(r0 - 1) * V, sizeof(float) * V);
+    }
+    return;
+  }
+  // Only each sequence's last row goes through the final norm and the LM head.
+  const int S = int(rows.size());
+  grow(s.logits_in, size_t(S) * H);
+  int r0 = 0;
+  for (int i = 0; i < S; i++) {
+    r0 += rows[i].n;
+    std::memcpy(s.logits_in.data() + size_t(i) * H, s.x.data() + size_t(r0 - 1) * H, sizeof(float) * H);
+  }
+  rmsnorm_forward(s.ln.data(), s.rstd.data(), s.logits_in.data(), m.final_norm.data(), S, H, eps);
+  qmatmul(logits, s.ln.data(), m.lm_head, S);
+}
+
+}  // namespace sky

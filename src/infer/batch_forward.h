@@ -1,0 +1,48 @@
+#pragma once
+// One forward pass over the new tokens of many sequences at once: a prefill chunk for a sequence
+// that just joined, one token for each running sequence. Linear layers and experts run over all
+// rows together (one read of each weight per step, shared by the batch); attention runs per
+// sequence against its own KV cache.
+#include <cstdint>
+#include <vector>
+
+#include "infer/infer_model.h"
+#include "moe/dispatch.h"
+
+namespace sky {
+
+// A sequence's KV cache: [layer][position][kv_dim] for keys and values, f32.
+struct SeqKV {
+  int capacity = 0;  // positions
+  int len = 0;       // positions filled
+  std::vector<float> k, v;
+  void init(const ModelConfig& c, int capacity);
+  float* k_at(const ModelConfig& c, int layer, int pos) { return k.data() + (size_t(layer) * capacity + pos) * c.kv_dim(); }
+  float* v_at(const ModelConfig& c, int layer, int pos) { return v.data() + (size_t(layer) * capacity + pos) * c.kv_dim(); }
+};
+
+struct BatchRow {  // the new tokens of one sequence in this step
+  SeqKV* kv;
+  const int32_t* tokens;
+  int n;
+};
+
+// Reusable buffers, grown on demand.
+struct BatchScratch {
+  std::vector<float> x, ln, q, k, v, ctx, tmp, rstd, att, logits_in;
+  std::vector<float> router_logits, probs, topk_w, xg, h1, h3, y;
+  std::vector<int32_t> pos, topk_idx;
+  Dispatch disp;
+};
+
+// Runs the rows, appends their keys/values to each sequence's cache, and writes the logits of each
+// sequence's last new token to logits[s * V]. all_logits (optional) gets [total rows, V].
+void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,
+                   float* all_logits = nullptr);
+
+// Grouped expert FFN: every expert with routed rows, over its rows, in one parallel region.
+// xg [R, H] holds the gathered input rows grouped by expert (d.offsets); y [R, H] receives outputs.
+void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, float* h1, float* h3, float* y, int H,
+                     int I);
+
+}  // namespace sky

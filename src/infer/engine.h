@@ -1,0 +1,92 @@
+#pragma once
+// Continuous-batching generation engine. Requests join and leave between steps; every step runs
+// one batch_forward over the prefill chunks of newly admitted requests and the next token of every
+// running one. A request is admitted only when its whole KV cache (prompt + max_tokens) fits the
+// engine's budget, so a running sequence can never run out of cache.
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "infer/batch_forward.h"
+#include "infer/infer_model.h"
+#include "infer/sampler.h"
+
+namespace sky {
+
+struct GenParams {
+  int max_tokens = 64;
+  SamplerOptions sampling;
+  double repetition_penalty = 1.0;  // CTRL-style, over prompt and generated tokens; 1 = off
+  bool stop_at_eos = true;
+};
+
+struct TokenEvent {
+  int64_t id = 0;
+  int32_t token = -1;        // -1 on a final event without a token
+  bool done = false;
+  std::string finish_reason;  // "stop" (eos), "length", "cancelled", "error"
+  int prompt_tokens = 0, generated = 0;
+};
+
+// Called on the engine's thread; return false to cancel the request.
+using TokenCallback = std::function<bool(const TokenEvent&)>;
+
+struct EngineOptions {
+  int max_batch = 64;               // sequences decoded together
+  int64_t kv_budget_tokens = 65536;  // KV positions over all admitted sequences
+};
+
+struct EngineStats {
+  int active = 0, waiting = 0;
+  int64_t kv_used_tokens = 0, generated_tokens = 0, prompt_tokens = 0, steps = 0;
+  int last_batch = 0;
+};
+
+class Engine {
+ public:
+  Engine(const InferModel& m, const EngineOptions& o);
+  // Thread-safe. Throws sky::Error when the request can never run (empty prompt, bad token id,
+  // prompt + max_tokens over the context or the whole KV budget).
+  int64_t submit(std::vector<int32_t> prompt, const GenParams& p, TokenCallback cb);
+  void cancel(int64_t id);  // thread-safe; takes effect at the next step
+  // One step; returns false when there was nothing to do.
+  bool step();
+  void run_until_idle();
+  EngineStats stats() const;
+  const InferModel& model() const { return m_; }
+
+ private:
+  struct Seq {
+    int64_t id;
+    std::vector<int32_t> tokens;  // prompt then generated
+    int prompt_len, generated = 0;
+    GenParams params;
+    std::unique_ptr<Sampler> sampler;
+    TokenCallback cb;
+    SeqKV kv;
+    bool cancelled = false;
+  };
+  void finish(Seq& s, const char* reason, int32_t token);
+
+  const InferModel& m_;
+  EngineOptions o_;
+  mutable std::mutex mu_;  // guards waiting_, cancels_, next_id_, stats_
+  std::deque<std::unique_ptr<Seq>> waiting_;
+  std::vector<int64_t> cancels_;
+  std::vector<std::unique_ptr<Seq>> active_;  // engine thread only
+  int64_t next_id_ = 1;
+  int64_t kv_used_ = 0;
+  EngineStats stats_;
+  BatchScratch scratch_;
+  std::vector<float> logits_;
+};
+
+// Applies the repetition penalty to logits in place (positive logits divided, negative multiplied).
+void apply_repetition_penalty(float* logits, int V, const std::vector<int32_t>& history, double penalty);
+
+}  // namespace sky
