@@ -688,7 +688,7 @@ TEST_F(CliBadInput, BadCliValues) {
   expect_clean_failure(gen({"--prompt-ids", "1,61"}), {"--prompt-ids", "61"});
   expect_clean_failure(gen({"--prompt-ids", "1", "--top-p", "2"}), {"top-p", "2"});
   expect_clean_failure(gen({"--prompt-ids", "1", "--temperature", "-1"}), {"temperature", "-1"});
-  expect_clean_failure(gen({"--prompt-ids", "1", "--max-tokens", "-3"}), {"--max-tokens: must be a non-negative integer, got '-3'"});
+  expect_clean_failure(gen({"--prompt-ids", "1", "--max-tokens", "-3"}), {"--max-tokens: must be a positive integer, got '-3'"});
   expect_clean_failure(gen({"--prompt-ids", "1", "--max-tokens", "100"}), {"--max-tokens (100)", "max_position_embeddings"});
   expect_clean_failure(gen({"--max-tokens", "2"}), {"--prompt-ids"});  // required flag missing
   expect_clean_failure({"eval", "--model", model_, "--seq-len", "4"}, {"--data"});

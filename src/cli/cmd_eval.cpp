@@ -1,5 +1,7 @@
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <nlohmann/json.hpp>
 
@@ -47,9 +49,9 @@ int cmd_eval(int argc, char** argv) {
   for (uint64_t k = 0; k < nb; k++) {
     sequential_batch(f, f.all(), batch, seq, k, in.data(), tgt.data());
     sum += forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
-    if (!json_out && nb > 1) fmt::print(stderr, "\reval batch {}/{}  loss {:.4f}", k + 1, nb, sum / (k + 1));
+    if (!json_out && nb > 1 && isatty(2)) fmt::print(stderr, "\reval batch {}/{}  loss {:.4f}", k + 1, nb, sum / (k + 1));
   }
-  if (!json_out && nb > 1) fmt::print(stderr, "\n");
+  if (!json_out && nb > 1 && isatty(2)) fmt::print(stderr, "\n");
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double loss = sum / nb;
   const uint64_t tokens = nb * uint64_t(batch) * seq;

@@ -1,58 +1,120 @@
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/threads.h"
-#include "infer/sampler.h"
-#include "model/transformer.h"
+#include "infer/engine.h"
+#include "io/tokenizer.h"
 
 namespace sky::cli {
 
 int cmd_generate(int argc, char** argv) {
-  CLI::App app{"Generate tokens from a prompt (token ids) with a KV cache. Greedy unless --temperature > 0."};
+  CLI::App app{"Generate from a prompt (text through the model's SentencePiece tokenizer, or token ids) with a\n"
+               "KV cache. Greedy unless --temperature > 0. Works on f32, bf16 and fp8 checkpoints."};
   app.name("skymoe generate");
-  std::string model, prompt;
-  int max_tokens = 32, threads = 0;
+  std::string model, prompt_ids, prompt_text, tokenizer, dtype = "auto";
+  std::vector<std::string> stops;
+  int threads = 0;
   bool json_out = false, stop_eos = false;
-  SamplerOptions so;
+  GenParams gp;
+  gp.max_tokens = 32;
   app.add_option("--model", model, "model directory (HF layout)")->required();
-  app.add_option("--prompt-ids", prompt, "prompt as comma-separated token ids, e.g. 1,5,9")->required();
-  app.add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str()->check(non_negative_int());
-  app.add_option("--temperature", so.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
-  app.add_option("--top-p", so.top_p, "nucleus sampling mass")->capture_default_str();
-  app.add_option("--top-k", so.top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();
-  app.add_option("--seed", so.seed, "sampling seed")->capture_default_str();
+  auto* ids_opt = app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids, e.g. 1,5,9");
+  auto* text_opt = app.add_option("--prompt", prompt_text, "prompt text (needs a tokenizer)");
+  ids_opt->excludes(text_opt);
+  app.add_option("--tokenizer", tokenizer, "SentencePiece model (default: MODEL/tokenizer.model when present)");
+  app.add_option("--max-tokens", gp.max_tokens, "tokens to generate")->capture_default_str()->check(positive_int());
+  app.add_option("--temperature", gp.sampling.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
+  app.add_option("--top-p", gp.sampling.top_p, "nucleus sampling mass")->capture_default_str();
+  app.add_option("--top-k", gp.sampling.top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();
+  app.add_option("--seed", gp.sampling.seed, "sampling seed")->capture_default_str();
+  app.add_option("--repetition-penalty", gp.repetition_penalty, "penalize tokens already present (1 = off)")
+      ->capture_default_str();
+  app.add_option("--stop", stops, "stop when this text appears (repeatable; needs a tokenizer)");
   app.add_flag("--stop-at-eos", stop_eos, "stop when the model emits its eos token");
+  app.add_option("--dtype", dtype, "weights in memory: auto (as stored) | f32 | bf16 | fp8")->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "fp8"}));
   app.add_option("--threads", threads, "threads (0 = all cores)");
-  app.add_flag("--json", json_out, "print {\"prompt_ids\": [...], \"generated_ids\": [...]}");
+  app.add_flag("--json", json_out, "print {\"prompt_ids\", \"generated_ids\", \"text\"?, \"finish_reason\", ...}");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   set_threads(threads);
-  validate_sampler(so);
-  std::vector<int32_t> ids = parse_id_list(prompt, "--prompt-ids");
-  Model m = Model::load(model);
-  check_tokens(ids.data(), ids.size(), m.cfg.vocab_size, "--prompt-ids");
-  const int total = int(ids.size()) + max_tokens;
-  SKY_CHECK(total <= m.cfg.max_position_embeddings, "prompt ({}) + --max-tokens ({}) exceeds max_position_embeddings {}",
-            ids.size(), max_tokens, m.cfg.max_position_embeddings);
-  KVCache cache;
-  cache.init(m.cfg, total);
-  Sampler sampler(so);
-  std::vector<float> logits(m.cfg.vocab_size);
-  std::vector<int32_t> out;
-  if (max_tokens > 0) forward_cached(m, cache, ids.data(), int(ids.size()), logits.data());
-  for (int i = 0; i < max_tokens; i++) {
-    int32_t t = sampler.sample(logits.data(), m.cfg.vocab_size);
-    out.push_back(t);
-    if (!json_out) { fmt::print("{}{}", i ? "," : "", t); std::fflush(stdout); }
-    if (stop_eos && t == m.cfg.eos_token_id) break;
-    if (i + 1 < max_tokens) forward_cached(m, cache, &t, 1, logits.data());
+  SKY_CHECK(!prompt_ids.empty() || !prompt_text.empty(), "give --prompt TEXT or --prompt-ids IDS");
+  gp.stop_at_eos = stop_eos;
+
+  std::unique_ptr<Tokenizer> tok;
+  if (tokenizer.empty() && std::filesystem::exists(std::filesystem::path(model) / "tokenizer.model"))
+    tokenizer = (std::filesystem::path(model) / "tokenizer.model").string();
+  if (!tokenizer.empty()) tok = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
+  SKY_CHECK(tok || (prompt_text.empty() && stops.empty()),
+            "--prompt and --stop need a tokenizer: pass --tokenizer or put tokenizer.model in {}", model);
+
+  InferModel m = InferModel::load(model, {dtype, true});
+  std::vector<int32_t> ids;
+  if (!prompt_text.empty()) {
+    ids = tok->encode(prompt_text);
+    ids.insert(ids.begin(), m.cfg.bos_token_id);
+  } else {
+    ids = parse_id_list(prompt_ids, "--prompt-ids");
   }
-  if (json_out)
-    fmt::print("{}\n", nlohmann::json{{"prompt_ids", ids}, {"generated_ids", out}}.dump());
-  else
+  for (size_t i = 0; i < ids.size(); i++)
+    SKY_CHECK(ids[i] >= 0 && ids[i] < m.cfg.vocab_size, "--prompt-ids: token id {} at position {} is outside the vocabulary [0, {})",
+              ids[i], i, m.cfg.vocab_size);
+  SKY_CHECK(int64_t(ids.size()) + gp.max_tokens <= m.cfg.max_position_embeddings,
+            "prompt ({} tokens) + --max-tokens ({}) exceeds max_position_embeddings {}", ids.size(), gp.max_tokens,
+            m.cfg.max_position_embeddings);
+  if (tok) SKY_CHECK(tok->vocab_size() <= m.cfg.vocab_size, "tokenizer {} has {} tokens but the model only {}",
+                     tokenizer, tok->vocab_size(), m.cfg.vocab_size);
+
+  Engine engine(m, {1, int64_t(ids.size()) + gp.max_tokens});
+  std::vector<int32_t> out;
+  std::string text, reason;
+  std::unique_ptr<StreamDecoder> dec;
+  if (tok) dec = std::make_unique<StreamDecoder>(*tok, false);
+  const bool stream_text = tok && !json_out;
+  auto t0 = std::chrono::steady_clock::now();
+  double ttft = 0;
+  engine.submit(ids, gp, [&](const TokenEvent& ev) {
+    if (ev.token >= 0) {
+      if (out.empty()) ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      out.push_back(ev.token);
+      if (dec) {
+        std::string piece = dec->push(ev.token);
+        text += piece;
+        if (stream_text) { fmt::print("{}", piece); std::fflush(stdout); }
+      } else if (!json_out) {
+        fmt::print("{}{}", out.size() > 1 ? "," : "", ev.token);
+        std::fflush(stdout);
+      }
+      for (const auto& s : stops) {
+        size_t at = text.find(s);
+        if (at != std::string::npos) {
+          text.resize(at);
+          reason = "stop";
+          return false;
+        }
+      }
+    }
+    if (ev.done && reason.empty()) reason = ev.finish_reason;
+    return true;
+  });
+  engine.run_until_idle();
+  if (reason == "cancelled") reason = "stop";  // cancelled by a stop string
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (json_out) {
+    nlohmann::json j = {{"prompt_ids", ids}, {"generated_ids", out}, {"finish_reason", reason}};
+    if (tok) j["text"] = text;
+    fmt::print("{}\n", j.dump());
+  } else {
     fmt::print("\n");
+    if (isatty(2))
+      fmt::print(stderr, "[{} tokens, {}; first token {:.2f}s, {:.1f} tokens/s after]\n", out.size(), reason, ttft,
+                 out.size() > 1 ? (out.size() - 1) / (secs - ttft) : 0.0);
+  }
   return 0;
 }
 

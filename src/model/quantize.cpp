@@ -1,0 +1,88 @@
+#include "model/quantize.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "ops/qmatmul.h"
+
+namespace sky {
+
+namespace fs = std::filesystem;
+
+static bool ends_with(const std::string& s, const std::string& t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+bool is_quantizable_linear(const std::string& name) {
+  if (!ends_with(name, ".weight")) return false;
+  for (const char* k : {".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.",
+                        ".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."})
+    if (name.find(k) != std::string::npos) return true;
+  return name.find(".block_sparse_moe.experts.") != std::string::npos;
+}
+
+// The tensor as f32, with any existing weight_scale applied (so FP8 inputs re-quantize correctly).
+static Tensor dequantized(const SafetensorsReader& r, const std::string& name) {
+  Tensor t = r.get(name).to_f32();
+  std::string sn = name.substr(0, name.size() - 7) + ".weight_scale";
+  if (!r.has(sn)) return t;
+  Tensor sc = r.get(sn).to_f32();
+  const int64_t rows = t.shape.empty() ? 1 : t.shape[0], cols = t.numel() / std::max<int64_t>(rows, 1);
+  const int64_t ns = sc.numel();
+  SKY_CHECK(ns == 1 || ns == rows, "{}: '{}' has {} values; expected 1 or {}", r.path(), sn, ns, rows);
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < cols; j++) t.f32()[i * cols + j] *= sc.f32()[ns == 1 ? 0 : i];
+  return t;
+}
+
+QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir, const QuantizeOptions& o) {
+  SKY_CHECK(o.to == "fp8" || o.to == "bf16", "--to '{}' (expected fp8 or bf16)", o.to);
+  SKY_CHECK(fs::absolute(in_dir) != fs::absolute(out_dir), "--out must differ from --model ({})", in_dir);
+  ModelConfig cfg = ModelConfig::load_file(in_dir);  // validates the config before any work
+  SafetensorsReader r = SafetensorsReader::open(in_dir);
+  QuantizeReport rep;
+  NamedTensors out;
+  for (const std::string& name : r.names()) {
+    if (ends_with(name, ".weight_scale") || ends_with(name, ".input_scale")) continue;  // rewritten below
+    const TensorInfo& ti = r.info(name);
+    rep.bytes_in += double(ti.nbytes);
+    if (is_quantizable_linear(name) && ti.shape.size() == 2) {
+      Tensor w = dequantized(r, name);
+      const int O = int(ti.shape[0]), I = int(ti.shape[1]);
+      if (o.to == "bf16") {
+        out.emplace_back(name, w.to(DType::BF16));
+      } else {
+        QWeight q = quantize_weight(w.f32(), O, I, DType::F8_E4M3, o.per_channel);
+        out.emplace_back(name, q.storage);
+        Tensor sc = q.scale_storage;
+        sc.shape = o.per_channel ? Shape{O, 1} : Shape{};
+        out.emplace_back(name.substr(0, name.size() - 7) + ".weight_scale", sc);
+      }
+      rep.tensors_quantized++;
+    } else if (name == "lm_head.weight" && (ti.dtype == DType::F32 || ti.dtype == DType::F16)) {
+      out.emplace_back(name, dequantized(r, name).to(DType::BF16));
+    } else {
+      out.emplace_back(name, r.has(name.substr(0, name.size() - 7) + ".weight_scale") ? dequantized(r, name) : r.get(name));
+    }
+  }
+  SKY_CHECK(rep.tensors_quantized > 0, "{}: no linear layers found to quantize", in_dir);
+  for (auto& [n, t] : out) rep.bytes_out += double(t.nbytes());
+  fs::create_directories(out_dir);
+  write_safetensors_dir(out_dir, out, size_t(o.max_shard_gb * (1ull << 30)), {{"format", "pt"}});
+  nlohmann::json j = cfg.to_hf_json();
+  if (o.to == "fp8")
+    j["quantization_config"] = {{"quant_method", "fp8"}, {"activation_scheme", "dynamic"},
+                                {"weight_scale", o.per_channel ? "per-channel" : "per-tensor"}};
+  j["torch_dtype"] = o.to == "fp8" ? "float8_e4m3fn" : "bfloat16";
+  write_text_atomic((fs::path(out_dir) / "config.json").string(), j.dump(2) + "\n");
+  for (const char* extra : {"tokenizer.model", "generation_config.json"})
+    if (fs::exists(fs::path(in_dir) / extra))
+      fs::copy_file(fs::path(in_dir) / extra, fs::path(out_dir) / extra, fs::copy_options::overwrite_existing);
+  return rep;
+}
+
+}  // namespace sky

@@ -1,0 +1,26 @@
+#pragma once
+// Checkpoint quantization: rewrites an HF-layout directory with its linear layers in FP8 E4M3
+// (a `.weight_scale` F32 tensor beside each weight: shape [] per-tensor, [O, 1] per-channel — the
+// layout of Skywork's FP8 release and vLLM) or BF16. Router, norms and embeddings stay as they are;
+// the LM head goes to BF16 at most.
+#include <string>
+
+namespace sky {
+
+struct QuantizeOptions {
+  std::string to = "fp8";        // fp8 | bf16
+  bool per_channel = false;      // fp8: one scale per output row instead of per tensor
+  double max_shard_gb = 2.0;
+};
+
+struct QuantizeReport {
+  size_t tensors_quantized = 0;
+  double bytes_in = 0, bytes_out = 0;
+};
+
+QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir, const QuantizeOptions& o);
+
+// True for the tensors that quantize: attention projections, dense FFN and expert matrices.
+bool is_quantizable_linear(const std::string& name);
+
+}  // namespace sky
