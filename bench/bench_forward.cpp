@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/membw.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "model/transformer.h"
@@ -52,39 +53,6 @@ static double touch(const float* p, size_t n) {
   return s;
 }
 
-// Read bandwidth: all threads sum disjoint parts of a buffer much larger than the caches. The sum
-// runs on 16-byte integer vectors with four independent accumulators so it is bound by memory, not
-// by add latency (a plain float `+=` loop is not vectorized without -ffast-math and tops out near
-// 12 GB/s a core). Median of `reps` passes, in GB/s (1e9 bytes).
-typedef uint64_t u64x2 __attribute__((vector_size(16)));
-
-static double read_bandwidth_gbs(const std::vector<u64x2>& buf, int reps) {
-  std::vector<double> gbs;
-  volatile uint64_t sink = 0;
-  const size_t n = buf.size() / 4 * 4;
-  for (int r = 0; r < reps; r++) {
-    auto t0 = Clock::now();
-    uint64_t total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-      u64x2 a = {0, 0}, b = a, c = a, d = a;
-#pragma omp for schedule(static) nowait
-      for (size_t i = 0; i < n; i += 4) {
-        a += buf[i];
-        b += buf[i + 1];
-        c += buf[i + 2];
-        d += buf[i + 3];
-      }
-      u64x2 s = a + b + c + d;
-      total += s[0] + s[1];
-    }
-    const double secs = seconds_since(t0);
-    sink = sink + total;
-    gbs.push_back(n * sizeof(u64x2) / secs / 1e9);
-  }
-  return median(gbs);
-}
-
 int main(int argc, char** argv) {
   CLI::App app{"Forward-pass prefill throughput on bench-moe, with a same-run memory bandwidth probe."};
   std::string preset = "bench-moe";
@@ -112,8 +80,7 @@ int main(int argc, char** argv) {
   for (auto& t : toks) t = int32_t(rng.below(cfg.vocab_size));
 
   // Bandwidth probe buffer: 1 GiB, well past any cache; filled so its pages are real.
-  std::vector<u64x2> probe(size_t(1) << 26, u64x2{1, 2});
-  const double bw_before = read_bandwidth_gbs(probe, 5);
+    const double bw_before = sky::read_bandwidth_gbs(size_t(1) << 30, 5);
 
   // Warm-up: read every weight, then one untimed run of each path (allocations, first-touch of
   // activation buffers, OpenBLAS thread start-up).
@@ -145,7 +112,7 @@ int main(int argc, char** argv) {
     batch_s.push_back(run_batch());
   }
   const double cpu_share = (process_cpu_seconds() - cpu0) / (seconds_since(wall0) * num_threads());
-  const double bw_after = read_bandwidth_gbs(probe, 5);
+  const double bw_after = sky::read_bandwidth_gbs(size_t(1) << 30, 5);
 
   const double cached_tps = prompt / median(cached_s), batch_tps = prompt / median(batch_s);
   // Matmul work per token: 2 FLOPs per active weight (LM head counted once per token in the batch

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "infer/bench_infer.h"
 #include "model/transformer.h"
 #include "train/optimizer.h"
 
@@ -89,7 +90,7 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  CLI::App app{"Benchmarks. `skymoe bench train --preset train-moe`: training tokens/s (forward, backward, AdamW)."};
+  CLI::App app{"Benchmarks.\n  skymoe bench train --preset train-moe   training tokens/s (forward, backward, AdamW)\n  skymoe bench infer --preset bench-moe --dtype fp8   prefill/decode/batched tokens/s vs memory bandwidth"};
   app.name("skymoe bench");
   app.require_subcommand(1);
   auto* tr = app.add_subcommand("train", "training throughput on synthetic tokens");
@@ -103,9 +104,43 @@ int cmd_bench(int argc, char** argv) {
   tr->add_option("--warmup-steps", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   tr->add_option("--threads", threads, "threads (0 = all cores)");
   tr->add_flag("--json", json_out, "print one JSON object");
+  auto* inf = app.add_subcommand("infer", "prefill, decode and batched decode throughput vs memory bandwidth");
+  std::string model, ipreset, dtype = "fp8";
+  InferBenchOptions io;
+  bool ijson = false;
+  int ithreads = 0;
+  inf->add_option("--model", model, "model directory (HF layout)");
+  inf->add_option("--preset", ipreset, "random model of this preset instead (e.g. bench-moe)");
+  inf->add_option("--dtype", dtype, "f32 | bf16 | fp8 | auto (as stored; --model only)")->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16", "fp8", "auto"}));
+  inf->add_option("--prompt", io.prompt, "prefill tokens")->capture_default_str()->check(positive_int());
+  inf->add_option("--decode", io.decode, "batch-1 decode tokens")->capture_default_str()->check(positive_int());
+  inf->add_option("--batches", io.batches, "batch sizes for batched decode")->capture_default_str()->delimiter(',');
+  inf->add_option("--batch-steps", io.batch_steps, "decode steps per batch size")->capture_default_str()
+      ->check(positive_int());
+  inf->add_option("--threads", ithreads, "threads (0 = all cores)");
+  inf->add_flag("--json", ijson, "print one JSON object");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
-  if (tr->parsed()) return bench_train(preset, seq, batch, steps, warmup, json_out);
+  if (tr->parsed()) {
+    set_threads(threads);
+    return bench_train(preset, seq, batch, steps, warmup, json_out);
+  }
+  set_threads(ithreads);
+  SKY_CHECK(model.empty() != ipreset.empty(), "bench infer: give exactly one of --model DIR or --preset NAME");
+  for (int b : io.batches) SKY_CHECK(b > 0, "--batches: batch sizes must be positive, got {}", b);
+  io.quiet = ijson;
+  InferModel m;
+  if (!model.empty()) {
+    m = InferModel::load(model, {dtype, true});
+  } else {
+    SKY_CHECK(dtype != "auto", "--dtype auto needs --model");
+    ModelConfig cfg = ModelConfig::resolve(ipreset);
+    if (!ijson) fmt::print(stderr, "initializing a random {} model ({:.0f}M parameters)...\n", ipreset, cfg.param_count() / 1e6);
+    Model src = Model::random(cfg, 1);
+    m = InferModel::from_model(src, dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F8_E4M3);
+  }
+  nlohmann::json j = bench_infer(m, io);
+  if (ijson) fmt::print("{}\n", j.dump());
   return 0;
 }
 

@@ -1,0 +1,140 @@
+#include "infer/bench_infer.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/membw.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "infer/batch_forward.h"
+
+namespace sky {
+
+using Clock = std::chrono::steady_clock;
+static double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+static std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
+  Rng r(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = int32_t(r.below(V));
+  return t;
+}
+
+// Touch every weight byte so the timed passes do not pay for page faults (mmapped or paged-out).
+static void warm(const InferModel& m) {
+  double s = touch_bytes(m.lm_head.data, m.lm_head.bytes());
+  for (const auto& L : m.layers) {
+    for (const QWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down})
+      if (w->data) s += touch_bytes(w->data, w->bytes());
+    for (size_t e = 0; e < L.w1.size(); e++)
+      for (const QWeight* w : {&L.w1[e], &L.w3[e], &L.w2[e]}) s += touch_bytes(w->data, w->bytes());
+  }
+  static volatile double sink;
+  sink = s;
+}
+
+// Expected distinct experts a batch of b tokens touches per layer with top-k of E (uniform routing).
+static double expected_experts(int E, int k, int b) {
+  return E * (1.0 - std::pow(1.0 - double(k) / E, b));
+}
+
+nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
+  const ModelConfig& c = m.cfg;
+  const int V = c.vocab_size;
+  auto say = [&](const std::string& s) { if (!o.quiet) fmt::print(stderr, "{}\n", s); };
+  say(fmt::format("bench infer: {} layers, hidden {}, {} experts top-{}, weights {} ({:.2f} GB, {}), {} threads",
+                  c.num_layers, c.hidden_size, c.num_experts, c.top_k, m.weight_dtype, m.total_weight_bytes() / 1e9,
+                  m.mmapped ? "memory-mapped" : "in memory", num_threads()));
+  warm(m);
+  const double bw_before = read_bandwidth_gbs();
+  BatchScratch s;
+  std::vector<float> logits(size_t(std::max(64, *std::max_element(o.batches.begin(), o.batches.end()))) * V);
+
+  // Prefill: one sequence, the whole prompt in one forward.
+  auto prompt = random_tokens(o.prompt, V, 1);
+  std::vector<double> pf;
+  for (int r = 0; r < o.reps + 1; r++) {
+    SeqKV kv;
+    kv.init(c, o.prompt + 1);
+    auto t0 = Clock::now();
+    batch_forward(m, {{&kv, prompt.data(), o.prompt}}, logits.data(), s);
+    if (r > 0) pf.push_back(since(t0));  // the first pass sizes the scratch buffers
+  }
+  std::sort(pf.begin(), pf.end());
+  const double prefill_tps = o.prompt / pf[pf.size() / 2];
+  say(fmt::format("  prefill {} tokens: {:.1f} tokens/s", o.prompt, prefill_tps));
+
+  // Batch-1 decode after a short prompt.
+  SeqKV kv;
+  kv.init(c, 16 + o.decode);
+  batch_forward(m, {{&kv, prompt.data(), 16}}, logits.data(), s);
+  int32_t tok = 1;
+  auto t0 = Clock::now();
+  for (int i = 0; i < o.decode; i++) {
+    batch_forward(m, {{&kv, &tok, 1}}, logits.data(), s);
+    tok = int32_t(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+  }
+  const double decode_tps = o.decode / since(t0);
+  const double bytes_tok = m.decode_weight_bytes_per_token();
+  const double achieved = bytes_tok * decode_tps / 1e9;
+  say(fmt::format("  decode batch 1: {:.1f} tokens/s, {:.1f} MB/token -> {:.1f} GB/s", decode_tps, bytes_tok / 1e6, achieved));
+
+  // Batched decode: b sequences, one token each per step.
+  nlohmann::json batched = nlohmann::json::object(), roofline = nlohmann::json::object();
+  double expert_bytes = 0, shared_bytes = bytes_tok;
+  if (c.is_moe()) {
+    const auto& L0 = m.layers[0];
+    expert_bytes = double(L0.w1[0].bytes() + L0.w3[0].bytes() + L0.w2[0].bytes());
+    shared_bytes = bytes_tok - c.num_layers * c.top_k * expert_bytes;
+  }
+  const double bw = std::max(bw_before, 1e-9);
+  for (int b : o.batches) {
+    std::vector<SeqKV> kvs(b);
+    std::vector<std::vector<int32_t>> toks(b);
+    std::vector<BatchRow> rows;
+    for (int i = 0; i < b; i++) {
+      kvs[i].init(c, 8 + o.batch_steps + 1);
+      toks[i] = random_tokens(8, V, 100 + i);
+      rows.push_back({&kvs[i], toks[i].data(), 8});
+    }
+    batch_forward(m, rows, logits.data(), s);  // prefill the short prompts
+    std::vector<int32_t> next(b, 1);
+    for (int i = 0; i < b; i++) rows[i] = {&kvs[i], &next[i], 1};
+    auto t1 = Clock::now();
+    for (int st = 0; st < o.batch_steps; st++) {
+      batch_forward(m, rows, logits.data(), s);
+      for (int i = 0; i < b; i++)
+        next[i] = int32_t(std::max_element(logits.begin() + size_t(i) * V, logits.begin() + size_t(i + 1) * V) -
+                          (logits.begin() + size_t(i) * V));
+    }
+    const double tps = double(b) * o.batch_steps / since(t1);
+    // Roofline: a step reads the shared weights once plus every expert the batch touches.
+    const double step_bytes = shared_bytes + c.num_layers * expected_experts(c.num_experts, c.top_k, b) * expert_bytes;
+    const double roof = b * bw * 1e9 / (c.is_moe() ? step_bytes : bytes_tok);
+    batched[std::to_string(b)] = tps;
+    roofline[std::to_string(b)] = roof;
+    say(fmt::format("  decode batch {}: {:.1f} tokens/s ({:.0f}% of the {:.1f} tokens/s bandwidth roofline)", b, tps,
+                    100 * tps / roof, roof));
+  }
+  const double bw_after = read_bandwidth_gbs();
+  say(fmt::format("  memory bandwidth (read, same run): {:.1f} GB/s before, {:.1f} GB/s after; decode reached {:.0f}%",
+                  bw_before, bw_after, 100 * achieved / std::max(bw_before, bw_after)));
+  return {{"weight_dtype", m.weight_dtype},
+          {"mmapped", m.mmapped},
+          {"threads", num_threads()},
+          {"prefill_tokens", o.prompt},
+          {"prefill_tokens_per_s", prefill_tps},
+          {"decode_tokens_per_s", decode_tps},
+          {"decode_weight_bytes_per_token", bytes_tok},
+          {"decode_achieved_gbs", achieved},
+          {"memory_bandwidth_gbs", std::max(bw_before, bw_after)},
+          {"memory_bandwidth_gbs_before", bw_before},
+          {"memory_bandwidth_gbs_after", bw_after},
+          {"batched_tokens_per_s", batched},
+          {"batched_roofline_tokens_per_s", roofline}};
+}
+
+}  // namespace sky
