@@ -5,54 +5,79 @@
 
 namespace sky {
 
-// Mean router probability per expert, P_j = (1/N) sum_i g_ij (E doubles: a negligible allocation).
 template <class T>
-static std::vector<double> mean_probs(const T* probs, int N, int E) {
-  std::vector<double> P(E, 0.0);
-  for (long i = 0; i < N; i++)
-    for (int j = 0; j < E; j++) P[j] += probs[i * E + j];
-  for (int j = 0; j < E; j++) P[j] /= N;
-  return P;
+static double logsumexp(const T* z, int E);
+
+std::vector<double> RouterStats::pack() const {
+  std::vector<double> v(prob_sum);
+  v.insert(v.end(), assign.begin(), assign.end());
+  v.push_back(tokens);
+  v.push_back(z_sum);
+  return v;
 }
 
-// f_j = (top-k assignments to j) / (N*k).
-static std::vector<double> assign_frac(const int32_t* topk_idx, int N, int E, int k) {
-  std::vector<double> f(E, 0.0);
-  for (long a = 0; a < (long)N * k; a++) f[topk_idx[a]] += 1.0;
-  for (int j = 0; j < E; j++) f[j] /= (double)N * k;
-  return f;
+void RouterStats::unpack(const std::vector<double>& v, int E) {
+  prob_sum.assign(v.begin(), v.begin() + E);
+  assign.assign(v.begin() + E, v.begin() + 2 * E);
+  tokens = v[2 * E];
+  z_sum = v[2 * E + 1];
+}
+
+template <class T>
+RouterStats router_stats(const T* probs, const T* logits, const int32_t* topk_idx, int N, int E, int k) {
+  RouterStats s;
+  s.prob_sum.assign(E, 0.0);
+  s.assign.assign(E, 0.0);
+  s.tokens = N;
+  for (long i = 0; i < N; i++)
+    for (int j = 0; j < E; j++) s.prob_sum[j] += probs[i * E + j];
+  for (long a = 0; a < (long)N * k; a++) s.assign[topk_idx[a]] += 1.0;
+  if (logits)
+    for (long i = 0; i < N; i++) {
+      double lse = logsumexp(logits + i * E, E);
+      s.z_sum += lse * lse;
+    }
+  return s;
+}
+
+double aux_loss_value(const RouterStats& s, int E, int k, AuxLossType type) {
+  if (type == AuxLossType::None || s.tokens == 0) return 0.0;
+  double L = 0;
+  for (int j = 0; j < E; j++) {
+    const double P = s.prob_sum[j] / s.tokens;
+    if (type == AuxLossType::Skywork)
+      L += (1.0 / E - P) * (1.0 / E - P);
+    else
+      L += E * (s.assign[j] / (s.tokens * k)) * P;  // f_j counts as a constant
+  }
+  return L;
+}
+
+double z_loss_value(const RouterStats& s) { return s.tokens ? s.z_sum / s.tokens : 0.0; }
+
+template <class T>
+void aux_loss_backward_stats(T* dprobs, double dL, const RouterStats& s, int N, int E, int k, AuxLossType type) {
+  if (type == AuxLossType::None || s.tokens == 0) return;
+  // d(aux)/d(g_ij) depends only on j: Skywork -2 (1/E - P_j) / N, Switch E f_j / N (N global).
+  std::vector<double> c(E);
+  for (int j = 0; j < E; j++)
+    c[j] = type == AuxLossType::Skywork ? -2.0 * (1.0 / E - s.prob_sum[j] / s.tokens) / s.tokens * dL
+                                        : E * (s.assign[j] / (s.tokens * k)) / s.tokens * dL;
+  for (long i = 0; i < N; i++)
+    for (int j = 0; j < E; j++) dprobs[i * E + j] += T(c[j]);
 }
 
 template <class T>
 double aux_loss_forward(const T* probs, const int32_t* topk_idx, int N, int E, int k, AuxLossType type) {
   if (type == AuxLossType::None || N == 0) return 0.0;
-  std::vector<double> P = mean_probs(probs, N, E);
-  double L = 0;
-  if (type == AuxLossType::Skywork) {
-    for (int j = 0; j < E; j++) L += (1.0 / E - P[j]) * (1.0 / E - P[j]);
-  } else {
-    std::vector<double> f = assign_frac(topk_idx, N, E, k);
-    for (int j = 0; j < E; j++) L += f[j] * P[j];
-    L *= E;
-  }
-  return L;
+  return aux_loss_value(router_stats<T>(probs, nullptr, topk_idx, N, E, k), E, k, type);
 }
 
 template <class T>
 void aux_loss_backward(T* dprobs, double dL, const T* probs, const int32_t* topk_idx, int N, int E, int k,
                        AuxLossType type) {
   if (type == AuxLossType::None || N == 0) return;
-  // d(aux)/d(g_ij) depends only on j: Skywork -2 (1/E - P_j) / N, Switch E f_j / N.
-  std::vector<double> c;
-  if (type == AuxLossType::Skywork) {
-    c = mean_probs(probs, N, E);
-    for (int j = 0; j < E; j++) c[j] = -2.0 * (1.0 / E - c[j]) / N * dL;
-  } else {
-    c = assign_frac(topk_idx, N, E, k);
-    for (int j = 0; j < E; j++) c[j] = E * c[j] / N * dL;
-  }
-  for (long i = 0; i < N; i++)
-    for (int j = 0; j < E; j++) dprobs[i * E + j] += T(c[j]);
+  aux_loss_backward_stats(dprobs, dL, router_stats<T>(probs, nullptr, topk_idx, N, E, k), N, E, k, type);
 }
 
 template <class T>
@@ -76,13 +101,18 @@ double z_loss_forward(const T* logits, int N, int E) {
 }
 
 template <class T>
-void z_loss_backward(T* dlogits, double dL, const T* logits, int N, int E) {
+void z_loss_backward_tokens(T* dlogits, double dL, const T* logits, int N, int E, double tokens) {
   // d(lse^2)/dz_j = 2 lse softmax(z)_j
   for (long i = 0; i < N; i++) {
     const T* z = logits + i * E;
     double lse = logsumexp(z, E);
-    for (int j = 0; j < E; j++) dlogits[i * E + j] += T(dL * 2.0 * lse * std::exp(z[j] - lse) / N);
+    for (int j = 0; j < E; j++) dlogits[i * E + j] += T(dL * 2.0 * lse * std::exp(z[j] - lse) / tokens);
   }
+}
+
+template <class T>
+void z_loss_backward(T* dlogits, double dL, const T* logits, int N, int E) {
+  z_loss_backward_tokens(dlogits, dL, logits, N, E, double(N));
 }
 
 template double aux_loss_forward<float>(const float*, const int32_t*, int, int, int, AuxLossType);
@@ -90,6 +120,12 @@ template double aux_loss_forward<double>(const double*, const int32_t*, int, int
 template void aux_loss_backward<float>(float*, double, const float*, const int32_t*, int, int, int, AuxLossType);
 template void aux_loss_backward<double>(double*, double, const double*, const int32_t*, int, int, int,
                                         AuxLossType);
+template RouterStats router_stats<float>(const float*, const float*, const int32_t*, int, int, int);
+template RouterStats router_stats<double>(const double*, const double*, const int32_t*, int, int, int);
+template void aux_loss_backward_stats<float>(float*, double, const RouterStats&, int, int, int, AuxLossType);
+template void aux_loss_backward_stats<double>(double*, double, const RouterStats&, int, int, int, AuxLossType);
+template void z_loss_backward_tokens<float>(float*, double, const float*, int, int, double);
+template void z_loss_backward_tokens<double>(double*, double, const double*, int, int, double);
 template double z_loss_forward<float>(const float*, int, int);
 template double z_loss_forward<double>(const double*, int, int);
 template void z_loss_backward<float>(float*, double, const float*, int, int);

@@ -58,8 +58,14 @@ void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOpt
     }
   }
 
-  c.aux_loss = aux_loss_forward(c.probs.data(), c.topk_idx.data(), N, E, k, o.aux);
-  c.z_loss = z_loss_forward(c.logits.data(), N, E);
+  c.stats = router_stats(c.probs.data(), c.logits.data(), c.topk_idx.data(), N, E, k);
+  if (o.reduce_stats) {
+    std::vector<double> v = c.stats.pack();
+    o.reduce_stats(v.data(), v.size());
+    c.stats.unpack(v, E);
+  }
+  c.aux_loss = aux_loss_value(c.stats, E, k, o.aux);
+  c.z_loss = z_loss_value(c.stats);
   double ent = 0;
   for (long i = 0; i < (long)N * E; i++)
     if (c.probs[i] > 0) ent -= c.probs[i] * std::log((double)c.probs[i]);
@@ -131,13 +137,13 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
   const T* dprobs = nullptr;
   if (o.aux != AuxLossType::None && aux_coef != 0) {
     c.dprobs.assign((long)N * E, T(0));
-    aux_loss_backward(c.dprobs.data(), aux_coef, c.probs.data(), c.topk_idx.data(), N, E, k, o.aux);
+    aux_loss_backward_stats(c.dprobs.data(), aux_coef, c.stats, N, E, k, o.aux);
     dprobs = c.dprobs.data();
   }
   c.dlogits.assign((long)N * E, T(0));
   router_backward(c.dlogits.data(), dprobs, c.dtopk_w.data(), c.logits.data(), c.probs.data(), c.topk_idx.data(),
                   N, o.router);
-  if (z_coef != 0) z_loss_backward(c.dlogits.data(), z_coef, c.logits.data(), N, E);
+  if (z_coef != 0) z_loss_backward_tokens(c.dlogits.data(), z_coef, c.logits.data(), N, E, c.stats.tokens);
   matmul_backward(dx, g.router, c.dlogits.data(), x, w.router, N, H, E);
 }
 

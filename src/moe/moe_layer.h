@@ -2,6 +2,7 @@
 // One MoE FFN layer: router -> dispatch -> experts (SwiGLU, expert(x) = w2(silu(w1 x) * w3 x)) ->
 // weighted combine. Dropped assignments contribute nothing (the token keeps its residual path).
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "moe/aux_loss.h"
@@ -15,6 +16,9 @@ struct MoeOptions {
   double capacity_factor = 0.0;  // <= 0: dropless
   DropPolicy policy = DropPolicy::Prob;
   AuxLossType aux = AuxLossType::Skywork;
+  // Data parallelism: adds up the router statistics of all ranks sharing the micro-batch (an
+  // all-reduce), so aux loss and z-loss are those of the global batch. Empty: this process only.
+  std::function<void(double*, size_t)> reduce_stats;
 };
 
 template <class T>
@@ -42,6 +46,7 @@ struct MoeCache {
   std::vector<int32_t> topk_idx;         // [N,k]
   Dispatch disp;
   std::vector<T> xg, h1, h3, act, y;     // per routed row: input [R,H], w1 x, w3 x, swiglu [R,I], expert out [R,H]
+  RouterStats stats;                     // of the global batch (after reduce_stats)
   double aux_loss = 0.0;                 // of the chosen type (0 when None)
   double z_loss = 0.0;
   double entropy = 0.0;                  // mean router entropy (nats) over tokens
