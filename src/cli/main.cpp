@@ -88,6 +88,7 @@ const Command kCommands[] = {
     {"generate", sky::cli::cmd_generate, "generate tokens from a prompt with a KV cache"},
     {"upcycle", sky::cli::cmd_upcycle, "turn a dense checkpoint into an MoE (experts copy the dense FFN)"},
     {"quantize", sky::cli::cmd_quantize, "quantize a checkpoint's linear layers to fp8 (with scales) or bf16"},
+    {"export", sky::cli::cmd_export, "export a model to another format (export gguf: llama.cpp)"},
     {"bench", sky::cli::cmd_bench, "benchmarks (bench train: training tokens/s)"},
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
 };

@@ -229,6 +229,20 @@ const std::string& Tokenizer::id_to_piece(int32_t id) const {
   return sp_->IdToPiece(id);
 }
 
+float Tokenizer::score(int32_t id) const {
+  id_to_piece(id);  // range check
+  return sp_->GetScore(id);
+}
+
+Tokenizer::PieceType Tokenizer::piece_type(int32_t id) const {
+  id_to_piece(id);  // range check
+  if (sp_->IsUnknown(id)) return PieceType::Unknown;
+  if (sp_->IsControl(id)) return PieceType::Control;
+  if (sp_->IsUnused(id)) return PieceType::Unused;
+  if (sp_->IsByte(id)) return PieceType::Byte;
+  return PieceType::Normal;
+}
+
 int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
 int Tokenizer::bos_id() const { return sp_->bos_id(); }
 int Tokenizer::eos_id() const { return sp_->eos_id(); }

@@ -43,6 +43,10 @@ class Tokenizer {
   // decode() plus the leading space the model's dummy prefix adds; StreamDecoder handles both.
   std::string decode_piece(int32_t id) const;
   const std::string& id_to_piece(int32_t id) const;
+  // SentencePiece's own score and kind of each piece, for exporting the vocabulary (GGUF).
+  enum class PieceType { Normal, Unknown, Control, Unused, Byte };
+  float score(int32_t id) const;
+  PieceType piece_type(int32_t id) const;
 
   int vocab_size() const;
   int bos_id() const;

@@ -1,0 +1,89 @@
+// `skymoe export gguf`: a model directory -> one GGUF file for llama.cpp (docs/gguf.md).
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "io/gguf_export.h"
+#include "io/tokenizer.h"
+#include "model/model.h"
+
+namespace sky::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int export_gguf_cmd(const std::string& model, const std::string& out, const std::string& type,
+                    std::string tokenizer, bool no_tokenizer, std::string name) {
+  std::error_code ec;
+  SKY_CHECK(fs::is_directory(model, ec), "--model {}: no such model directory", model);
+  SKY_CHECK(!fs::is_directory(out, ec), "--out {} is a directory; give the .gguf file to write", out);
+  SKY_CHECK(!(no_tokenizer && !tokenizer.empty()), "--tokenizer and --no-tokenizer exclude each other");
+  GgufExportOptions o;
+  o.type = parse_gguf_file_type(type);
+
+  std::unique_ptr<Tokenizer> tok;
+  if (!no_tokenizer) {
+    if (tokenizer.empty()) {
+      tokenizer = (fs::path(model) / "tokenizer.model").string();
+      SKY_CHECK(fs::exists(tokenizer, ec),
+                "no tokenizer: {} does not exist. Pass --tokenizer PATH (a SentencePiece .model), or --no-tokenizer "
+                "to export the weights alone (llama.cpp cannot run such a file by itself)",
+                tokenizer);
+    }
+    tok = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
+  }
+
+  if (name.empty()) name = fs::path(model).lexically_normal().filename().string();
+  if (name.empty() || name == ".") name = fs::absolute(model, ec).lexically_normal().parent_path().filename().string();
+  o.name = name;
+  o.warn = [](const std::string& s) { fmt::print(stderr, "warning: {}\n", s); };
+  // One line per tensor on a terminal; logs and pipes get the summary line only.
+  if (isatty(2))
+    o.progress = [](size_t i, size_t n, const std::string& t, gguf::TensorType type, const std::vector<int64_t>& ne) {
+      fmt::print(stderr, "[{:>{}}/{}] {:<28} {:<5} {{{}}}\n", i + 1, fmt::formatted_size("{}", n), n, t,
+                 gguf::tensor_type_name(type), fmt::join(ne, ", "));
+    };
+
+  Model m = Model::load(model);
+  GgufExportReport r = export_gguf(m, tok.get(), out, o);
+  fmt::print("wrote {}: {} tensors ({} q8_0, {} f16, {} f32), {} metadata keys, {} tokens, {:.1f} MiB{}\n", out,
+             r.tensors, r.count_q8_0, r.count_f16, r.count_f32, r.kv, r.vocab, r.file_bytes / 1048576.0,
+             r.warnings.empty() ? "" : fmt::format(", {} warning(s)", r.warnings.size()));
+  return 0;
+}
+
+}  // namespace
+
+int cmd_export(int argc, char** argv) {
+  CLI::App app{"Export a model to another format. `skymoe export gguf` writes one GGUF file in llama.cpp's\n"
+               "llama layout (dense Llama, or Mixtral-style MoE with stacked experts) with the tokenizer."};
+  app.name("skymoe export");
+  app.require_subcommand(1);
+  CLI::App* g = app.add_subcommand("gguf", "write a GGUF file for llama.cpp (docs/gguf.md)");
+  std::string model, out, type = "f16", tokenizer, name;
+  bool no_tokenizer = false;
+  int threads = 0;
+  g->add_option("--model", model, "input model directory (HF layout)")->required();
+  g->add_option("--out", out, "output .gguf file")->required();
+  g->add_option("--type", type, "weight matrices: f32 | f16 | q8_0 (norms and router stay f32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}));
+  g->add_option("--tokenizer", tokenizer, "SentencePiece tokenizer.model (default: MODEL/tokenizer.model)");
+  g->add_flag("--no-tokenizer", no_tokenizer, "export without a vocabulary (llama.cpp needs one to run)");
+  g->add_option("--name", name, "general.name (default: the model directory's name)");
+  g->add_option("--threads", threads, "threads for loading (0 = all cores)");
+  // CLI11 would only say "A subcommand is required" for an unknown one.
+  if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "gguf")
+    fail("unknown export format '{}' (known: gguf)", argv[1]);
+  if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  set_threads(threads);
+  return export_gguf_cmd(model, out, type, tokenizer, no_tokenizer, name);
+}
+
+}  // namespace sky::cli

@@ -1,0 +1,47 @@
+#pragma once
+// Model -> GGUF in llama.cpp's "llama" architecture layout (dense Llama, and Mixtral-style MoE
+// with stacked expert tensors), as llama.cpp's convert_hf_to_gguf.py writes it. docs/gguf.md.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/gguf.h"
+
+namespace sky {
+
+struct Model;
+class Tokenizer;
+
+enum class GgufFileType { F32, F16, Q8_0 };
+GgufFileType parse_gguf_file_type(const std::string& s);  // "f32" | "f16" | "q8_0"
+
+struct GgufExportOptions {
+  GgufFileType type = GgufFileType::F16;
+  std::string name;  // general.name
+  // Called once per tensor just before it is converted and written (index, count, name, type, ne).
+  std::function<void(size_t, size_t, const std::string&, gguf::TensorType, const std::vector<int64_t>&)> progress;
+  // Called for each warning as it arises (also collected in the report).
+  std::function<void(const std::string&)> warn;
+};
+
+struct GgufExportReport {
+  size_t tensors = 0, kv = 0;
+  size_t count_f32 = 0, count_f16 = 0, count_q8_0 = 0;
+  uint64_t file_bytes = 0;
+  int vocab = 0;  // tokens written (0 without a tokenizer)
+  std::vector<std::string> warnings;
+};
+
+// Writes `m` (and `tok`'s vocabulary) to out_path atomically. Norms and the router stay f32; the
+// other weight matrices take opt.type (q8_0 falls back to f16 for rows not a multiple of 32).
+// `tok` may be null: the file then has no tokenizer metadata, which llama.cpp needs (warned).
+GgufExportReport export_gguf(const Model& m, const Tokenizer* tok, const std::string& out_path,
+                             const GgufExportOptions& opt);
+
+// Q/K rows reordered from HF's rotate-half RoPE layout to llama.cpp's interleaved-pair layout:
+// within each head of `head_dim` rows, new row 2j+k = old row k*head_dim/2 + j (k in {0,1}).
+// w is [n_heads * head_dim, cols] row-major.
+std::vector<float> permute_qk_rows(const float* w, int n_heads, int head_dim, int64_t cols);
+
+}  // namespace sky
