@@ -12,6 +12,7 @@ PKGS=(
   libfmt-dev               # formatting
   libgtest-dev libgmock-dev googletest  # unit tests
   libbenchmark-dev         # micro-benchmarks
+  libopenmpi-dev openmpi-bin  # distributed training between CPU processes
   fortunes fortunes-zh     # embedded default corpus for the quickstart job
 )
 missing=()

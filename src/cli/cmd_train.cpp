@@ -2,12 +2,14 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "train/trainer.h"
 
 namespace sky::cli {
 
 int cmd_train(int argc, char** argv) {
-  CLI::App app{"Train a dense or MoE model on one process (Skywork router techniques, adaptive aux loss)."};
+  CLI::App app{"Train a dense or MoE model (Skywork router techniques, adaptive aux loss). One process by default;\n"
+               "under `mpirun -np N` the N processes train data-parallel on the same global batch."};
   app.name("skymoe train");
   TrainOptions o;
   std::string lr_schedule = "cosine", aux = "skywork", adaptive = "on", policy = "prob", order = "shuffled";
@@ -55,6 +57,8 @@ int cmd_train(int argc, char** argv) {
   app.add_option("--log-every", o.log_every, "plain-text progress every N steps (off a terminal)")->capture_default_str();
   app.add_option("--resume", o.resume, "continue from a checkpoint (or a run directory's latest)");
   app.add_flag("--quiet", o.quiet, "no progress output");
+  app.add_option("--zero", o.zero, "under mpirun: 1 shards the optimizer state across data-parallel ranks (ZeRO-1)")
+      ->capture_default_str();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   o.schedule.cosine = lr_schedule == "cosine";
   o.aux = aux == "skywork" ? AuxLossType::Skywork : aux == "switch" ? AuxLossType::Switch : AuxLossType::None;
@@ -62,6 +66,7 @@ int cmd_train(int argc, char** argv) {
   o.drop_policy = policy == "prob" ? DropPolicy::Prob : DropPolicy::Position;
   o.data_order = parse_data_order(order);
   TrainResult r = train(o);
+  if (world_comm().rank() != 0) return 0;  // one summary for the whole job
   const StepLog& last = r.log.back();
   fmt::print("trained to step {}: loss {:.4f} (ce {:.4f}){}; {:.0f} tokens/s\n", last.step, last.loss, last.ce_loss,
              r.final_val_loss >= 0 ? fmt::format(", val {:.4f}", r.final_val_loss) : "", r.tokens_per_s);

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 
 namespace sky::cli {
 
@@ -109,12 +110,14 @@ int main(int argc, char** argv) {
   for (auto& c : kCommands) {
     if (std::strcmp(argv[1], c.name)) continue;
     try {
-      return c.fn(argc - 1, argv + 1);
-    } catch (const sky::Error& e) {
-      std::fprintf(stderr, "skymoe %s: error: %s\n", c.name, e.what());
-      return 1;
+      int rc = c.fn(argc - 1, argv + 1);
+      sky::finalize_comm();
+      return rc;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "skymoe %s: error: %s\n", c.name, e.what());
+      std::string msg = std::string("skymoe ") + c.name + ": error: " + e.what();
+      // Under mpirun one failing rank must take the others down instead of leaving them waiting.
+      if (sky::launched_by_mpi()) sky::abort_job(msg + " (aborting all ranks)");
+      std::fprintf(stderr, "%s\n", msg.c_str());
       return 1;
     }
   }

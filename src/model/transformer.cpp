@@ -171,7 +171,7 @@ static void dense_ffn_backward(const ModelConfig& c, const LayerView<float>& W, 
 }
 
 void backward(const Model& m, Activations& A, float* grads, const MoeOptions& moe, const LossWeights& lw,
-              double scale) {
+              double scale, double global_tokens) {
   const ModelConfig& c = m.cfg;
   const int B = A.B, T = A.T, N = B * T, H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
   const size_t NH = size_t(N) * H;
@@ -183,8 +183,8 @@ void backward(const Model& m, Activations& A, float* grads, const MoeOptions& mo
   grow(A.d_k, size_t(N) * kvd);
   grow(A.d_v, size_t(N) * kvd);
 
-  // Loss = mean over N positions, times the accumulation scale.
-  std::vector<float> dloss(N, float(scale / N));
+  // Loss = mean over the global batch's positions, times the accumulation scale.
+  std::vector<float> dloss(N, float(scale / (global_tokens > 0 ? global_tokens : N)));
   zero(A.d_logits, size_t(N) * V);
   cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, V);
   zero(A.d_lnf, NH);

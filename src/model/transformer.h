@@ -48,8 +48,10 @@ struct LossWeights {
 // Backward of the last forward() (which must have had targets): accumulates d(total loss) * scale
 // into `grads` (a flat buffer laid out like the model's params). `scale` folds gradient
 // accumulation over micro-batches (1/num_micro_batches).
+// `global_tokens` is the token count the loss averages over (data parallelism: the whole
+// micro-batch across ranks; 0 = this call's B*T).
 void backward(const Model& m, Activations& acts, float* grads, const MoeOptions& moe, const LossWeights& lw,
-              double scale = 1.0);
+              double scale = 1.0, double global_tokens = 0);
 
 // KV cache of one sequence.
 struct KVCache {

@@ -6,13 +6,16 @@
 
 namespace sky {
 
-AdamW::AdamW(const ParamLayout& layout, const AdamWOptions& o) : o_(o), m_(layout.total), v_(layout.total) {
+AdamW::AdamW(const ParamLayout& layout, const AdamWOptions& o, size_t begin, size_t end)
+    : o_(o), begin_(begin), end_(end ? end : layout.total), m_(end_ - begin_), v_(end_ - begin_) {
   for (auto& s : layout.specs) {
-    // Adjacent specs with the same decay flag merge into one range.
-    if (!ranges_.empty() && ranges_.back().decay == s.decay && ranges_.back().end == s.offset)
-      ranges_.back().end = s.offset + s.numel();
+    // Clip each spec to the owned range; adjacent specs with the same decay flag merge.
+    size_t b = std::max(begin_, s.offset), e = std::min(end_, s.offset + s.numel());
+    if (b >= e) continue;
+    if (!ranges_.empty() && ranges_.back().decay == s.decay && ranges_.back().end == b)
+      ranges_.back().end = e;
     else
-      ranges_.push_back({s.offset, s.offset + s.numel(), s.decay});
+      ranges_.push_back({b, e, s.decay});
   }
 }
 
@@ -20,8 +23,8 @@ void AdamW::update(float* p, const float* g, double lr, int64_t step) {
   const double bc1 = 1.0 - std::pow(o_.beta1, double(step)), bc2 = 1.0 - std::pow(o_.beta2, double(step));
   const float b1 = float(o_.beta1), b2 = float(o_.beta2), eps = float(o_.eps);
   const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
-  float* m = m_.data();
-  float* v = v_.data();
+  float* m = m_.data() - begin_;  // so m[i] is parameter i's moment
+  float* v = v_.data() - begin_;
   for (const Range& r : ranges_) {
     const float shrink = r.decay ? float(1.0 - lr * o_.weight_decay) : 1.0f;
 #pragma omp parallel for schedule(static)
@@ -54,6 +57,11 @@ double grad_norm(const float* g, size_t n) {
 
 double clip_grad_norm(float* g, size_t n, double max_norm) {
   double norm = grad_norm(g, n);
+  scale_for_clip(g, n, norm, max_norm);
+  return norm;
+}
+
+void scale_for_clip(float* g, size_t n, double norm, double max_norm) {
   if (max_norm > 0) {
     double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0) {
@@ -62,7 +70,6 @@ double clip_grad_norm(float* g, size_t n, double max_norm) {
       for (size_t i = 0; i < n; i++) g[i] *= c;
     }
   }
-  return norm;
 }
 
 }  // namespace sky

@@ -14,9 +14,14 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  AdamW(const ParamLayout& layout, const AdamWOptions& o);
-  // One update with learning rate lr; `step` counts from 1 (bias correction).
+  // Owns the moments of parameters [begin, end) of the flat buffer (end 0 = all): ZeRO-1 gives each
+  // data-parallel rank one shard.
+  AdamW(const ParamLayout& layout, const AdamWOptions& o, size_t begin = 0, size_t end = 0);
+  // One update of the owned range with learning rate lr; params and grads are the full flat
+  // buffers (only the owned range is read or written). `step` counts from 1 (bias correction).
   void update(float* params, const float* grads, double lr, int64_t step);
+  size_t begin() const { return begin_; }
+  size_t end() const { return end_; }
   FloatBuf& m() { return m_; }
   FloatBuf& v() { return v_; }
   const AdamWOptions& options() const { return o_; }
@@ -25,12 +30,15 @@ class AdamW {
   struct Range { size_t begin, end; bool decay; };
   std::vector<Range> ranges_;
   AdamWOptions o_;
-  FloatBuf m_, v_;
+  size_t begin_, end_;
+  FloatBuf m_, v_;  // indexed from begin_
 };
 
 // Global L2 norm of the gradient (computed in double).
 double grad_norm(const float* g, size_t n);
 // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1. Returns the norm.
 double clip_grad_norm(float* g, size_t n, double max_norm);
+// The scaling half of clip_grad_norm, given the (possibly global) norm.
+void scale_for_clip(float* g, size_t n, double norm, double max_norm);
 
 }  // namespace sky

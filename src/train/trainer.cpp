@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "dist/communicator.h"
 #include "io/checkpoint.h"
 #include "model/transformer.h"
 
@@ -57,6 +58,7 @@ void validate_train_options(const TrainOptions& o) {
   SKY_CHECK(o.save_every >= 0, "--save-every must be >= 0, got {}", o.save_every);
   SKY_CHECK(o.eval_every >= 0, "--eval-every must be >= 0, got {}", o.eval_every);
   SKY_CHECK(o.eval_batches > 0, "--eval-batches must be positive, got {}", o.eval_batches);
+  SKY_CHECK(o.zero == 0 || o.zero == 1, "--zero must be 0 or 1, got {}", o.zero);
 }
 
 // The options that must not change across a resume for the run to continue bit-for-bit.
@@ -112,7 +114,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   validate_train_options(o);
   set_threads(o.threads);
 
-  // Model: from a checkpoint being resumed, a model directory, or a fresh init.
+  // Model: from a checkpoint being resumed, a model directory, or a fresh init (the same on every
+  // rank: init is deterministic for a seed).
   std::string resume_dir = o.resume.empty() ? "" : resolve_checkpoint(o.resume);
   Model m;
   if (!resume_dir.empty()) {
@@ -149,13 +152,30 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   }
   Batcher batcher(data, train_range, o.batch_size, o.seq_len, o.data_order, o.seed);
 
-  AdamW opt(m.layout, o.adam);
+  // Data parallelism: every rank draws the same global micro-batch and keeps its contiguous rows.
+  Communicator& comm = world_comm();
+  const int dp = comm.size(), rank = comm.rank();
+  SKY_CHECK(o.batch_size % dp == 0, "--batch-size {} is not divisible by the {} data-parallel ranks", o.batch_size, dp);
+  const int B_local = o.batch_size / dp;
+  // ZeRO-1: rank r owns parameters [r * shard, (r + 1) * shard) of the flat buffer (the last shard
+  // is short); buffers that are all-gathered are padded to dp * shard.
+  const size_t total = m.layout.total;
+  const size_t shard = o.zero ? (total + dp - 1) / dp : total;
+  const size_t own_begin = o.zero ? std::min(total, rank * shard) : 0;
+  const size_t own_end = o.zero ? std::min(total, own_begin + shard) : total;
+  const bool leader = rank == 0;
+  if (!leader) o.quiet = true;
+
+  AdamW opt(m.layout, o.adam, own_begin, own_end);
   AdaptiveAlpha alpha(cfg.is_moe() ? cfg.num_layers : 0, o.aux == AuxLossType::None ? 0.0 : o.aux_alpha,
                       o.aux_adaptive && o.aux != AuxLossType::None, o.aux_xi, o.aux_alpha_max, o.aux_beta);
   int64_t step0 = 0;
   const json signature = run_signature(o, cfg, data.size());
   if (!resume_dir.empty()) {
-    json st = load_checkpoint_state(resume_dir, opt.m().data(), opt.v().data(), m.layout.total);
+    FloatBuf full_m(total), full_v(total);
+    json st = load_checkpoint_state(resume_dir, full_m.data(), full_v.data(), total);
+    std::memcpy(opt.m().data(), full_m.data() + own_begin, (own_end - own_begin) * sizeof(float));
+    std::memcpy(opt.v().data(), full_v.data() + own_begin, (own_end - own_begin) * sizeof(float));
     SKY_CHECK(st.contains("signature") && st["signature"] == signature,
               "--resume {}: the checkpoint was trained with other settings (model, --seq-len, --batch-size, "
               "--grad-accum, --data-order or data size differ): {} vs now {}",
@@ -169,7 +189,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   o.schedule.total = o.steps;
 
   std::ofstream jsonl;
-  if (!o.log_jsonl.empty()) {
+  if (!o.log_jsonl.empty() && leader) {
     // On resume, keep the log's lines up to the checkpoint's step: steps a stopped run logged after
     // its last checkpoint are redone and must not appear twice.
     std::string kept;
@@ -185,11 +205,18 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     SKY_CHECK(jsonl.good(), "--log-jsonl: cannot write '{}'", o.log_jsonl);
   }
 
-  FloatBuf grads(m.layout.total);
+  FloatBuf grads(o.zero ? shard * dp : total);
   Activations acts, eval_acts;
-  const MoeOptions moe = moe_options(cfg, o.capacity_factor, o.drop_policy, o.aux);
+  MoeOptions moe = moe_options(cfg, o.capacity_factor, o.drop_policy, o.aux);
+  if (dp > 1) moe.reduce_stats = [&comm](double* d, size_t n) { comm.all_reduce_sum(d, n); };
   const int B = o.batch_size, S = o.seq_len, L = cfg.num_layers, E = cfg.num_experts;
   std::vector<int32_t> in(size_t(B) * S), tgt(size_t(B) * S);
+  const int32_t* in_local = in.data() + size_t(rank) * B_local * S;
+  const int32_t* tgt_local = tgt.data() + size_t(rank) * B_local * S;
+  const double global_tokens = double(B) * S;
+  // Per micro-batch statistics summed over ranks: CE sum, then per layer dropped count, entropy
+  // sum and expert loads.
+  std::vector<double> red;
   Progress progress{isatty(2) != 0, o.quiet, std::max(1, o.log_every)};
   TrainResult result;
   std::string last_ckpt = resume_dir;
@@ -200,8 +227,28 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     if (o.out_dir.empty()) return;
     json st = {{"step", step}, {"data", batcher.state()}, {"alpha", alpha.alpha}, {"signature", signature},
                {"seed", o.seed}, {"aux", aux_name(o.aux)}};
-    CheckpointData cd{&m, opt.m().data(), opt.v().data(), st};
-    last_ckpt = save_checkpoint(o.out_dir, step, cd, o.keep);
+    // The checkpoint holds the full moments whatever the layout, so any layout can resume it.
+    FloatBuf full_m, full_v;
+    const float *pm = opt.m().data(), *pv = opt.v().data();
+    if (o.zero && dp > 1) {
+      full_m = FloatBuf(shard * dp);
+      full_v = FloatBuf(shard * dp);
+      FloatBuf mine(shard);
+      std::memcpy(mine.data(), opt.m().data(), (own_end - own_begin) * sizeof(float));
+      comm.all_gather(mine.data(), full_m.data(), shard);
+      std::memset(mine.data(), 0, shard * sizeof(float));
+      std::memcpy(mine.data(), opt.v().data(), (own_end - own_begin) * sizeof(float));
+      comm.all_gather(mine.data(), full_v.data(), shard);
+      pm = full_m.data();
+      pv = full_v.data();
+    }
+    if (leader) {
+      CheckpointData cd{&m, pm, pv, st};
+      last_ckpt = save_checkpoint(o.out_dir, step, cd, o.keep);
+    } else {
+      last_ckpt = (std::filesystem::path(o.out_dir) / fmt::format("step-{:08d}", step)).string();
+    }
+    comm.barrier();  // the checkpoint is complete before any rank goes on
   };
 
   for (int64_t step = step0 + 1; step <= o.steps; step++) {
@@ -217,16 +264,29 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     std::memset(grads.data(), 0, grads.size() * sizeof(float));
     for (int micro = 0; micro < o.grad_accum; micro++) {
       batcher.next(in.data(), tgt.data());
-      double ce = forward(m, acts, in.data(), tgt.data(), B, S, moe);
-      double aux_w = 0, z = 0;
-      for (int l = 0; l < (cfg.is_moe() ? L : 0); l++) {
+      const double ce_local = forward(m, acts, in_local, tgt_local, B_local, S, moe);
+      const int Lm = cfg.is_moe() ? L : 0;
+      red.assign(1 + size_t(Lm) * (2 + E), 0.0);
+      red[0] = ce_local * B_local * S;
+      for (int l = 0; l < Lm; l++) {
         const MoeCache<float>& c = acts.layers[l].moe;
+        double* r = red.data() + 1 + size_t(l) * (2 + E);
+        r[0] = double(c.disp.dropped);
+        r[1] = c.entropy * B_local * S;
+        for (int e = 0; e < E; e++) r[2 + e] = c.disp.load[e];
+      }
+      if (dp > 1) comm.all_reduce_sum(red.data(), red.size());
+      const double ce = red[0] / global_tokens;
+      double aux_w = 0, z = 0;
+      for (int l = 0; l < Lm; l++) {
+        const MoeCache<float>& c = acts.layers[l].moe;  // aux and z losses are already global
+        const double* r = red.data() + 1 + size_t(l) * (2 + E);
         aux_w += alpha.alpha[l] * c.aux_loss;
         z += c.z_loss;
-        s.drop_rate[l] += c.disp.drop_rate() / o.grad_accum;
+        s.drop_rate[l] += r[0] / (global_tokens * cfg.top_k) / o.grad_accum;
         s.aux_per_layer[l] += c.aux_loss / o.grad_accum;
-        s.entropy[l] += c.entropy / o.grad_accum;
-        for (int e = 0; e < E; e++) s.expert_load[l][e] += c.disp.load[e];
+        s.entropy[l] += r[1] / global_tokens / o.grad_accum;
+        for (int e = 0; e < E; e++) s.expert_load[l][e] += int64_t(r[2 + e]);
       }
       const double total = ce + aux_w + o.z_loss * z;
       if (!std::isfinite(total))
@@ -235,15 +295,35 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
       s.ce_loss += ce / o.grad_accum;
       s.aux_loss += aux_w / o.grad_accum;
       s.z_loss += o.z_loss * z / o.grad_accum;
-      backward(m, acts, grads.data(), moe, lw, 1.0 / o.grad_accum);
+      backward(m, acts, grads.data(), moe, lw, 1.0 / o.grad_accum, global_tokens);
     }
     s.loss = s.ce_loss + s.aux_loss + s.z_loss;
-    s.grad_norm = clip_grad_norm(grads.data(), grads.size(), o.grad_clip);
+    // Each rank holds its rows' share of the gradient: sum them (all-reduce), or under ZeRO-1 only
+    // into the shard each rank updates (reduce-scatter), then all-gather the updated parameters.
+    if (dp > 1 && !o.zero) comm.all_reduce_sum(grads.data(), total);
+    if (dp > 1 && o.zero) {
+      FloatBuf mine(shard);  // MPI forbids overlapping send and receive buffers
+      comm.reduce_scatter_sum(grads.data(), mine.data(), std::vector<size_t>(dp, shard));
+      std::memcpy(grads.data() + own_begin, mine.data(), (own_end - own_begin) * sizeof(float));
+    }
+    float* g_own = grads.data() + own_begin;
+    const size_t n_own = own_end - own_begin;
+    double sq = grad_norm(g_own, n_own);
+    sq *= sq;
+    if (o.zero && dp > 1) comm.all_reduce_sum(&sq, 1);
+    s.grad_norm = std::sqrt(sq);
     if (!std::isfinite(s.grad_norm))
       fail("non-finite gradient norm at step {}; stopping. {}", step,
            last_ckpt.empty() ? "No checkpoint was written." : "The last good checkpoint is " + last_ckpt);
+    scale_for_clip(g_own, n_own, s.grad_norm, o.grad_clip);
     s.lr = o.schedule.at(step);
     opt.update(m.params.data(), grads.data(), s.lr, step);
+    if (o.zero && dp > 1) {
+      FloatBuf gathered(shard * dp), mine(shard);
+      std::memcpy(mine.data(), m.params.data() + own_begin, n_own * sizeof(float));
+      comm.all_gather(mine.data(), gathered.data(), shard);
+      std::memcpy(m.params.data(), gathered.data(), total * sizeof(float));
+    }
     alpha.update(s.drop_rate);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t toks = int64_t(B) * S * o.grad_accum;
@@ -255,7 +335,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
       s.val_loss = evaluate(m, eval_acts, val_file, val_range, B, S, o.eval_batches);
       result.final_val_loss = s.val_loss;
     }
-    if (jsonl.is_open()) {
+    if (jsonl.is_open() && leader) {
       json j = {{"step", step},           {"loss", s.loss},       {"ce_loss", s.ce_loss},
                 {"aux_loss", s.aux_loss}, {"z_loss", s.z_loss},   {"lr", s.lr},
                 {"grad_norm", s.grad_norm}, {"tokens_per_s", s.tokens_per_s}, {"drop_rate", s.drop_rate},

@@ -44,6 +44,9 @@ struct TrainOptions {
   std::string resume;
   int log_every = 10;  // plain-text lines when not on a terminal
   bool quiet = false;
+  // Data parallelism over the MPI world (every rank takes its contiguous share of each micro-batch's
+  // rows); zero = 1 shards the AdamW state across the ranks (ZeRO-1).
+  int zero = 0;
 };
 
 struct StepLog {

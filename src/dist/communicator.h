@@ -1,0 +1,45 @@
+#pragma once
+// All inter-process traffic goes through this interface (DESIGN.md section 4): MPI between CPU
+// processes now, NCCL between GPUs later. Groups are derived once (split) and passed explicitly.
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sky {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  virtual void all_reduce_sum(double* data, size_t n) = 0;
+  // recv [size * n] = every rank's send [n], in rank order.
+  virtual void all_gather(const float* send, float* recv, size_t n) = 0;
+  // recv [counts[rank]] = sum over ranks of their send [sum(counts)] restricted to this rank's part.
+  virtual void reduce_scatter_sum(const float* send, float* recv, const std::vector<size_t>& counts) = 0;
+  // Variable all-to-all: send_counts[r] floats to rank r (packed in rank order), receive likewise.
+  virtual void all_to_all_v(const float* send, const std::vector<size_t>& send_counts, float* recv,
+                            const std::vector<size_t>& recv_counts) = 0;
+  virtual void send(const float* data, size_t n, int dst, int tag) = 0;
+  virtual void recv(float* data, size_t n, int src, int tag) = 0;
+  virtual void barrier() = 0;
+  // Ranks with the same color form a group, ordered by key.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+};
+
+// A group of one: every collective is a copy or nothing.
+std::unique_ptr<Communicator> make_self_comm();
+
+// The world: MPI when this process was started by mpirun (and skymoe was built with MPI), else a
+// group of one. Collectives give up after `timeout_s` seconds with a clear message and abort every
+// rank, so a failed rank never leaves the others hanging.
+Communicator& world_comm();
+bool launched_by_mpi();
+void set_collective_timeout(double seconds);
+// Ends the whole job with a message (MPI_Abort under MPI, exit otherwise).
+[[noreturn]] void abort_job(const std::string& message, int code = 1);
+void finalize_comm();
+
+}  // namespace sky
