@@ -2,7 +2,8 @@
 // Linear layers for inference with f32 activations and f32, bf16 or fp8-E4M3 weights (per-tensor or
 // per-output-row f32 scales). Weights are decoded in registers, never into a temporary array.
 // Memory-bound at small N (decode): speed is bytes per weight and how close the loop runs to the
-// memory roofline.
+// memory roofline. SIMD code for each x86 target (SSSE3 ... AVX-512) is picked at run time by
+// Highway. E4M3 NaN codes (0x7F, 0xFF) are not supported in weights (they decode to +-480).
 #include <cstdint>
 
 #include "core/tensor.h"

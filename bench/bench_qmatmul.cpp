@@ -1,0 +1,144 @@
+// qmatmul speed next to this machine's streaming read bandwidth, measured in the same run.
+// Usage: OMP_NUM_THREADS=2 build/bench_qmatmul [--quick]
+// For each weight shape, dtype and batch N: time per call (median and best of many calls), weight
+// bytes read per second (each call reads every weight once) and GFLOP/s. Two bandwidth yardsticks:
+// a streaming read of a 1 GiB buffer, and a streaming read of the very same weight buffers with the
+// same threads (same bytes, same call length, so the same exposure to a busy shared machine).
+// "cold" shapes cycle through enough copies of the weights (>= 256 MiB) that every call reads
+// them from DRAM, as decoding does with each layer's weights. "sgemm" rows are OpenBLAS on the
+// f32 weights, for comparison.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/qmatmul.h"
+
+using namespace sky;
+
+static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Seconds per call of f (median and best) after two warm-up calls; at least 5 calls and about
+// `budget` seconds. The machine is shared, so the best call shows the kernel and the median the
+// conditions.
+struct Timing { double median, best; };
+template <class F>
+static Timing time_calls(F&& f, double budget = 0.4) {
+  f();
+  f();
+  std::vector<double> ts;
+  const double start = now();
+  while (ts.size() < 5 || (now() - start < budget && ts.size() < 500)) {
+    const double t0 = now();
+    f();
+    ts.push_back(now() - t0);
+  }
+  std::sort(ts.begin(), ts.end());
+  return {ts[ts.size() / 2], ts[0]};
+}
+
+// Multi-threaded streaming read of n bytes (a multiple of 64), split like qmatmul splits weights.
+static uint64_t read_bytes(const void* p, size_t n) {
+  const auto* u = static_cast<const uint64_t*>(p);
+  uint64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+  for (size_t b = 0; b < n / 64; b++) {
+    const uint64_t* q = u + b * 8;
+    total += (q[0] + q[1]) + (q[2] + q[3]) + (q[4] + q[5]) + (q[6] + q[7]);
+  }
+  return total;
+}
+
+static volatile uint64_t g_sink;
+
+// GB/s reading a 1 GiB buffer (median and best call).
+static Timing read_bandwidth() {
+  const size_t n = size_t(1) << 30;
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[n / 8]);
+#pragma omp parallel for schedule(static)  // first touch by the threads that read it later
+  for (size_t i = 0; i < n / 8; i++) buf[i] = i;
+  const Timing t = time_calls([&] { g_sink = g_sink + read_bytes(buf.get(), n); }, 3.0);
+  return {double(n) / t.median / 1e9, double(n) / t.best / 1e9};
+}
+
+// `copies` QWeights with the same values in separate memory: cycling through them makes every call
+// read its weights from DRAM, as decode does (each layer's weights once per token).
+static std::vector<QWeight> make_copies(const QWeight& q, int copies) {
+  std::vector<QWeight> out{q};
+  for (int c = 1; c < copies; c++) {
+    QWeight k = q;
+    k.storage = Tensor::empty(q.storage.dtype, q.storage.shape);
+    std::memcpy(k.storage.data, q.data, q.storage.nbytes());
+    k.data = k.storage.data;
+    out.push_back(k);
+  }
+  return out;
+}
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  std::printf("qmatmul target %s, %d threads\n", qmatmul_target(), omp_get_max_threads());
+  const Timing bw = read_bandwidth();
+  std::printf("memory read bandwidth (1 GiB, %d threads): median %.1f GB/s, best %.1f GB/s\n\n",
+              omp_get_max_threads(), bw.median, bw.best);
+
+  struct Shape { const char* name; int O, I; bool cold; };
+  const Shape shapes[] = {{"expert w1, hot", 2816, 1024, false},
+                          {"16 experts' w1, cold", 16 * 2816, 1024, true},
+                          {"LM head, cold", 32000, 1024, true}};
+  const int Ns[] = {1, 4, 16, 64};
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+
+  std::printf("%-20s %-5s %3s | %8s %8s | %6s %6s | %7s | %13s | %13s\n", "weights [O x 1024]", "dtype", "N",
+              "us med", "best", "GB/s", "best", "GFLOP/s", "% 1GiB probe", "% same bytes");
+  std::printf("%-20s %-5s %3s | %8s %8s | %6s %6s | %7s | %6s %6s | %6s %6s\n", "", "", "", "", "", "med", "", "best",
+              "med", "best", "med", "best");
+  for (const auto& sh : shapes) {
+    if (quick && !sh.cold) continue;
+    std::vector<float> w(size_t(sh.O) * sh.I);
+    for (auto& v : w) v = nd(rng);
+    std::vector<float> x(size_t(64) * sh.I), y(size_t(64) * sh.O);
+    for (auto& v : x) v = nd(rng) * 50;
+    struct Variant { const char* name; DType t; };
+    for (const Variant& v : {Variant{"f32", DType::F32}, Variant{"bf16", DType::BF16}, Variant{"fp8", DType::F8_E4M3},
+                             Variant{"sgemm", DType::F32}}) {
+      if (quick && v.name[0] == 's') continue;
+      const QWeight q0 = quantize_weight(w.data(), sh.O, sh.I, v.t, true);
+      const int copies = sh.cold ? int((size_t(256) << 20) / q0.bytes()) + 1 : 1;
+      const std::vector<QWeight> qs = make_copies(q0, copies);
+      const size_t nbytes = q0.storage.nbytes() / 64 * 64;
+      const double gb = double(q0.bytes()) / 1e9;
+      size_t c = 0;
+      const Timing same = time_calls([&] { g_sink = g_sink + read_bytes(qs[c++ % qs.size()].data, nbytes); });
+      const double same_med = double(nbytes) / 1e9 / same.median, same_best = double(nbytes) / 1e9 / same.best;
+      for (int N : Ns) {
+        Timing t;
+        if (v.name[0] == 's')
+          t = time_calls([&] {
+            const QWeight& q = qs[c++ % qs.size()];
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, sh.O, sh.I, 1.0f, x.data(), sh.I,
+                        static_cast<const float*>(q.data), sh.I, 0.0f, y.data(), sh.O);
+          });
+        else
+          t = time_calls([&] { qmatmul(y.data(), x.data(), qs[c++ % qs.size()], N); });
+        std::printf("%-20s %-5s %3d | %8.0f %8.0f | %6.1f %6.1f | %7.1f | %5.0f%% %5.0f%% | %5.0f%% %5.0f%%\n", sh.name,
+                    v.name, N, t.median * 1e6, t.best * 1e6, gb / t.median, gb / t.best,
+                    2.0 * N * sh.O * sh.I / t.best / 1e9, 100 * gb / t.median / bw.median,
+                    100 * gb / t.best / bw.best, 100 * gb / t.median / same_med, 100 * gb / t.best / same_best);
+      }
+      std::printf("%-20s %-5s read the same bytes: %.1f GB/s median, %.1f best\n", sh.name, v.name, same_med,
+                  same_best);
+    }
+  }
+  const Timing bw2 = read_bandwidth();
+  std::printf("\nmemory read bandwidth again: median %.1f GB/s, best %.1f GB/s\n", bw2.median, bw2.best);
+}
