@@ -95,11 +95,13 @@ bool Engine::step() {
   };
   active_.erase(std::remove_if(active_.begin(), active_.end(), gone), active_.end());
   if (active_.empty()) {
+    // Cancelled sequences may have held the KV budget a waiting request needs: report work left so
+    // the caller steps again and admits it.
     std::lock_guard<std::mutex> g(mu_);
     stats_.active = 0;
     stats_.waiting = int(waiting_.size());
     stats_.kv_used_tokens = kv_used_;
-    return false;
+    return !waiting_.empty();
   }
 
   std::vector<BatchRow> rows;
