@@ -88,6 +88,7 @@ const Command kCommands[] = {
     {"generate", sky::cli::cmd_generate, "generate tokens from a prompt with a KV cache"},
     {"upcycle", sky::cli::cmd_upcycle, "turn a dense checkpoint into an MoE (experts copy the dense FFN)"},
     {"bench", sky::cli::cmd_bench, "benchmarks (bench train: training tokens/s)"},
+    {"serve", sky::cli::cmd_serve, "OpenAI-compatible HTTP server (completions, chat, streaming, metrics)"},
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
 };
 
