@@ -91,6 +91,7 @@ const Command kCommands[] = {
     {"quantize", sky::cli::cmd_quantize, "quantize a checkpoint's linear layers to fp8 (with scales) or bf16"},
     {"export", sky::cli::cmd_export, "export a model to another format (export gguf: llama.cpp)"},
     {"bench", sky::cli::cmd_bench, "benchmarks (bench train: training tokens/s)"},
+    {"serve", sky::cli::cmd_serve, "OpenAI-compatible HTTP server (completions, chat, streaming, metrics)"},
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
 };
 

@@ -1,0 +1,73 @@
+#pragma once
+// The OpenAI-compatible JSON of `skymoe serve`: request parsing and validation, the chat template
+// for base models, and the response and stream-chunk bodies. Every problem with a request becomes
+// an ApiError carrying the HTTP status and the fields of OpenAI's {"error": {...}} body.
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "infer/engine.h"
+#include "io/tokenizer.h"
+
+namespace sky {
+
+struct ApiError : std::runtime_error {
+  int status;
+  std::string type, param, code;  // param / code empty -> null in the body
+  ApiError(int status, const std::string& message, std::string param = "", std::string code = "");
+};
+
+nlohmann::json error_body(const ApiError& e);
+// Serializes without ever throwing: invalid UTF-8 becomes U+FFFD.
+std::string dump_json(const nlohmann::json& j);
+// The request body as a JSON object (malformed JSON, invalid UTF-8 or a non-object -> 400).
+nlohmann::json parse_json_body(const std::string& body);
+
+// What the server allows a request; the parser checks against these.
+struct ApiLimits {
+  std::string model_name;
+  const Tokenizer* tok = nullptr;  // null: the model has no tokenizer (token-id prompts only)
+  std::string no_tokenizer_hint;   // appended to the "no tokenizer" error
+  int vocab_size = 0;
+  int context = 0;            // positions per request: min(max_position_embeddings, KV budget)
+  int max_prompt_tokens = 0;  // <= context - 1
+  int max_tokens_limit = 0;
+  bool add_bos = true;        // text prompts start with the tokenizer's bos
+};
+
+struct GenRequest {
+  bool chat = false, stream = false, include_usage = false;
+  std::vector<int32_t> prompt;
+  GenParams gen;
+  std::vector<std::string> stop;  // text-level; chat adds kChatStop
+};
+
+GenRequest parse_completion_request(const nlohmann::json& body, const ApiLimits& lim);
+GenRequest parse_chat_request(const nlohmann::json& body, const ApiLimits& lim);
+
+// Chat template for base models: one "Role: content" line per message, then "Assistant:" for the
+// model to continue; generation stops where the model starts the user's next turn.
+struct ChatMessage {
+  std::string role, content;  // role: system | user | assistant
+};
+std::string chat_prompt(const std::vector<ChatMessage>& messages);
+inline const char* const kChatStop = "\nUser:";
+
+// Response bodies. `ids` (the generated token ids) is set only when the server has no tokenizer:
+// then "text" is empty and the ids come as the extension field "token_ids".
+struct ResponseMeta {
+  std::string id, model;
+  int64_t created = 0;
+  bool chat = false;
+};
+nlohmann::json usage_json(int prompt_tokens, int completion_tokens);
+nlohmann::json completion_body(const ResponseMeta& m, const std::string& text, const std::vector<int32_t>* ids,
+                               const std::string& finish_reason, int prompt_tokens, int completion_tokens);
+// One streamed chunk: a text delta, or (finish_reason non-empty) the closing chunk. role: chat's
+// first chunk, which announces the assistant.
+nlohmann::json chunk_body(const ResponseMeta& m, const std::string& text, const std::vector<int32_t>* ids,
+                          const std::string& finish_reason, bool role = false);
+
+}  // namespace sky

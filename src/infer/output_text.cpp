@@ -1,0 +1,121 @@
+#include "infer/output_text.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace sky {
+
+namespace {
+
+// Length of the well-formed UTF-8 character at s[i], or 0 (stray or continuation byte, overlong
+// form, surrogate, beyond U+10FFFF, or cut short).
+size_t utf8_char_len(std::string_view s, size_t i) {
+  const unsigned char c = s[i];
+  if (c < 0x80) return 1;
+  size_t n;
+  uint32_t cp;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2, cp = c & 0x1F;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3, cp = c & 0x0F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4, cp = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; k++) {
+    const unsigned char d = s[i + k];
+    if ((d & 0xC0) != 0x80) return 0;
+    cp = cp << 6 | (d & 0x3F);
+  }
+  if (n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) return 0;
+  if (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) return 0;
+  return n;
+}
+
+}  // namespace
+
+std::string valid_utf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    if (size_t n = utf8_char_len(s, i)) {
+      out.append(s.substr(i, n));
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i++;
+    }
+  }
+  return out;
+}
+
+bool is_valid_utf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    size_t n = utf8_char_len(s, i);
+    if (!n) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string StopMatcher::push(std::string_view piece) {
+  if (stopped_) return "";
+  held_.append(piece);
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) first = std::min(first, held_.find(s));
+  if (first != std::string::npos) {
+    stopped_ = true;
+    std::string out = held_.substr(0, first);
+    held_.clear();
+    return out;
+  }
+  // Hold back the longest tail that could still grow into a stop string. A match can then never
+  // start inside text already released, so searching held_ alone is enough.
+  size_t keep = 0;
+  for (const auto& s : stops_)
+    for (size_t k = std::min(s.size() - 1, held_.size()); k > keep; k--)
+      if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+        keep = k;
+        break;
+      }
+  std::string out = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  return out;
+}
+
+std::string StopMatcher::finish() {
+  if (stopped_) return "";
+  return std::exchange(held_, std::string());
+}
+
+OutputText::OutputText(const Tokenizer* tok, std::vector<std::string> stops, bool strip_leading_space)
+    : tok_(tok), stop_(std::move(stops)), strip_space_(strip_leading_space) {
+  // at_start = false: generated text continues the prompt, so a leading "▁" is a real space.
+  if (tok_) dec_.emplace(*tok_, false);
+}
+
+std::string OutputText::visible(std::string s) {
+  s = valid_utf8(s);  // the decoder checks structure only; this also catches overlong forms
+  if (strip_space_ && !s.empty()) {
+    if (s[0] == ' ') s.erase(0, 1);
+    strip_space_ = false;
+  }
+  return s;
+}
+
+std::string OutputText::push(int32_t id) {
+  if (!tok_ || stopped()) return "";
+  // A model vocabulary padded beyond the tokenizer's has ids with no text.
+  if (id < 0 || id >= tok_->vocab_size()) return "";
+  return stop_.push(visible(dec_->push(id)));
+}
+
+std::string OutputText::finish() {
+  if (!tok_ || stopped()) return "";
+  std::string out = stop_.push(visible(dec_->flush()));
+  return out + stop_.finish();
+}
+
+}  // namespace sky

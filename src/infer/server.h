@@ -1,0 +1,71 @@
+#pragma once
+// `skymoe serve`: an OpenAI-compatible HTTP server over the continuous-batching Engine.
+//
+// Threads: httplib's worker pool parses requests and waits on them; one engine thread runs
+// Engine::step() in a loop and sleeps on a condition variable while there is nothing to do. Tokens
+// reach a request's handler through its Job, a mutex-guarded queue the engine's callback fills.
+//
+// Choices (docs/serving.md has the user-facing version):
+//  - per-request timeout: the request is cancelled and answers with what it produced so far and
+//    finish_reason "length", streaming or not (a stream has already sent its 200).
+//  - a streaming client that goes away (write fails, or the socket reads EOF while waiting) has
+//    its request cancelled at the next engine step.
+//  - stop(): new requests get 503, running ones are cancelled (503 JSON, or an error event that
+//    ends the stream), then the listener closes; run() returns after joining the engine thread.
+//  - a failed engine step fails the requests it was running (500) and makes /health answer 503
+//    until a later step succeeds; the server keeps serving.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "infer/engine.h"
+#include "infer/infer_model.h"
+#include "io/tokenizer.h"
+
+namespace sky {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0: any free port (bind() returns it)
+  std::string model_name = "skymoe";  // the id /v1/models reports and requests must name (if any)
+  int threads = 0;                    // OpenMP threads of the engine thread; 0 = default
+  int max_batch = 16;                 // sequences decoded together
+  int64_t kv_budget_tokens = 32768;   // KV positions over all admitted sequences
+  int max_prompt_tokens = 0;          // 0: the context minus one
+  int max_tokens_limit = 4096;        // cap on a request's max_tokens
+  size_t max_body_bytes = size_t(1) << 20;
+  double timeout_s = 600;             // per request; 0 = none
+  int queue_limit = 64;               // requests waiting for their first token; more get 503
+  bool add_bos = true;                // text prompts start with the tokenizer's bos
+  bool log_requests = true;           // one line per request on stderr
+  std::string tokenizer_hint;         // appended to "this model has no tokenizer" errors
+  // Tests: runs on the engine thread before every step (e.g. sleeps, to make generation slow).
+  std::function<void()> before_step;
+};
+
+class Server {
+ public:
+  // `m` must outlive the server. Throws sky::Error on bad options.
+  Server(const InferModel& m, std::optional<Tokenizer> tok, ServerOptions o);
+  ~Server();  // stop(), then joins the engine thread; run() must have returned
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  int bind();   // binds host:port and starts the engine thread; returns the port. Throws sky::Error.
+  void run();   // serves until stop() (binds first if needed); joins the engine thread on return
+  void stop();  // thread-safe, idempotent; not async-signal-safe (call it from a normal thread)
+
+  int port() const;
+  EngineStats engine_stats() const;
+  std::string metrics_text() const;
+  uint64_t cancelled(const std::string& reason) const;  // disconnect | timeout | shutdown
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sky
