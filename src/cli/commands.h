@@ -12,6 +12,8 @@ int cmd_eval(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_upcycle(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_quickstart(int argc, char** argv);
 
 // Parses argv into `app`; returns -1 to continue, or the exit code (help printed, or a usage error).
 int parse(CLI::App& app, int argc, char** argv);
