@@ -93,11 +93,13 @@ const Command kCommands[] = {
     {"bench", sky::cli::cmd_bench, "benchmarks (bench train: training tokens/s)"},
     {"serve", sky::cli::cmd_serve, "OpenAI-compatible HTTP server (completions, chat, streaming, metrics)"},
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
+    {"tokenize", sky::cli::cmd_tokenize, "text files -> token file (load or train a SentencePiece tokenizer)"},
+    {"quickstart", sky::cli::cmd_quickstart, "end-to-end demo: dense -> upcycled MoE vs MoE from scratch, HTML report"},
 };
 
 void usage() {
   std::printf("skymoe: a native engine for Mixture-of-Experts language models\n\nusage: skymoe <command> [options]\n\ncommands:\n");
-  for (auto& c : kCommands) std::printf("  %-10s %s\n", c.name, c.help);
+  for (auto& c : kCommands) std::printf("  %-11s %s\n", c.name, c.help);
   std::printf("\nRun `skymoe <command> --help` for a command's options.\n");
 }
 
