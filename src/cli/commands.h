@@ -14,6 +14,7 @@ int cmd_train(int argc, char** argv);
 int cmd_upcycle(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_quantize(int argc, char** argv);
+int cmd_plan(int argc, char** argv);
 
 // Parses argv into `app`; returns -1 to continue, or the exit code (help printed, or a usage error).
 int parse(CLI::App& app, int argc, char** argv);

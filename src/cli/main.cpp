@@ -90,6 +90,7 @@ const Command kCommands[] = {
     {"quantize", sky::cli::cmd_quantize, "quantize a checkpoint's linear layers to fp8 (with scales) or bf16"},
     {"bench", sky::cli::cmd_bench, "benchmarks (bench train: training tokens/s)"},
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
+    {"plan", sky::cli::cmd_plan, "plan a parallel layout: PP/TP/DP, expert layout, ZeRO, per-stage layers and recompute"},
 };
 
 void usage() {
