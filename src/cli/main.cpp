@@ -95,6 +95,7 @@ const Command kCommands[] = {
     {"train", sky::cli::cmd_train, "train a dense or MoE model (adaptive aux loss, checkpoints, resume)"},
     {"tokenize", sky::cli::cmd_tokenize, "text files -> token file (load or train a SentencePiece tokenizer)"},
     {"quickstart", sky::cli::cmd_quickstart, "end-to-end demo: dense -> upcycled MoE vs MoE from scratch, HTML report"},
+    {"plan", sky::cli::cmd_plan, "plan a parallel layout: PP/TP/DP, expert layout, ZeRO, per-stage layers and recompute"},
 };
 
 void usage() {
