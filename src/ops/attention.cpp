@@ -1,6 +1,6 @@
 #include "ops/attention.h"
 
-#include <cblas.h>
+#include "ops/blas.h"
 #include <omp.h>
 
 #include <cmath>
@@ -9,15 +9,6 @@
 #include "core/error.h"
 
 namespace sky {
-
-static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* A,
-                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-static void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, double alpha, const double* A,
-                 int lda, const double* B, int ldb, double beta, double* C, int ldc) {
-  cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
 
 static void check_heads(int n_heads, int n_kv) {
   SKY_CHECK(n_kv > 0 && n_heads % n_kv == 0, "attention: {} query heads do not split into {} kv heads", n_heads,
