@@ -46,7 +46,7 @@ struct Sizes {
 // Measured on the 2-core reference machine: the default run takes about 12 minutes, --small
 // about 1.5 (see the README). Dense budget > MoE budget: the regime where the Skywork-MoE report
 // recommends upcycling.
-constexpr Sizes kDefault{4096, 256, 4, 4, 688, 128, 16, 8, 500, 250, 200'000, 8, 48};
+constexpr Sizes kDefault{4096, 256, 4, 4, 688, 128, 16, 8, 400, 200, 200'000, 8, 48};
 constexpr Sizes kSmall{2048, 128, 2, 4, 344, 64, 16, 8, 300, 150, 50'000, 4, 32};
 
 struct Options {
