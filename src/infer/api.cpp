@@ -124,20 +124,20 @@ void reject_unsupported(const json& body, bool chat) {
       if (*v != 1) unsupported(p, "only one choice per request is supported (1)");
     }
   for (const char* p : {"presence_penalty", "frequency_penalty"})
-    if (get_number(body, p, 0, -2, 2) != 0) unsupported(p, "not implemented; use 'repetition_penalty' (an extension)");
+    if (get_number(body, p, 0, -2, 2) != 0) unsupported(p, "not supported; use 'repetition_penalty' (an extension)");
   if (const json* v = field(body, "logit_bias")) {
     if (!v->is_object()) wrong_type("logit_bias", "an object", *v);
-    if (!v->empty()) unsupported("logit_bias", "not implemented");
+    if (!v->empty()) unsupported("logit_bias", "not supported");
   }
   if (chat) {
-    if (get_bool(body, "logprobs", false)) unsupported("logprobs", "not implemented");
+    if (get_bool(body, "logprobs", false)) unsupported("logprobs", "not supported");
     for (const char* p : {"tools", "tool_choice", "functions", "function_call"})
-      if (field(body, p)) unsupported(p, "tool calling is not implemented");
+      if (field(body, p)) unsupported(p, "tool calling is not supported");
     if (const json* v = field(body, "response_format"))
       if (!(v->is_object() && v->value("type", json()) == "text")) unsupported("response_format", "only {\"type\": \"text\"}");
   } else {
-    if (get_bool(body, "echo", false)) unsupported("echo", "echoing the prompt is not implemented");
-    if (get_int(body, "logprobs", 0, 0, 5) != 0) unsupported("logprobs", "not implemented");
+    if (get_bool(body, "echo", false)) unsupported("echo", "echoing the prompt is not supported");
+    if (get_int(body, "logprobs", 0, 0, 5) != 0) unsupported("logprobs", "not supported");
     if (const json* v = field(body, "suffix")) {
       if (!v->is_string()) wrong_type("suffix", "a string", *v);
       if (!v->get_ref<const std::string&>().empty()) unsupported("suffix", "insertion is not implemented");
