@@ -140,7 +140,7 @@ void reject_unsupported(const json& body, bool chat) {
     if (get_int(body, "logprobs", 0, 0, 5) != 0) unsupported("logprobs", "not supported");
     if (const json* v = field(body, "suffix")) {
       if (!v->is_string()) wrong_type("suffix", "a string", *v);
-      if (!v->get_ref<const std::string&>().empty()) unsupported("suffix", "insertion is not implemented");
+      if (!v->get_ref<const std::string&>().empty()) unsupported("suffix", "insertion is not supported");
     }
   }
 }
