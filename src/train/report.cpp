@@ -189,7 +189,8 @@ std::string render_report_html(const QuickstartReport& rep) {
   h += "</div>\n<p class=\"muted\">Drop rate: share of token-to-expert assignments past an expert's capacity in "
        "that layer's micro-batch. &alpha; follows Skywork-MoE eq. 7&ndash;8: &alpha;&#770; = min(&xi;&middot;d, "
        "&alpha;<sub>max</sub>), &alpha; &larr; &beta;&alpha; + (1&minus;&beta;)&alpha;&#770;, so layers that drop more "
-       "tokens get a stronger load-balancing push.</p>\n";
+       "tokens get a stronger load-balancing push; a layer dropping at least &alpha;<sub>max</sub>/&xi; = 5% of its "
+       "assignments stays at &alpha;<sub>max</sub> (such lines overlap).</p>\n";
 
   if (!rep.samples.empty()) {
     h += "<h2>Samples</h2>\n";
