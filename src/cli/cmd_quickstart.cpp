@@ -43,9 +43,9 @@ struct Sizes {
   int64_t dense_steps, moe_steps, tok_sentences;
   int eval_batches, sample_tokens;
 };
-// Measured on the 2-core reference machine: the default run takes about 12 minutes, --small
-// about 1.5 (see the README). Dense budget > MoE budget: the regime where the Skywork-MoE report
-// recommends upcycling.
+// Measured on the 2-core reference machine when idle: the default run takes about 9 minutes,
+// --small about 1 (other load on the cores can double that). Dense budget 2x the MoE budget: the
+// regime where the Skywork-MoE report recommends upcycling.
 constexpr Sizes kDefault{4096, 256, 4, 4, 688, 128, 16, 8, 400, 200, 200'000, 8, 48};
 constexpr Sizes kSmall{2048, 128, 2, 4, 344, 64, 16, 8, 300, 150, 50'000, 4, 32};
 
@@ -229,7 +229,7 @@ int cmd_quickstart(int argc, char** argv) {
     });
   };
   app.add_option("--out", o.out, "output directory")->capture_default_str();
-  app.add_flag("--small", o.small, "a smaller, faster variant (about 1.5 minutes on 2 cores; what CI runs)");
+  app.add_flag("--small", o.small, "a smaller, faster variant (about 1 minute on 2 idle cores, vs about 9; what CI runs)");
   app.add_option("--corpus", o.corpus, "text files or directories to train on instead of the fortunes");
   app.add_option("--threads", o.threads, "threads (0 = all cores)");
   app.add_option("--seed", o.seed, "seed: dense init and data order; the MoE runs use seed + 1")->capture_default_str();
