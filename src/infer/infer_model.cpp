@@ -32,7 +32,8 @@ static QWeight load_linear(const SafetensorsReader& r, const std::string& name, 
   DType want = o.dtype == "auto" ? t.dtype : parse_target(o.dtype);
   if (want == DType::F16 || want == DType::F8_E5M2) want = DType::F32;
   if (is_head && want == DType::F8_E4M3) want = DType::BF16;  // the LM head stays higher precision
-  if (t.dtype == want && (want == DType::F32 || want == DType::BF16) && !has_scale) {
+  // A view into the map, no copy.
+  auto view = [&] {
     QWeight q;
     q.dtype = want;
     q.O = O;
@@ -41,21 +42,16 @@ static QWeight load_linear(const SafetensorsReader& r, const std::string& name, 
     q.storage = t;
     *mmapped = true;
     return q;
-  }
+  };
+  if (t.dtype == want && (want == DType::F32 || want == DType::BF16) && !has_scale) return view();
   if (t.dtype == DType::F8_E4M3 && want == DType::F8_E4M3) {
     SKY_CHECK(has_scale, "{}: FP8 tensor '{}' has no '{}' beside it", r.path(), name, scale_name);
-    QWeight q;
-    q.dtype = want;
-    q.O = O;
-    q.I = I;
-    q.data = t.data;
-    q.storage = t;
+    QWeight q = view();
     q.scale_storage = r.get(scale_name).to_f32();
     q.scale_count = int(q.scale_storage.numel());
     SKY_CHECK(q.scale_count == 1 || q.scale_count == O, "{}: '{}' has {} values; expected 1 or {}", r.path(),
               scale_name, q.scale_count, O);
     q.scale = q.scale_storage.f32();
-    *mmapped = true;
     return q;
   }
   // Convert: dequantize to f32 (applying any scale), then quantize to the target.
