@@ -7,6 +7,7 @@
 #include <string>
 
 #include "model/params.h"
+#include "ref.h"
 
 namespace skytest {
 
@@ -199,6 +200,16 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
     std::copy(lg.begin(), lg.end(), out.logits.begin() + size_t(t) * c.vocab_size);
   }
   return out;
+}
+
+sky::Model scaled_model(const ModelConfig& c, uint64_t seed, uint64_t noise_seed, double matrix_std,
+                        double norm_coef) {
+  sky::Model m = sky::Model::random(c, seed);
+  auto r = randn(m.layout.total, noise_seed, matrix_std);
+  for (auto& s : m.layout.specs)
+    for (size_t i = 0; i < s.numel(); i++)
+      m.params[s.offset + i] = s.shape.size() == 1 ? float(1.0 + norm_coef * r[s.offset + i]) : float(r[s.offset + i]);
+  return m;
 }
 
 double ref_loss(const ModelConfig& c, const std::vector<double>& logits, const std::vector<int32_t>& targets) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/model.h"
 
 namespace skytest {
 
@@ -19,6 +20,11 @@ struct RefOut {
 // The router statistics, capacity (by-probability policy) and aux loss span all B*T tokens.
 RefOut ref_forward(const sky::ModelConfig& cfg, const std::vector<double>& params, const std::vector<int32_t>& tokens,
                    int B, int T, double capacity_factor = 0.0);
+
+// A random model at a larger scale than init, so router, experts and attention all matter:
+// matrices N(0, matrix_std) (drawn with noise_seed), norm weights 1 + norm_coef * (the same draw).
+sky::Model scaled_model(const sky::ModelConfig& cfg, uint64_t seed, uint64_t noise_seed, double matrix_std,
+                        double norm_coef);
 
 double ref_loss(const sky::ModelConfig& cfg, const std::vector<double>& logits, const std::vector<int32_t>& targets);
 

@@ -10,6 +10,7 @@
 #include "infer/batch_forward.h"
 #include "infer/engine.h"
 #include "model/transformer.h"
+#include "model_ref.h"
 #include "ref.h"
 
 using namespace sky;
@@ -29,14 +30,7 @@ static ModelConfig small_moe() {
   return c;
 }
 
-static Model scaled_model(const ModelConfig& c, uint64_t seed) {
-  Model m = Model::random(c, seed);
-  auto r = skytest::randn(m.layout.total, seed + 5, 0.1);
-  for (auto& s : m.layout.specs)
-    for (size_t i = 0; i < s.numel(); i++)
-      m.params[s.offset + i] = s.shape.size() == 1 ? float(1 + 0.1 * r[s.offset + i]) : float(r[s.offset + i]);
-  return m;
-}
+static Model scaled_model(const ModelConfig& c, uint64_t seed) { return skytest::scaled_model(c, seed, seed + 5, 0.1, 0.1); }
 
 static std::vector<int32_t> toks(int n, int V, uint64_t seed) {
   Rng r(seed);

@@ -32,15 +32,7 @@ static ModelConfig tiny_moe(bool lnorm = true) {
   return c;
 }
 
-// Random params with a larger scale than init so every path (router, experts) matters.
-static Model random_model(const ModelConfig& c, uint64_t seed) {
-  Model m = Model::random(c, seed);
-  auto r = skytest::randn(m.layout.total, seed + 99, 0.3);
-  for (auto& s : m.layout.specs)
-    for (size_t i = 0; i < s.numel(); i++)
-      m.params[s.offset + i] = s.shape.size() == 1 ? float(1.0 + 0.2 * r[s.offset + i]) : float(r[s.offset + i]);
-  return m;
-}
+static Model random_model(const ModelConfig& c, uint64_t seed) { return skytest::scaled_model(c, seed, seed + 99, 0.3, 0.2); }
 
 static std::vector<double> params_f64(const Model& m) {
   return std::vector<double>(m.params.data(), m.params.data() + m.layout.total);
