@@ -101,7 +101,7 @@ struct TypedWeights {
   MoeWeights<T> mw;
   explicit TypedWeights(const Weights& w)
       : router(cast<T>(w.router)), w1(cast<T>(w.w1)), w3(cast<T>(w.w3)), w2(cast<T>(w.w2)) {
-    mw = {w.H, w.I, w.E, router.data(), w1.data(), w3.data(), w2.data()};
+    mw = {w.H, w.I, w.E, 0, -1, router.data(), w1.data(), w3.data(), w2.data()};
   }
 };
 

@@ -9,7 +9,7 @@ namespace sky::cli {
 
 int cmd_train(int argc, char** argv) {
   CLI::App app{"Train a dense or MoE model (Skywork router techniques, adaptive aux loss). One process by default;\n"
-               "under `mpirun -np N` the N processes train data-parallel on the same global batch."};
+               "under `mpirun -np N` the N processes train on the same global batch with DP = N / (TP x PP)."};
   app.name("skymoe train");
   TrainOptions o;
   std::string lr_schedule = "cosine", aux = "skywork", adaptive = "on", policy = "prob", order = "shuffled";
@@ -59,12 +59,28 @@ int cmd_train(int argc, char** argv) {
   app.add_flag("--quiet", o.quiet, "no progress output");
   app.add_option("--zero", o.zero, "under mpirun: 1 shards the optimizer state across data-parallel ranks (ZeRO-1)")
       ->capture_default_str();
+  std::string layout = "none", pp_layers, recompute, tp_shares;
+  app.add_option("--tp", o.par.tp, "tensor-parallel size (attention heads and FFN width split; uneven allowed)")
+      ->capture_default_str();
+  app.add_option("--pp", o.par.pp, "pipeline-parallel stages (1F1B schedule)")->capture_default_str();
+  app.add_option("--expert-layout", layout, "none | ep | etp | edp: how experts are spread (see README)")
+      ->capture_default_str();
+  app.add_option("--pp-layers", pp_layers, "layers per pipeline stage, e.g. 5,5,5,5,4 (default: even split)");
+  app.add_option("--recompute-layers", recompute, "layers recomputed in backward per stage, e.g. 2,1,1,0,0");
+  app.add_option("--pp-microbatches", o.par.pp_microbatches,
+                 "1F1B micro-batches per micro-step (0 = as many as the local batch allows, up to 2 x PP)")
+      ->capture_default_str();
+  app.add_option("--tp-shares", tp_shares, "relative share of heads and FFN width per TP rank, e.g. 5,5,4");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   o.schedule.cosine = lr_schedule == "cosine";
   o.aux = aux == "skywork" ? AuxLossType::Skywork : aux == "switch" ? AuxLossType::Switch : AuxLossType::None;
   o.aux_adaptive = adaptive == "on";
   o.drop_policy = policy == "prob" ? DropPolicy::Prob : DropPolicy::Position;
   o.data_order = parse_data_order(order);
+  o.par.experts = parse_expert_layout(layout);
+  if (!pp_layers.empty()) o.par.pp_layers = parse_int_list(pp_layers, "--pp-layers");
+  if (!recompute.empty()) o.par.recompute = parse_int_list(recompute, "--recompute-layers");
+  if (!tp_shares.empty()) o.par.tp_shares = parse_int_list(tp_shares, "--tp-shares");
   TrainResult r = train(o);
   if (world_comm().rank() != 0) return 0;  // one summary for the whole job
   const StepLog& last = r.log.back();

@@ -22,7 +22,10 @@ class Communicator {
   // Variable all-to-all: send_counts[r] floats to rank r (packed in rank order), receive likewise.
   virtual void all_to_all_v(const float* send, const std::vector<size_t>& send_counts, float* recv,
                             const std::vector<size_t>& recv_counts) = 0;
+  // send returns at once (the data is copied): pipeline stages send forward while their neighbour
+  // sends backward, which would deadlock with blocking sends. wait_sends completes them all.
   virtual void send(const float* data, size_t n, int dst, int tag) = 0;
+  virtual void wait_sends() {}
   virtual void recv(float* data, size_t n, int src, int tag) = 0;
   virtual void barrier() = 0;
   // Ranks with the same color form a group, ordered by key.

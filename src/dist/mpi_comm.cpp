@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <vector>
 #include <thread>
 
 #include "core/error.h"
@@ -30,6 +32,9 @@ class MpiComm : public Communicator {
     MPI_Comm_size(c_, &size_);
   }
   ~MpiComm() override {
+    int fin0 = 0;
+    MPI_Finalized(&fin0);
+    if (!fin0) wait_sends();
     if (c_ != MPI_COMM_WORLD) {
       int fin = 0;
       MPI_Finalized(&fin);
@@ -72,9 +77,19 @@ class MpiComm : public Communicator {
     wait(r, "all-to-all");
   }
   void send(const float* d, size_t n, int dst, int tag) override {
-    MPI_Request r;
-    MPI_Isend(d, count(n), MPI_FLOAT, dst, tag, c_, &r);
-    wait(r, fmt::format("send to rank {}", dst).c_str());
+    for (int done = 1; done && !pending_.empty();) {  // drop buffers of sends that have completed
+      MPI_Test(&pending_.front().req, &done, MPI_STATUS_IGNORE);
+      if (done) pending_.pop_front();
+    }
+    pending_.push_back({MPI_REQUEST_NULL, std::vector<float>(d, d + n), dst});
+    Pending& p = pending_.back();
+    MPI_Isend(p.data.data(), count(n), MPI_FLOAT, dst, tag, c_, &p.req);
+  }
+  void wait_sends() override {
+    while (!pending_.empty()) {
+      wait(pending_.front().req, fmt::format("send to rank {}", pending_.front().dst).c_str());
+      pending_.pop_front();
+    }
   }
   void recv(float* d, size_t n, int src, int tag) override {
     MPI_Request r;
@@ -82,6 +97,7 @@ class MpiComm : public Communicator {
     wait(r, fmt::format("receive from rank {}", src).c_str());
   }
   void barrier() override {
+    wait_sends();
     MPI_Request r;
     MPI_Ibarrier(c_, &r);
     wait(r, "barrier");
@@ -114,8 +130,14 @@ class MpiComm : public Communicator {
       if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
+  struct Pending {
+    MPI_Request req;
+    std::vector<float> data;  // kept alive until the send completes
+    int dst;
+  };
   MPI_Comm c_;
   int rank_ = 0, size_ = 1;
+  std::deque<Pending> pending_;  // deque: push_back keeps earlier elements in place
 };
 
 }  // namespace

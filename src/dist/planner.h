@@ -7,14 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "dist/expert_layout.h"
 #include "model/config.h"
 
 namespace sky {
 
 // Where the experts live (report B.1). None: every expert split across the TP ranks like a dense FFN.
-enum class ExpertLayout { None, EP, ETP, EDP };
-const char* expert_layout_name(ExpertLayout e);
-ExpertLayout parse_expert_layout(const std::string& s);  // none | ep | etp | edp
 
 struct Cluster {
   int devices = 8;

@@ -14,45 +14,60 @@ namespace sky {
 namespace fs = std::filesystem;
 
 void Model::bind() {
-  w = param_view<float>(cfg, params.data());
+  w = param_view<float>(layout, shard.layer_begin, shard.num_layers(), params.data());
   rope = RopeTable(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta);
 }
 
-Model Model::random(const ModelConfig& cfg, uint64_t seed) {
+Model Model::random(const ModelConfig& cfg, uint64_t seed) { return random(cfg, seed, Shard::full(cfg)); }
+
+Model Model::allocate(const ModelConfig& cfg, const Shard& shard) {
   cfg.validate();
   Model m;
   m.cfg = cfg;
-  m.layout = ParamLayout::build(cfg);
+  m.shard = shard;
+  m.layout = ParamLayout::build(cfg, shard);
   m.params = FloatBuf(m.layout.total);
   m.bind();
+  return m;
+}
+
+Model Model::random(const ModelConfig& cfg, uint64_t seed, const Shard& shard) {
+  Model m = allocate(cfg, shard);
   const double out_scale = 1.0 / std::sqrt(2.0 * cfg.num_layers);
   const size_t chunk = size_t(1) << 16;
-  for (size_t si = 0; si < m.layout.specs.size(); si++) {
-    const ParamSpec& s = m.layout.specs[si];
-    float* p = m.params.data() + s.offset;
+  std::vector<float> whole;  // a block of a tensor is cut from the whole tensor's values
+  for (const ParamSpec& s : m.layout.specs) {
+    const uint64_t si = uint64_t(s.index);
+    float* dst = m.params.data() + s.offset;
     if (s.shape.size() == 1) {
-      for (size_t i = 0; i < s.numel(); i++) p[i] = 1.0f;
+      for (size_t i = 0; i < s.numel(); i++) dst[i] = 1.0f;
       continue;
     }
+    const bool block = s.shape != s.full_shape;
+    if (block) whole.resize(size_t(shape_numel(s.full_shape)));
+    float* p = block ? whole.data() : dst;
     bool is_out = s.name.find("o_proj") != std::string::npos || s.name.find("down_proj") != std::string::npos ||
                   s.name.find(".w2.") != std::string::npos;
     const double stdev = 0.02 * (is_out ? out_scale : 1.0);
-    const size_t n = s.numel(), nchunks = (n + chunk - 1) / chunk;
+    const size_t n = size_t(shape_numel(s.full_shape)), nchunks = (n + chunk - 1) / chunk;
     // Each chunk has its own generator so the values do not depend on the thread count.
 #pragma omp parallel for schedule(dynamic)
     for (size_t c = 0; c < nchunks; c++) {
       Rng rng(seed * 1000003ull + si * 7919ull + c * 104729ull + 1);
       for (size_t i = c * chunk; i < std::min(n, (c + 1) * chunk); i++) p[i] = float(stdev * rng.normal());
     }
+    if (block) copy_block_from_full(s, whole.data(), dst);
   }
   return m;
 }
 
-static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst) {
+// Converts the whole tensor `s` names to f32 in dst, applying its FP8 weight_scale when present.
+static void load_whole(const SafetensorsReader& r, const ParamSpec& s, float* dst) {
   SKY_CHECK(r.has(s.name), "{}: missing tensor '{}'", r.path(), s.name);
-  Tensor t = r.get_checked(s.name, s.shape);
+  Tensor t = r.get_checked(s.name, s.full_shape);
   SKY_CHECK(dtype_is_float(t.dtype), "{}: tensor '{}' has non-float dtype {}", r.path(), s.name, dtype_name(t.dtype));
-  convert_to_f32(t.dtype, t.data, dst, s.numel());
+  const size_t numel = size_t(shape_numel(s.full_shape));
+  convert_to_f32(t.dtype, t.data, dst, numel);
   std::string scale_name = s.name.substr(0, s.name.size() - 7) + ".weight_scale";  // strip ".weight"
   bool is_fp8 = t.dtype == DType::F8_E4M3 || t.dtype == DType::F8_E5M2;
   if (!r.has(scale_name)) {
@@ -60,7 +75,7 @@ static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst)
     return;
   }
   Tensor sc = r.get(scale_name).to_f32();
-  const int64_t rows = s.shape[0], cols = s.numel() / rows, ns = sc.numel();
+  const int64_t rows = s.full_shape[0], cols = int64_t(numel) / rows, ns = sc.numel();
   SKY_CHECK(ns == 1 || ns == rows, "{}: '{}' has {} values; expected 1 (per-tensor) or {} (per-row)", r.path(),
             scale_name, ns, rows);
   const float* f = sc.f32();
@@ -68,6 +83,13 @@ static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst)
     float k = f[ns == 1 ? 0 : i];
     for (int64_t j = 0; j < cols; j++) dst[i * cols + j] *= k;
   }
+}
+
+static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst) {
+  if (s.shape == s.full_shape) return load_whole(r, s, dst);
+  std::vector<float> whole(size_t(shape_numel(s.full_shape)));  // a block is cut after conversion
+  load_whole(r, s, whole.data());
+  copy_block_from_full(s, whole.data(), dst);
 }
 
 void load_params(const std::string& dir, const ParamLayout& layout, float* out) {
@@ -86,12 +108,16 @@ void load_params(const std::string& dir, const ParamLayout& layout, float* out) 
   if (err) std::rethrow_exception(err);
 }
 
-Model Model::load(const std::string& dir) {
+Model Model::load(const std::string& dir) { return load(dir, Shard()); }
+
+Model Model::load(const std::string& dir, const Shard& shard) {
   std::error_code ec;
   SKY_CHECK(fs::is_directory(dir, ec), "model directory '{}' does not exist or is not a directory", dir);
   Model m;
   m.cfg = ModelConfig::load_file(dir);
-  m.layout = ParamLayout::build(m.cfg);
+  // A default-constructed shard (no layers) means the whole model.
+  m.shard = shard.layer_end == 0 ? Shard::full(m.cfg) : shard;
+  m.layout = ParamLayout::build(m.cfg, m.shard);
   m.params = FloatBuf(m.layout.total);
   load_params(dir, m.layout, m.params.data());
   m.bind();
@@ -99,6 +125,7 @@ Model Model::load(const std::string& dir) {
 }
 
 void Model::save(const std::string& dir, DType dtype, size_t max_shard_bytes) const {
+  SKY_CHECK(shard.is_full(cfg), "cannot save a model shard ({}) as a model directory", shard.describe());
   fs::create_directories(dir);
   NamedTensors ts;
   for (auto& s : layout.specs) {

@@ -12,6 +12,7 @@ namespace sky {
 
 struct Model {
   ModelConfig cfg;
+  Shard shard;  // the part of the model held (the whole model unless parallel)
   ParamLayout layout;
   FloatBuf params;
   ParamView<float> w;  // named views into params
@@ -25,10 +26,17 @@ struct Model {
 
   // Llama-style init: N(0, 0.02) matrices, output projections (o_proj, w2/down_proj) scaled by
   // 1/sqrt(2L), norms 1. Deterministic for a seed whatever the thread count.
+  // Parameters allocated (uninitialized) for a shard of cfg.
+  static Model allocate(const ModelConfig& cfg, const Shard& shard);
+  // A shard gets exactly the values the whole model would have in its blocks.
   static Model random(const ModelConfig& cfg, uint64_t seed);
-  // config.json + safetensors (single, sharded) from an HF-layout directory.
+  static Model random(const ModelConfig& cfg, uint64_t seed, const Shard& shard);
+  // config.json + safetensors (single, sharded) from an HF-layout directory; a shard reads only
+  // the tensors (and blocks of them) it holds.
   static Model load(const std::string& dir);
+  static Model load(const std::string& dir, const Shard& shard);
   // Writes config.json and the weights (as `dtype`) into dir; shards above max_shard_bytes.
+  // Only a whole model can be saved.
   void save(const std::string& dir, DType dtype = DType::F32, size_t max_shard_bytes = size_t(2) << 30) const;
 
   void bind();  // recompute `w` (after params moved) and the RoPE table

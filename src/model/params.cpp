@@ -2,46 +2,86 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
+#include "core/error.h"
+
 namespace sky {
 
 std::string expert_param_name(int layer, int expert, const char* w) {
   return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.{}.weight", layer, expert, w);
 }
 
-ParamLayout ParamLayout::build(const ModelConfig& c) {
+ParamLayout ParamLayout::build(const ModelConfig& c) { return build(c, Shard::full(c)); }
+
+ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
   ParamLayout L;
-  auto add = [&](std::string name, Shape shape) {
+  // A partial shard stores its expert weights after everything else, so the parameters replicated
+  // across data-parallel ranks and the (possibly unique) expert weights form two ranges.
+  const bool experts_last = !sh.is_full(c);
+  std::vector<ParamSpec> experts;
+  int index = 0;
+  // `held` is the block [row0, row0+rows) x [col0, col0+cols) of a tensor of shape `full`.
+  auto add = [&](std::string name, ParamKind kind, int layer, int expert, Shape full, int64_t row0, int64_t rows,
+                 int64_t col0, int64_t cols, bool held) {
     ParamSpec s;
     s.name = std::move(name);
-    s.decay = shape.size() == 2;
-    s.shape = std::move(shape);
-    s.offset = L.total;
-    L.total += s.numel();
-    L.specs.push_back(std::move(s));
+    s.kind = kind;
+    s.layer = layer;
+    s.expert = expert;
+    s.index = index++;
+    s.decay = full.size() == 2;
+    s.full_shape = full;
+    s.row0 = row0;
+    s.col0 = col0;
+    s.shape = full.size() == 2 ? Shape{rows, cols} : Shape{rows};
+    if (!held) return;
+    if (experts_last && s.is_expert()) experts.push_back(std::move(s));
+    else L.specs.push_back(std::move(s));
   };
-  const int64_t H = c.hidden_size, I = c.intermediate_size;
-  add("model.embed_tokens.weight", {c.vocab_size, H});
+  auto whole = [&](std::string name, ParamKind kind, int layer, Shape full, bool held) {
+    add(std::move(name), kind, layer, -1, full, 0, full[0], 0, full.size() == 2 ? full[1] : 0, held);
+  };
+  const int64_t H = c.hidden_size, I = c.intermediate_size, hd = c.head_dim;
+  whole("model.embed_tokens.weight", ParamKind::Embed, -1, {c.vocab_size, H}, sh.embed);
   for (int l = 0; l < c.num_layers; l++) {
+    const bool in = l >= sh.layer_begin && l < sh.layer_end;
     std::string p = fmt::format("model.layers.{}.", l);
-    add(p + "input_layernorm.weight", {H});
-    add(p + "self_attn.q_proj.weight", {c.q_dim(), H});
-    add(p + "self_attn.k_proj.weight", {c.kv_dim(), H});
-    add(p + "self_attn.v_proj.weight", {c.kv_dim(), H});
-    add(p + "self_attn.o_proj.weight", {H, c.q_dim()});
-    add(p + "post_attention_layernorm.weight", {H});
+    const int64_t q0 = sh.q_heads.begin * hd, qn = sh.q_heads.size * hd;
+    const int64_t k0 = sh.kv_heads.begin * hd, kn = sh.kv_heads.size * hd;
+    whole(p + "input_layernorm.weight", ParamKind::AttnNorm, l, {H}, in);
+    add(p + "self_attn.q_proj.weight", ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
+    add(p + "self_attn.k_proj.weight", ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+    add(p + "self_attn.v_proj.weight", ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+    add(p + "self_attn.o_proj.weight", ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
+    whole(p + "post_attention_layernorm.weight", ParamKind::FfnNorm, l, {H}, in);
     if (c.is_moe()) {
-      add(p + "block_sparse_moe.gate.weight", {c.num_experts, H});
-      for (const char* w : {"w1", "w3"})
-        for (int e = 0; e < c.num_experts; e++) add(expert_param_name(l, e, w), {I, H});
-      for (int e = 0; e < c.num_experts; e++) add(expert_param_name(l, e, "w2"), {H, I});
+      whole(p + "block_sparse_moe.gate.weight", ParamKind::Router, l, {c.num_experts, H}, in);
+      const Range& f = sh.expert_ffn;
+      for (auto [w, kind] : {std::pair{"w1", ParamKind::W1}, std::pair{"w3", ParamKind::W3}})
+        for (int e = 0; e < c.num_experts; e++)
+          add(expert_param_name(l, e, w), kind, l, e, {I, H}, f.begin, f.size, 0, H,
+              in && e >= sh.experts.begin && e < sh.experts.end());
+      for (int e = 0; e < c.num_experts; e++)
+        add(expert_param_name(l, e, "w2"), ParamKind::W2, l, e, {H, I}, 0, H, f.begin, f.size,
+            in && e >= sh.experts.begin && e < sh.experts.end());
     } else {
-      add(p + "mlp.gate_proj.weight", {I, H});
-      add(p + "mlp.up_proj.weight", {I, H});
-      add(p + "mlp.down_proj.weight", {H, I});
+      const Range& f = sh.ffn;
+      add(p + "mlp.gate_proj.weight", ParamKind::Gate, l, -1, {I, H}, f.begin, f.size, 0, H, in);
+      add(p + "mlp.up_proj.weight", ParamKind::Up, l, -1, {I, H}, f.begin, f.size, 0, H, in);
+      add(p + "mlp.down_proj.weight", ParamKind::Down, l, -1, {H, I}, 0, H, f.begin, f.size, in);
     }
   }
-  add("model.norm.weight", {H});
-  add("lm_head.weight", {c.vocab_size, H});
+  whole("model.norm.weight", ParamKind::FinalNorm, -1, {H}, sh.head);
+  whole("lm_head.weight", ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
+  for (auto& s : experts) L.specs.push_back(std::move(s));
+  for (auto& s : L.specs) {
+    s.offset = L.total;
+    L.total += s.numel();
+  }
+  L.expert_begin = L.total;
+  for (auto& s : L.specs)
+    if (experts_last && s.is_expert()) L.expert_begin = std::min(L.expert_begin, s.offset);
   return L;
 }
 
@@ -52,40 +92,69 @@ const ParamSpec* ParamLayout::find(const std::string& name) const {
 }
 
 template <class T>
-ParamView<T> param_view(const ModelConfig& c, T* base) {
-  // Walks the same order as ParamLayout::build.
-  T* p = base;
-  auto take = [&](size_t n) { T* r = p; p += n; return r; };
-  const size_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
+ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_layers, T* base) {
   ParamView<T> v;
-  v.embed = take(size_t(c.vocab_size) * H);
-  for (int l = 0; l < c.num_layers; l++) {
-    LayerView<T> L{};
-    L.attn_norm = take(H);
-    L.wq = take(size_t(c.q_dim()) * H);
-    L.wk = take(size_t(c.kv_dim()) * H);
-    L.wv = take(size_t(c.kv_dim()) * H);
-    L.wo = take(H * c.q_dim());
-    L.ffn_norm = take(H);
-    if (c.is_moe()) {
-      L.router = take(E * H);
-      L.w1 = take(E * I * H);
-      L.w3 = take(E * I * H);
-      L.w2 = take(E * H * I);
-    } else {
-      L.w_gate = take(I * H);
-      L.w_up = take(I * H);
-      L.w_down = take(H * I);
+  v.layers.assign(num_layers, LayerView<T>{});
+  for (const ParamSpec& s : layout.specs) {
+    T* p = base + s.offset;
+    if (s.layer < 0) {
+      if (s.kind == ParamKind::Embed) v.embed = p;
+      else if (s.kind == ParamKind::FinalNorm) v.final_norm = p;
+      else v.lm_head = p;
+      continue;
     }
-    v.layers.push_back(L);
+    LayerView<T>& L = v.layers.at(s.layer - layer_begin);
+    // Expert weights of one kind are contiguous: the view points at the first held expert.
+    auto first = [&](T*& slot) { if (!slot) slot = p; };
+    switch (s.kind) {
+      case ParamKind::AttnNorm: L.attn_norm = p; break;
+      case ParamKind::Wq: L.wq = p; break;
+      case ParamKind::Wk: L.wk = p; break;
+      case ParamKind::Wv: L.wv = p; break;
+      case ParamKind::Wo: L.wo = p; break;
+      case ParamKind::FfnNorm: L.ffn_norm = p; break;
+      case ParamKind::Gate: L.w_gate = p; break;
+      case ParamKind::Up: L.w_up = p; break;
+      case ParamKind::Down: L.w_down = p; break;
+      case ParamKind::Router: L.router = p; break;
+      case ParamKind::W1: first(L.w1); break;
+      case ParamKind::W3: first(L.w3); break;
+      case ParamKind::W2: first(L.w2); break;
+      default: fail("param_view: unexpected parameter '{}'", s.name);
+    }
   }
-  v.final_norm = take(H);
-  v.lm_head = take(size_t(c.vocab_size) * H);
   return v;
+}
+
+template <class T>
+ParamView<T> param_view(const ModelConfig& c, T* base) {
+  return param_view<T>(ParamLayout::build(c), 0, c.num_layers, base);
+}
+
+void copy_block_from_full(const ParamSpec& s, const float* full, float* block) {
+  if (s.shape == s.full_shape) {
+    std::memcpy(block, full, s.numel() * sizeof(float));
+    return;
+  }
+  const int64_t rows = s.shape[0], cols = s.shape[1], full_cols = s.full_shape[1];
+  for (int64_t r = 0; r < rows; r++)
+    std::memcpy(block + r * cols, full + (s.row0 + r) * full_cols + s.col0, cols * sizeof(float));
+}
+
+void copy_block_to_full(const ParamSpec& s, const float* block, float* full) {
+  if (s.shape == s.full_shape) {
+    std::memcpy(full, block, s.numel() * sizeof(float));
+    return;
+  }
+  const int64_t rows = s.shape[0], cols = s.shape[1], full_cols = s.full_shape[1];
+  for (int64_t r = 0; r < rows; r++)
+    std::memcpy(full + (s.row0 + r) * full_cols + s.col0, block + r * cols, cols * sizeof(float));
 }
 
 template ParamView<float> param_view<float>(const ModelConfig&, float*);
 template ParamView<double> param_view<double>(const ModelConfig&, double*);
 template ParamView<const float> param_view<const float>(const ModelConfig&, const float*);
+template ParamView<float> param_view<float>(const ParamLayout&, int, int, float*);
+template ParamView<const float> param_view<const float>(const ParamLayout&, int, int, const float*);
 
 }  // namespace sky

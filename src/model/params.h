@@ -2,31 +2,51 @@
 // The model's parameters live in one flat f32 buffer (weights, gradients and optimizer moments all
 // share this layout), with a table of HF tensor names and offsets. Expert weights of a layer are
 // contiguous ([E, I, H] for w1 and w3, [E, H, I] for w2) so grouped kernels can walk them.
+// A layout may cover only a shard of the model (model/shard.h): each spec then names the global
+// tensor and the block of it that is held (rows [row0, row0 + shape[0]), columns [col0, ...)).
 #include <cstddef>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/shard.h"
 
 namespace sky {
 
+enum class ParamKind { Embed, AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down, Router, W1, W3, W2, FinalNorm, Head };
+
 struct ParamSpec {
   std::string name;  // HF tensor name, e.g. model.layers.0.self_attn.q_proj.weight
-  Shape shape;
+  Shape shape;       // of the block held
   size_t offset = 0;  // in floats, into the flat buffer
   bool decay = false;  // AdamW weight decay applies (2-D matrices only, not norms)
+  ParamKind kind = ParamKind::Embed;
+  int layer = -1;        // global layer index (-1: embedding, final norm, head)
+  int expert = -1;       // global expert index for expert weights
+  int index = 0;         // position in the full model's layout (seeds the random init)
+  Shape full_shape;      // of the whole tensor
+  int64_t row0 = 0, col0 = 0;  // where the block starts in the whole tensor
   size_t numel() const { return size_t(shape_numel(shape)); }
+  bool is_expert() const { return kind == ParamKind::W1 || kind == ParamKind::W3 || kind == ParamKind::W2; }
+  // Split across tensor-parallel ranks (attention and dense FFN matrices); the other non-expert
+  // parameters are replicated on every tensor-parallel rank.
+  bool tp_split() const {
+    return kind == ParamKind::Wq || kind == ParamKind::Wk || kind == ParamKind::Wv || kind == ParamKind::Wo ||
+           kind == ParamKind::Gate || kind == ParamKind::Up || kind == ParamKind::Down;
+  }
 };
 
 struct ParamLayout {
   std::vector<ParamSpec> specs;
   size_t total = 0;  // floats
+  size_t expert_begin = 0;  // expert weights of a partial shard are stored last: [expert_begin, total)
   static ParamLayout build(const ModelConfig& cfg);
+  static ParamLayout build(const ModelConfig& cfg, const Shard& shard);
   const ParamSpec* find(const std::string& name) const;
 };
 
-// Named views of one flat buffer laid out by ParamLayout::build.
+// Named views of one flat buffer laid out by ParamLayout::build. layers[i] is the shard's i-th layer.
 template <class T>
 struct LayerView {
   T *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
@@ -36,14 +56,20 @@ struct LayerView {
 
 template <class T>
 struct ParamView {
-  T* embed;
-  T* final_norm;
-  T* lm_head;
+  T* embed = nullptr;  // null when the shard does not hold it
+  T* final_norm = nullptr;
+  T* lm_head = nullptr;
   std::vector<LayerView<T>> layers;
 };
 
 template <class T>
 ParamView<T> param_view(const ModelConfig& cfg, T* base);
+template <class T>
+ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_layers, T* base);
+
+// Copies between a whole tensor and a spec's block of it.
+void copy_block_from_full(const ParamSpec& s, const float* full, float* block);
+void copy_block_to_full(const ParamSpec& s, const float* block, float* full);
 
 // Expert tensor names, e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight
 std::string expert_param_name(int layer, int expert, const char* w);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
@@ -31,45 +32,66 @@ void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what) {
               what, ids[i], i, vocab);
 }
 
-void Activations::resize(const ModelConfig& c, int B_, int T_) {
+// Local sizes of the shard a model holds.
+struct Dims {
+  int H, nh, nkv, hd, qd, kvd, I, V;
+  explicit Dims(const Model& m)
+      : H(m.cfg.hidden_size), nh(m.shard.q_heads.size), nkv(m.shard.kv_heads.size), hd(m.cfg.head_dim),
+        qd(nh * hd), kvd(nkv * hd), I(m.cfg.is_moe() ? m.shard.expert_ffn.size : m.shard.ffn.size),
+        V(m.cfg.vocab_size) {}
+};
+
+static void size_layer(const Model& m, LayerActs& L, int B, int T) {
+  const Dims d(m);
+  const size_t N = size_t(B) * T;
+  L.ln1.resize(N * d.H);
+  L.rstd1.resize(N);
+  L.q.resize(N * d.qd);
+  L.k.resize(N * d.kvd);
+  L.v.resize(N * d.kvd);
+  L.att.resize(size_t(B) * d.nh * T * T);
+  L.ctx.resize(N * d.qd);
+  L.mid.resize(N * d.H);
+  L.ln2.resize(N * d.H);
+  L.rstd2.resize(N);
+  if (!m.cfg.is_moe()) {
+    L.h1.resize(N * d.I);
+    L.h3.resize(N * d.I);
+    L.act.resize(N * d.I);
+  }
+}
+
+void Activations::resize(const Model& m, int B_, int T_) {
+  const ModelConfig& c = m.cfg;
   B = B_;
   T = T_;
+  const int nl = m.shard.num_layers();
   const size_t N = size_t(B) * T, H = c.hidden_size;
   inputs.resize(N);
   targets.resize(N);
   pos.resize(N);
   for (size_t n = 0; n < N; n++) pos[n] = int32_t(n % T);
-  resid.resize(c.num_layers + 1);
+  resid.resize(nl + 1);
   for (auto& r : resid) r.resize(N * H);
-  layers.resize(c.num_layers);
-  for (auto& L : layers) {
-    L.ln1.resize(N * H);
-    L.rstd1.resize(N);
-    L.q.resize(N * c.q_dim());
-    L.k.resize(N * c.kv_dim());
-    L.v.resize(N * c.kv_dim());
-    L.att.resize(size_t(B) * c.num_heads * T * T);
-    L.ctx.resize(N * c.q_dim());
-    L.mid.resize(N * H);
-    L.ln2.resize(N * H);
-    L.rstd2.resize(N);
-    if (!c.is_moe()) {
-      L.h1.resize(N * c.intermediate_size);
-      L.h3.resize(N * c.intermediate_size);
-      L.act.resize(N * c.intermediate_size);
-    }
+  layers.resize(nl);
+  for (int l = 0; l < nl; l++)
+    if (!(l < int(recompute.size()) && recompute[l])) size_layer(m, layers[l], B, T);
+  if (scratch) size_layer(m, *scratch, B, T);
+  if (m.shard.head) {
+    lnf.resize(N * H);
+    rstdf.resize(N);
+    logits.resize(N * size_t(c.vocab_size));
+    losses.resize(N);
   }
-  lnf.resize(N * H);
-  rstdf.resize(N);
-  logits.resize(N * size_t(c.vocab_size));
-  losses.resize(N);
 }
 
-static MoeWeights<float> moe_weights(const ModelConfig& c, const LayerView<float>& L) {
+static MoeWeights<float> moe_weights(const Model& m, const LayerView<float>& L) {
   MoeWeights<float> w;
-  w.H = c.hidden_size;
-  w.I = c.intermediate_size;
-  w.E = c.num_experts;
+  w.H = m.cfg.hidden_size;
+  w.I = m.shard.expert_ffn.size;
+  w.E = m.cfg.num_experts;
+  w.e_begin = m.shard.experts.begin;
+  w.e_count = m.shard.experts.size;
   w.router = L.router;
   w.w1 = L.w1;
   w.w3 = L.w3;
@@ -77,68 +99,81 @@ static MoeWeights<float> moe_weights(const ModelConfig& c, const LayerView<float
   return w;
 }
 
-// out = FFN(in) for N rows, dense or MoE; the caches receive what backward needs.
-static void ffn_forward(const Model& m, int l, LayerActs& A, const float* in, float* out, int N, const MoeOptions& moe) {
-  const ModelConfig& c = m.cfg;
-  const auto& L = m.w.layers[l];
-  if (c.is_moe()) {
-    moe_forward(out, in, N, moe_weights(c, L), moe, A.moe);
-    return;
-  }
-  const int H = c.hidden_size, I = c.intermediate_size;
-  A.h1.resize(size_t(N) * I);
-  A.h3.resize(size_t(N) * I);
-  A.act.resize(size_t(N) * I);
-  matmul_forward(A.h1.data(), in, L.w_gate, N, H, I);
-  matmul_forward(A.h3.data(), in, L.w_up, N, H, I);
-  swiglu_forward(A.act.data(), A.h1.data(), A.h3.data(), long(N) * I);
-  matmul_forward(out, A.act.data(), L.w_down, N, I, H);
-}
-
 static void add_inplace(float* y, const float* x, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+static void tp_sum(Communicator* tp, float* data, size_t n) {
+  if (tp) tp->all_reduce_sum(data, n);
+}
+
+// out = FFN(in) for N rows, dense or MoE (complete sums, tensor-parallel partials added up); the
+// caches receive what backward needs. `l` is the shard's local layer index.
+static void ffn_forward(const Model& m, int l, LayerActs& A, const float* in, float* out, int N, const MoeOptions& moe,
+                        Communicator* tp) {
+  const Dims d(m);
+  const auto& L = m.w.layers[l];
+  if (m.cfg.is_moe()) {
+    moe_forward(out, in, N, moe_weights(m, L), moe, A.moe);
+    return;
+  }
+  A.h1.resize(size_t(N) * d.I);
+  A.h3.resize(size_t(N) * d.I);
+  A.act.resize(size_t(N) * d.I);
+  matmul_forward(A.h1.data(), in, L.w_gate, N, d.H, d.I);
+  matmul_forward(A.h3.data(), in, L.w_up, N, d.H, d.I);
+  swiglu_forward(A.act.data(), A.h1.data(), A.h3.data(), long(N) * d.I);
+  matmul_forward(out, A.act.data(), L.w_down, N, d.I, d.H);
+  tp_sum(tp, out, size_t(N) * d.H);
+}
+
+// One decoder layer (local index l): y = mid + ffn(norm(mid)), mid = x + attn(norm(x)).
+static void layer_forward(const Model& m, int l, LayerActs& L, const float* x, float* y, const int32_t* pos, int B,
+                          int T, const MoeOptions& moe, Communicator* tp) {
+  const Dims d(m);
+  const auto& W = m.w.layers[l];
+  const int N = B * T;
+  const float eps = float(m.cfg.rms_norm_eps);
+  rmsnorm_forward(L.ln1.data(), L.rstd1.data(), x, W.attn_norm, N, d.H, eps);
+  matmul_forward(L.q.data(), L.ln1.data(), W.wq, N, d.H, d.qd);
+  matmul_forward(L.k.data(), L.ln1.data(), W.wk, N, d.H, d.kvd);
+  matmul_forward(L.v.data(), L.ln1.data(), W.wv, N, d.H, d.kvd);
+  rope_forward(L.q.data(), pos, N, d.nh, m.rope);
+  rope_forward(L.k.data(), pos, N, d.nkv, m.rope);
+  attention_forward(L.ctx.data(), L.att.data(), L.q.data(), L.k.data(), L.v.data(), B, T, d.nh, d.nkv, d.hd);
+  matmul_forward(L.mid.data(), L.ctx.data(), W.wo, N, d.qd, d.H);
+  tp_sum(tp, L.mid.data(), size_t(N) * d.H);
+  add_inplace(L.mid.data(), x, size_t(N) * d.H);  // mid = x + attn
+  rmsnorm_forward(L.ln2.data(), L.rstd2.data(), L.mid.data(), W.ffn_norm, N, d.H, eps);
+  ffn_forward(m, l, L, L.ln2.data(), y, N, moe, tp);
+  add_inplace(y, L.mid.data(), size_t(N) * d.H);
+}
+
 double forward(const Model& m, Activations& A, const int32_t* inputs, const int32_t* targets, int B, int T,
-               const MoeOptions& moe) {
+               const MoeOptions& moe, Communicator* tp) {
   const ModelConfig& c = m.cfg;
   SKY_CHECK(T <= c.max_position_embeddings, "sequence length {} exceeds max_position_embeddings {}", T,
             c.max_position_embeddings);
-  if (A.B != B || A.T != T || A.layers.size() != size_t(c.num_layers)) A.resize(c, B, T);
-  const int N = B * T, H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
-  const float eps = float(c.rms_norm_eps);
+  const int nl = m.shard.num_layers();
+  if (A.B != B || A.T != T || A.layers.size() != size_t(nl)) A.resize(m, B, T);
+  const int N = B * T, H = c.hidden_size, V = c.vocab_size;
   std::memcpy(A.inputs.data(), inputs, sizeof(int32_t) * N);
   check_tokens(inputs, N, V, "input");
   if (targets) {
     std::memcpy(A.targets.data(), targets, sizeof(int32_t) * N);
     check_tokens(targets, N, V, "target");
   }
-
-  embedding_forward(A.resid[0].data(), inputs, m.w.embed, N, H);
-  for (int l = 0; l < c.num_layers; l++) {
-    const auto& W = m.w.layers[l];
-    LayerActs& L = A.layers[l];
-    const float* x = A.resid[l].data();
-    float* y = A.resid[l + 1].data();
-    // Attention block: y = x + o_proj(attn(rope(q), rope(k), v)).
-    rmsnorm_forward(L.ln1.data(), L.rstd1.data(), x, W.attn_norm, N, H, eps);
-    matmul_forward(L.q.data(), L.ln1.data(), W.wq, N, H, qd);
-    matmul_forward(L.k.data(), L.ln1.data(), W.wk, N, H, kvd);
-    matmul_forward(L.v.data(), L.ln1.data(), W.wv, N, H, kvd);
-    rope_forward(L.q.data(), A.pos.data(), N, c.num_heads, m.rope);
-    rope_forward(L.k.data(), A.pos.data(), N, c.num_kv_heads, m.rope);
-    attention_forward(L.ctx.data(), L.att.data(), L.q.data(), L.k.data(), L.v.data(), B, T, c.num_heads,
-                      c.num_kv_heads, c.head_dim);
-    matmul_forward(L.mid.data(), L.ctx.data(), W.wo, N, qd, H);
-    add_inplace(L.mid.data(), x, size_t(N) * H);  // mid = x + attn
-    // FFN block: y = mid + ffn(norm(mid)).
-    rmsnorm_forward(L.ln2.data(), L.rstd2.data(), L.mid.data(), W.ffn_norm, N, H, eps);
-    ffn_forward(m, l, L, L.ln2.data(), y, N, moe);
-    add_inplace(y, L.mid.data(), size_t(N) * H);
+  if (m.shard.embed) embedding_forward(A.resid[0].data(), inputs, m.w.embed, N, H);
+  A.moe_stats.resize(c.is_moe() ? nl : 0);
+  for (int l = 0; l < nl; l++) {
+    LayerActs& L = A.layer(l);
+    layer_forward(m, l, L, A.resid[l].data(), A.resid[l + 1].data(), A.pos.data(), B, T, moe, tp);
+    if (c.is_moe())
+      A.moe_stats[l] = {L.moe.disp.dropped, L.moe.entropy, L.moe.aux_loss, L.moe.z_loss, L.moe.disp.load};
   }
-  const float* xf = A.resid[c.num_layers].data();
-  rmsnorm_forward(A.lnf.data(), A.rstdf.data(), xf, m.w.final_norm, N, H, eps);
+  if (!m.shard.head) return 0.0;
+  rmsnorm_forward(A.lnf.data(), A.rstdf.data(), A.resid[nl].data(), m.w.final_norm, N, H, float(c.rms_norm_eps));
   matmul_forward(A.logits.data(), A.lnf.data(), m.w.lm_head, N, H, V);
   if (!targets) return 0.0;
   cross_entropy_forward(A.losses.data(), A.logits.data(), targets, N, V);
@@ -153,80 +188,97 @@ static void grow(std::vector<float>& v, size_t n) {
 
 static void zero(std::vector<float>& v, size_t n) { std::fill(v.begin(), v.begin() + n, 0.0f); }
 
-// Dense SwiGLU FFN backward: accumulates d_in and weight grads from d_out.
-static void dense_ffn_backward(const ModelConfig& c, const LayerView<float>& W, const LayerView<float>& G, LayerActs& L,
+// Dense SwiGLU FFN backward: accumulates d_in (partial under tensor parallelism) and weight grads.
+static void dense_ffn_backward(const Dims& d, const LayerView<float>& W, const LayerView<float>& G, LayerActs& L,
                                Activations& A, const float* in, const float* d_out, float* d_in, int N) {
-  const int H = c.hidden_size, I = c.intermediate_size;
-  const size_t NI = size_t(N) * I;
+  const size_t NI = size_t(N) * d.I;
   grow(A.d_h1, NI);
   grow(A.d_h3, NI);
   grow(A.d_act, NI);
   zero(A.d_h1, NI);
   zero(A.d_h3, NI);
   zero(A.d_act, NI);
-  matmul_backward(A.d_act.data(), G.w_down, d_out, L.act.data(), W.w_down, N, I, H);
+  matmul_backward(A.d_act.data(), G.w_down, d_out, L.act.data(), W.w_down, N, d.I, d.H);
   swiglu_backward(A.d_h1.data(), A.d_h3.data(), A.d_act.data(), L.h1.data(), L.h3.data(), long(NI));
-  matmul_backward(d_in, G.w_gate, A.d_h1.data(), in, W.w_gate, N, H, I);
-  matmul_backward(d_in, G.w_up, A.d_h3.data(), in, W.w_up, N, H, I);
+  matmul_backward(d_in, G.w_gate, A.d_h1.data(), in, W.w_gate, N, d.H, d.I);
+  matmul_backward(d_in, G.w_up, A.d_h3.data(), in, W.w_up, N, d.H, d.I);
+}
+
+// Backward of layer_forward for local layer l: A.d_x holds the gradient of y on entry and of x on exit.
+static void layer_backward(const Model& m, int l, LayerActs& L, Activations& A, const LayerView<float>& GL,
+                           const MoeOptions& moe, const LossWeights& lw, double scale, Communicator* tp) {
+  const Dims d(m);
+  const auto& W = m.w.layers[l];
+  const int B = A.B, T = A.T, N = B * T;
+  const size_t NH = size_t(N) * d.H;
+  // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
+  std::copy(A.d_x.begin(), A.d_x.begin() + NH, A.d_mid.begin());
+  zero(A.d_ln, NH);
+  if (m.cfg.is_moe()) {
+    MoeGrads<float> mg{GL.router, GL.w1, GL.w3, GL.w2};
+    const int lg = m.shard.layer_begin + l;
+    double alpha = lg < int(lw.aux_alpha.size()) ? lw.aux_alpha[lg] : 0.0;
+    moe_backward(A.d_ln.data(), mg, A.d_x.data(), L.ln2.data(), N, moe_weights(m, W), moe, L.moe, alpha * scale,
+                 lw.z_coef * scale);
+  } else {
+    dense_ffn_backward(d, W, GL, L, A, L.ln2.data(), A.d_x.data(), A.d_ln.data(), N);
+    tp_sum(tp, A.d_ln.data(), NH);
+  }
+  rmsnorm_backward(A.d_mid.data(), GL.ffn_norm, A.d_ln.data(), L.mid.data(), W.ffn_norm, L.rstd2.data(), N, d.H);
+  // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
+  std::copy(A.d_mid.begin(), A.d_mid.begin() + NH, A.d_x.begin());
+  zero(A.d_ctx, size_t(N) * d.qd);
+  matmul_backward(A.d_ctx.data(), GL.wo, A.d_mid.data(), L.ctx.data(), W.wo, N, d.qd, d.H);
+  zero(A.d_q, size_t(N) * d.qd);
+  zero(A.d_k, size_t(N) * d.kvd);
+  zero(A.d_v, size_t(N) * d.kvd);
+  attention_backward(A.d_q.data(), A.d_k.data(), A.d_v.data(), A.d_ctx.data(), L.q.data(), L.k.data(), L.v.data(),
+                     L.att.data(), B, T, d.nh, d.nkv, d.hd);
+  rope_backward(A.d_q.data(), A.pos.data(), N, d.nh, m.rope);
+  rope_backward(A.d_k.data(), A.pos.data(), N, d.nkv, m.rope);
+  zero(A.d_ln, NH);
+  matmul_backward(A.d_ln.data(), GL.wq, A.d_q.data(), L.ln1.data(), W.wq, N, d.H, d.qd);
+  matmul_backward(A.d_ln.data(), GL.wk, A.d_k.data(), L.ln1.data(), W.wk, N, d.H, d.kvd);
+  matmul_backward(A.d_ln.data(), GL.wv, A.d_v.data(), L.ln1.data(), W.wv, N, d.H, d.kvd);
+  tp_sum(tp, A.d_ln.data(), NH);
+  rmsnorm_backward(A.d_x.data(), GL.attn_norm, A.d_ln.data(), A.resid[l].data(), W.attn_norm, L.rstd1.data(), N, d.H);
 }
 
 void backward(const Model& m, Activations& A, float* grads, const MoeOptions& moe, const LossWeights& lw,
-              double scale, double global_tokens) {
+              double scale, double global_tokens, Communicator* tp, const float* d_top) {
   const ModelConfig& c = m.cfg;
-  const int B = A.B, T = A.T, N = B * T, H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
-  const size_t NH = size_t(N) * H;
-  ParamView<float> G = param_view<float>(c, grads);
-  grow(A.d_logits, size_t(N) * V);
+  const Dims d(m);
+  const int B = A.B, T = A.T, N = B * T, nl = m.shard.num_layers();
+  const size_t NH = size_t(N) * d.H;
+  ParamView<float> G = param_view<float>(m.layout, m.shard.layer_begin, nl, grads);
   for (auto* v : {&A.d_lnf, &A.d_x, &A.d_mid, &A.d_ln}) grow(*v, NH);
-  grow(A.d_q, size_t(N) * qd);
-  grow(A.d_ctx, size_t(N) * qd);
-  grow(A.d_k, size_t(N) * kvd);
-  grow(A.d_v, size_t(N) * kvd);
+  grow(A.d_q, size_t(N) * d.qd);
+  grow(A.d_ctx, size_t(N) * d.qd);
+  grow(A.d_k, size_t(N) * d.kvd);
+  grow(A.d_v, size_t(N) * d.kvd);
 
-  // Loss = mean over the global batch's positions, times the accumulation scale.
-  std::vector<float> dloss(N, float(scale / (global_tokens > 0 ? global_tokens : N)));
-  zero(A.d_logits, size_t(N) * V);
-  cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, V);
-  zero(A.d_lnf, NH);
-  matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, H, V);
-  zero(A.d_x, NH);  // d_x: gradient wrt the residual stream at the current depth
-  rmsnorm_backward(A.d_x.data(), G.final_norm, A.d_lnf.data(), A.resid[c.num_layers].data(), m.w.final_norm,
-                   A.rstdf.data(), N, H);
-
-  for (int l = c.num_layers - 1; l >= 0; l--) {
-    const auto& W = m.w.layers[l];
-    const auto& GL = G.layers[l];
-    LayerActs& L = A.layers[l];
-    // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
-    std::copy(A.d_x.begin(), A.d_x.begin() + NH, A.d_mid.begin());
-    zero(A.d_ln, NH);
-    if (c.is_moe()) {
-      MoeGrads<float> mg{GL.router, GL.w1, GL.w3, GL.w2};
-      double alpha = l < int(lw.aux_alpha.size()) ? lw.aux_alpha[l] : 0.0;
-      moe_backward(A.d_ln.data(), mg, A.d_x.data(), L.ln2.data(), N, moe_weights(c, W), moe, L.moe, alpha * scale,
-                   lw.z_coef * scale);
-    } else {
-      dense_ffn_backward(c, W, GL, L, A, L.ln2.data(), A.d_x.data(), A.d_ln.data(), N);
-    }
-    rmsnorm_backward(A.d_mid.data(), GL.ffn_norm, A.d_ln.data(), L.mid.data(), W.ffn_norm, L.rstd2.data(), N, H);
-    // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
-    std::copy(A.d_mid.begin(), A.d_mid.begin() + NH, A.d_x.begin());
-    zero(A.d_ctx, size_t(N) * qd);
-    matmul_backward(A.d_ctx.data(), GL.wo, A.d_mid.data(), L.ctx.data(), W.wo, N, qd, H);
-    zero(A.d_q, size_t(N) * qd);
-    zero(A.d_k, size_t(N) * kvd);
-    zero(A.d_v, size_t(N) * kvd);
-    attention_backward(A.d_q.data(), A.d_k.data(), A.d_v.data(), A.d_ctx.data(), L.q.data(), L.k.data(), L.v.data(),
-                       L.att.data(), B, T, c.num_heads, c.num_kv_heads, c.head_dim);
-    rope_backward(A.d_q.data(), A.pos.data(), N, c.num_heads, m.rope);
-    rope_backward(A.d_k.data(), A.pos.data(), N, c.num_kv_heads, m.rope);
-    zero(A.d_ln, NH);
-    matmul_backward(A.d_ln.data(), GL.wq, A.d_q.data(), L.ln1.data(), W.wq, N, H, qd);
-    matmul_backward(A.d_ln.data(), GL.wk, A.d_k.data(), L.ln1.data(), W.wk, N, H, kvd);
-    matmul_backward(A.d_ln.data(), GL.wv, A.d_v.data(), L.ln1.data(), W.wv, N, H, kvd);
-    rmsnorm_backward(A.d_x.data(), GL.attn_norm, A.d_ln.data(), A.resid[l].data(), W.attn_norm, L.rstd1.data(), N, H);
+  if (m.shard.head) {
+    // Loss = mean over the global batch's positions, times the accumulation scale.
+    grow(A.d_logits, size_t(N) * d.V);
+    std::vector<float> dloss(N, float(scale / (global_tokens > 0 ? global_tokens : N)));
+    zero(A.d_logits, size_t(N) * d.V);
+    cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, d.V);
+    zero(A.d_lnf, NH);
+    matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, d.H, d.V);
+    zero(A.d_x, NH);  // d_x: gradient wrt the residual stream at the current depth
+    rmsnorm_backward(A.d_x.data(), G.final_norm, A.d_lnf.data(), A.resid[nl].data(), m.w.final_norm, A.rstdf.data(), N,
+                     d.H);
+  } else {
+    SKY_CHECK(d_top, "backward: a shard without the LM head needs the gradient of its output");
+    std::memcpy(A.d_x.data(), d_top, NH * sizeof(float));
   }
-  embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, H);
+  for (int l = nl - 1; l >= 0; l--) {
+    const bool again = l < int(A.recompute.size()) && A.recompute[l];
+    if (again)  // recompute this layer's activations from its saved input
+      layer_forward(m, l, *A.scratch, A.resid[l].data(), A.resid[l + 1].data(), A.pos.data(), B, T, moe, tp);
+    layer_backward(m, l, A.layer(l), A, G.layers[l], moe, lw, scale, tp);
+  }
+  if (m.shard.embed) embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, d.H);
 }
 
 void KVCache::init(const ModelConfig& c, int max_len_) {
@@ -241,6 +293,7 @@ void forward_cached(const Model& m, KVCache& cache, const int32_t* tokens, int n
   const ModelConfig& c = m.cfg;
   const int H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size, start = cache.len;
   SKY_CHECK(n > 0, "forward_cached: no tokens");
+  SKY_CHECK(m.shard.is_full(c), "forward_cached needs the whole model, not a shard ({})", m.shard.describe());
   SKY_CHECK(start + n <= cache.max_len, "sequence of {} tokens exceeds the KV cache of {}", start + n, cache.max_len);
   SKY_CHECK(start + n <= m.rope.max_pos, "position {} exceeds the RoPE table ({})", start + n - 1, m.rope.max_pos);
   check_tokens(tokens, n, V, "prompt");
@@ -267,7 +320,7 @@ void forward_cached(const Model& m, KVCache& cache, const int32_t* tokens, int n
     matmul_forward(tmp.data(), ctx.data(), W.wo, n, qd, H);
     add_inplace(x.data(), tmp.data(), size_t(n) * H);
     rmsnorm_forward(ln.data(), rstd.data(), x.data(), W.ffn_norm, n, H, eps);
-    ffn_forward(m, l, acts, ln.data(), tmp.data(), n, moe);
+    ffn_forward(m, l, acts, ln.data(), tmp.data(), n, moe, nullptr);
     add_inplace(x.data(), tmp.data(), size_t(n) * H);
   }
   cache.len += n;

@@ -15,6 +15,7 @@
 #include "dist/communicator.h"
 #include "io/checkpoint.h"
 #include "model/transformer.h"
+#include "train/pipeline.h"
 
 namespace sky {
 
@@ -96,44 +97,105 @@ struct Progress {
 
 }  // namespace
 
-static double evaluate(const Model& m, Activations& A, const TokenFile& f, TokenRange r, int B, int S, int max_batches) {
-  uint64_t nb = std::min<uint64_t>(sequential_batch_count(r.size(), B, S), uint64_t(max_batches));
-  if (nb == 0) return -1;
-  std::vector<int32_t> in(size_t(B) * S), tgt(size_t(B) * S);
-  MoeOptions moe = moe_options(m.cfg, 0.0, DropPolicy::Prob, AuxLossType::None);
-  double sum = 0;
-  for (uint64_t k = 0; k < nb; k++) {
-    sequential_batch(f, r, B, S, k, in.data(), tgt.data());
-    sum += forward(m, A, in.data(), tgt.data(), B, S, moe);
+namespace {
+
+// A range of the flat parameter buffer whose gradients are summed over `group` (its replicas) and
+// whose optimizer state is sharded over it under ZeRO-1. Null group: the range is unique to this rank.
+struct Region {
+  size_t begin = 0, end = 0;
+  Communicator* group = nullptr;
+  bool zero = false;
+  size_t shard = 0, own_begin = 0, own_end = 0;  // owned (updated) part
+  std::unique_ptr<AdamW> opt;
+
+  Region(const ParamLayout& layout, const AdamWOptions& adam, size_t b, size_t e, Communicator* g, bool z)
+      : begin(b), end(e), group(g && g->size() > 1 ? g : nullptr), zero(z && group) {
+    const size_t n = end - begin, parts = group ? group->size() : 1;
+    shard = zero ? (n + parts - 1) / parts : n;
+    own_begin = zero ? std::min(end, begin + group->rank() * shard) : begin;
+    own_end = zero ? std::min(end, own_begin + shard) : end;
+    opt = std::make_unique<AdamW>(layout, adam, own_begin, own_end);
   }
-  return sum / nb;
+  size_t parts() const { return group ? group->size() : 1; }
+
+  // Sums the replicas' gradients: all of them, or under ZeRO-1 only the owned part (reduce-scatter).
+  void reduce(float* grads) const {
+    if (!group) return;
+    if (!zero) return group->all_reduce_sum(grads + begin, end - begin);
+    FloatBuf padded(shard * parts()), mine(shard);  // MPI forbids overlapping send and receive buffers
+    std::memset(padded.data(), 0, padded.size() * sizeof(float));
+    std::memcpy(padded.data(), grads + begin, (end - begin) * sizeof(float));
+    group->reduce_scatter_sum(padded.data(), mine.data(), std::vector<size_t>(parts(), shard));
+    std::memcpy(grads + own_begin, mine.data(), (own_end - own_begin) * sizeof(float));
+  }
+  // The whole range of `part` (parameters, or a moment indexed from own_begin) on every replica.
+  void gather(const float* own, float* full) const {
+    if (!zero) {
+      if (own != full + own_begin) std::memcpy(full + own_begin, own, (own_end - own_begin) * sizeof(float));
+      return;
+    }
+    FloatBuf all(shard * parts()), mine(shard);
+    std::memset(mine.data(), 0, shard * sizeof(float));
+    std::memcpy(mine.data(), own, (own_end - own_begin) * sizeof(float));
+    group->all_gather(mine.data(), all.data(), shard);
+    std::memcpy(full + begin, all.data(), (end - begin) * sizeof(float));
+  }
+  // Whether this rank counts the reduced gradient of its range in the global norm (one replica does).
+  bool counts_in_norm() const { return zero || !group || group->rank() == 0; }
+  size_t norm_begin() const { return zero ? own_begin : begin; }
+  size_t norm_end() const { return zero ? own_end : end; }
+};
+
+// Sum of squares of g over [b, e), leaving out parameters that tensor-parallel ranks other than the
+// first hold as replicas.
+double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e, bool skip_tp_replicas) {
+  if (!skip_tp_replicas) {
+    double n = grad_norm(g + b, e - b);
+    return n * n;
+  }
+  double sq = 0;
+  for (const ParamSpec& s : layout.specs) {
+    if (!s.tp_split() && !s.is_expert()) continue;
+    const size_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + s.numel());
+    if (lo >= hi) continue;
+    double n = grad_norm(g + lo, hi - lo);
+    sq += n * n;
+  }
+  return sq;
 }
+
+}  // namespace
 
 TrainResult train(const TrainOptions& o_in, const std::function<void(const StepLog&)>& on_step) {
   TrainOptions o = o_in;
   validate_train_options(o);
   set_threads(o.threads);
+  Communicator& comm = world_comm();
 
-  // Model: from a checkpoint being resumed, a model directory, or a fresh init (the same on every
-  // rank: init is deterministic for a seed).
+  // The config first: the layout is checked against it before any weights are read.
   std::string resume_dir = o.resume.empty() ? "" : resolve_checkpoint(o.resume);
-  Model m;
-  if (!resume_dir.empty()) {
-    m = Model::load(resume_dir);
-    if (!o.config.empty() || !o.model_dir.empty()) {
-      ModelConfig want = !o.config.empty() ? ModelConfig::resolve(o.config) : ModelConfig::load_file(o.model_dir);
-      SKY_CHECK(want.to_hf_json() == m.cfg.to_hf_json(),
-                "--resume {}: the checkpoint is a different model than {} (configs differ)", resume_dir,
-                !o.config.empty() ? o.config : o.model_dir);
-    }
-  } else if (!o.model_dir.empty()) {
-    m = Model::load(o.model_dir);
-  } else {
-    m = Model::random(ModelConfig::resolve(o.config), o.seed);
+  ModelConfig cfg = !resume_dir.empty()   ? ModelConfig::load_file(resume_dir)
+                    : !o.model_dir.empty() ? ModelConfig::load_file(o.model_dir)
+                                           : ModelConfig::resolve(o.config);
+  if (!resume_dir.empty() && (!o.config.empty() || !o.model_dir.empty())) {
+    ModelConfig want = !o.config.empty() ? ModelConfig::resolve(o.config) : ModelConfig::load_file(o.model_dir);
+    SKY_CHECK(want.to_hf_json() == cfg.to_hf_json(),
+              "--resume {}: the checkpoint is a different model than {} (configs differ)", resume_dir,
+              !o.config.empty() ? o.config : o.model_dir);
   }
-  const ModelConfig& cfg = m.cfg;
   SKY_CHECK(o.seq_len <= cfg.max_position_embeddings, "--seq-len {} exceeds max_position_embeddings {}", o.seq_len,
             cfg.max_position_embeddings);
+  Mesh mesh = Mesh::create(comm, o.par, cfg, o.batch_size);
+  const bool leader = comm.rank() == 0;
+  if (!leader) o.quiet = true;
+  if (!o.quiet && comm.size() > 1) fmt::print(stderr, "layout: {}\n", mesh.describe());
+
+  // This rank's shard: from the checkpoint being resumed, a model directory, or a fresh init (the
+  // same values as the whole model's: init is deterministic for a seed).
+  const Shard shard = mesh.shard(cfg);
+  Model m = !resume_dir.empty()   ? Model::load(resume_dir, shard)
+            : !o.model_dir.empty() ? Model::load(o.model_dir, shard)
+                                   : Model::random(cfg, o.seed, shard);
 
   // Data.
   TokenFile data = TokenFile::open(o.data, cfg.vocab_size);
@@ -150,32 +212,42 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     val_range = val_file.all();
     have_val = true;
   }
+  // Every rank draws the same global micro-batch and keeps its data-parallel share of the rows.
   Batcher batcher(data, train_range, o.batch_size, o.seq_len, o.data_order, o.seed);
+  const int B = o.batch_size, S = o.seq_len, L = cfg.num_layers, E = cfg.num_experts;
+  const int B_local = B / mesh.dp, M = mesh.microbatches;
 
-  // Data parallelism: every rank draws the same global micro-batch and keeps its contiguous rows.
-  Communicator& comm = world_comm();
-  const int dp = comm.size(), rank = comm.rank();
-  SKY_CHECK(o.batch_size % dp == 0, "--batch-size {} is not divisible by the {} data-parallel ranks", o.batch_size, dp);
-  const int B_local = o.batch_size / dp;
-  // ZeRO-1: rank r owns parameters [r * shard, (r + 1) * shard) of the flat buffer (the last shard
-  // is short); buffers that are all-gathered are padded to dp * shard.
+  // Gradient regions: the parameters replicated over data-parallel ranks, then the expert weights
+  // when the expert layout makes them unique per rank.
   const size_t total = m.layout.total;
-  const size_t shard = o.zero ? (total + dp - 1) / dp : total;
-  const size_t own_begin = o.zero ? std::min(total, rank * shard) : 0;
-  const size_t own_end = o.zero ? std::min(total, own_begin + shard) : total;
-  const bool leader = rank == 0;
-  if (!leader) o.quiet = true;
+  std::vector<Region> regions;
+  Communicator* experts_group = mesh.expert_replicas();
+  if (m.layout.expert_begin < total && experts_group != mesh.dp_group.get()) {
+    regions.emplace_back(m.layout, o.adam, 0, m.layout.expert_begin, mesh.dp_group.get(), o.zero != 0);
+    regions.emplace_back(m.layout, o.adam, m.layout.expert_begin, total, experts_group, o.zero != 0);
+  } else {
+    regions.emplace_back(m.layout, o.adam, 0, total, mesh.dp_group.get(), o.zero != 0);
+  }
+  const ParamLayout full_layout = ParamLayout::build(cfg);
 
-  AdamW opt(m.layout, o.adam, own_begin, own_end);
-  AdaptiveAlpha alpha(cfg.is_moe() ? cfg.num_layers : 0, o.aux == AuxLossType::None ? 0.0 : o.aux_alpha,
+  AdaptiveAlpha alpha(cfg.is_moe() ? L : 0, o.aux == AuxLossType::None ? 0.0 : o.aux_alpha,
                       o.aux_adaptive && o.aux != AuxLossType::None, o.aux_xi, o.aux_alpha_max, o.aux_beta);
   int64_t step0 = 0;
   const json signature = run_signature(o, cfg, data.size());
   if (!resume_dir.empty()) {
-    FloatBuf full_m(total), full_v(total);
-    json st = load_checkpoint_state(resume_dir, full_m.data(), full_v.data(), total);
-    std::memcpy(opt.m().data(), full_m.data() + own_begin, (own_end - own_begin) * sizeof(float));
-    std::memcpy(opt.v().data(), full_v.data() + own_begin, (own_end - own_begin) * sizeof(float));
+    // Checkpoints hold the whole model's moments; each rank takes the blocks it holds.
+    FloatBuf full_m(full_layout.total), full_v(full_layout.total), mine_m(total), mine_v(total);
+    json st = load_checkpoint_state(resume_dir, full_m.data(), full_v.data(), full_layout.total);
+    for (const ParamSpec& s : m.layout.specs) {
+      const size_t g = full_layout.specs[s.index].offset;
+      copy_block_from_full(s, full_m.data() + g, mine_m.data() + s.offset);
+      copy_block_from_full(s, full_v.data() + g, mine_v.data() + s.offset);
+    }
+    for (Region& r : regions) {
+      const size_t n = r.own_end - r.own_begin;
+      std::memcpy(r.opt->m().data(), mine_m.data() + r.own_begin, n * sizeof(float));
+      std::memcpy(r.opt->v().data(), mine_v.data() + r.own_begin, n * sizeof(float));
+    }
     SKY_CHECK(st.contains("signature") && st["signature"] == signature,
               "--resume {}: the checkpoint was trained with other settings (model, --seq-len, --batch-size, "
               "--grad-accum, --data-order or data size differ): {} vs now {}",
@@ -205,124 +277,167 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     SKY_CHECK(jsonl.good(), "--log-jsonl: cannot write '{}'", o.log_jsonl);
   }
 
-  FloatBuf grads(o.zero ? shard * dp : total);
-  Activations acts, eval_acts;
+  FloatBuf grads(total);
+  Pipeline pipe(m, mesh, B_local, S);
   MoeOptions moe = moe_options(cfg, o.capacity_factor, o.drop_policy, o.aux);
-  if (dp > 1) moe.reduce_stats = [&comm](double* d, size_t n) { comm.all_reduce_sum(d, n); };
-  const int B = o.batch_size, S = o.seq_len, L = cfg.num_layers, E = cfg.num_experts;
+  Communicator* dp_comm = mesh.dp > 1 ? mesh.dp_group.get() : nullptr;
+  if (dp_comm) moe.reduce_stats = [dp_comm](double* d, size_t n) { dp_comm->all_reduce_sum(d, n); };
+  moe.par = mesh.moe_parallel(cfg);
+  MoeOptions eval_moe = moe_options(cfg, 0.0, DropPolicy::Prob, AuxLossType::None);
+  eval_moe.par = moe.par;
   std::vector<int32_t> in(size_t(B) * S), tgt(size_t(B) * S);
-  const int32_t* in_local = in.data() + size_t(rank) * B_local * S;
-  const int32_t* tgt_local = tgt.data() + size_t(rank) * B_local * S;
-  const double global_tokens = double(B) * S;
-  // Per micro-batch statistics summed over ranks: CE sum, then per layer dropped count, entropy
-  // sum and expert loads.
-  std::vector<double> red;
+  const int32_t* in_local = in.data() + size_t(mesh.dp_rank) * B_local * S;
+  const int32_t* tgt_local = tgt.data() + size_t(mesh.dp_rank) * B_local * S;
+  const double mb_tokens = double(B) / M * S;  // tokens one micro-batch's loss averages over, all DP ranks
+  const int nl = m.shard.num_layers(), l0 = m.shard.layer_begin, Lm = cfg.is_moe() ? L : 0;
+  // Statistics only one rank of each replica set reports, so one world all-reduce sums them.
+  const bool reports_tokens = mesh.tp_rank == 0;             // CE, drops, entropy, loads: per DP rank's tokens
+  const bool reports_global = reports_tokens && mesh.dp_rank == 0;  // aux and z: already global
+  StageStats st;
   Progress progress{isatty(2) != 0, o.quiet, std::max(1, o.log_every)};
   TrainResult result;
   std::string last_ckpt = resume_dir;
   double train_seconds = 0;
   int64_t train_tokens = 0;
 
+  auto evaluate = [&]() -> double {
+    const uint64_t nb = std::min<uint64_t>(sequential_batch_count(val_range.size(), B, S), uint64_t(o.eval_batches));
+    if (nb == 0) return -1;
+    double sum = 0;
+    for (uint64_t k = 0; k < nb; k++) {
+      sequential_batch(val_file, val_range, B, S, k, in.data(), tgt.data());
+      const double ce = pipe.eval(in_local, tgt_local, B_local, eval_moe);
+      if (reports_tokens) sum += ce;
+    }
+    comm.all_reduce_sum(&sum, 1);
+    return sum / (double(nb) * B * S);
+  };
+
+  // The whole model, or (with several ranks) the whole model assembled on rank 0 from every
+  // data-parallel-first rank's blocks. Collective.
   auto save = [&](int64_t step) {
     if (o.out_dir.empty()) return;
-    json st = {{"step", step}, {"data", batcher.state()}, {"alpha", alpha.alpha}, {"signature", signature},
-               {"seed", o.seed}, {"aux", aux_name(o.aux)}};
-    // The checkpoint holds the full moments whatever the layout, so any layout can resume it.
-    FloatBuf full_m, full_v;
-    const float *pm = opt.m().data(), *pv = opt.v().data();
-    if (o.zero && dp > 1) {
-      full_m = FloatBuf(shard * dp);
-      full_v = FloatBuf(shard * dp);
-      FloatBuf mine(shard);
-      std::memcpy(mine.data(), opt.m().data(), (own_end - own_begin) * sizeof(float));
-      comm.all_gather(mine.data(), full_m.data(), shard);
-      std::memset(mine.data(), 0, shard * sizeof(float));
-      std::memcpy(mine.data(), opt.v().data(), (own_end - own_begin) * sizeof(float));
-      comm.all_gather(mine.data(), full_v.data(), shard);
-      pm = full_m.data();
-      pv = full_v.data();
+    json state = {{"step", step}, {"data", batcher.state()}, {"alpha", alpha.alpha}, {"signature", signature},
+                  {"seed", o.seed}, {"aux", aux_name(o.aux)}};
+    FloatBuf mom_m(total), mom_v(total);
+    for (Region& r : regions) {
+      r.gather(r.opt->m().data(), mom_m.data());
+      r.gather(r.opt->v().data(), mom_v.data());
     }
+    if (comm.size() == 1) {
+      last_ckpt = save_checkpoint(o.out_dir, step, CheckpointData{&m, mom_m.data(), mom_v.data(), state}, o.keep);
+      return;
+    }
+    const int tag = 1 << 20;
     if (leader) {
-      CheckpointData cd{&m, pm, pv, st};
-      last_ckpt = save_checkpoint(o.out_dir, step, cd, o.keep);
+      Model full = Model::allocate(cfg, Shard::full(cfg));
+      FloatBuf fm(full.layout.total), fv(full.layout.total);
+      auto place = [&](const ParamLayout& lay, const float* p, const float* pm, const float* pv) {
+        for (const ParamSpec& s : lay.specs) {
+          const size_t g = full.layout.specs[s.index].offset;
+          copy_block_to_full(s, p + s.offset, full.params.data() + g);
+          copy_block_to_full(s, pm + s.offset, fm.data() + g);
+          copy_block_to_full(s, pv + s.offset, fv.data() + g);
+        }
+      };
+      place(m.layout, m.params.data(), mom_m.data(), mom_v.data());
+      for (int pr = 0; pr < mesh.pp; pr++)
+        for (int tr = 0; tr < mesh.tp; tr++)
+          for (int dr = 0; dr < mesh.dp; dr++) {
+            if (pr == 0 && tr == 0 && dr == 0) continue;
+            const Shard sh = mesh.shard_of(cfg, pr, dr, tr);
+            const bool unique_experts = experts_group == nullptr && cfg.is_moe();
+            if (dr > 0 && !unique_experts) continue;  // a replica of dp rank 0's blocks
+            ParamLayout lay = ParamLayout::build(cfg, sh);
+            FloatBuf p(lay.total), pm(lay.total), pv(lay.total);
+            const int src = mesh.world_rank(pr, dr, tr);
+            comm.recv(p.data(), lay.total, src, tag);
+            comm.recv(pm.data(), lay.total, src, tag + 1);
+            comm.recv(pv.data(), lay.total, src, tag + 2);
+            place(lay, p.data(), pm.data(), pv.data());
+          }
+      last_ckpt = save_checkpoint(o.out_dir, step, CheckpointData{&full, fm.data(), fv.data(), state}, o.keep);
     } else {
+      if (mesh.dp_rank == 0 || (experts_group == nullptr && cfg.is_moe())) {
+        comm.send(m.params.data(), total, 0, tag);
+        comm.send(mom_m.data(), total, 0, tag + 1);
+        comm.send(mom_v.data(), total, 0, tag + 2);
+        comm.wait_sends();
+      }
       last_ckpt = (std::filesystem::path(o.out_dir) / fmt::format("step-{:08d}", step)).string();
     }
     comm.barrier();  // the checkpoint is complete before any rank goes on
   };
 
+  std::vector<double> red;
   for (int64_t step = step0 + 1; step <= o.steps; step++) {
     auto t0 = std::chrono::steady_clock::now();
     StepLog s;
     s.step = step;
-    s.drop_rate.assign(cfg.is_moe() ? L : 0, 0.0);
-    s.aux_per_layer.assign(s.drop_rate.size(), 0.0);
-    s.entropy.assign(s.drop_rate.size(), 0.0);
-    s.expert_load.assign(s.drop_rate.size(), std::vector<int64_t>(E, 0));
     s.alpha = alpha.alpha;
     LossWeights lw{alpha.alpha, o.z_loss};
     std::memset(grads.data(), 0, grads.size() * sizeof(float));
+    st.reset(Lm ? nl : 0, E);
     for (int micro = 0; micro < o.grad_accum; micro++) {
       batcher.next(in.data(), tgt.data());
-      const double ce_local = forward(m, acts, in_local, tgt_local, B_local, S, moe);
-      const int Lm = cfg.is_moe() ? L : 0;
-      red.assign(1 + size_t(Lm) * (2 + E), 0.0);
-      red[0] = ce_local * B_local * S;
-      for (int l = 0; l < Lm; l++) {
-        const MoeCache<float>& c = acts.layers[l].moe;
-        double* r = red.data() + 1 + size_t(l) * (2 + E);
-        r[0] = double(c.disp.dropped);
-        r[1] = c.entropy * B_local * S;
-        for (int e = 0; e < E; e++) r[2 + e] = c.disp.load[e];
+      pipe.step(in_local, tgt_local, grads.data(), moe, lw, 1.0 / (double(o.grad_accum) * M), mb_tokens, st);
+    }
+    // One world all-reduce gathers the step's statistics: CE sum, then per global layer dropped
+    // count, entropy sum, aux sum, z sum and expert loads.
+    const size_t per = 4 + size_t(E);
+    red.assign(1 + size_t(Lm) * per, 0.0);
+    if (reports_tokens) red[0] = st.ce_sum;
+    for (int l = 0; l < (Lm ? nl : 0); l++) {
+      double* r = red.data() + 1 + size_t(l0 + l) * per;
+      if (reports_tokens) {
+        r[0] = st.dropped[l];
+        r[1] = st.entropy_sum[l];
+        for (int e = 0; e < E; e++) r[4 + e] = st.load[l][e];
       }
-      if (dp > 1) comm.all_reduce_sum(red.data(), red.size());
-      const double ce = red[0] / global_tokens;
-      double aux_w = 0, z = 0;
-      for (int l = 0; l < Lm; l++) {
-        const MoeCache<float>& c = acts.layers[l].moe;  // aux and z losses are already global
-        const double* r = red.data() + 1 + size_t(l) * (2 + E);
-        aux_w += alpha.alpha[l] * c.aux_loss;
-        z += c.z_loss;
-        s.drop_rate[l] += r[0] / (global_tokens * cfg.top_k) / o.grad_accum;
-        s.aux_per_layer[l] += c.aux_loss / o.grad_accum;
-        s.entropy[l] += r[1] / global_tokens / o.grad_accum;
-        for (int e = 0; e < E; e++) s.expert_load[l][e] += int64_t(r[2 + e]);
+      if (reports_global) {
+        r[2] = st.aux[l];
+        r[3] = st.z[l];
       }
-      const double total = ce + aux_w + o.z_loss * z;
-      if (!std::isfinite(total))
-        fail("non-finite loss ({}) at step {} (micro-batch {}); stopping. {}", total, step, micro + 1,
-             last_ckpt.empty() ? "No checkpoint was written." : "The last good checkpoint is " + last_ckpt);
-      s.ce_loss += ce / o.grad_accum;
-      s.aux_loss += aux_w / o.grad_accum;
-      s.z_loss += o.z_loss * z / o.grad_accum;
-      backward(m, acts, grads.data(), moe, lw, 1.0 / o.grad_accum, global_tokens);
+    }
+    comm.all_reduce_sum(red.data(), red.size());
+    const double tokens = double(B) * S * o.grad_accum, passes = double(o.grad_accum) * M;
+    s.ce_loss = red[0] / tokens;
+    s.drop_rate.assign(Lm, 0.0);
+    s.aux_per_layer.assign(Lm, 0.0);
+    s.entropy.assign(Lm, 0.0);
+    s.expert_load.assign(Lm, std::vector<int64_t>(E, 0));
+    for (int l = 0; l < Lm; l++) {
+      const double* r = red.data() + 1 + size_t(l) * per;
+      s.drop_rate[l] = r[0] / (tokens * cfg.top_k);
+      s.entropy[l] = r[1] / tokens;
+      s.aux_per_layer[l] = r[2] / passes;
+      s.aux_loss += alpha.alpha[l] * r[2] / passes;
+      s.z_loss += o.z_loss * r[3] / passes;
+      for (int e = 0; e < E; e++) s.expert_load[l][e] = int64_t(r[4 + e]);
     }
     s.loss = s.ce_loss + s.aux_loss + s.z_loss;
-    // Each rank holds its rows' share of the gradient: sum them (all-reduce), or under ZeRO-1 only
-    // into the shard each rank updates (reduce-scatter), then all-gather the updated parameters.
-    if (dp > 1 && !o.zero) comm.all_reduce_sum(grads.data(), total);
-    if (dp > 1 && o.zero) {
-      FloatBuf mine(shard);  // MPI forbids overlapping send and receive buffers
-      comm.reduce_scatter_sum(grads.data(), mine.data(), std::vector<size_t>(dp, shard));
-      std::memcpy(grads.data() + own_begin, mine.data(), (own_end - own_begin) * sizeof(float));
+    if (!std::isfinite(s.loss))
+      fail("non-finite loss ({}) at step {}; stopping. {}", s.loss, step,
+           last_ckpt.empty() ? "No checkpoint was written." : "The last good checkpoint is " + last_ckpt);
+
+    // Sum the replicas' gradients, clip by the global norm, update the owned ranges, and (ZeRO-1)
+    // share the updated parameters.
+    double sq = 0;
+    for (Region& r : regions) {
+      r.reduce(grads.data());
+      if (r.counts_in_norm()) sq += sum_squares(m.layout, grads.data(), r.norm_begin(), r.norm_end(),
+                                                mesh.tp > 1 && mesh.tp_rank > 0);
     }
-    float* g_own = grads.data() + own_begin;
-    const size_t n_own = own_end - own_begin;
-    double sq = grad_norm(g_own, n_own);
-    sq *= sq;
-    if (o.zero && dp > 1) comm.all_reduce_sum(&sq, 1);
+    comm.all_reduce_sum(&sq, 1);
     s.grad_norm = std::sqrt(sq);
     if (!std::isfinite(s.grad_norm))
       fail("non-finite gradient norm at step {}; stopping. {}", step,
            last_ckpt.empty() ? "No checkpoint was written." : "The last good checkpoint is " + last_ckpt);
-    scale_for_clip(g_own, n_own, s.grad_norm, o.grad_clip);
     s.lr = o.schedule.at(step);
-    opt.update(m.params.data(), grads.data(), s.lr, step);
-    if (o.zero && dp > 1) {
-      FloatBuf gathered(shard * dp), mine(shard);
-      std::memcpy(mine.data(), m.params.data() + own_begin, n_own * sizeof(float));
-      comm.all_gather(mine.data(), gathered.data(), shard);
-      std::memcpy(m.params.data(), gathered.data(), total * sizeof(float));
+    for (Region& r : regions) {
+      scale_for_clip(grads.data() + r.norm_begin(), r.norm_end() - r.norm_begin(), s.grad_norm, o.grad_clip);
+      r.opt->update(m.params.data(), grads.data(), s.lr, step);
+      if (r.zero) r.gather(m.params.data() + r.own_begin, m.params.data());
     }
     alpha.update(s.drop_rate);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -332,7 +447,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     train_tokens += toks;
 
     if (have_val && ((o.eval_every > 0 && step % o.eval_every == 0) || step == o.steps)) {
-      s.val_loss = evaluate(m, eval_acts, val_file, val_range, B, S, o.eval_batches);
+      s.val_loss = evaluate();
       result.final_val_loss = s.val_loss;
     }
     if (jsonl.is_open() && leader) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/mesh.h"
 #include "io/token_data.h"
 #include "moe/adaptive_alpha.h"
 #include "moe/moe_layer.h"
@@ -47,6 +48,8 @@ struct TrainOptions {
   // Data parallelism over the MPI world (every rank takes its contiguous share of each micro-batch's
   // rows); zero = 1 shards the AdamW state across the ranks (ZeRO-1).
   int zero = 0;
+  // Tensor, pipeline and expert parallelism (DP = processes / (TP x PP)).
+  ParallelOptions par;
 };
 
 struct StepLog {
