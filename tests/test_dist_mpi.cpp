@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 
 #include "core/rng.h"
 #include "io/token_data.h"
+#include "model/config.h"
 #include "model/model.h"
 #include "ref.h"
 
@@ -37,8 +39,9 @@ static std::string mpirun(int np) {
          " ";
 }
 
-static std::string train_args(const std::string& name, int steps, const std::string& extra = "") {
-  return std::string(SKYMOE_BIN) + " train --config tiny --data " + dir + "/tok.bin --seq-len 16 --batch-size 4" +
+static std::string train_args(const std::string& name, int steps, const std::string& extra = "",
+                              const std::string& config = "tiny") {
+  return std::string(SKYMOE_BIN) + " train --config " + config + " --data " + dir + "/tok.bin --seq-len 16 --batch-size 4" +
          " --steps " + std::to_string(steps) + " --lr 2e-3 --warmup 2 --aux-alpha 0.01 --z-loss 0.001 --quiet" +
          " --grad-clip 0.5 --out " + dir + "/" + name + " --log-jsonl " + dir + "/" + name + ".jsonl " + extra;
 }
@@ -76,6 +79,19 @@ class Dist : public ::testing::Test {
     for (auto& x : t) x = uint32_t(r.below(256));
     sky::write_token_file(dir + "/tok.bin", t);
     ASSERT_EQ(run(train_args("single", 5)), 0);
+    // A model whose 3 heads and 3 layers split unevenly over 2 ranks.
+    sky::ModelConfig odd = sky::ModelConfig::preset("tiny");
+    odd.hidden_size = 48;
+    odd.num_heads = odd.num_kv_heads = 3;
+    odd.head_dim = 16;
+    odd.num_layers = 3;
+    odd.intermediate_size = 40;
+    std::ofstream(dir + "/odd.json") << odd.to_hf_json().dump(2);
+  }
+  static std::string odd() { return dir + "/odd.json"; }
+  // The one-process run with `extra` flags, made once.
+  static void single(const std::string& name, const std::string& extra, const std::string& config = "tiny") {
+    if (!std::filesystem::exists(dir + "/" + name + "/latest")) ASSERT_EQ(run(train_args(name, 5, extra, config)), 0);
   }
 };
 
@@ -106,4 +122,93 @@ TEST_F(Dist, BadLayoutIsRejectedBeforeWork) {
   EXPECT_NE(run(mpirun(3) + train_args("bad", 5), &out), 0);
   EXPECT_NE(out.find("not divisible by the 3 data-parallel ranks"), std::string::npos) << out;
   EXPECT_FALSE(std::filesystem::exists(dir + "/bad/latest"));
+}
+
+TEST_F(Dist, TensorParallelMatchesOneProcess) {
+  ASSERT_EQ(run(mpirun(2) + train_args("tp2", 5, "--tp 2")), 0);
+  expect_same_run("single", "tp2");
+  // Dense FFN split, GQA (4 heads on 2 kv heads: one kv head per rank).
+  single("dense", "", "tiny-dense");
+  ASSERT_EQ(run(mpirun(2) + train_args("dense_tp2", 5, "--tp 2", "tiny-dense")), 0);
+  expect_same_run("dense", "dense_tp2");
+}
+
+TEST_F(Dist, UnevenTensorParallelMatchesOneProcess) {
+  single("odd", "", odd());
+  ASSERT_EQ(run(mpirun(2) + train_args("odd_tp2", 5, "--tp 2", odd())), 0);  // heads 2 + 1
+  expect_same_run("odd", "odd_tp2");
+  ASSERT_EQ(run(mpirun(2) + train_args("odd_shares", 5, "--tp 2 --tp-shares 1,2", odd())), 0);  // heads 1 + 2
+  expect_same_run("odd", "odd_shares");
+  ASSERT_EQ(run(mpirun(3) + train_args("odd_tp3", 5, "--tp 3", odd())), 0);
+  expect_same_run("odd", "odd_tp3");
+}
+
+TEST_F(Dist, PipelineMatchesOneProcess) {
+  // 4 rows per micro-step: PP 2 defaults to 4 micro-batches, which one process reproduces with
+  // --pp-microbatches 4 (the aux loss is per micro-batch).
+  single("single_m4", "--pp-microbatches 4");
+  ASSERT_EQ(run(mpirun(2) + train_args("pp2", 5, "--pp 2")), 0);
+  expect_same_run("single_m4", "pp2");
+  single("odd_m4", "--pp-microbatches 4", odd());
+  ASSERT_EQ(run(mpirun(2) + train_args("odd_pp2", 5, "--pp 2 --pp-layers 2,1 --recompute-layers 1,1", odd())), 0);
+  expect_same_run("odd_m4", "odd_pp2");
+  ASSERT_EQ(run(mpirun(3) + train_args("odd_pp3", 5, "--pp 3 --recompute-layers 0,1,0", odd())), 0);
+  expect_same_run("odd_m4", "odd_pp3");
+}
+
+TEST_F(Dist, ExpertLayoutsMatchOneProcess) {
+  ASSERT_EQ(run(mpirun(2) + train_args("ep2", 5, "--expert-layout ep")), 0);
+  expect_same_run("single", "ep2");
+  ASSERT_EQ(run(mpirun(4) + train_args("ep4", 5, "--expert-layout ep --tp 2")), 0);  // EP over DP x TP
+  expect_same_run("single", "ep4");
+  ASSERT_EQ(run(mpirun(4) + train_args("etp4", 5, "--expert-layout etp --tp 2 --zero 1")), 0);
+  expect_same_run("single", "etp4");
+  ASSERT_EQ(run(mpirun(4) + train_args("edp4", 5, "--expert-layout edp --tp 2")), 0);
+  expect_same_run("single", "edp4");
+}
+
+TEST_F(Dist, CombinedLayoutMatchesOneProcess) {
+  // PP 2 x DP 2 x EDP 2 (TP 2) with ZeRO-1: 2 rows per DP rank, so 2 micro-batches.
+  single("single_m2", "--pp-microbatches 2");
+  ASSERT_EQ(run(mpirun(8) + train_args("combined", 5, "--pp 2 --tp 2 --expert-layout edp --zero 1")), 0);
+  expect_same_run("single_m2", "combined");
+}
+
+TEST_F(Dist, CheckpointMovesBetweenModelParallelLayouts) {
+  // Steps 1-3 under PP 2 x TP 2, steps 4-5 under EP on 2 ranks: the same run as one process.
+  single("single_m2b", "--pp-microbatches 2 --save-every 1 --keep 0");
+  ASSERT_EQ(run(mpirun(4) + train_args("moved", 5, "--pp 2 --tp 2 --pp-microbatches 2 --save-every 1") + " --keep 0"), 0);
+  std::filesystem::remove_all(dir + "/moved/step-00000004");
+  std::filesystem::remove_all(dir + "/moved/step-00000005");
+  ASSERT_EQ(run(mpirun(2) + train_args("moved", 5, "--expert-layout ep --pp-microbatches 2 --resume " + dir +
+                                                      "/moved/step-00000003")),
+            0);
+  expect_same_run("single_m2b", "moved");
+}
+
+TEST_F(Dist, HungRankStopsEveryRankWithAMessage) {
+  std::string out;
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_NE(run("SKYMOE_TEST_HANG=1:2 " + mpirun(2) + "-x SKYMOE_TEST_HANG " +
+                    train_args("hang", 5, "--pp 2 --comm-timeout 3"),
+                &out),
+            0);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(out.find("did not complete within 3 s; another rank probably failed"), std::string::npos) << out;
+  EXPECT_LT(secs, 60) << "the job should stop soon after the timeout";
+}
+
+TEST_F(Dist, BadModelParallelLayoutsAreRejected) {
+  std::string out;
+  EXPECT_NE(run(mpirun(2) + train_args("bad2", 5, "--tp 3"), &out), 0);
+  EXPECT_NE(out.find("does not divide the 2 processes"), std::string::npos) << out;
+  EXPECT_NE(run(mpirun(3) + train_args("bad2", 5, "--pp 3"), &out), 0);
+  EXPECT_NE(out.find("--pp 3 exceeds the model's 2 layers"), std::string::npos) << out;
+  EXPECT_NE(run(mpirun(8) + train_args("bad2", 5, "--expert-layout ep --tp 2"), &out), 0);
+  EXPECT_NE(out.find("more than the 4 experts"), std::string::npos) << out;
+  EXPECT_NE(run(mpirun(2) + train_args("bad2", 5, "--pp 2 --pp-layers 1,2"), &out), 0);
+  EXPECT_NE(out.find("--pp-layers adds up to 3 layers; the model has 2"), std::string::npos) << out;
+  EXPECT_NE(run(train_args("bad2", 5, "--expert-layout xyz"), &out), 0);
+  EXPECT_NE(out.find("xyz"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/bad2/latest"));
 }

@@ -70,6 +70,9 @@ int cmd_train(int argc, char** argv) {
   app.add_option("--pp-microbatches", o.par.pp_microbatches,
                  "1F1B micro-batches per micro-step (0 = as many as the local batch allows, up to 2 x PP)")
       ->capture_default_str();
+  app.add_option("--comm-timeout", o.comm_timeout,
+                 "seconds a collective may wait for the other ranks before the whole job stops with a message")
+      ->capture_default_str();
   app.add_option("--tp-shares", tp_shares, "relative share of heads and FFN width per TP rank, e.g. 5,5,4");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   o.schedule.cosine = lr_schedule == "cosine";

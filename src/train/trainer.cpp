@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -60,6 +63,8 @@ void validate_train_options(const TrainOptions& o) {
   SKY_CHECK(o.eval_every >= 0, "--eval-every must be >= 0, got {}", o.eval_every);
   SKY_CHECK(o.eval_batches > 0, "--eval-batches must be positive, got {}", o.eval_batches);
   SKY_CHECK(o.zero == 0 || o.zero == 1, "--zero must be 0 or 1, got {}", o.zero);
+  SKY_CHECK(std::isfinite(o.comm_timeout) && o.comm_timeout > 0, "--comm-timeout must be positive, got {}",
+            o.comm_timeout);
 }
 
 // The options that must not change across a resume for the run to continue bit-for-bit.
@@ -170,6 +175,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   TrainOptions o = o_in;
   validate_train_options(o);
   set_threads(o.threads);
+  set_collective_timeout(o.comm_timeout);
   Communicator& comm = world_comm();
 
   // The config first: the layout is checked against it before any weights are read.
@@ -285,9 +291,19 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   moe.par = mesh.moe_parallel(cfg);
   MoeOptions eval_moe = moe_options(cfg, 0.0, DropPolicy::Prob, AuxLossType::None);
   eval_moe.par = moe.par;
-  std::vector<int32_t> in(size_t(B) * S), tgt(size_t(B) * S);
-  const int32_t* in_local = in.data() + size_t(mesh.dp_rank) * B_local * S;
-  const int32_t* tgt_local = tgt.data() + size_t(mesh.dp_rank) * B_local * S;
+  std::vector<int32_t> in(size_t(B) * S), tgt(size_t(B) * S), in_local(size_t(B_local) * S),
+      tgt_local(size_t(B_local) * S);
+  // Pipeline micro-batch i is global rows [i * B/M, (i + 1) * B/M); each data-parallel rank takes its
+  // contiguous share of it, so any layout with M micro-batches sees the batches one process with
+  // --pp-microbatches M sees (and with M = 1, each rank's share of the whole batch).
+  auto take_local = [&]() {
+    const int b = B_local / M;
+    for (int i = 0; i < M; i++) {
+      const size_t src = (size_t(i) * (B / M) + size_t(mesh.dp_rank) * b) * S, dst = size_t(i) * b * S, n = size_t(b) * S;
+      std::copy(in.begin() + src, in.begin() + src + n, in_local.begin() + dst);
+      std::copy(tgt.begin() + src, tgt.begin() + src + n, tgt_local.begin() + dst);
+    }
+  };
   const double mb_tokens = double(B) / M * S;  // tokens one micro-batch's loss averages over, all DP ranks
   const int nl = m.shard.num_layers(), l0 = m.shard.layer_begin, Lm = cfg.is_moe() ? L : 0;
   // Statistics only one rank of each replica set reports, so one world all-reduce sums them.
@@ -306,7 +322,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     double sum = 0;
     for (uint64_t k = 0; k < nb; k++) {
       sequential_batch(val_file, val_range, B, S, k, in.data(), tgt.data());
-      const double ce = pipe.eval(in_local, tgt_local, B_local, eval_moe);
+      take_local();
+      const double ce = pipe.eval(in_local.data(), tgt_local.data(), B_local, eval_moe);
       if (reports_tokens) sum += ce;
     }
     comm.all_reduce_sum(&sum, 1);
@@ -369,8 +386,12 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     comm.barrier();  // the checkpoint is complete before any rank goes on
   };
 
+  // Fault injection for the tests: SKYMOE_TEST_HANG=RANK:STEP makes that rank stop responding there.
+  int hang_rank = -1, hang_step = -1;
+  if (const char* h = std::getenv("SKYMOE_TEST_HANG")) std::sscanf(h, "%d:%d", &hang_rank, &hang_step);
   std::vector<double> red;
   for (int64_t step = step0 + 1; step <= o.steps; step++) {
+    if (comm.rank() == hang_rank && step == hang_step) std::this_thread::sleep_for(std::chrono::hours(1));
     auto t0 = std::chrono::steady_clock::now();
     StepLog s;
     s.step = step;
@@ -380,7 +401,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     st.reset(Lm ? nl : 0, E);
     for (int micro = 0; micro < o.grad_accum; micro++) {
       batcher.next(in.data(), tgt.data());
-      pipe.step(in_local, tgt_local, grads.data(), moe, lw, 1.0 / (double(o.grad_accum) * M), mb_tokens, st);
+      take_local();
+      pipe.step(in_local.data(), tgt_local.data(), grads.data(), moe, lw, 1.0 / (double(o.grad_accum) * M), mb_tokens, st);
     }
     // One world all-reduce gathers the step's statistics: CE sum, then per global layer dropped
     // count, entropy sum, aux sum, z sum and expert loads.

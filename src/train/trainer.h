@@ -50,6 +50,7 @@ struct TrainOptions {
   int zero = 0;
   // Tensor, pipeline and expert parallelism (DP = processes / (TP x PP)).
   ParallelOptions par;
+  double comm_timeout = 600;  // seconds a collective may wait before the job is aborted
 };
 
 struct StepLog {
