@@ -2,6 +2,7 @@
 // whether it is initialized or loaded.
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "model/model.h"
 #include "model/shard.h"
 #include "ref.h"
