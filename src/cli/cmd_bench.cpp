@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "infer/bench_infer.h"
+#include "io/atomic_file.h"
 #include "model/transformer.h"
 #include "train/optimizer.h"
 
@@ -21,7 +22,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-int bench_train(const std::string& preset, int seq, int batch, int steps, int warmup, bool json_out) {
+int bench_train(const std::string& preset, int seq, int batch, int steps, int warmup, bool json_out,
+                const std::string& profile) {
   ModelConfig cfg = ModelConfig::resolve(preset);
   SKY_CHECK(seq <= cfg.max_position_embeddings, "--seq-len {} exceeds max_position_embeddings {}", seq,
             cfg.max_position_embeddings);
@@ -78,6 +80,10 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
                       {"backward_s", med(t_bwd)},
                       {"optimizer_s", med(t_opt)},
                       {"model_gflops_per_s", tps * flops_tok / 1e9}};
+  if (!profile.empty()) {
+    write_text_atomic(profile, j.dump(2) + "\n");
+    if (!json_out) fmt::print(stderr, "profile written to {} (use with skymoe plan --profile)\n", profile);
+  }
   if (json_out)
     fmt::print("{}\n", j.dump());
   else
@@ -104,6 +110,8 @@ int cmd_bench(int argc, char** argv) {
   tr->add_option("--warmup-steps", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   tr->add_option("--threads", threads, "threads (0 = all cores)");
   tr->add_flag("--json", json_out, "print one JSON object");
+  std::string profile;
+  tr->add_option("--profile", profile, "also write the measured profile (JSON) to this file, for skymoe plan --profile");
   auto* inf = app.add_subcommand("infer", "prefill, decode and batched decode throughput vs memory bandwidth");
   std::string model, ipreset, dtype = "fp8";
   InferBenchOptions io;
@@ -123,7 +131,7 @@ int cmd_bench(int argc, char** argv) {
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (tr->parsed()) {
     set_threads(threads);
-    return bench_train(preset, seq, batch, steps, warmup, json_out);
+    return bench_train(preset, seq, batch, steps, warmup, json_out, profile);
   }
   set_threads(ithreads);
   SKY_CHECK(model.empty() != ipreset.empty(), "bench infer: give exactly one of --model DIR or --preset NAME");
