@@ -50,8 +50,8 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
     backward(m, acts, grads.data(), moe, lw, 1.0);
     double b = since(t1);
     auto t2 = Clock::now();
-    clip_grad_norm(grads.data(), grads.size(), 1.0);
-    opt.update(m.params.data(), grads.data(), 1e-4, s + 1);
+    const double norm = grad_norm(grads.data(), grads.size());
+    opt.update(m.params.data(), grads.data(), 1e-4, s + 1, clip_scale(norm, 1.0));
     double o = since(t2);
     double all = since(t0);
     if (s >= warmup) {

@@ -246,7 +246,6 @@ static void layer_backward(const Model& m, int l, LayerActs& L, Activations& A, 
 
 void backward(const Model& m, Activations& A, float* grads, const MoeOptions& moe, const LossWeights& lw,
               double scale, double global_tokens, Communicator* tp, const float* d_top) {
-  const ModelConfig& c = m.cfg;
   const Dims d(m);
   const int B = A.B, T = A.T, N = B * T, nl = m.shard.num_layers();
   const size_t NH = size_t(N) * d.H;

@@ -19,7 +19,8 @@ class AdamW {
   AdamW(const ParamLayout& layout, const AdamWOptions& o, size_t begin = 0, size_t end = 0);
   // One update of the owned range with learning rate lr; params and grads are the full flat
   // buffers (only the owned range is read or written). `step` counts from 1 (bias correction).
-  void update(float* params, const float* grads, double lr, int64_t step);
+  // grad_scale multiplies each gradient as it is read (clipping, without a separate pass).
+  void update(float* params, const float* grads, double lr, int64_t step, float grad_scale = 1.0f);
   size_t begin() const { return begin_; }
   size_t end() const { return end_; }
   FloatBuf& m() { return m_; }
@@ -40,5 +41,7 @@ double grad_norm(const float* g, size_t n);
 double clip_grad_norm(float* g, size_t n, double max_norm);
 // The scaling half of clip_grad_norm, given the (possibly global) norm.
 void scale_for_clip(float* g, size_t n, double norm, double max_norm);
+// The factor scale_for_clip multiplies by (1 when no clipping is needed).
+float clip_scale(double norm, double max_norm);
 
 }  // namespace sky

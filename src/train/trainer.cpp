@@ -457,8 +457,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
            last_ckpt.empty() ? "No checkpoint was written." : "The last good checkpoint is " + last_ckpt);
     s.lr = o.schedule.at(step);
     for (Region& r : regions) {
-      scale_for_clip(grads.data() + r.norm_begin(), r.norm_end() - r.norm_begin(), s.grad_norm, o.grad_clip);
-      r.opt->update(m.params.data(), grads.data(), s.lr, step);
+      r.opt->update(m.params.data(), grads.data(), s.lr, step, clip_scale(s.grad_norm, o.grad_clip));
       if (r.zero) r.gather(m.params.data() + r.own_begin, m.params.data());
     }
     alpha.update(s.drop_rate);
