@@ -766,7 +766,7 @@ TEST(GgufCli, ExportsModelDirectory) {
   EXPECT_EQ(g.at("general.name").s, "my-moe");
   EXPECT_EQ(g.at("tokenizer.ggml.tokens").arr.size(), size_t(moe_model().cfg.vocab_size));
   EXPECT_EQ(g.tensor("blk.0.ffn_up_exps.weight").type, GGML_Q8_0);
-  // The model went through save + load (f32): the data is the in-memory model's.
+  // The command reads the directory one layer at a time (f32): the data is the in-memory model's.
   Gguf lib = moe_export(GgufFileType::Q8_0).g;
   EXPECT_EQ(g.bytes.substr(g.data_start), lib.bytes.substr(lib.data_start));
 

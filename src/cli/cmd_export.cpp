@@ -50,8 +50,7 @@ int export_gguf_cmd(const std::string& model, const std::string& out, const std:
                  gguf::tensor_type_name(type), fmt::join(ne, ", "));
     };
 
-  Model m = Model::load(model);
-  GgufExportReport r = export_gguf(m, tok.get(), out, o);
+  GgufExportReport r = export_gguf(model, tok.get(), out, o);  // one layer in memory at a time
   fmt::print("wrote {}: {} tensors ({} q8_0, {} f16, {} f32), {} metadata keys, {} tokens, {:.1f} MiB{}\n", out,
              r.tensors, r.count_q8_0, r.count_f16, r.count_f32, r.kv, r.vocab, r.file_bytes / 1048576.0,
              r.warnings.empty() ? "" : fmt::format(", {} warning(s)", r.warnings.size()));

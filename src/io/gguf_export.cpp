@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <memory>
 
 #include "core/error.h"
 #include "io/tokenizer.h"
@@ -55,9 +56,45 @@ int32_t token_type(Tokenizer::PieceType t) {
 }
 constexpr int32_t kTokenUnused = 5;
 
+// The model's tensors, from a model in memory or read from a directory one part at a time (part =
+// a layer, or -1 for the embedding, final norm and LM head). A tensor's bytes are produced while the
+// file is written, in file order, so at most one part is held.
+class ModelParts {
+ public:
+  explicit ModelParts(const Model& m) : whole_(&m), cfg_(m.cfg) {}
+  explicit ModelParts(std::string dir) : dir_(std::move(dir)), cfg_(ModelConfig::load_file(dir_)) {}
+  const ModelConfig& cfg() const { return cfg_; }
+  const ParamView<float>& outer() { return load(-1).w; }
+  const LayerView<float>& layer(int l) {
+    const Model& m = load(l);
+    return m.w.layers[size_t(l - m.shard.layer_begin)];
+  }
+
+ private:
+  const Model& load(int part) {
+    if (whole_) return *whole_;
+    if (!held_ || part != part_) {
+      Shard s = Shard::full(cfg_);
+      s.layer_begin = part < 0 ? 0 : part;
+      s.layer_end = part < 0 ? 0 : part + 1;
+      s.embed = s.head = part < 0;
+      held_.reset();  // free the previous part first
+      held_ = std::make_unique<Model>(Model::load(dir_, s));
+      part_ = part;
+    }
+    return *held_;
+  }
+  const Model* whole_ = nullptr;
+  std::string dir_;
+  ModelConfig cfg_;
+  std::unique_ptr<Model> held_;
+  int part_ = -2;
+};
+
 class Exporter {
  public:
-  Exporter(const Model& m, const GgufExportOptions& opt, GgufExportReport& rep) : m_(m), c_(m.cfg), opt_(opt), rep_(rep) {}
+  Exporter(ModelParts& m, const GgufExportOptions& opt, GgufExportReport& rep)
+      : m_(m), c_(m.cfg()), opt_(opt), rep_(rep) {}
 
   void metadata(const Tokenizer* tok) {
     const ModelConfig& c = c_;
@@ -99,40 +136,39 @@ class Exporter {
 
   void tensors() {
     const ModelConfig& c = c_;
-    const auto& w = m_.w;
     const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
-    matrix("token_embd.weight", w.embed, {H, V});
+    using Get = std::function<const float*()>;
+    auto outer = [this](float* ParamView<float>::*f) -> Get { return [this, f] { return m_.outer().*f; }; };
+    matrix("token_embd.weight", outer(&ParamView<float>::embed), {H, V});
     for (int l = 0; l < c.num_layers; l++) {
-      const auto& L = w.layers[size_t(l)];
       auto n = [&](const char* what) { return fmt::format("blk.{}.{}.weight", l, what); };
-      norm(n("attn_norm"), L.attn_norm, H);
+      auto get = [this, l](float* LayerView<float>::*f) -> Get { return [this, l, f] { return m_.layer(l).*f; }; };
+      norm(n("attn_norm"), get(&LayerView<float>::attn_norm), H);
       // HF checkpoints rotate (i, i + d/2) pairs; llama.cpp's llama arch rotates (2i, 2i + 1).
       // Reordering Q and K rows per head makes the two agree (convert_hf_to_gguf.py's permute).
-      const float* wq = L.wq;
-      const float* wk = L.wk;
       add(n("attn_q"), matrix_type_for(n("attn_q"), H), {H, c.q_dim()},
-          [=, this] { return permute_qk_rows(wq, c_.num_heads, c_.head_dim, c_.hidden_size); });
+          [this, l] { return permute_qk_rows(m_.layer(l).wq, c_.num_heads, c_.head_dim, c_.hidden_size); });
       add(n("attn_k"), matrix_type_for(n("attn_k"), H), {H, c.kv_dim()},
-          [=, this] { return permute_qk_rows(wk, c_.num_kv_heads, c_.head_dim, c_.hidden_size); });
-      matrix(n("attn_v"), L.wv, {H, c.kv_dim()});
-      matrix(n("attn_output"), L.wo, {c.q_dim(), H});
-      norm(n("ffn_norm"), L.ffn_norm, H);
+          [this, l] { return permute_qk_rows(m_.layer(l).wk, c_.num_kv_heads, c_.head_dim, c_.hidden_size); });
+      matrix(n("attn_v"), get(&LayerView<float>::wv), {H, c.kv_dim()});
+      matrix(n("attn_output"), get(&LayerView<float>::wo), {c.q_dim(), H});
+      norm(n("ffn_norm"), get(&LayerView<float>::ffn_norm), H);
       if (c.is_moe()) {
         // llama.cpp keeps the router f32 (convert_hf_to_gguf.py forces FFN_GATE_INP to F32).
-        raw(n("ffn_gate_inp"), TensorType::F32, L.router, {H, E});
+        raw(n("ffn_gate_inp"), TensorType::F32, get(&LayerView<float>::router), {H, E});
         // Experts stacked [E, rows, cols]; skymoe already stores each layer's experts contiguously
         // in exactly that order (w1 [E, I, H], w3 [E, I, H], w2 [E, H, I]).
-        matrix(n("ffn_gate_exps"), L.w1, {H, I, E});
-        matrix(n("ffn_up_exps"), L.w3, {H, I, E});
-        matrix(n("ffn_down_exps"), L.w2, {I, H, E});
+        matrix(n("ffn_gate_exps"), get(&LayerView<float>::w1), {H, I, E});
+        matrix(n("ffn_up_exps"), get(&LayerView<float>::w3), {H, I, E});
+        matrix(n("ffn_down_exps"), get(&LayerView<float>::w2), {I, H, E});
       } else {
-        matrix(n("ffn_gate"), L.w_gate, {H, I});
-        matrix(n("ffn_up"), L.w_up, {H, I});
-        matrix(n("ffn_down"), L.w_down, {I, H});
+        matrix(n("ffn_gate"), get(&LayerView<float>::w_gate), {H, I});
+        matrix(n("ffn_up"), get(&LayerView<float>::w_up), {H, I});
+        matrix(n("ffn_down"), get(&LayerView<float>::w_down), {I, H});
       }
     }
-    norm("output_norm.weight", w.final_norm, H);
-    matrix("output.weight", w.lm_head, {H, V});
+    norm("output_norm.weight", outer(&ParamView<float>::final_norm), H);
+    matrix("output.weight", outer(&ParamView<float>::lm_head), {H, V});
     if (!fallback_.empty())
       warn(fmt::format("{} tensor(s) have rows whose length is not a multiple of {} and are written as f16 instead of "
                        "q8_0 (e.g. {})",
@@ -222,21 +258,23 @@ class Exporter {
     });
   }
 
-  // A tensor straight from the model's buffer, `ne` innermost first.
-  void raw(const std::string& name, TensorType t, const float* p, std::vector<int64_t> ne) {
+  // A tensor straight from the model's buffer (fetched when written), `ne` innermost first.
+  void raw(const std::string& name, TensorType t, std::function<const float*()> p, std::vector<int64_t> ne) {
     int64_t n = 1;
     for (int64_t d : ne) n *= d;
-    w_.add_tensor(name, t, std::move(ne), [t, p, n] { return gguf::encode(t, p, n); });
+    w_.add_tensor(name, t, std::move(ne), [t, p = std::move(p), n] { return gguf::encode(t, p(), n); });
   }
 
-  void matrix(const std::string& name, const float* p, std::vector<int64_t> ne) {
+  void matrix(const std::string& name, std::function<const float*()> p, std::vector<int64_t> ne) {
     const TensorType t = matrix_type_for(name, ne[0]);  // before ne is moved from
-    raw(name, t, p, std::move(ne));
+    raw(name, t, std::move(p), std::move(ne));
   }
   // llama.cpp's kernels take norms in f32 only.
-  void norm(const std::string& name, const float* p, int64_t n) { raw(name, TensorType::F32, p, {n}); }
+  void norm(const std::string& name, std::function<const float*()> p, int64_t n) {
+    raw(name, TensorType::F32, std::move(p), {n});
+  }
 
-  const Model& m_;
+  ModelParts& m_;
   const ModelConfig& c_;
   const GgufExportOptions& opt_;
   GgufExportReport& rep_;
@@ -246,14 +284,26 @@ class Exporter {
 
 }  // namespace
 
-GgufExportReport export_gguf(const Model& m, const Tokenizer* tok, const std::string& out_path,
-                             const GgufExportOptions& opt) {
+static GgufExportReport run_export(ModelParts& parts, const Tokenizer* tok, const std::string& out_path,
+                                   const GgufExportOptions& opt) {
   GgufExportReport rep;
-  Exporter ex(m, opt, rep);
+  Exporter ex(parts, opt, rep);
   ex.metadata(tok);
   ex.tensors();
   ex.write(out_path);
   return rep;
+}
+
+GgufExportReport export_gguf(const Model& m, const Tokenizer* tok, const std::string& out_path,
+                             const GgufExportOptions& opt) {
+  ModelParts parts(m);
+  return run_export(parts, tok, out_path, opt);
+}
+
+GgufExportReport export_gguf(const std::string& model_dir, const Tokenizer* tok, const std::string& out_path,
+                             const GgufExportOptions& opt) {
+  ModelParts parts(model_dir);
+  return run_export(parts, tok, out_path, opt);
 }
 
 }  // namespace sky

@@ -38,6 +38,10 @@ struct GgufExportReport {
 // `tok` may be null: the file then has no tokenizer metadata, which llama.cpp needs (warned).
 GgufExportReport export_gguf(const Model& m, const Tokenizer* tok, const std::string& out_path,
                              const GgufExportOptions& opt);
+// The same from an HF model directory, read one layer at a time: memory holds one layer (or the
+// embedding and LM head) in f32, not the whole model.
+GgufExportReport export_gguf(const std::string& model_dir, const Tokenizer* tok, const std::string& out_path,
+                             const GgufExportOptions& opt);
 
 // Q/K rows reordered from HF's rotate-half RoPE layout to llama.cpp's interleaved-pair layout:
 // within each head of `head_dim` rows, new row 2j+k = old row k*head_dim/2 + j (k in {0,1}).

@@ -108,15 +108,16 @@ void load_params(const std::string& dir, const ParamLayout& layout, float* out) 
   if (err) std::rethrow_exception(err);
 }
 
-Model Model::load(const std::string& dir) { return load(dir, Shard()); }
+Model Model::load(const std::string& dir) { return load(dir, std::nullopt); }
 
-Model Model::load(const std::string& dir, const Shard& shard) {
+Model Model::load(const std::string& dir, const Shard& shard) { return load(dir, std::optional<Shard>(shard)); }
+
+Model Model::load(const std::string& dir, const std::optional<Shard>& shard) {
   std::error_code ec;
   SKY_CHECK(fs::is_directory(dir, ec), "model directory '{}' does not exist or is not a directory", dir);
   Model m;
   m.cfg = ModelConfig::load_file(dir);
-  // A default-constructed shard (no layers) means the whole model.
-  m.shard = shard.layer_end == 0 ? Shard::full(m.cfg) : shard;
+  m.shard = shard ? *shard : Shard::full(m.cfg);
   m.layout = ParamLayout::build(m.cfg, m.shard);
   m.params = FloatBuf(m.layout.total);
   load_params(dir, m.layout, m.params.data());

@@ -1,6 +1,7 @@
 #pragma once
 // A model = config + flat f32 parameters. Loading converts whatever dtype the checkpoint holds
 // (F32/BF16/F16, FP8 with weight_scale) to f32; saving writes an HF-layout directory.
+#include <optional>
 #include <string>
 
 #include "core/tensor.h"
@@ -35,6 +36,7 @@ struct Model {
   // the tensors (and blocks of them) it holds.
   static Model load(const std::string& dir);
   static Model load(const std::string& dir, const Shard& shard);
+  static Model load(const std::string& dir, const std::optional<Shard>& shard);
   // Writes config.json and the weights (as `dtype`) into dir; shards above max_shard_bytes.
   // Only a whole model can be saved.
   void save(const std::string& dir, DType dtype = DType::F32, size_t max_shard_bytes = size_t(2) << 30) const;
