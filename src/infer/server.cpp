@@ -678,7 +678,17 @@ struct Server::Impl {
       std::lock_guard<std::mutex> g(jobs_mu);
       if (!stopping.exchange(true)) running.assign(jobs.begin(), jobs.end());
     }
-    for (auto& j : running) cancel(*j, "shutdown");
+    for (auto& j : running) {
+      cancel(*j, "shutdown");
+      // Answer now rather than after the engine's next step, which may never come (under tensor
+      // parallelism a step can be stuck in a collective with a rank that died).
+      std::lock_guard<std::mutex> g(j->mu);
+      if (!j->done) {
+        j->done = true;
+        j->finish = "cancelled";
+        j->cv.notify_all();
+      }
+    }
     {
       // Let cancelled requests deliver their last response or stream event before the listener
       // closes (a closing server also cuts streams short); bounded, so stop() always returns.
