@@ -22,6 +22,7 @@ int cmd_serve(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_quickstart(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
+int cmd_plan_inference(int argc, char** argv);  // `skymoe plan --inference`
 
 // Parses argv into `app`; returns -1 to continue, or the exit code (help printed, or a usage error).
 int parse(CLI::App& app, int argc, char** argv);
