@@ -137,7 +137,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     n += r.n;
     max_ctx = std::max(max_ctx, r.kv->len + r.n);
   }
-  if (m.tp) m.tp->announce(rows, all_logits != nullptr);  // rank 0 tells the other ranks what to run
+  if (m.tp) m.tp->announce(rows);  // rank 0 tells the other ranks what to run
   for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
   grow(s.q, size_t(n) * qd);
   grow(s.ctx, size_t(n) * qd);

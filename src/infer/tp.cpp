@@ -114,14 +114,14 @@ void TpGroup::fault_injection() {
   }
 }
 
-void TpGroup::announce(const std::vector<BatchRow>& rows, bool all_logits) {
+void TpGroup::announce(const std::vector<BatchRow>& rows) {
   if (!leader()) return;
   SKY_CHECK(!finished_, "tensor-parallel forward after the group finished");
   steps_++;
   fault_injection();
   // Per sequence: its id (the address of rank 0's cache, stable while it lives), the capacity a
   // new one needs, its length before this step and its new tokens.
-  std::vector<int32_t> msg = {kStep, all_logits ? 1 : 0, int32_t(rows.size())};
+  std::vector<int32_t> msg = {kStep, int32_t(rows.size())};
   for (const auto& r : rows) {
     const uint64_t id = uint64_t(reinterpret_cast<uintptr_t>(r.kv));
     msg.insert(msg.end(), {int32_t(id & 0xffffffffu), int32_t(id >> 32), r.kv->capacity, r.kv->len, r.n});
@@ -156,12 +156,12 @@ void TpGroup::follow(const InferModel& m) {
     if (msg[0] == kHeartbeat) continue;
     steps_++;
     fault_injection();
-    const int nrows = msg.at(2);
-    const int32_t* tok = msg.data() + 3 + size_t(nrows) * 5;
+    const int nrows = msg.at(1);
+    const int32_t* tok = msg.data() + 2 + size_t(nrows) * 5;
     std::unordered_map<uint64_t, SeqKV> live;
     std::vector<BatchRow> rows;
     for (int i = 0; i < nrows; i++) {
-      const int32_t* d = msg.data() + 3 + size_t(i) * 5;
+      const int32_t* d = msg.data() + 2 + size_t(i) * 5;
       const uint64_t id = uint64_t(uint32_t(d[0])) | (uint64_t(uint32_t(d[1])) << 32);
       const int cap = d[2], len = d[3], n = d[4];
       SeqKV& kv = live[id];

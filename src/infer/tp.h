@@ -48,7 +48,7 @@ class TpGroup {
   // Sums partial outputs over the group (timed).
   void sum(float* x, size_t n);
   // Rank 0, before every forward: tells the others what to run. No-op on the others.
-  void announce(const std::vector<BatchRow>& rows, bool all_logits);
+  void announce(const std::vector<BatchRow>& rows);
   // Rank 0 while idle (a server between requests): keeps the others' waits under the collective
   // timeout, so only a real failure makes them give up.
   void heartbeat();
