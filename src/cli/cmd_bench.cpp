@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "dist/communicator.h"
 #include "infer/bench_infer.h"
 #include "io/atomic_file.h"
 #include "model/transformer.h"
@@ -128,6 +129,8 @@ int cmd_bench(int argc, char** argv) {
       ->check(positive_int());
   inf->add_option("--threads", ithreads, "threads (0 = all cores)");
   inf->add_flag("--json", ijson, "print one JSON object");
+  TpFlags tpf;
+  add_tp_flags(*inf, tpf);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (tr->parsed()) {
     set_threads(threads);
@@ -139,15 +142,27 @@ int cmd_bench(int argc, char** argv) {
   io.quiet = ijson;
   InferModel m;
   if (!model.empty()) {
-    m = InferModel::load(model, {dtype, true});
+    m = load_infer_model(model, {dtype, true}, tpf);
   } else {
     SKY_CHECK(dtype != "auto", "--dtype auto needs --model");
     ModelConfig cfg = ModelConfig::resolve(ipreset);
-    if (!ijson) fmt::print(stderr, "initializing a random {} model ({:.0f}M parameters)...\n", ipreset, cfg.param_count() / 1e6);
-    Model src = Model::random(cfg, 1);
+    std::shared_ptr<TpGroup> tp;
+    Shard shard = tp_setup(cfg, tpf, false, tp);
+    if (!ijson && world_comm().rank() == 0)
+      fmt::print(stderr, "initializing a random {} model ({:.0f}M parameters)...\n", ipreset, cfg.param_count() / 1e6);
+    // Each rank makes only its own blocks (the values the whole model would have there). Under
+    // tensor parallelism fp8's per-row scales are then per block row: --model keeps the stored ones.
+    Model src = Model::random(cfg, 1, shard);
     m = InferModel::from_model(src, dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F8_E4M3);
+    m.tp = tp;
+  }
+  if (m.tp && !m.tp->leader()) {  // rank 0 runs the benchmark, this rank its slice of every forward
+    warm_weights(m);
+    m.tp->follow(m);
+    return 0;
   }
   nlohmann::json j = bench_infer(m, io);
+  if (m.tp) m.tp->finish();
   if (ijson) fmt::print("{}\n", j.dump());
   return 0;
 }

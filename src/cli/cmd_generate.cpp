@@ -41,6 +41,10 @@ int cmd_generate(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "f32", "bf16", "fp8"}));
   app.add_option("--threads", threads, "threads (0 = all cores)");
   app.add_flag("--json", json_out, "print {\"prompt_ids\", \"generated_ids\", \"text\"?, \"finish_reason\", ...}");
+  std::string logits_out;
+  app.add_option("--logits-out", logits_out, "write each step's logits (f32, [steps, vocab]) to this file (tests)");
+  TpFlags tpf;
+  add_tp_flags(app, tpf);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   set_threads(threads);
   SKY_CHECK(!prompt_ids.empty() || !prompt_text.empty(), "give --prompt TEXT or --prompt-ids IDS");
@@ -53,7 +57,17 @@ int cmd_generate(int argc, char** argv) {
   SKY_CHECK(tok || (prompt_text.empty() && stops.empty()),
             "--prompt and --stop need a tokenizer: pass --tokenizer or put tokenizer.model in {}", model);
 
-  InferModel m = InferModel::load(model, {dtype, true});
+  InferModel m = load_infer_model(model, {dtype, true}, tpf);
+  if (m.tp && !m.tp->leader()) {  // tensor parallel: rank 0 generates, this rank runs its slice
+    m.tp->follow(m);
+    return 0;
+  }
+  std::FILE* lf = nullptr;
+  if (!logits_out.empty()) {
+    lf = std::fopen(logits_out.c_str(), "wb");
+    SKY_CHECK(lf, "--logits-out: cannot write '{}'", logits_out);
+    gp.on_logits = [lf](const float* l, int V) { std::fwrite(l, sizeof(float), size_t(V), lf); };
+  }
   std::vector<int32_t> ids;
   if (!prompt_text.empty()) {
     ids = tok->encode(prompt_text);
@@ -103,6 +117,8 @@ int cmd_generate(int argc, char** argv) {
     return true;
   });
   engine.run_until_idle();
+  if (m.tp) m.tp->finish();
+  if (lf) std::fclose(lf);
   if (reason == "cancelled") reason = "stop";  // cancelled by a stop string
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (json_out) {

@@ -138,10 +138,13 @@ void print_text(const PlanRequest& r, const std::string& model_name, const PlanR
 }  // namespace
 
 int cmd_plan(int argc, char** argv) {
+  for (int i = 1; i < argc; i++)
+    if (std::string(argv[i]) == "--inference") return cmd_plan_inference(argc, argv);
   CLI::App app{
       "Plan a parallel training layout: PP x TP x DP, expert layout (none|ep|etp|edp), ZeRO-1, and the layers and\n"
       "recomputed layers per pipeline stage that minimize the slowest stage under the memory cap (report B.2).\n"
       "Unfixed parts of the layout are searched. The cost model is described in docs/planner.md.\n"
+      "`skymoe plan --inference ...` plans multi-process inference instead (memory per rank, --tp-shares).\n"
       "  skymoe plan --preset skywork-moe-146b --devices 1536 --memory-gb 80 --tflops 160 --peak-tflops 312 \\\n"
       "      --global-batch 3072 --seq-len 8192 --pp 12 --tp 4 --expert-layout edp --zero 1"};
   app.name("skymoe plan");

@@ -12,7 +12,9 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/infer_model.h"
+#include "dist/communicator.h"
 #include "infer/server.h"
+#include "infer/tp.h"
 #include "io/tokenizer.h"
 
 namespace sky::cli {
@@ -66,6 +68,8 @@ int cmd_serve(int argc, char** argv) {
       ->check(positive_int());
   app.add_flag("--no-bos", no_bos, "do not start text prompts with the tokenizer's bos token");
   app.add_flag("--quiet", quiet, "no per-request log lines");
+  TpFlags tpf;
+  add_tp_flags(app, tpf);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   o.max_body_bytes = size_t(max_body);
   o.add_bos = !no_bos;
@@ -105,7 +109,13 @@ int cmd_serve(int argc, char** argv) {
     ~Join() { (*this)(); }
   } join{finished, signals};
 
-  InferModel im = InferModel::load(model, {dtype});
+  // Rank 0's collectives throw on a timeout instead of aborting: it answers its clients (503) first.
+  InferModel im = load_infer_model(model, {dtype}, tpf, true);
+  if (im.tp && !im.tp->leader()) {  // rank 0 serves; this rank runs its slice of every step
+    im.tp->follow(im);
+    return 0;
+  }
+  if (im.tp) o.idle = [&im] { im.tp->heartbeat(); };
   std::optional<Tokenizer> tok;
   if (tokenizer.empty() && std::filesystem::exists(model + "/tokenizer.model")) tokenizer = model + "/tokenizer.model";
   if (!tokenizer.empty()) {
@@ -125,6 +135,9 @@ int cmd_serve(int argc, char** argv) {
   server = &srv;
   srv.run();
   join();  // before srv goes away: the signal thread may still be inside srv.stop()
+  // Another rank failed: the others are gone or stuck in a collective, so end the whole job.
+  if (srv.failed()) abort_job("serve: stopped after a tensor-parallel rank failed: " + srv.failure());
+  if (im.tp) im.tp->finish();
   fmt::print(stderr, "serve: stopped\n");
   return 0;
 }

@@ -4,6 +4,9 @@
 #include <string>
 #include <vector>
 
+#include "infer/infer_model.h"
+#include "infer/tp.h"
+
 namespace sky::cli {
 
 int cmd_init(int argc, char** argv);
@@ -19,6 +22,7 @@ int cmd_serve(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_quickstart(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
+int cmd_plan_inference(int argc, char** argv);  // `skymoe plan --inference`
 
 // Parses argv into `app`; returns -1 to continue, or the exit code (help printed, or a usage error).
 int parse(CLI::App& app, int argc, char** argv);
@@ -32,5 +36,20 @@ CLI::Validator positive_number();
 
 // "1,5,9" -> {1, 5, 9}; throws naming the bad item.
 std::vector<int32_t> parse_id_list(const std::string& s, const char* flag);
+
+// Multi-process inference (generate, serve, bench infer under mpirun; infer/tp.h).
+struct TpFlags {
+  int tp = 0;  // 0: the number of processes
+  std::string shares;
+  int ep = 1;
+  double comm_timeout = 60;
+};
+void add_tp_flags(CLI::App& app, TpFlags& f);
+// Checks the flags against the world size and `cfg` (before any weight is read), sets the collective
+// timeout (rank 0 of a server throws instead of aborting, to answer its clients first), and returns
+// this rank's shard with the options; `tp` gets the group (null in one process).
+Shard tp_setup(const ModelConfig& cfg, const TpFlags& f, bool rank0_throws, std::shared_ptr<TpGroup>& tp);
+// InferModel::load of this rank's shard (the whole model in one process).
+InferModel load_infer_model(const std::string& dir, const InferLoadOptions& o, const TpFlags& f, bool rank0_throws = false);
 
 }  // namespace sky::cli

@@ -6,7 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace sky {
+
+// A collective that timed out, thrown instead of aborting the job when set_collective_timeout was
+// told so: a server first answers its clients (503), then ends the job itself.
+struct CommTimeout : Error {
+  using Error::Error;
+};
 
 class Communicator {
  public:
@@ -28,6 +36,8 @@ class Communicator {
   virtual void wait_sends() {}
   virtual void recv(float* data, size_t n, int src, int tag) = 0;
   virtual void barrier() = 0;
+  // data [bytes] on every rank = root's (inference: rank 0 sends each step's batch to the others).
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
   // Ranks with the same color form a group, ordered by key.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 };
@@ -40,7 +50,8 @@ std::unique_ptr<Communicator> make_self_comm();
 // rank, so a failed rank never leaves the others hanging.
 Communicator& world_comm();
 bool launched_by_mpi();
-void set_collective_timeout(double seconds);
+// throw_on_timeout: throw CommTimeout on the calling process instead of aborting every rank.
+void set_collective_timeout(double seconds, bool throw_on_timeout = false);
 // Ends the whole job with a message (MPI_Abort under MPI, exit otherwise).
 [[noreturn]] void abort_job(const std::string& message, int code = 1);
 void finalize_comm();

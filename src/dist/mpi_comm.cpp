@@ -23,6 +23,7 @@ namespace sky {
 namespace {
 
 double g_timeout_s = 600.0;
+bool g_throw = false;
 bool g_mpi = false;
 
 class MpiComm : public Communicator {
@@ -102,6 +103,11 @@ class MpiComm : public Communicator {
     MPI_Ibarrier(c_, &r);
     wait(r, "barrier");
   }
+  void broadcast(void* d, size_t bytes, int root) override {
+    MPI_Request r;
+    MPI_Ibcast(d, count(bytes), MPI_BYTE, root, c_, &r);
+    wait(r, "broadcast");
+  }
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm nc;
     MPI_Comm_split(c_, color, key, &nc);
@@ -123,8 +129,10 @@ class MpiComm : public Communicator {
       if (el > g_timeout_s) {
         int wr;
         MPI_Comm_rank(MPI_COMM_WORLD, &wr);
-        abort_job(fmt::format("rank {}: {} did not complete within {:.0f} s; another rank probably failed", wr, what,
-                              g_timeout_s));
+        std::string msg = fmt::format("rank {}: {} did not complete within {:.0f} s; another rank probably failed", wr,
+                                      what, g_timeout_s);
+        if (g_throw) throw CommTimeout(msg);
+        abort_job(msg);
       }
       // Spin briefly for latency, then yield the core (ranks often share cores on small machines).
       if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -148,13 +156,17 @@ bool launched_by_mpi() {
   return false;
 }
 
-void set_collective_timeout(double s) { g_timeout_s = s; }
+void set_collective_timeout(double s, bool throw_on_timeout) {
+  g_timeout_s = s;
+  g_throw = throw_on_timeout;
+}
 
 Communicator& world_comm() {
   static std::unique_ptr<Communicator> w = [] {
     if (!launched_by_mpi()) return make_self_comm();
     int provided;
-    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+    // Serialized: a server makes its MPI calls from its engine thread, not the thread that started MPI.
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
     g_mpi = true;
     std::unique_ptr<Communicator> c = std::make_unique<MpiComm>(MPI_COMM_WORLD);
     return c;

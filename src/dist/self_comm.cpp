@@ -29,6 +29,7 @@ class SelfComm : public Communicator {
   void send(const float*, size_t, int dst, int) override { fail("send to rank {} in a group of one", dst); }
   void recv(float*, size_t, int src, int) override { fail("recv from rank {} in a group of one", src); }
   void barrier() override {}
+  void broadcast(void*, size_t, int) override {}
   std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SelfComm>(); }
 };
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "infer/tp.h"
 #include "moe/router.h"
 #include "ops/attention.h"
 #include "ops/matmul.h"
@@ -95,6 +96,7 @@ static void ffn(const InferModel& m, const InferLayer& L, const float* in, float
   matmul_forward(s.router_logits.data(), in, L.router.data(), n, H, E);
   router_forward(s.probs.data(), s.topk_idx.data(), s.topk_w.data(), s.router_logits.data(), n, ro);
   make_dispatch_into(s.disp, s.topk_idx.data(), s.probs.data(), n, E, k, 0.0, DropPolicy::Prob);  // inference is dropless
+  if (m.shard.experts.size < E) keep_experts(s.disp, m.shard.experts);  // expert parallel: only the experts held
   const int R = s.disp.offsets[E];
   grow(s.xg, size_t(R) * H);
   grow(s.h1, size_t(R) * I);
@@ -110,6 +112,7 @@ static void ffn(const InferModel& m, const InferLayer& L, const float* in, float
     std::fill(o, o + H, 0.0f);
     for (int j = 0; j < k; j++) {
       const int row = s.disp.slot_row[size_t(t) * k + j];
+      if (row < 0) continue;  // an expert another rank holds
       const float w = s.topk_w[size_t(t) * k + j];
       const float* yr = s.y.data() + size_t(row) * H;
       for (int i = 0; i < H; i++) o[i] += w * yr[i];
@@ -134,6 +137,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     n += r.n;
     max_ctx = std::max(max_ctx, r.kv->len + r.n);
   }
+  if (m.tp) m.tp->announce(rows);  // rank 0 tells the other ranks what to run
   for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
   grow(s.q, size_t(n) * qd);
   grow(s.ctx, size_t(n) * qd);
@@ -167,12 +171,15 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
       r0 += r.n;
     }
     qmatmul(s.tmp.data(), s.ctx.data(), L.wo, n);
+    if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's heads
     add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
     rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.ffn_norm.data(), n, H, eps);
     ffn(m, L, s.ln.data(), s.tmp.data(), n, s);
+    if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's FFN width or experts
     add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
   }
   for (const auto& r : rows) r.kv->len += r.n;
+  if (!m.shard.head) return;  // a tensor-parallel rank other than 0: rank 0 alone computes logits
   if (all_logits) {
     rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), m.final_norm.data(), n, H, eps);
     qmatmul(all_logits, s.ln.data(), m.lm_head, n);

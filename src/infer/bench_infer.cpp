@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 
 #include "core/membw.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "infer/batch_forward.h"
+#include "infer/tp.h"
 
 namespace sky {
 
@@ -23,14 +25,14 @@ static std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
   return t;
 }
 
-// Touch every weight byte so the timed passes do not pay for page faults (mmapped or paged-out).
-static void warm(const InferModel& m) {
-  double s = touch_bytes(m.lm_head.data, m.lm_head.bytes());
+void warm_weights(const InferModel& m) {
+  double s = m.lm_head.data ? touch_bytes(m.lm_head.data, m.lm_head.bytes()) : 0.0;
   for (const auto& L : m.layers) {
     for (const QWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down})
       if (w->data) s += touch_bytes(w->data, w->bytes());
     for (size_t e = 0; e < L.w1.size(); e++)
-      for (const QWeight* w : {&L.w1[e], &L.w3[e], &L.w2[e]}) s += touch_bytes(w->data, w->bytes());
+      for (const QWeight* w : {&L.w1[e], &L.w3[e], &L.w2[e]})
+        if (w->data) s += touch_bytes(w->data, w->bytes());
   }
   static volatile double sink;
   sink = s;
@@ -45,10 +47,15 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   const ModelConfig& c = m.cfg;
   const int V = c.vocab_size;
   auto say = [&](const std::string& s) { if (!o.quiet) fmt::print(stderr, "{}\n", s); };
-  say(fmt::format("bench infer: {} layers, hidden {}, {} experts top-{}, weights {} ({:.2f} GB, {}), {} threads",
+  const int tp = m.tp ? m.tp->size() : 1;
+  say(fmt::format("bench infer: {} layers, hidden {}, {} experts top-{}, weights {} ({:.2f} GB{}, {}), {} threads{}",
                   c.num_layers, c.hidden_size, c.num_experts, c.top_k, m.weight_dtype, m.total_weight_bytes() / 1e9,
-                  m.mmapped ? "memory-mapped" : "in memory", num_threads()));
-  warm(m);
+                  tp > 1 ? " on rank 0" : "", m.mmapped ? "memory-mapped" : "in memory", num_threads(),
+                  tp > 1 ? fmt::format(", tensor parallel over {} ranks", tp) : ""));
+  // Share of a phase's wall time rank 0 spends in collectives (waiting for slower ranks included).
+  auto comm_s = [&] { return m.tp ? m.tp->comm_seconds() : 0.0; };
+  nlohmann::json comm = nlohmann::json::object(), comm_batched = nlohmann::json::object();
+  warm_weights(m);
   const double bw_before = read_bandwidth_gbs();
   BatchScratch s;
   std::vector<float> logits(size_t(std::max(64, *std::max_element(o.batches.begin(), o.batches.end()))) * V);
@@ -56,13 +63,17 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   // Prefill: one sequence, the whole prompt in one forward.
   auto prompt = random_tokens(o.prompt, V, 1);
   std::vector<double> pf;
+  double pf_comm = 0;
   for (int r = 0; r < o.reps + 1; r++) {
     SeqKV kv;
     kv.init(c, o.prompt + 1);
     auto t0 = Clock::now();
+    const double c0 = comm_s();
     batch_forward(m, {{&kv, prompt.data(), o.prompt}}, logits.data(), s);
     if (r > 0) pf.push_back(since(t0));  // the first pass sizes the scratch buffers
+    if (r > 0) pf_comm += comm_s() - c0;
   }
+  comm["prefill"] = pf_comm / std::accumulate(pf.begin(), pf.end(), 0.0);
   std::sort(pf.begin(), pf.end());
   const double prefill_tps = o.prompt / pf[pf.size() / 2];
   say(fmt::format("  prefill {} tokens: {:.1f} tokens/s", o.prompt, prefill_tps));
@@ -73,11 +84,13 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   batch_forward(m, {{&kv, prompt.data(), 16}}, logits.data(), s);
   int32_t tok = 1;
   auto t0 = Clock::now();
+  double c0 = comm_s();
   for (int i = 0; i < o.decode; i++) {
     batch_forward(m, {{&kv, &tok, 1}}, logits.data(), s);
     tok = int32_t(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
   }
   const double decode_tps = o.decode / since(t0);
+  comm["decode"] = (comm_s() - c0) / since(t0);
   const double bytes_tok = m.decode_weight_bytes_per_token();
   const double achieved = bytes_tok * decode_tps / 1e9;
   say(fmt::format("  decode batch 1: {:.1f} tokens/s, {:.1f} MB/token -> {:.1f} GB/s", decode_tps, bytes_tok / 1e6, achieved));
@@ -87,8 +100,9 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   double expert_bytes = 0, shared_bytes = bytes_tok;
   if (c.is_moe()) {
     const auto& L0 = m.layers[0];
-    expert_bytes = double(L0.w1[0].bytes() + L0.w3[0].bytes() + L0.w2[0].bytes());
-    shared_bytes = bytes_tok - c.num_layers * c.top_k * expert_bytes;
+    const int e0 = m.shard.experts.begin;
+    expert_bytes = double(L0.w1[e0].bytes() + L0.w3[e0].bytes() + L0.w2[e0].bytes());
+    shared_bytes = bytes_tok - c.num_layers * c.top_k * expert_bytes * m.shard.experts.size / c.num_experts;
   }
   const double bw = std::max(bw_before, 1e-9);
   for (int b : o.batches) {
@@ -104,6 +118,7 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
     std::vector<int32_t> next(b, 1);
     for (int i = 0; i < b; i++) rows[i] = {&kvs[i], &next[i], 1};
     auto t1 = Clock::now();
+    c0 = comm_s();
     for (int st = 0; st < o.batch_steps; st++) {
       batch_forward(m, rows, logits.data(), s);
       for (int i = 0; i < b; i++)
@@ -111,8 +126,10 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
                           (logits.begin() + size_t(i) * V));
     }
     const double tps = double(b) * o.batch_steps / since(t1);
+    comm_batched[std::to_string(b)] = (comm_s() - c0) / since(t1);
     // Roofline: a step reads the shared weights once plus every expert the batch touches.
-    const double step_bytes = shared_bytes + c.num_layers * expected_experts(c.num_experts, c.top_k, b) * expert_bytes;
+    const double step_bytes = shared_bytes + c.num_layers * expected_experts(c.num_experts, c.top_k, b) * expert_bytes *
+                                                 m.shard.experts.size / c.num_experts;
     const double roof = b * bw * 1e9 / (c.is_moe() ? step_bytes : bytes_tok);
     batched[std::to_string(b)] = tps;
     roofline[std::to_string(b)] = roof;
@@ -122,7 +139,13 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   const double bw_after = read_bandwidth_gbs();
   say(fmt::format("  memory bandwidth (read, same run): {:.1f} GB/s before, {:.1f} GB/s after; decode reached {:.0f}%",
                   bw_before, bw_after, 100 * achieved / std::max(bw_before, bw_after)));
+  comm["batched"] = comm_batched;
+  if (tp > 1)
+    say(fmt::format("  time in collectives (rank 0): prefill {:.0f}%, decode {:.0f}%", 100 * comm["prefill"].get<double>(),
+                    100 * comm["decode"].get<double>()));
   return {{"weight_dtype", m.weight_dtype},
+          {"tp", tp},
+          {"comm_fraction", comm},
           {"mmapped", m.mmapped},
           {"threads", num_threads()},
           {"prefill_tokens", o.prompt},

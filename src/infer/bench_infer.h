@@ -17,6 +17,11 @@ struct InferBenchOptions {
   bool quiet = false;
 };
 
+// Under tensor parallelism (m.tp) this runs on rank 0 while the other ranks follow; the result
+// adds the share of each phase's time rank 0 spent in collectives (comm_fraction).
 nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o);
+
+// Reads every weight byte once, so timed passes do not pay for page faults (mmapped or paged out).
+void warm_weights(const InferModel& m);
 
 }  // namespace sky

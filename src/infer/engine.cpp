@@ -127,6 +127,7 @@ bool Engine::step() {
   for (size_t i = 0; i < active_.size(); i++) {
     Seq& s = *active_[i];
     float* lg = logits_.data() + i * V;
+    if (s.params.on_logits) s.params.on_logits(lg, V);
     apply_repetition_penalty(lg, V, s.tokens, s.params.repetition_penalty);
     const int32_t t = s.sampler->sample(lg, V);
     s.tokens.push_back(t);
@@ -157,6 +158,23 @@ bool Engine::step() {
 void Engine::run_until_idle() {
   while (step()) {
   }
+}
+
+void Engine::fail_all(const char* reason) {
+  std::deque<std::unique_ptr<Seq>> waiting;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    waiting.swap(waiting_);
+    cancels_.clear();
+  }
+  for (auto& s : waiting) finish(*s, reason, -1);
+  for (auto& s : active_)
+    if (s->cb) finish(*s, reason, -1);
+  active_.clear();
+  kv_used_ = 0;
+  std::lock_guard<std::mutex> g(mu_);
+  stats_.active = stats_.waiting = 0;
+  stats_.kv_used_tokens = 0;
 }
 
 EngineStats Engine::stats() const {

@@ -23,6 +23,8 @@ struct GenParams {
   SamplerOptions sampling;
   double repetition_penalty = 1.0;  // CTRL-style, over prompt and generated tokens; 1 = off
   bool stop_at_eos = true;
+  // Optional: sees each step's raw logits [vocab] (before penalties and sampling); tests compare them.
+  std::function<void(const float* logits, int vocab)> on_logits;
 };
 
 struct TokenEvent {
@@ -57,6 +59,9 @@ class Engine {
   // One step; returns false when there was nothing to do.
   bool step();
   void run_until_idle();
+  // Engine thread: ends every request, waiting or running, with `reason` (e.g. "error" when a
+  // tensor-parallel rank failed and no step can run any more).
+  void fail_all(const char* reason);
   EngineStats stats() const;
   const InferModel& model() const { return m_; }
 

@@ -22,62 +22,105 @@ static std::vector<float> f32_vec(const SafetensorsReader& r, const std::string&
   return v;
 }
 
-// Loads one linear weight [O, I]. Kept as a view into the map when the stored dtype is wanted
-// (or `target` is auto and the stored dtype is one the kernels take); converted otherwise.
+// The block [rows) x [cols) of a stored [O, I] tensor, in its stored dtype: a view into the map when
+// it is whole rows (contiguous), else a copy of just the block.
+static Tensor block_of(const Tensor& t, Range rows, Range cols) {
+  const int64_t I = t.shape[1];
+  const size_t es = dtype_size(t.dtype);
+  if (cols.begin == 0 && cols.size == I) {
+    if (rows.begin == 0 && rows.size == t.shape[0]) return t;
+    Tensor v = t;
+    v.shape = {rows.size, I};
+    v.data = static_cast<char*>(t.data) + size_t(rows.begin) * I * es;
+    return v;
+  }
+  Tensor b = Tensor::empty(t.dtype, {rows.size, cols.size});
+  for (int r = 0; r < rows.size; r++)
+    std::memcpy(static_cast<char*>(b.data) + size_t(r) * cols.size * es,
+                static_cast<const char*>(t.data) + (size_t(rows.begin + r) * I + cols.begin) * es, cols.size * es);
+  return b;
+}
+
+// Loads the block [rows) x [cols) of one linear weight [O, I] (default: all of it). Kept as a view
+// into the map when the stored dtype is wanted (or `target` is auto and the stored dtype is one the
+// kernels take) and the block is whole rows; converted otherwise.
 static QWeight load_linear(const SafetensorsReader& r, const std::string& name, int O, int I, const InferLoadOptions& o,
-                           bool is_head, bool* mmapped) {
-  Tensor t = r.get_checked(name, {O, I});
+                           bool is_head, bool* mmapped, Range rows = {}, Range cols = {}) {
+  if (rows.size == 0) rows = {0, O};
+  if (cols.size == 0) cols = {0, I};
+  Tensor full = r.get_checked(name, {O, I});
+  Tensor t = block_of(full, rows, cols);
+  const bool is_view = t.data >= full.data && t.data < static_cast<char*>(full.data) + full.nbytes();
+  const int bo = rows.size, bi = cols.size;
   std::string scale_name = name.substr(0, name.size() - 7) + ".weight_scale";
   const bool has_scale = r.has(scale_name);
+  // Scales of the block's rows (one value: per-tensor, kept as it is).
+  auto block_scale = [&] {
+    Tensor sc = r.get(scale_name).to_f32();
+    const int64_t ns = sc.numel();
+    SKY_CHECK(ns == 1 || ns == O, "{}: '{}' has {} values; expected 1 or {}", r.path(), scale_name, ns, O);
+    if (ns == 1 || bo == O) return sc;
+    Tensor b = Tensor::empty(DType::F32, {bo});
+    std::memcpy(b.data, sc.f32() + rows.begin, sizeof(float) * bo);
+    return b;
+  };
   DType want = o.dtype == "auto" ? t.dtype : parse_target(o.dtype);
   if (want == DType::F16 || want == DType::F8_E5M2) want = DType::F32;
   if (is_head && want == DType::F8_E4M3) want = DType::BF16;  // the LM head stays higher precision
-  // A view into the map, no copy.
-  auto view = [&] {
+  // The stored bytes as they are: no conversion.
+  auto as_stored = [&] {
     QWeight q;
     q.dtype = want;
-    q.O = O;
-    q.I = I;
+    q.O = bo;
+    q.I = bi;
     q.data = t.data;
     q.storage = t;
-    *mmapped = true;
+    *mmapped = *mmapped || is_view;
     return q;
   };
-  if (t.dtype == want && (want == DType::F32 || want == DType::BF16) && !has_scale) return view();
+  if (t.dtype == want && (want == DType::F32 || want == DType::BF16) && !has_scale) return as_stored();
   if (t.dtype == DType::F8_E4M3 && want == DType::F8_E4M3) {
     SKY_CHECK(has_scale, "{}: FP8 tensor '{}' has no '{}' beside it", r.path(), name, scale_name);
-    QWeight q = view();
-    q.scale_storage = r.get(scale_name).to_f32();
+    QWeight q = as_stored();
+    q.scale_storage = block_scale();
     q.scale_count = int(q.scale_storage.numel());
-    SKY_CHECK(q.scale_count == 1 || q.scale_count == O, "{}: '{}' has {} values; expected 1 or {}", r.path(),
-              scale_name, q.scale_count, O);
     q.scale = q.scale_storage.f32();
     return q;
   }
   // Convert: dequantize to f32 (applying any scale), then quantize to the target.
-  std::vector<float> w(size_t(O) * I);
+  std::vector<float> w(size_t(bo) * bi);
   convert_to_f32(t.dtype, t.data, w.data(), w.size());
   if (has_scale) {
-    Tensor sc = r.get(scale_name).to_f32();
+    Tensor sc = block_scale();
     const int64_t ns = sc.numel();
-    SKY_CHECK(ns == 1 || ns == O, "{}: '{}' has {} values; expected 1 or {}", r.path(), scale_name, ns, O);
-    for (int i = 0; i < O; i++)
-      for (int j = 0; j < I; j++) w[size_t(i) * I + j] *= sc.f32()[ns == 1 ? 0 : i];
+    for (int i = 0; i < bo; i++)
+      for (int j = 0; j < bi; j++) w[size_t(i) * bi + j] *= sc.f32()[ns == 1 ? 0 : i];
   }
-  return quantize_weight(w.data(), O, I, want, o.per_row);
+  return quantize_weight(w.data(), bo, bi, want, o.per_row);
 }
 
-InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o) {
+InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, const Shard* shard) {
   if (o.dtype != "auto") parse_target(o.dtype);
   InferModel m;
-  m.cfg = ModelConfig::load_file(dir);
-  const ModelConfig& c = m.cfg;
+  m.full_cfg = ModelConfig::load_file(dir);
+  const ModelConfig& c = m.full_cfg;
+  m.shard = shard ? *shard : Shard::full(c);
+  const Shard& sh = m.shard;
+  SKY_CHECK(sh.layer_begin == 0 && sh.layer_end == c.num_layers && sh.embed,
+            "inference holds every layer and the embedding on every rank (no pipeline split)");
+  m.cfg = shard_config(c, sh);
   SafetensorsReader r = SafetensorsReader::open(dir);
-  const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
+  // This rank's attention heads: rows of q/k/v, columns of o_proj; its FFN / expert width: rows of
+  // gate/up (w1/w3), columns of down (w2).
+  const Range qrows{sh.q_heads.begin * hd, sh.q_heads.size * hd}, kvrows{sh.kv_heads.begin * hd, sh.kv_heads.size * hd};
+  const Range width = c.is_moe() ? sh.expert_ffn : sh.ffn;
   m.embed = f32_vec(r, "model.embed_tokens.weight", {c.vocab_size, H});
-  m.final_norm = f32_vec(r, "model.norm.weight", {H});
   bool mm = false;
-  m.lm_head = load_linear(r, "lm_head.weight", c.vocab_size, H, o, true, &mm);
+  if (sh.head) {
+    m.final_norm = f32_vec(r, "model.norm.weight", {H});
+    m.lm_head = load_linear(r, "lm_head.weight", c.vocab_size, H, o, true, &mm);
+  }
   m.layers.resize(c.num_layers);
   std::exception_ptr err;
 #pragma omp parallel for schedule(dynamic)
@@ -88,21 +131,24 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       L.attn_norm = f32_vec(r, p + "input_layernorm.weight", {H});
       L.ffn_norm = f32_vec(r, p + "post_attention_layernorm.weight", {H});
-      L.wq = load_linear(r, p + "self_attn.q_proj.weight", qd, H, o, false, &lm);
-      L.wk = load_linear(r, p + "self_attn.k_proj.weight", kvd, H, o, false, &lm);
-      L.wv = load_linear(r, p + "self_attn.v_proj.weight", kvd, H, o, false, &lm);
-      L.wo = load_linear(r, p + "self_attn.o_proj.weight", H, qd, o, false, &lm);
+      L.wq = load_linear(r, p + "self_attn.q_proj.weight", qd, H, o, false, &lm, qrows);
+      L.wk = load_linear(r, p + "self_attn.k_proj.weight", kvd, H, o, false, &lm, kvrows);
+      L.wv = load_linear(r, p + "self_attn.v_proj.weight", kvd, H, o, false, &lm, kvrows);
+      L.wo = load_linear(r, p + "self_attn.o_proj.weight", H, qd, o, false, &lm, {}, qrows);
       if (c.is_moe()) {
         L.router = f32_vec(r, p + "block_sparse_moe.gate.weight", {c.num_experts, H});
-        for (int e = 0; e < c.num_experts; e++) {
-          L.w1.push_back(load_linear(r, expert_param_name(l, e, "w1"), I, H, o, false, &lm));
-          L.w3.push_back(load_linear(r, expert_param_name(l, e, "w3"), I, H, o, false, &lm));
-          L.w2.push_back(load_linear(r, expert_param_name(l, e, "w2"), H, I, o, false, &lm));
+        L.w1.resize(c.num_experts);
+        L.w3.resize(c.num_experts);
+        L.w2.resize(c.num_experts);
+        for (int e = sh.experts.begin; e < sh.experts.end(); e++) {
+          L.w1[e] = load_linear(r, expert_param_name(l, e, "w1"), I, H, o, false, &lm, width);
+          L.w3[e] = load_linear(r, expert_param_name(l, e, "w3"), I, H, o, false, &lm, width);
+          L.w2[e] = load_linear(r, expert_param_name(l, e, "w2"), H, I, o, false, &lm, {}, width);
         }
       } else {
-        L.gate = load_linear(r, p + "mlp.gate_proj.weight", I, H, o, false, &lm);
-        L.up = load_linear(r, p + "mlp.up_proj.weight", I, H, o, false, &lm);
-        L.down = load_linear(r, p + "mlp.down_proj.weight", H, I, o, false, &lm);
+        L.gate = load_linear(r, p + "mlp.gate_proj.weight", I, H, o, false, &lm, width);
+        L.up = load_linear(r, p + "mlp.up_proj.weight", I, H, o, false, &lm, width);
+        L.down = load_linear(r, p + "mlp.down_proj.weight", H, I, o, false, &lm, {}, width);
       }
 #pragma omp critical
       mm = mm || lm;
@@ -114,21 +160,28 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o) {
   if (err) std::rethrow_exception(err);
   m.mmapped = mm;
   m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
-  const QWeight& probe = c.is_moe() ? m.layers[0].w1[0] : m.layers[0].gate;
+  const QWeight& probe = c.is_moe() ? m.layers[0].w1[sh.experts.begin] : m.layers[0].gate;
   m.weight_dtype = probe.dtype == DType::F8_E4M3 ? "fp8" : probe.dtype == DType::BF16 ? "bf16" : "f32";
   return m;
 }
 
 InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row) {
   InferModel m;
-  m.cfg = src.cfg;
-  const ModelConfig& c = m.cfg;
+  m.full_cfg = src.cfg;
+  m.shard = src.shard;
+  m.cfg = shard_config(src.cfg, src.shard);
+  const ModelConfig& c = m.cfg;  // the shard's widths: the source holds only its blocks
+  SKY_CHECK(src.shard.layer_begin == 0 && src.shard.layer_end == c.num_layers && src.w.embed,
+            "inference holds every layer and the embedding");
   const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   auto vec = [](const float* p, size_t n) { return std::vector<float>(p, p + n); };
   auto lin = [&](const float* p, int O, int In) { return quantize_weight(p, O, In, dtype, per_row); };
   m.embed = vec(src.w.embed, size_t(c.vocab_size) * H);
-  m.final_norm = vec(src.w.final_norm, H);
-  m.lm_head = quantize_weight(src.w.lm_head, c.vocab_size, H, dtype == DType::F8_E4M3 ? DType::BF16 : dtype, per_row);
+  if (src.shard.head) {
+    m.final_norm = vec(src.w.final_norm, H);
+    m.lm_head =
+        quantize_weight(src.w.lm_head, c.vocab_size, H, dtype == DType::F8_E4M3 ? DType::BF16 : dtype, per_row);
+  }
   for (int l = 0; l < c.num_layers; l++) {
     const auto& W = src.w.layers[l];
     InferLayer L;
@@ -140,10 +193,13 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row) {
     L.wo = lin(W.wo, H, qd);
     if (c.is_moe()) {
       L.router = vec(W.router, size_t(c.num_experts) * H);
-      for (int e = 0; e < c.num_experts; e++) {
-        L.w1.push_back(lin(W.w1 + size_t(e) * I * H, I, H));
-        L.w3.push_back(lin(W.w3 + size_t(e) * I * H, I, H));
-        L.w2.push_back(lin(W.w2 + size_t(e) * H * I, H, I));
+      L.w1.resize(c.num_experts);
+      L.w3.resize(c.num_experts);
+      L.w2.resize(c.num_experts);
+      for (int e = m.shard.experts.begin, j = 0; e < m.shard.experts.end(); e++, j++) {  // j: index among held
+        L.w1[e] = lin(W.w1 + size_t(j) * I * H, I, H);
+        L.w3[e] = lin(W.w3 + size_t(j) * I * H, I, H);
+        L.w2[e] = lin(W.w2 + size_t(j) * H * I, H, I);
       }
     } else {
       L.gate = lin(W.w_gate, I, H);
@@ -162,8 +218,11 @@ double InferModel::decode_weight_bytes_per_token() const {
   for (const auto& L : layers) {
     b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
     if (cfg.is_moe()) {
+      // Under expert parallelism a token's top-k experts land on this rank in proportion to its experts.
+      const int e0 = shard.experts.begin;
       b += L.router.size() * 4.0;
-      b += cfg.top_k * double(L.w1[0].bytes() + L.w3[0].bytes() + L.w2[0].bytes());
+      b += cfg.top_k * double(shard.experts.size) / cfg.num_experts *
+           double(L.w1[e0].bytes() + L.w3[e0].bytes() + L.w2[e0].bytes());
     } else {
       b += double(L.gate.bytes() + L.up.bytes() + L.down.bytes());
     }

@@ -2,21 +2,25 @@
 // The model as inference sees it: every linear layer a QWeight (f32, bf16 or fp8 with scales), used
 // straight from the memory-mapped safetensors when the stored dtype is the one asked for. Router,
 // norms and embeddings stay f32; the LM head stays at bf16 or better.
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "model/config.h"
 #include "model/model.h"
+#include "model/shard.h"
 #include "ops/qmatmul.h"
 #include "ops/rope.h"
 
 namespace sky {
 
+class TpGroup;
+
 struct InferLayer {
   std::vector<float> attn_norm, ffn_norm;
   QWeight wq, wk, wv, wo;
   std::vector<float> router;        // [E, H] f32
-  std::vector<QWeight> w1, w3, w2;  // per expert
+  std::vector<QWeight> w1, w3, w2;  // per expert (global id); empty for experts another rank holds
   QWeight gate, up, down;           // dense FFN
 };
 
@@ -26,17 +30,26 @@ struct InferLoadOptions {
 };
 
 struct InferModel {
-  ModelConfig cfg;
+  // What this process runs. Under tensor parallelism (infer/tp.h) a rank is a model with fewer
+  // heads and kv heads and a narrower FFN / expert width whose outputs are summed over the ranks,
+  // so cfg holds this rank's counts (and batch_forward and the KV cache need no other change);
+  // full_cfg is the whole model.
+  ModelConfig cfg, full_cfg;
+  Shard shard;                  // the slice held (everything in one process)
+  std::shared_ptr<TpGroup> tp;  // the tensor-parallel group; null in one process
   std::string weight_dtype;  // what the linear layers hold: f32, bf16, fp8 or mixed
   std::vector<float> embed, final_norm;
-  QWeight lm_head;
+  QWeight lm_head;  // only on the rank that computes logits (shard.head)
   std::vector<InferLayer> layers;
   RopeTable rope;
   bool mmapped = false;  // true when some weights are views into the files
 
-  static InferModel load(const std::string& dir, const InferLoadOptions& o = {});
-  // From a training model (tests, benchmarks): converts each linear layer to `dtype`.
+  // `shard` (default: all) picks the slice to load: row blocks stay views into the map, column
+  // blocks (o_proj, w2, down_proj) are copied, only this rank's part.
+  static InferModel load(const std::string& dir, const InferLoadOptions& o = {}, const Shard* shard = nullptr);
+  // From a training model (tests, benchmarks), whole or a shard: converts each linear layer to `dtype`.
   static InferModel from_model(const Model& m, DType dtype, bool per_row = true);
+  bool holds_expert(int e) const { return e >= shard.experts.begin && e < shard.experts.end(); }
 
   // Weight bytes one decoded token reads: attention, router, top-k experts of every layer, LM head
   // (dense models: the whole FFN). The embedding row is negligible and not counted.

@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "dist/communicator.h"
 #include "infer/api.h"
 #include "infer/metrics.h"
 #include "infer/output_text.h"
@@ -136,6 +137,8 @@ struct Server::Impl {
   mutable std::condition_variable error_cv;
   std::string last_error;
   uint64_t failed_steps = 0;
+  std::atomic<bool> fatal{false};  // a collective failed: no step can run any more
+  std::thread stopper;             // stops the server after a fatal failure
 
   Impl(const InferModel& m, std::optional<Tokenizer> t, ServerOptions opts)
       : model(m), tok(std::move(t)), o(std::move(opts)), engine(m, {o.max_batch, o.kv_budget_tokens}) {
@@ -172,20 +175,41 @@ struct Server::Impl {
   void engine_loop() {
     set_threads(o.threads);  // OpenMP settings are per thread: set them where the math runs
     bool busy = false;
+    const auto idle_for = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.idle_interval_s));
     for (;;) {
+      bool idle = false;
       {
         std::unique_lock<std::mutex> lk(wake_mu);
-        if (!busy) wake_cv.wait(lk, [&] { return wake || engine_stop; });
+        if (fatal) {
+          // Requests that arrived since the failure: 503 as well, until stop_engine().
+          wake_cv.wait_for(lk, std::chrono::milliseconds(20), [&] { return engine_stop; });
+          if (engine_stop) return;
+          lk.unlock();
+          engine.fail_all("error");
+          continue;
+        }
+        if (!busy) {
+          if (o.idle)
+            idle = !wake_cv.wait_for(lk, idle_for, [&] { return wake || engine_stop; });
+          else
+            wake_cv.wait(lk, [&] { return wake || engine_stop; });
+        }
         if (engine_stop) return;
         wake = false;
       }
       try {
+        if (idle) {
+          o.idle();
+          continue;
+        }
         if (o.before_step) o.before_step();
         const bool worked = engine.step();
         if (worked) healthy = true;
         // step() also returns false when it only dropped cancelled sequences; requests still
         // waiting are admitted by the next step, so that is not a reason to sleep.
         busy = worked || engine.stats().waiting > 0;
+      } catch (const CommTimeout& e) {
+        fail(e.what());
       } catch (const std::exception& e) {
         // The engine has finished the requests of this step with "error"; waiting ones may still run.
         healthy = false;
@@ -202,6 +226,22 @@ struct Server::Impl {
     }
   }
 
+  // Engine thread: another rank is gone. Every request gets 503 and the server stops.
+  void fail(const std::string& what) {
+    fmt::print(stderr, "serve: {}: stopping\n", what);
+    fatal = true;
+    healthy = false;
+    metrics.engine_error();
+    engine.fail_all("error");  // the waiting ones; the step already failed those it ran
+    {
+      std::lock_guard<std::mutex> g(error_mu);
+      last_error = what;
+      failed_steps++;
+    }
+    error_cv.notify_all();
+    stopper = std::thread([this] { stop(); });  // stop() waits for handlers; not on this thread
+  }
+
   void stop_engine() {
     {
       std::lock_guard<std::mutex> g(wake_mu);
@@ -209,6 +249,7 @@ struct Server::Impl {
     }
     wake_cv.notify_one();
     if (engine_thread.joinable()) engine_thread.join();
+    if (stopper.joinable()) stopper.join();
   }
 
   // Engine thread: one token (or the end) of `j`. Never throws; false cancels the request.
@@ -333,7 +374,12 @@ struct Server::Impl {
 
   // Maps an ended request that produced no response body to its error, if it is one.
   std::optional<ApiError> end_error(const std::string& reason, uint64_t failed_step) const {
-    if (reason == "error") return ApiError(500, engine_error_message(failed_step), "", "engine_error");
+    if (reason == "error") {
+      std::string msg = engine_error_message(failed_step);  // waits until the failure is recorded
+      if (fatal)  // set before the record: another rank failed, nothing can run any more
+        return ApiError(503, "A tensor-parallel rank failed; the server is stopping. " + msg, "", "worker_failed");
+      return ApiError(500, msg, "", "engine_error");
+    }
     if (reason == "shutdown") return ApiError(503, "The server is shutting down.", "", "shutting_down");
     return std::nullopt;
   }
@@ -632,7 +678,17 @@ struct Server::Impl {
       std::lock_guard<std::mutex> g(jobs_mu);
       if (!stopping.exchange(true)) running.assign(jobs.begin(), jobs.end());
     }
-    for (auto& j : running) cancel(*j, "shutdown");
+    for (auto& j : running) {
+      cancel(*j, "shutdown");
+      // Answer now rather than after the engine's next step, which may never come (under tensor
+      // parallelism a step can be stuck in a collective with a rank that died).
+      std::lock_guard<std::mutex> g(j->mu);
+      if (!j->done) {
+        j->done = true;
+        j->finish = "cancelled";
+        j->cv.notify_all();
+      }
+    }
     {
       // Let cancelled requests deliver their last response or stream event before the listener
       // closes (a closing server also cuts streams short); bounded, so stop() always returns.
@@ -660,5 +716,10 @@ int Server::port() const { return impl_->port; }
 EngineStats Server::engine_stats() const { return impl_->engine.stats(); }
 std::string Server::metrics_text() const { return impl_->metrics.render(impl_->state()); }
 uint64_t Server::cancelled(const std::string& reason) const { return impl_->metrics.cancelled_count(reason); }
+bool Server::failed() const { return impl_->fatal; }
+std::string Server::failure() const {
+  std::lock_guard<std::mutex> g(impl_->error_mu);
+  return impl_->last_error;
+}
 
 }  // namespace sky

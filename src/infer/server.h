@@ -14,6 +14,9 @@
 //    ends the stream), then the listener closes; run() returns after joining the engine thread.
 //  - a failed engine step fails the requests it was running (500) and makes /health answer 503
 //    until a later step succeeds; the server keeps serving.
+//  - a collective that times out (CommTimeout: a tensor-parallel rank died or hangs) is fatal:
+//    every request in flight or waiting gets 503, the server stops, and failed() tells the caller,
+//    which then ends the job.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -43,6 +46,10 @@ struct ServerOptions {
   std::string tokenizer_hint;         // appended to "this model has no tokenizer" errors
   // Tests: runs on the engine thread before every step (e.g. sleeps, to make generation slow).
   std::function<void()> before_step;
+  // Runs on the engine thread every idle_interval_s while there is nothing to do (tensor
+  // parallelism: rank 0's heartbeat to the other ranks).
+  std::function<void()> idle;
+  double idle_interval_s = 1.0;
 };
 
 class Server {
@@ -61,6 +68,9 @@ class Server {
   EngineStats engine_stats() const;
   std::string metrics_text() const;
   uint64_t cancelled(const std::string& reason) const;  // disconnect | timeout | shutdown
+  // After run(): whether it stopped because a collective failed, and the message.
+  bool failed() const;
+  std::string failure() const;
 
   struct Impl;
 

@@ -63,6 +63,14 @@ std::string Shard::describe() const {
                      expert_ffn.begin, expert_ffn.end());
 }
 
+ModelConfig shard_config(const ModelConfig& c, const Shard& s) {
+  ModelConfig l = c;
+  l.num_heads = s.q_heads.size;
+  l.num_kv_heads = s.kv_heads.size;
+  l.intermediate_size = c.is_moe() ? s.expert_ffn.size : s.ffn.size;
+  return l;
+}
+
 void split_attention(const ModelConfig& c, int tp, const std::vector<int>& shares_in, int index, Shard& s) {
   SKY_CHECK(shares_in.empty() || int(shares_in.size()) == tp, "--tp-shares has {} values for --tp {}",
             shares_in.size(), tp);

@@ -39,6 +39,10 @@ struct Shard {
   std::string describe() const;
 };
 
+// The config of the slice a shard holds: its heads, kv heads and FFN / expert width (the expert
+// count stays the model's: the router scores every expert).
+ModelConfig shard_config(const ModelConfig& c, const Shard& s);
+
 // Tensor-parallel slice of rank `index` among `tp` ranks (shares empty: even split, else tp shares):
 // kv heads split by the shares (q heads follow, num_heads / num_kv_heads per kv head), the dense
 // FFN width likewise. Throws when a rank would get no kv head.

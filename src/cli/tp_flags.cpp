@@ -1,0 +1,65 @@
+// Flags and loading shared by the inference commands under mpirun (infer/tp.h).
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "dist/communicator.h"
+
+namespace sky::cli {
+
+void add_tp_flags(CLI::App& app, TpFlags& f) {
+  app.add_option("--tp", f.tp, "tensor-parallel ranks (run under mpirun -np N; default: N)")->check(positive_int());
+  app.add_option("--tp-shares", f.shares, "per-rank shares of the heads and FFN/expert width, e.g. 4,5,5,5 "
+                                          "(default: as even as possible; `skymoe plan --inference` suggests some)");
+  app.add_option("--ep", f.ep, "expert-parallel groups: experts spread over EP groups of TP/EP ranks (EP = TP: whole "
+                               "experts per rank; 1: every expert's width split)")
+      ->capture_default_str()
+      ->check(positive_int());
+  app.add_option("--comm-timeout", f.comm_timeout, "seconds a collective may wait for another rank before the job stops")
+      ->capture_default_str()
+      ->check(positive_number());
+}
+
+static std::vector<int> parse_shares(const std::string& s) {
+  std::vector<int> v;
+  if (s.empty()) return v;
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string item = s.substr(i, j - i);
+    char* end = nullptr;
+    long x = std::strtol(item.c_str(), &end, 10);
+    SKY_CHECK(!item.empty() && *end == 0 && x > 0 && x < (1 << 20), "--tp-shares: '{}' is not a positive integer (expected "
+              "e.g. 4,5,5,5)", item);
+    v.push_back(int(x));
+    i = j + 1;
+  }
+  return v;
+}
+
+Shard tp_setup(const ModelConfig& cfg, const TpFlags& f, bool rank0_throws, std::shared_ptr<TpGroup>& tp) {
+  Communicator& world = world_comm();
+  TpOptions o;
+  o.tp = f.tp ? f.tp : world.size();
+  o.shares = parse_shares(f.shares);
+  o.ep = f.ep;
+  SKY_CHECK(o.tp == world.size(), "--tp {} but {} processes were started (run `mpirun -np {} skymoe ...`)", o.tp,
+            world.size(), o.tp);
+  Shard s = tp_shard(cfg, o, world.rank());  // every rank checks, so a bad flag stops all of them
+  if (o.tp > 1) {
+    set_collective_timeout(f.comm_timeout, rank0_throws && world.rank() == 0);
+    tp = std::make_shared<TpGroup>(world);
+  }
+  return s;
+}
+
+InferModel load_infer_model(const std::string& dir, const InferLoadOptions& o, const TpFlags& f, bool rank0_throws) {
+  std::shared_ptr<TpGroup> tp;
+  Shard s = tp_setup(ModelConfig::load_file(dir), f, rank0_throws, tp);
+  InferModel m = InferModel::load(dir, o, &s);
+  m.tp = tp;
+  return m;
+}
+
+}  // namespace sky::cli
