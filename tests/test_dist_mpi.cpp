@@ -41,7 +41,8 @@ static std::string mpirun(int np) {
 
 static std::string train_args(const std::string& name, int steps, const std::string& extra = "",
                               const std::string& config = "tiny") {
-  return std::string(SKYMOE_BIN) + " train --config " + config + " --data " + dir + "/tok.bin --seq-len 16 --batch-size 4" +
+  const std::string batch = extra.find("--batch-size") == std::string::npos ? " --batch-size 4" : "";
+  return std::string(SKYMOE_BIN) + " train --config " + config + " --data " + dir + "/tok.bin --seq-len 16" + batch +
          " --steps " + std::to_string(steps) + " --lr 2e-3 --warmup 2 --aux-alpha 0.01 --z-loss 0.001 --quiet" +
          " --grad-clip 0.5 --out " + dir + "/" + name + " --log-jsonl " + dir + "/" + name + ".jsonl " + extra;
 }
@@ -87,6 +88,11 @@ class Dist : public ::testing::Test {
     odd.num_layers = 3;
     odd.intermediate_size = 40;
     std::ofstream(dir + "/odd.json") << odd.to_hf_json().dump(2);
+    // Wide experts: the gradient buffer (~400k floats) is above the size where large all-reduces
+    // and reduce-scatters run as a ring of point-to-point transfers (src/dist/mpi_comm.cpp).
+    sky::ModelConfig wide = sky::ModelConfig::preset("tiny");
+    wide.intermediate_size = 320;
+    std::ofstream(dir + "/wide.json") << wide.to_hf_json().dump(2);
   }
   static std::string odd() { return dir + "/odd.json"; }
   // The one-process run with `extra` flags, made once.
@@ -105,6 +111,16 @@ TEST_F(Dist, ZeroOneMatchesOneProcess) {
   expect_same_run("single", "zero2");
   ASSERT_EQ(run(mpirun(4) + train_args("zero4", 5, "--zero 1")), 0);
   expect_same_run("single", "zero4");
+}
+
+TEST_F(Dist, RingCollectivesMatchOneProcess) {
+  const std::string wide = dir + "/wide.json";
+  single("wide", "--batch-size 6", wide);
+  // All-reduce over 3 ranks (the last chunk takes the remainder), reduce-scatter under ZeRO-1.
+  ASSERT_EQ(run(mpirun(3) + train_args("wide_dp3", 5, "--batch-size 6", wide)), 0);
+  expect_same_run("wide", "wide_dp3");
+  ASSERT_EQ(run(mpirun(2) + train_args("wide_zero2", 5, "--batch-size 6 --zero 1", wide)), 0);
+  expect_same_run("wide", "wide_zero2");
 }
 
 TEST_F(Dist, CheckpointResumesUnderAnotherLayout) {

@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "dist/communicator.h"
+#include "dist/communicator.h"
 #include "infer/bench_infer.h"
 #include "io/atomic_file.h"
 #include "model/transformer.h"
@@ -94,10 +95,52 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
   return 0;
 }
 
+// Collective bandwidth over the MPI world, as nccl-tests reports it: bus bandwidth = bytes moved per
+// rank / time, where a ring all-reduce moves 2(n-1)/n of the buffer and all-gather, reduce-scatter
+// and all-to-all (n-1)/n. The figure `skymoe plan --intra-gbs` wants for this machine.
+int bench_comm(const std::vector<double>& sizes_mb, int reps, bool json_out) {
+  Communicator& w = world_comm();
+  const int n = w.size();
+  SKY_CHECK(n > 1, "bench comm measures collectives between processes: run it under mpirun -np 2 or more");
+  nlohmann::json rows = nlohmann::json::array();
+  for (double mb : sizes_mb) {
+    SKY_CHECK(mb > 0, "--sizes-mb: sizes must be positive, got {}", mb);
+    const size_t floats = std::max<size_t>(n, size_t(mb * 1e6 / 4) / n * n);
+    FloatBuf a(floats), b(floats);
+    for (size_t i = 0; i < floats; i++) a[i] = 1.0f;
+    auto time = [&](auto&& op) {
+      op();  // warm-up
+      w.barrier();
+      auto t0 = Clock::now();
+      for (int r = 0; r < reps; r++) op();
+      w.barrier();
+      return since(t0) / reps;
+    };
+    const double bytes = floats * 4.0, ring = double(n - 1) / n;
+    const double t_ar = time([&] { w.all_reduce_sum(a.data(), floats); });
+    const double t_ag = time([&] { w.all_gather(a.data(), b.data(), floats / n); });
+    const double t_rs = time([&] { w.reduce_scatter_sum(a.data(), b.data(), std::vector<size_t>(n, floats / n)); });
+    const double t_a2a = time([&] { w.all_to_all_v(a.data(), std::vector<size_t>(n, floats / n), b.data(),
+                                                   std::vector<size_t>(n, floats / n)); });
+    nlohmann::json row = {{"mb", bytes / 1e6},
+                          {"all_reduce_gbs", 2 * ring * bytes / t_ar / 1e9},
+                          {"all_gather_gbs", ring * bytes / t_ag / 1e9},
+                          {"reduce_scatter_gbs", ring * bytes / t_rs / 1e9},
+                          {"all_to_all_gbs", ring * bytes / t_a2a / 1e9}};
+    rows.push_back(row);
+    if (!json_out && w.rank() == 0)
+      fmt::print("{:>9.1f} MB  all-reduce {:6.2f} GB/s  all-gather {:6.2f}  reduce-scatter {:6.2f}  all-to-all {:6.2f}\n",
+                 bytes / 1e6, row["all_reduce_gbs"].get<double>(), row["all_gather_gbs"].get<double>(),
+                 row["reduce_scatter_gbs"].get<double>(), row["all_to_all_gbs"].get<double>());
+  }
+  if (json_out && w.rank() == 0) fmt::print("{}\n", nlohmann::json{{"ranks", n}, {"bus_bandwidth", rows}}.dump());
+  return 0;
+}
+
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
-  CLI::App app{"Benchmarks.\n  skymoe bench train --preset train-moe   training tokens/s (forward, backward, AdamW)\n  skymoe bench infer --preset bench-moe --dtype fp8   prefill/decode/batched tokens/s vs memory bandwidth"};
+  CLI::App app{"Benchmarks.\n  mpirun -np 2 skymoe bench comm   collective bus bandwidth between processes\n  skymoe bench train --preset train-moe   training tokens/s (forward, backward, AdamW)\n  skymoe bench infer --preset bench-moe --dtype fp8   prefill/decode/batched tokens/s vs memory bandwidth"};
   app.name("skymoe bench");
   app.require_subcommand(1);
   auto* tr = app.add_subcommand("train", "training throughput on synthetic tokens");
@@ -131,7 +174,15 @@ int cmd_bench(int argc, char** argv) {
   inf->add_flag("--json", ijson, "print one JSON object");
   TpFlags tpf;
   add_tp_flags(*inf, tpf);
+  auto* cm = app.add_subcommand("comm", "collective bus bandwidth between MPI processes (run under mpirun)");
+  std::vector<double> sizes_mb = {1, 16, 256};
+  int reps = 5;
+  bool cjson = false;
+  cm->add_option("--sizes-mb", sizes_mb, "buffer sizes in MB")->capture_default_str()->delimiter(',');
+  cm->add_option("--reps", reps, "timed repetitions per size")->capture_default_str()->check(CLI::PositiveNumber);
+  cm->add_flag("--json", cjson, "print one JSON object");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (cm->parsed()) return bench_comm(sizes_mb, reps, cjson);
   if (tr->parsed()) {
     set_threads(threads);
     return bench_train(preset, seq, batch, steps, warmup, json_out, profile);

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -46,6 +47,13 @@ class MpiComm : public Communicator {
   int size() const override { return size_; }
 
   void all_reduce_sum(float* d, size_t n) override {
+    if (size_ > 1 && n >= kRingMin) {
+      std::vector<size_t> counts(size_, n / size_);
+      counts.back() += n % size_;
+      // In place: chunk rank_ of d is last read in the step that writes its sum, element by element.
+      ring(d, counts, d + size_t(rank_) * (n / size_), d);
+      return;
+    }
     MPI_Request r;
     MPI_Iallreduce(MPI_IN_PLACE, d, count(n), MPI_FLOAT, MPI_SUM, c_, &r);
     wait(r, "all-reduce");
@@ -61,6 +69,13 @@ class MpiComm : public Communicator {
     wait(r, "all-gather");
   }
   void reduce_scatter_sum(const float* send, float* recv, const std::vector<size_t>& counts) override {
+    size_t total = 0, before = 0;
+    for (int q = 0; q < size_; q++) (q < rank_ ? before : total) += counts[q];
+    total += before;
+    if (size_ > 1 && total >= kRingMin) {
+      ring(send, counts, recv, nullptr);
+      return;
+    }
     std::vector<int> c(counts.begin(), counts.end());
     MPI_Request r;
     MPI_Ireduce_scatter(send, recv, c.data(), MPI_FLOAT, MPI_SUM, c_, &r);
@@ -115,6 +130,51 @@ class MpiComm : public Communicator {
   }
 
  private:
+  // Large float all-reduces and reduce-scatters run as a ring of point-to-point transfers: OpenMPI's
+  // non-blocking collectives (which the timeouts need) reach about half the bandwidth of its
+  // point-to-point path on shared memory (skymoe bench comm). Reduce-scatter: in step s rank r sends
+  // its partial sum of chunk (r - s - 1) to the next rank and adds the previous rank's chunk
+  // (r - s - 2) into its own, so after size - 1 steps it holds the whole sum of chunk r; the
+  // all-gather half then passes the finished chunks around the ring. Every rank ends with the same
+  // values, each chunk summed in one fixed order.
+  static constexpr size_t kRingMin = size_t(1) << 18;  // floats
+  // Sums `in` over the ranks chunk by chunk and writes chunk rank_ of the sum to `mine`; with
+  // `gather`, then passes the finished chunks around so `all` (which may be `in`) gets every sum.
+  void ring(const float* in, const std::vector<size_t>& counts, float* mine, float* all) {
+    const int n = size_, next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
+    std::vector<size_t> off(n + 1, 0);
+    for (int q = 0; q < n; q++) off[q + 1] = off[q] + counts[q];
+    const size_t biggest = *std::max_element(counts.begin(), counts.end());
+    // The partial sum being forwarded and what arrives; kept between calls (no page faults per call).
+    if (acc_.size() < biggest) acc_.resize(biggest);
+    if (tmp_.size() < biggest) tmp_.resize(biggest);
+    float *acc = acc_.data(), *tmp = tmp_.data();
+    auto chunk = [&](int i) { return ((i % n) + n) % n; };
+    auto exchange = [&](const float* send, int sc, float* into, int rc, int tag) {
+      MPI_Request rs, rr;
+      MPI_Irecv(into, count(counts[rc]), MPI_FLOAT, prev, tag, c_, &rr);
+      MPI_Isend(send, count(counts[sc]), MPI_FLOAT, next, tag, c_, &rs);
+      wait(rr, "all-reduce (ring receive)");
+      wait(rs, "all-reduce (ring send)");
+    };
+    for (int s = 0; s < n - 1; s++) {
+      const int sc = chunk(rank_ - s - 1), rc = chunk(rank_ - s - 2);
+      exchange(s == 0 ? in + off[sc] : acc, sc, tmp, rc, kRingTag + s);
+      const float* own = in + off[rc];
+      float* dst = s == n - 2 ? mine : acc;  // the last chunk received is this rank's
+      const size_t m = counts[rc];
+#pragma omp parallel for schedule(static) if (m > 65536)
+      for (size_t i = 0; i < m; i++) dst[i] = own[i] + tmp[i];
+    }
+    if (!all) return;
+    for (int s = 0; s < n - 1; s++) {
+      const int sc = chunk(rank_ - s), rc = chunk(rank_ - s - 1);
+      exchange(all + off[sc], sc, all + off[rc], rc, kRingTag + n + s);
+    }
+  }
+  static constexpr int kRingTag = 0x5a000;
+  std::vector<float> acc_, tmp_;
+
   static int count(size_t n) {
     SKY_CHECK(n <= size_t(INT32_MAX), "message of {} elements is too large for one MPI call", n);
     return int(n);
@@ -122,7 +182,7 @@ class MpiComm : public Communicator {
   void wait(MPI_Request& r, const char* what) {
     auto t0 = std::chrono::steady_clock::now();
     int done = 0;
-    for (int spins = 0;; spins++) {
+    for (;;) {
       MPI_Test(&r, &done, MPI_STATUS_IGNORE);
       if (done) return;
       double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -134,8 +194,12 @@ class MpiComm : public Communicator {
         if (g_throw) throw CommTimeout(msg);
         abort_job(msg);
       }
-      // Spin briefly for latency, then yield the core (ranks often share cores on small machines).
-      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      // Non-blocking collectives only move data inside MPI_Test, so sleeping between tests throttles a
+      // large transfer (measured: a 1.2 GB all-reduce took ~2 s instead of ~0.3 s). Poll without
+      // sleeping, yielding the core to any other runnable rank (ranks often share cores here), and
+      // only start sleeping after a long wait (e.g. a follower rank waiting for requests).
+      if (el < 2.0) std::this_thread::yield();
+      else std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
   struct Pending {
