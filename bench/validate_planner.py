@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--intra-gbs", type=float, default=5.0, help="shared-memory MPI bandwidth assumed, GB/s")
+    ap.add_argument("--intra-gbs", type=float, default=0, help="collective bandwidth, GB/s (default: measured)")
     a = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     tmp = tempfile.mkdtemp(prefix="skymoe-plan-")
@@ -59,6 +59,10 @@ def main():
     open(prof, "w").write(out)
     print("profile (1 process, 1 thread):", out.strip())
     mpirun = "mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS -np 2"
+    if a.intra_gbs <= 0:  # the all-reduce bus bandwidth between two ranks, measured now
+        comm = json.loads(run(f"{mpirun} {a.bin} bench comm --sizes-mb 256 --reps 3 --json", env))
+        a.intra_gbs = comm["bus_bandwidth"][0]["all_reduce_gbs"]
+        print(f"all-reduce bus bandwidth (2 ranks, 256 MB): {a.intra_gbs:.2f} GB/s")
     rows = []
     for name, tflags, pflags in LAYOUTS:
         log = os.path.join(tmp, name.replace(" ", "_").replace(",", "") + ".jsonl")

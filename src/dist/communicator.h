@@ -25,6 +25,9 @@ class Communicator {
   virtual void all_reduce_sum(double* data, size_t n) = 0;
   // recv [size * n] = every rank's send [n], in rank order.
   virtual void all_gather(const float* send, float* recv, size_t n) = 0;
+  // buf holds rank r's part (counts[r] floats, parts in rank order) at its place; afterwards every
+  // part everywhere.
+  virtual void all_gather_in_place(float* buf, const std::vector<size_t>& counts) = 0;
   // recv [counts[rank]] = sum over ranks of their send [sum(counts)] restricted to this rank's part.
   virtual void reduce_scatter_sum(const float* send, float* recv, const std::vector<size_t>& counts) = 0;
   // Variable all-to-all: send_counts[r] floats to rank r (packed in rank order), receive likewise.

@@ -68,6 +68,16 @@ class MpiComm : public Communicator {
     MPI_Iallgather(send, count(n), MPI_FLOAT, recv, count(n), MPI_FLOAT, c_, &r);
     wait(r, "all-gather");
   }
+  void all_gather_in_place(float* buf, const std::vector<size_t>& counts) override {
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    if (size_ > 1 && total >= kRingMin) return ring_gather(buf, counts);
+    std::vector<int> c(counts.begin(), counts.end()), displ(size_, 0);
+    for (int q = 1; q < size_; q++) displ[q] = displ[q - 1] + c[q - 1];
+    MPI_Request r;
+    MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, c.data(), displ.data(), MPI_FLOAT, c_, &r);
+    wait(r, "all-gather");
+  }
   void reduce_scatter_sum(const float* send, float* recv, const std::vector<size_t>& counts) override {
     size_t total = 0, before = 0;
     for (int q = 0; q < size_; q++) (q < rank_ ? before : total) += counts[q];
@@ -138,8 +148,8 @@ class MpiComm : public Communicator {
   // all-gather half then passes the finished chunks around the ring. Every rank ends with the same
   // values, each chunk summed in one fixed order.
   static constexpr size_t kRingMin = size_t(1) << 18;  // floats
-  // Sums `in` over the ranks chunk by chunk and writes chunk rank_ of the sum to `mine`; with
-  // `gather`, then passes the finished chunks around so `all` (which may be `in`) gets every sum.
+  // Sums `in` over the ranks chunk by chunk and writes chunk rank_ of the sum to `mine`; with `all`,
+  // then passes the finished chunks around so `all` (which may be `in`) gets every sum.
   void ring(const float* in, const std::vector<size_t>& counts, float* mine, float* all) {
     const int n = size_, next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
     std::vector<size_t> off(n + 1, 0);
@@ -166,10 +176,22 @@ class MpiComm : public Communicator {
 #pragma omp parallel for schedule(static) if (m > 65536)
       for (size_t i = 0; i < m; i++) dst[i] = own[i] + tmp[i];
     }
-    if (!all) return;
+    if (all) ring_gather(all, counts);
+  }
+  // Rank r's chunk of `all` travels around the ring: in step s each rank forwards the chunk it got
+  // in step s - 1 (its own first).
+  void ring_gather(float* all, const std::vector<size_t>& counts) {
+    const int n = size_, next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
+    std::vector<size_t> off(n + 1, 0);
+    for (int q = 0; q < n; q++) off[q + 1] = off[q] + counts[q];
+    auto chunk = [&](int i) { return ((i % n) + n) % n; };
     for (int s = 0; s < n - 1; s++) {
       const int sc = chunk(rank_ - s), rc = chunk(rank_ - s - 1);
-      exchange(all + off[sc], sc, all + off[rc], rc, kRingTag + n + s);
+      MPI_Request rs, rr;
+      MPI_Irecv(all + off[rc], count(counts[rc]), MPI_FLOAT, prev, kRingTag + n + s, c_, &rr);
+      MPI_Isend(all + off[sc], count(counts[sc]), MPI_FLOAT, next, kRingTag + n + s, c_, &rs);
+      wait(rr, "all-gather (ring receive)");
+      wait(rs, "all-gather (ring send)");
     }
   }
   static constexpr int kRingTag = 0x5a000;

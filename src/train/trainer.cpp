@@ -111,39 +111,36 @@ struct Region {
   Communicator* group = nullptr;
   bool zero = false;
   size_t shard = 0, own_begin = 0, own_end = 0;  // owned (updated) part
+  std::vector<size_t> counts;  // owned sizes of every rank of the group (ZeRO-1)
+  FloatBuf scratch;            // the owned part's reduced gradient (MPI forbids overlapping buffers)
   std::unique_ptr<AdamW> opt;
 
   Region(const ParamLayout& layout, const AdamWOptions& adam, size_t b, size_t e, Communicator* g, bool z)
       : begin(b), end(e), group(g && g->size() > 1 ? g : nullptr), zero(z && group) {
     const size_t n = end - begin, parts = group ? group->size() : 1;
     shard = zero ? (n + parts - 1) / parts : n;
+    for (size_t q = 0; q < parts; q++) {
+      const size_t qb = std::min(end, begin + q * shard);
+      counts.push_back(std::min(end, qb + shard) - qb);
+    }
     own_begin = zero ? std::min(end, begin + group->rank() * shard) : begin;
     own_end = zero ? std::min(end, own_begin + shard) : end;
+    if (zero) scratch = FloatBuf(own_end - own_begin);
     opt = std::make_unique<AdamW>(layout, adam, own_begin, own_end);
   }
-  size_t parts() const { return group ? group->size() : 1; }
 
   // Sums the replicas' gradients: all of them, or under ZeRO-1 only the owned part (reduce-scatter).
-  void reduce(float* grads) const {
+  void reduce(float* grads) {
     if (!group) return;
     if (!zero) return group->all_reduce_sum(grads + begin, end - begin);
-    FloatBuf padded(shard * parts()), mine(shard);  // MPI forbids overlapping send and receive buffers
-    std::memset(padded.data(), 0, padded.size() * sizeof(float));
-    std::memcpy(padded.data(), grads + begin, (end - begin) * sizeof(float));
-    group->reduce_scatter_sum(padded.data(), mine.data(), std::vector<size_t>(parts(), shard));
-    std::memcpy(grads + own_begin, mine.data(), (own_end - own_begin) * sizeof(float));
+    group->reduce_scatter_sum(grads + begin, scratch.data(), counts);
+    std::memcpy(grads + own_begin, scratch.data(), (own_end - own_begin) * sizeof(float));
   }
-  // The whole range of `part` (parameters, or a moment indexed from own_begin) on every replica.
+  // The whole range into `full` (indexed like the flat buffer) on every replica, from each rank's
+  // owned part (`own`, indexed from own_begin; it may already sit in `full`).
   void gather(const float* own, float* full) const {
-    if (!zero) {
-      if (own != full + own_begin) std::memcpy(full + own_begin, own, (own_end - own_begin) * sizeof(float));
-      return;
-    }
-    FloatBuf all(shard * parts()), mine(shard);
-    std::memset(mine.data(), 0, shard * sizeof(float));
-    std::memcpy(mine.data(), own, (own_end - own_begin) * sizeof(float));
-    group->all_gather(mine.data(), all.data(), shard);
-    std::memcpy(full + begin, all.data(), (end - begin) * sizeof(float));
+    if (own != full + own_begin) std::memcpy(full + own_begin, own, (own_end - own_begin) * sizeof(float));
+    if (zero) group->all_gather_in_place(full + begin, counts);
   }
   // Whether this rank counts the reduced gradient of its range in the global norm (one replica does).
   bool counts_in_norm() const { return zero || !group || group->rank() == 0; }
