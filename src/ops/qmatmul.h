@@ -34,6 +34,14 @@ void qmatmul(float* y, const float* x, const QWeight& w, int N);
 // inside a parallel region, e.g. grouped expert GEMMs). y keeps stride O.
 void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin, int o_end);
 
+// BF16 and FP8 weights go through bf16 dot products (vdpbf16ps) where the CPU has AVX512-BF16 and
+// AVX512-VBMI: activations are rounded to bf16 (nearest even, relative error <= 2^-9 each) before
+// exact products summed in f32, at about twice the f32 FMA rate (batched decode and prefill are
+// compute-bound). Same results for a row whatever the batch around it. On by default; off forces
+// the f32 kernels (tests, comparisons). F32 weights always use the f32 kernels.
+void qmatmul_set_bf16_dot(bool on);
+bool qmatmul_uses_bf16_dot(DType weight_dtype);
+
 // Name of the SIMD target chosen at run time (e.g. "AVX3_ZEN4", "AVX2").
 const char* qmatmul_target();
 
