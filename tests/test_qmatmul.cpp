@@ -270,6 +270,23 @@ TEST_F(QMatmulBf16Dot, RowResultsDoNotDependOnTheBatch) {
   }
 }
 
+// qmatmul_multi (one parallel region, rows split across the matrices) equals one qmatmul per
+// matrix, bit for bit, with mixed dtypes and sizes that do not split evenly.
+TEST(QMatmul, MultiEqualsSeparateProducts) {
+  const int I = 129;
+  const QWeight a = random_weight(37, I, kCases[3]), b = random_weight(5, I, kCases[1]), c = random_weight(200, I, kCases[0]);
+  for (int N : {1, 3, 9}) {
+    const std::vector<float> x = random_x(N, I);
+    std::vector<float> ya(size_t(N) * 37, NAN), yb(size_t(N) * 5, NAN), yc(size_t(N) * 200, NAN);
+    qmatmul_multi(x.data(), N, {{ya.data(), &a}, {yb.data(), &b}, {yc.data(), &c}});
+    for (auto [y, q] : {std::pair{&ya, &a}, {&yb, &b}, {&yc, &c}}) {
+      std::vector<float> want(y->size());
+      qmatmul(want.data(), x.data(), *q, N);
+      EXPECT_EQ(*y, want) << "N=" << N << " O=" << q->O;
+    }
+  }
+}
+
 TEST(QMatmul, QuantizeWeight) {
   const int O = 4, I = 9;
   std::vector<float> w = to_float(randn(size_t(O) * I, 7));

@@ -80,8 +80,7 @@ static void ffn(const InferModel& m, const InferLayer& L, const float* in, float
   if (!c.is_moe()) {
     grow(s.h1, size_t(n) * I);
     grow(s.h3, size_t(n) * I);
-    qmatmul(s.h1.data(), in, L.gate, n);
-    qmatmul(s.h3.data(), in, L.up, n);
+    qmatmul_multi(in, n, {{s.h1.data(), &L.gate}, {s.h3.data(), &L.up}});
     swiglu_forward(s.h1.data(), s.h1.data(), s.h3.data(), long(n) * I);
     qmatmul(out, s.h1.data(), L.down, n);
     return;
@@ -153,9 +152,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   for (int l = 0; l < c.num_layers; l++) {
     const InferLayer& L = m.layers[l];
     rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.attn_norm.data(), n, H, eps);
-    qmatmul(s.q.data(), s.ln.data(), L.wq, n);
-    qmatmul(s.k.data(), s.ln.data(), L.wk, n);
-    qmatmul(s.v.data(), s.ln.data(), L.wv, n);
+    qmatmul_multi(s.ln.data(), n, {{s.q.data(), &L.wq}, {s.k.data(), &L.wk}, {s.v.data(), &L.wv}});
     rope_forward(s.q.data(), s.pos.data(), n, c.num_heads, m.rope);
     rope_forward(s.k.data(), s.pos.data(), n, c.num_kv_heads, m.rope);
     int r0 = 0;

@@ -242,23 +242,37 @@ void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin
   p.run(w, y, o_begin, o_end);
 }
 
-void qmatmul(float* y, const float* x, const QWeight& w, int N) {
-  check(w);
-  if (N <= 0 || w.O <= 0) return;
+void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> products) {
+  int64_t rows = 0, work = 0;
+  for (const QProduct& p : products) {
+    check(*p.w);
+    SKY_CHECK(p.w->I == products.begin()->w->I, "qmatmul_multi: input sizes differ ({} and {})", p.w->I,
+              products.begin()->w->I);
+    rows += p.w->O;
+    work += int64_t(p.w->O) * p.w->I * N;
+  }
+  if (N <= 0 || rows == 0) return;
   Prepared prep(x, N);  // activations converted once, shared by the threads
-  prep.add(w);
-  // Split the output rows (so the weight bytes) evenly; chunks are multiples of 12 rows so the
-  // register tiles (3 or 4 rows) stay full. Tiny products stay on one thread (fork/join costs a few us).
-  const int64_t work = int64_t(w.O) * w.I * N;
+  for (const QProduct& p : products) prep.add(*p.w);
+  // Split the concatenated output rows (so the weight bytes) evenly; chunk ends are multiples of
+  // 12 rows within each matrix so the register tiles (3 or 4 rows) stay full. Tiny products stay
+  // on one thread (fork/join costs a few us).
 #pragma omp parallel if (work > (1 << 16))
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int blocks = (w.O + 11) / 12;
-    const int b0 = int(int64_t(blocks) * t / nt), b1 = int(int64_t(blocks) * (t + 1) / nt);
-    const int o0 = std::min(w.O, 12 * b0), o1 = std::min(w.O, 12 * b1);
-    if (o0 < o1) prep.run(w, y, o0, o1);
+    const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    int64_t base = 0;
+    for (const QProduct& p : products) {
+      const int O = p.w->O;
+      auto snap = [&](int64_t r) { return int(std::clamp<int64_t>((r - base + 6) / 12 * 12, 0, O)); };
+      const int o0 = snap(r0), o1 = r1 >= rows ? O : snap(r1);
+      if (o0 < o1) prep.run(*p.w, p.y, o0, o1);
+      base += O;
+    }
   }
 }
+
+void qmatmul(float* y, const float* x, const QWeight& w, int N) { qmatmul_multi(x, N, {{y, &w}}); }
 
 const char* qmatmul_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 

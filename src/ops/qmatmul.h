@@ -5,6 +5,7 @@
 // memory roofline. SIMD code for each x86 target (SSSE3 ... AVX-512) is picked at run time by
 // Highway. E4M3 NaN codes (0x7F, 0xFF) are not supported in weights (they decode to +-480).
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/tensor.h"
 
@@ -29,6 +30,14 @@ QWeight quantize_weight(const float* w, int O, int I, DType dtype, bool per_row)
 // y[N, O] = x[N, I] * W^T (overwrites y). Parallel over output rows (OpenMP); every weight row is
 // read once for all N input rows. Rows of x and y are contiguous with strides I and O.
 void qmatmul(float* y, const float* x, const QWeight& w, int N);
+
+// Several products of the same x [N, I] in one parallel region (e.g. the q, k and v projections):
+// ys[j] = x * ws[j]^T. The concatenated output rows are split evenly across the threads.
+struct QProduct {
+  float* y;
+  const QWeight* w;
+};
+void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> products);
 
 // The same over a sub-range of output rows [o_begin, o_end) on the calling thread only (for use
 // inside a parallel region, e.g. grouped expert GEMMs). y keeps stride O.
