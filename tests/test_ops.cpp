@@ -449,6 +449,37 @@ TEST(Attention, CachedLongThreaded) {
   attention_cached(out.data(), q.data() + start * C, k.data(), v.data(), start, 4, nh, nkv, hd, s.data());
   Vec w(want.begin() + start * C, want.end());
   expect_close(out, w, 1e-5, 1e-5, "long");
+
+  // A chunk of several 64-row query blocks after a cached prefix (the blocked prefill path).
+  start = 37;
+  std::vector<float> chunk((Tn - start) * C), s2(Tn);
+  attention_cached(chunk.data(), q.data() + start * C, k.data(), v.data(), start, Tn - start, nh, nkv, hd, s2.data());
+  expect_close(chunk, Vec(want.begin() + start * C, want.end()), 1e-5, 1e-5, "long chunk");
+}
+
+TEST(Attention, CachedBatchEqualsOneSequenceAtATime) {
+  // Sequences of different lengths, decode rows and a multi-block chunk in one call.
+  int nh = 4, nkv = 2, hd = 32;
+  size_t C = (size_t)nh * hd, Ckv = (size_t)nkv * hd;
+  const std::vector<std::pair<int, int>> shapes = {{10, 1}, {0, 130}, {200, 1}, {3, 5}};  // (start, n)
+  std::vector<std::vector<float>> q, k, v, got, want;
+  std::vector<AttnSeq> seqs;
+  for (size_t i = 0; i < shapes.size(); i++) {
+    auto [start, n] = shapes[i];
+    q.push_back(cast<float>(rnd(n * C)));
+    k.push_back(cast<float>(rnd((start + n) * Ckv)));
+    v.push_back(cast<float>(rnd((start + n) * Ckv)));
+    got.emplace_back(n * C);
+    want.emplace_back(n * C);
+  }
+  for (size_t i = 0; i < shapes.size(); i++) {
+    seqs.push_back({got[i].data(), q[i].data(), k[i].data(), v[i].data(), shapes[i].first, shapes[i].second});
+    std::vector<float> s(shapes[i].first + shapes[i].second);
+    attention_cached(want[i].data(), q[i].data(), k[i].data(), v[i].data(), shapes[i].first, shapes[i].second, nh,
+                     nkv, hd, s.data());
+  }
+  attention_cached_batch(seqs.data(), int(seqs.size()), nh, nkv, hd);
+  for (size_t i = 0; i < shapes.size(); i++) EXPECT_EQ(got[i], want[i]) << "sequence " << i;
 }
 
 // ---------------------------------------------------------------- cross entropy

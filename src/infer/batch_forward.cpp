@@ -121,7 +121,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   const ModelConfig& c = m.cfg;
   const int H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
   const float eps = float(c.rms_norm_eps);
-  int n = 0, max_ctx = 0;
+  int n = 0;
   for (const auto& r : rows) {
     SKY_CHECK(r.n > 0, "batch_forward: a sequence with no new tokens");
     SKY_CHECK(r.kv->len + r.n <= r.kv->capacity, "sequence of {} tokens exceeds its KV capacity {}", r.kv->len + r.n,
@@ -131,7 +131,6 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     for (int i = 0; i < r.n; i++)
       SKY_CHECK(r.tokens[i] >= 0 && r.tokens[i] < V, "token id {} is outside the vocabulary [0, {})", r.tokens[i], V);
     n += r.n;
-    max_ctx = std::max(max_ctx, r.kv->len + r.n);
   }
   for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
   grow(s.q, size_t(n) * qd);
@@ -140,7 +139,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   grow(s.v, size_t(n) * kvd);
   grow(s.rstd, n);
   grow(s.pos, n);
-  grow(s.att, size_t(c.num_heads) * max_ctx);
+  grow(s.attn, rows.size());
   {
     int r0 = 0;
     for (const auto& r : rows)
@@ -156,13 +155,15 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     rope_forward(s.q.data(), s.pos.data(), n, c.num_heads, m.rope);
     rope_forward(s.k.data(), s.pos.data(), n, c.num_kv_heads, m.rope);
     int r0 = 0;
-    for (const auto& r : rows) {
+    for (size_t i = 0; i < rows.size(); i++) {
+      const BatchRow& r = rows[i];
       std::memcpy(r.kv->k_at(c, l, r.kv->len), s.k.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
       std::memcpy(r.kv->v_at(c, l, r.kv->len), s.v.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
-      attention_cached(s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->k_at(c, l, 0),
-                       r.kv->v_at(c, l, 0), r.kv->len, r.n, c.num_heads, c.num_kv_heads, c.head_dim, s.att.data());
+      s.attn[i] = {s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->k_at(c, l, 0),
+                   r.kv->v_at(c, l, 0), r.kv->len, r.n};
       r0 += r.n;
     }
+    attention_cached_batch(s.attn.data(), int(rows.size()), c.num_heads, c.num_kv_heads, c.head_dim);
     qmatmul(s.tmp.data(), s.ctx.data(), L.wo, n);
     add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
     rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.ffn_norm.data(), n, H, eps);
