@@ -18,6 +18,8 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
+#include "ops/vmath.h"
+#include "hwy/tests/hwy_gtest.h"
 #include "ref.h"
 
 using namespace sky;
@@ -532,4 +534,38 @@ TEST(CrossEntropy, BackwardFloatLarge) {
   std::vector<float> got(N * V, 0.0f);
   cross_entropy_backward(got.data(), cast<float>(x).data(), tgt.data(), cast<float>(R).data(), N, V);
   expect_close(got, want, 1e-5, 1e-4, "float ce backward");
+}
+
+// ---------------------------------------------------------------- vectorized exp helpers
+
+class VMathTarget : public hwy::TestWithParamTarget {};
+HWY_TARGET_INSTANTIATE_TEST_SUITE_P(VMathTarget);
+
+// Highway's exp is within 1 ulp; with the divisions and products a few ulp: 1e-6 relative.
+TEST_P(VMathTarget, SiluMulMatchesDouble) {
+  for (size_t n : {1, 7, 16, 33, 1000}) {
+    std::vector<float> g = cast<float>(rnd(n, 8.0)), u = cast<float>(rnd(n)), out(n);
+    g[0] = -100.0f;  // exp(-g) would overflow a naive formula
+    if (n > 1) g[1] = 90.0f;
+    silu_mul(out.data(), g.data(), u.data(), n);
+    for (size_t i = 0; i < n; i++) {
+      const double want = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+      EXPECT_NEAR(out[i], want, 1e-6 * std::fabs(want) + 1e-30) << "n=" << n << " i=" << i;
+    }
+    silu_mul(g.data(), g.data(), u.data(), n);  // in place
+    EXPECT_EQ(g, out);
+  }
+}
+
+TEST_P(VMathTarget, SoftmaxMatchesDouble) {
+  for (size_t n : {1, 5, 16, 17, 300}) {
+    std::vector<float> s = cast<float>(rnd(n, 5.0));
+    for (auto& v : s) v -= 1000.0f;  // all far below zero: the maximum must come from the data
+    std::vector<double> want(n);
+    double mx = -1e300, sum = 0;
+    for (float v : s) mx = std::max(mx, double(v));
+    for (size_t i = 0; i < n; i++) sum += want[i] = std::exp(double(s[i]) - mx);
+    softmax_inplace(s.data(), n);
+    for (size_t i = 0; i < n; i++) EXPECT_NEAR(s[i], want[i] / sum, 1e-6 * want[i] / sum + 1e-9) << "n=" << n;
+  }
 }

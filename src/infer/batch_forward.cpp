@@ -12,6 +12,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
+#include "ops/vmath.h"
 
 namespace sky {
 
@@ -64,7 +65,7 @@ void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, fl
       float* b = h3 + size_t(r0) * I;
       qmatmul_rows(a, x, L.w1[e], n, o0, o1);
       qmatmul_rows(b, x, L.w3[e], n, o0, o1);
-      for (int r = 0; r < n; r++) swiglu_forward(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
+      for (int r = 0; r < n; r++) silu_mul(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
     });
 #pragma omp barrier
     split_rows(A, H, [&](int j, int o0, int o1) {

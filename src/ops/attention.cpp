@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/vmath.h"
 
 namespace sky {
 
@@ -114,16 +115,8 @@ static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, i
   for (int i = 0; i < nb; i++) {
     float* s = sc + (long)i * L;
     const int Li = a.start + i0 + i + 1;
-    float mx = s[0];
-    for (int j = 1; j < Li; j++) mx = s[j] > mx ? s[j] : mx;
-    float sum = 0;
-    for (int j = 0; j < Li; j++) {
-      s[j] = std::exp(s[j] - mx);
-      sum += s[j];
-    }
-    const float inv = 1.0f / sum;
-    for (int j = 0; j < Li; j++) s[j] *= inv;
-    for (int j = Li; j < L; j++) s[j] = 0.0f;
+    softmax_inplace(s, Li);
+    std::fill(s + Li, s + L, 0.0f);
   }
   if (nb == 1)
     cblas_sgemv(CblasRowMajor, CblasTrans, L, hd, 1.0f, vh, Ckv, sc, 1, 0.0f, ob, 1);
