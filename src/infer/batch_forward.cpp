@@ -34,31 +34,42 @@ static void add_rows(float* y, const float* x, size_t n) {
   for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-// Splits the concatenation of `count` experts' output rows [0, count * O) evenly across the team
-// and runs this thread's share; so every thread streams about the same number of weight bytes.
+// Splits the concatenation of the active experts' output rows [0, A * O) across the team by
+// estimated cost and runs this thread's share as run(j, o0, o1). A row of expert j costs
+// max(tokens_j, kStreamRows): streaming a weight row takes about as long as multiplying it with
+// that many tokens, so small batches split by bytes and large ones (prefill) by flops; an even
+// split of rows would leave one thread waiting whenever routing is uneven. Shares end on
+// multiples of 4 rows so register tiles stay full.
+constexpr int kStreamRows = 6;
 template <class F>
-static void split_rows(int count, int O, F&& run) {
+static void split_rows(const std::vector<int>& tokens, int O, F&& run) {
   const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-  const int64_t total = int64_t(count) * O;
-  int64_t b = total * t / nt, e = total * (t + 1) / nt;
-  while (b < e) {
-    int j = int(b / O), o0 = int(b % O);
-    int o1 = int(std::min<int64_t>(e - int64_t(j) * O, O));
-    run(j, o0, o1);
-    b = int64_t(j) * O + o1;
+  int64_t total = 0;
+  for (int n : tokens) total += int64_t(std::max(n, kStreamRows)) * O;
+  const int64_t lo = total * t / nt, hi = total * (t + 1) / nt;
+  int64_t base = 0;
+  for (size_t j = 0; j < tokens.size(); j++) {
+    const int64_t c = std::max(tokens[j], kStreamRows);
+    // First row at or after cost position v (the same function for both ends: no gaps, no overlap).
+    auto row = [&](int64_t v) { return int(std::min<int64_t>(O, (std::clamp<int64_t>((v - base + c - 1) / c, 0, O) + 3) / 4 * 4)); };
+    const int o0 = row(lo), o1 = t == nt - 1 ? O : row(hi);
+    if (o0 < o1) run(int(j), o0, o1);
+    base += c * O;
   }
 }
 
 void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, float* h1, float* h3, float* y, int H,
                      int I) {
-  std::vector<int> active;  // experts with routed rows
+  std::vector<int> active, tokens;  // experts with routed rows, and their row counts
   for (int e = 0; e < d.num_experts; e++)
-    if (d.offsets[e + 1] > d.offsets[e]) active.push_back(e);
-  const int A = int(active.size());
+    if (d.offsets[e + 1] > d.offsets[e]) {
+      active.push_back(e);
+      tokens.push_back(d.offsets[e + 1] - d.offsets[e]);
+    }
 #pragma omp parallel
   {
     // Gate and up projections, then SwiGLU on the same (rows, columns) this thread produced.
-    split_rows(A, I, [&](int j, int o0, int o1) {
+    split_rows(tokens, I, [&](int j, int o0, int o1) {
       const int e = active[j], r0 = d.offsets[e], n = d.offsets[e + 1] - r0;
       const float* x = xg + size_t(r0) * H;
       float* a = h1 + size_t(r0) * I;
@@ -68,7 +79,7 @@ void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, fl
       for (int r = 0; r < n; r++) silu_mul(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
     });
 #pragma omp barrier
-    split_rows(A, H, [&](int j, int o0, int o1) {
+    split_rows(tokens, H, [&](int j, int o0, int o1) {
       const int e = active[j], r0 = d.offsets[e], n = d.offsets[e + 1] - r0;
       qmatmul_rows(y + size_t(r0) * H, h1 + size_t(r0) * I, L.w2[e], n, o0, o1);
     });
