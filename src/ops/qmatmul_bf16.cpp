@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "core/dtype.h"
 
@@ -80,16 +81,18 @@ SKY_BF16 __attribute__((noinline)) void tile(const uint8_t* w, size_t wstride, i
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) acc[n][r] = _mm512_setzero_ps();
 
-  auto step = [&](size_t blk, __mmask64 m) SKY_BF16 {
+  // kTail: the last, partial block, through masked loads (plain loads elsewhere: cheaper).
+  auto step = [&](auto tail, size_t blk, __mmask64 m) SKY_BF16 {
+    constexpr bool kTail = decltype(tail)::value;
     __m512i w0[R], w1[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
       const uint8_t* p = w + r * wstride + blk * kBlockBytes;
       if constexpr (kFp8) {
-        dec.decode(_mm512_maskz_loadu_epi8(m, p), w0[r], w1[r]);
+        dec.decode(kTail ? _mm512_maskz_loadu_epi8(m, p) : _mm512_loadu_si512(p), w0[r], w1[r]);
       } else {
-        w0[r] = _mm512_maskz_loadu_epi16(__mmask32(m), p);
-        w1[r] = _mm512_maskz_loadu_epi16(__mmask32(m >> 32), p + 64);
+        w0[r] = kTail ? _mm512_maskz_loadu_epi16(__mmask32(m), p) : _mm512_loadu_si512(p);
+        w1[r] = kTail ? _mm512_maskz_loadu_epi16(__mmask32(m >> 32), p + 64) : _mm512_loadu_si512(p + 64);
       }
     }
 #pragma GCC unroll 8
@@ -112,9 +115,9 @@ SKY_BF16 __attribute__((noinline)) void tile(const uint8_t* w, size_t wstride, i
       for (size_t k = 0; k < R * kBlockBytes; k += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + k), _MM_HINT_T0);
       pf += R * kBlockBytes;
     }
-    step(b, ~__mmask64(0));
+    step(std::false_type(), b, 0);
   }
-  if (rem) step(full, (__mmask64(1) << rem) - 1);
+  if (rem) step(std::true_type(), full, (__mmask64(1) << rem) - 1);
 #pragma GCC unroll 8
   for (int n = 0; n < NR; n++)
 #pragma GCC unroll 8
