@@ -1,5 +1,6 @@
 // qmatmul speed next to this machine's streaming read bandwidth, measured in the same run.
-// Usage: OMP_NUM_THREADS=2 build/bench_qmatmul [--quick]
+// Usage: OMP_NUM_THREADS=2 build/bench_qmatmul [--quick] [--no-bf16-dot]
+// (--no-bf16-dot: bf16/fp8 weights through the f32 FMA kernels, for comparison)
 // For each weight shape, dtype and batch N: time per call (median and best of many calls), weight
 // bytes read per second (each call reads every weight once) and GFLOP/s. Two bandwidth yardsticks:
 // a streaming read of a 1 GiB buffer, and a streaming read of the very same weight buffers with the
@@ -84,8 +85,13 @@ static std::vector<QWeight> make_copies(const QWeight& q, int copies) {
 }
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-  std::printf("qmatmul target %s, %d threads\n", qmatmul_target(), omp_get_max_threads());
+  bool quick = false;
+  for (int i = 1; i < argc; i++) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    if (std::strcmp(argv[i], "--no-bf16-dot") == 0) qmatmul_set_bf16_dot(false);
+  }
+  std::printf("qmatmul target %s, bf16 dot products for bf16/fp8 weights: %s, %d threads\n", qmatmul_target(),
+              qmatmul_uses_bf16_dot(DType::F8_E4M3) ? "yes" : "no", omp_get_max_threads());
   const Timing bw = read_bandwidth();
   std::printf("memory read bandwidth (1 GiB, %d threads): median %.1f GB/s, best %.1f GB/s\n\n",
               omp_get_max_threads(), bw.median, bw.best);

@@ -18,6 +18,8 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
+#include "ops/vmath.h"
+#include "hwy/tests/hwy_gtest.h"
 #include "ref.h"
 
 using namespace sky;
@@ -449,6 +451,37 @@ TEST(Attention, CachedLongThreaded) {
   attention_cached(out.data(), q.data() + start * C, k.data(), v.data(), start, 4, nh, nkv, hd, s.data());
   Vec w(want.begin() + start * C, want.end());
   expect_close(out, w, 1e-5, 1e-5, "long");
+
+  // A chunk of several 64-row query blocks after a cached prefix (the blocked prefill path).
+  start = 37;
+  std::vector<float> chunk((Tn - start) * C), s2(Tn);
+  attention_cached(chunk.data(), q.data() + start * C, k.data(), v.data(), start, Tn - start, nh, nkv, hd, s2.data());
+  expect_close(chunk, Vec(want.begin() + start * C, want.end()), 1e-5, 1e-5, "long chunk");
+}
+
+TEST(Attention, CachedBatchEqualsOneSequenceAtATime) {
+  // Sequences of different lengths, decode rows and a multi-block chunk in one call.
+  int nh = 4, nkv = 2, hd = 32;
+  size_t C = (size_t)nh * hd, Ckv = (size_t)nkv * hd;
+  const std::vector<std::pair<int, int>> shapes = {{10, 1}, {0, 130}, {200, 1}, {3, 5}};  // (start, n)
+  std::vector<std::vector<float>> q, k, v, got, want;
+  std::vector<AttnSeq> seqs;
+  for (size_t i = 0; i < shapes.size(); i++) {
+    auto [start, n] = shapes[i];
+    q.push_back(cast<float>(rnd(n * C)));
+    k.push_back(cast<float>(rnd((start + n) * Ckv)));
+    v.push_back(cast<float>(rnd((start + n) * Ckv)));
+    got.emplace_back(n * C);
+    want.emplace_back(n * C);
+  }
+  for (size_t i = 0; i < shapes.size(); i++) {
+    seqs.push_back({got[i].data(), q[i].data(), k[i].data(), v[i].data(), shapes[i].first, shapes[i].second});
+    std::vector<float> s(shapes[i].first + shapes[i].second);
+    attention_cached(want[i].data(), q[i].data(), k[i].data(), v[i].data(), shapes[i].first, shapes[i].second, nh,
+                     nkv, hd, s.data());
+  }
+  attention_cached_batch(seqs.data(), int(seqs.size()), nh, nkv, hd);
+  for (size_t i = 0; i < shapes.size(); i++) EXPECT_EQ(got[i], want[i]) << "sequence " << i;
 }
 
 // ---------------------------------------------------------------- cross entropy
@@ -501,4 +534,38 @@ TEST(CrossEntropy, BackwardFloatLarge) {
   std::vector<float> got(N * V, 0.0f);
   cross_entropy_backward(got.data(), cast<float>(x).data(), tgt.data(), cast<float>(R).data(), N, V);
   expect_close(got, want, 1e-5, 1e-4, "float ce backward");
+}
+
+// ---------------------------------------------------------------- vectorized exp helpers
+
+class VMathTarget : public hwy::TestWithParamTarget {};
+HWY_TARGET_INSTANTIATE_TEST_SUITE_P(VMathTarget);
+
+// Highway's exp is within 1 ulp; with the divisions and products a few ulp: 1e-6 relative.
+TEST_P(VMathTarget, SiluMulMatchesDouble) {
+  for (size_t n : {1, 7, 16, 33, 1000}) {
+    std::vector<float> g = cast<float>(rnd(n, 8.0)), u = cast<float>(rnd(n)), out(n);
+    g[0] = -100.0f;  // exp(-g) would overflow a naive formula
+    if (n > 1) g[1] = 90.0f;
+    silu_mul(out.data(), g.data(), u.data(), n);
+    for (size_t i = 0; i < n; i++) {
+      const double want = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+      EXPECT_NEAR(out[i], want, 1e-6 * std::fabs(want) + 1e-30) << "n=" << n << " i=" << i;
+    }
+    silu_mul(g.data(), g.data(), u.data(), n);  // in place
+    EXPECT_EQ(g, out);
+  }
+}
+
+TEST_P(VMathTarget, SoftmaxMatchesDouble) {
+  for (size_t n : {1, 5, 16, 17, 300}) {
+    std::vector<float> s = cast<float>(rnd(n, 5.0));
+    for (auto& v : s) v -= 1000.0f;  // all far below zero: the maximum must come from the data
+    std::vector<double> want(n);
+    double mx = -1e300, sum = 0;
+    for (float v : s) mx = std::max(mx, double(v));
+    for (size_t i = 0; i < n; i++) sum += want[i] = std::exp(double(s[i]) - mx);
+    softmax_inplace(s.data(), n);
+    for (size_t i = 0; i < n; i++) EXPECT_NEAR(s[i], want[i] / sum, 1e-6 * want[i] / sum + 1e-9) << "n=" << n;
+  }
 }

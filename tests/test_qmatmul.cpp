@@ -47,15 +47,19 @@ std::vector<double> decoded(const QWeight& q) {
 }
 
 // y must match sum_i x*w within 1e-5 of sum_i |x*w| (f32 accumulation over a few hundred terms).
+// Where qmatmul uses bf16 dot products, x is first rounded to bf16 as the kernel does, so the check
+// stays as tight; the rounding itself changes each product by at most 2^-9 (checked separately).
 void expect_matches_reference(const std::vector<float>& y, const std::vector<float>& x, const QWeight& q, int N,
                               const std::string& what) {
   const std::vector<double> w = decoded(q);
+  const bool round_x = qmatmul_uses_bf16_dot(q.dtype);
   double worst = 0;
   for (int n = 0; n < N; n++)
     for (int o = 0; o < q.O; o++) {
       double s = 0, mag = 0;
       for (int i = 0; i < q.I; i++) {
-        const double p = double(x[size_t(n) * q.I + i]) * w[size_t(o) * q.I + i];
+        const float xv = x[size_t(n) * q.I + i];
+        const double p = double(round_x ? bf16_to_f32(f32_to_bf16(xv)) : xv) * w[size_t(o) * q.I + i];
         s += p;
         mag += std::fabs(p);
       }
@@ -90,14 +94,7 @@ struct Shifted {
 
 }  // namespace
 
-class QMatmulTarget : public hwy::TestWithParamTarget {};
-HWY_TARGET_INSTANTIATE_TEST_SUITE_P(QMatmulTarget);
-
-TEST_P(QMatmulTarget, DispatchesToTheTargetUnderTest) {
-  EXPECT_STREQ(qmatmul_target(), hwy::TargetName(GetParam()));
-}
-
-TEST_P(QMatmulTarget, OddShapesMatchReference) {
+static void OddShapesMatchReference() {
   for (const Case& c : kCases)
     for (int O : {1, 3, 17, 130})
       for (int I : {1, 7, 16, 33, 257}) {
@@ -110,12 +107,11 @@ TEST_P(QMatmulTarget, OddShapesMatchReference) {
                                                    " N=" + std::to_string(N));
         }
       }
-  EXPECT_STREQ(qmatmul_target(), hwy::TargetName(GetParam()));
 }
 
 // Rows longer than the kernel's L2 block (256 KiB), so a block holds a single register tile, and
 // enough rows for several blocks and for the threads' split.
-TEST_P(QMatmulTarget, LongRowsMatchReference) {
+static void LongRowsMatchReference() {
   for (const Case& c : kCases)
     for (int I : {20000, 70001}) {
       const int O = 29, N = 6;
@@ -129,7 +125,7 @@ TEST_P(QMatmulTarget, LongRowsMatchReference) {
 
 // Every E4M3 code except NaN decodes exactly (subnormals, both zeros, +-448), in the vector body
 // and in the tail of a row: row o holds code o at one position, x is one-hot there.
-TEST_P(QMatmulTarget, EveryE4M3CodeDecodesExactly) {
+static void EveryE4M3CodeDecodesExactly() {
   std::vector<uint8_t> codes;
   for (int c = 0; c < 256; c++)
     if ((c & 0x7F) != 0x7F) codes.push_back(uint8_t(c));
@@ -152,7 +148,7 @@ TEST_P(QMatmulTarget, EveryE4M3CodeDecodesExactly) {
   }
 }
 
-TEST_P(QMatmulTarget, UnalignedWeightsGiveTheSameResult) {
+static void UnalignedWeightsGiveTheSameResult() {
   for (const Case& c : kCases) {
     const int O = 37, I = 1029, N = 5;
     const QWeight q = random_weight(O, I, c);
@@ -171,7 +167,7 @@ TEST_P(QMatmulTarget, UnalignedWeightsGiveTheSameResult) {
 
 // qmatmul_rows on a sub-range equals qmatmul there (bit for bit: every output row is one
 // accumulation in a fixed order, whatever the tiling), and leaves the other rows alone.
-TEST_P(QMatmulTarget, RowsMatchesQmatmulOnASubRange) {
+static void RowsMatchesQmatmulOnASubRange() {
   for (const Case& c : kCases) {
     const int O = 130, I = 257;
     const QWeight q = random_weight(O, I, c);
@@ -189,6 +185,104 @@ TEST_P(QMatmulTarget, RowsMatchesQmatmulOnASubRange) {
                 << name(c) << " N=" << N << " range [" << b << ", " << e << ") row " << o;
           }
       }
+    }
+  }
+}
+
+// The Highway kernels, once per SIMD target (bf16 dot products off, so they run for every dtype).
+class QMatmulTarget : public hwy::TestWithParamTarget {
+ protected:
+  void SetUp() override {
+    hwy::TestWithParamTarget::SetUp();
+    qmatmul_set_bf16_dot(false);
+  }
+  void TearDown() override {
+    qmatmul_set_bf16_dot(true);
+    hwy::TestWithParamTarget::TearDown();
+  }
+};
+HWY_TARGET_INSTANTIATE_TEST_SUITE_P(QMatmulTarget);
+
+TEST_P(QMatmulTarget, DispatchesToTheTargetUnderTest) {
+  EXPECT_STREQ(qmatmul_target(), hwy::TargetName(GetParam()));
+}
+TEST_P(QMatmulTarget, OddShapesMatchReference) {
+  OddShapesMatchReference();
+  EXPECT_STREQ(qmatmul_target(), hwy::TargetName(GetParam()));
+}
+TEST_P(QMatmulTarget, LongRowsMatchReference) { LongRowsMatchReference(); }
+TEST_P(QMatmulTarget, EveryE4M3CodeDecodesExactly) { EveryE4M3CodeDecodesExactly(); }
+TEST_P(QMatmulTarget, UnalignedWeightsGiveTheSameResult) { UnalignedWeightsGiveTheSameResult(); }
+TEST_P(QMatmulTarget, RowsMatchesQmatmulOnASubRange) { RowsMatchesQmatmulOnASubRange(); }
+
+// The bf16 dot-product path (BF16 and FP8 weights; F32 weights still take the f32 kernels), on
+// CPUs with AVX512-BF16 and VBMI.
+class QMatmulBf16Dot : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!qmatmul_uses_bf16_dot(DType::F8_E4M3)) GTEST_SKIP() << "this CPU has no AVX512-BF16 + VBMI";
+    ASSERT_TRUE(qmatmul_uses_bf16_dot(DType::BF16));
+    ASSERT_FALSE(qmatmul_uses_bf16_dot(DType::F32));
+  }
+};
+TEST_F(QMatmulBf16Dot, OddShapesMatchReference) { OddShapesMatchReference(); }
+TEST_F(QMatmulBf16Dot, LongRowsMatchReference) { LongRowsMatchReference(); }
+TEST_F(QMatmulBf16Dot, EveryE4M3CodeDecodesExactly) { EveryE4M3CodeDecodesExactly(); }
+TEST_F(QMatmulBf16Dot, UnalignedWeightsGiveTheSameResult) { UnalignedWeightsGiveTheSameResult(); }
+TEST_F(QMatmulBf16Dot, RowsMatchesQmatmulOnASubRange) { RowsMatchesQmatmulOnASubRange(); }
+
+// Against the unrounded activations the error stays within the bf16 rounding bound: 2^-9 of
+// sum |x*w| from the activations, plus f32 accumulation.
+TEST_F(QMatmulBf16Dot, WithinBf16RoundingOfExactProducts) {
+  for (const Case& c : kCases) {
+    if (c.dtype == DType::F32) continue;
+    const int O = 33, I = 1000, N = 7;
+    const QWeight q = random_weight(O, I, c);
+    const std::vector<float> x = random_x(N, I);
+    std::vector<float> y(size_t(N) * O);
+    qmatmul(y.data(), x.data(), q, N);
+    const std::vector<double> w = decoded(q);
+    for (int n = 0; n < N; n++)
+      for (int o = 0; o < O; o++) {
+        double s = 0, mag = 0;
+        for (int i = 0; i < I; i++) {
+          s += double(x[size_t(n) * I + i]) * w[size_t(o) * I + i];
+          mag += std::fabs(double(x[size_t(n) * I + i]) * w[size_t(o) * I + i]);
+        }
+        EXPECT_LE(std::fabs(y[size_t(n) * O + o] - s), (std::ldexp(1.0, -9) + 1e-5) * mag) << name(c);
+      }
+  }
+}
+
+// A row's result does not depend on the rows batched with it (bit for bit), so batched decoding
+// gives the same tokens as one-at-a-time decoding.
+TEST_F(QMatmulBf16Dot, RowResultsDoNotDependOnTheBatch) {
+  for (const Case& c : kCases) {
+    const int O = 45, I = 300, N = 11;
+    const QWeight q = random_weight(O, I, c);
+    const std::vector<float> x = random_x(N, I);
+    std::vector<float> all(size_t(N) * O), one(O);
+    qmatmul(all.data(), x.data(), q, N);
+    for (int n = 0; n < N; n++) {
+      qmatmul(one.data(), x.data() + size_t(n) * I, q, 1);
+      for (int o = 0; o < O; o++) ASSERT_EQ(all[size_t(n) * O + o], one[o]) << name(c) << " row " << n;
+    }
+  }
+}
+
+// qmatmul_multi (one parallel region, rows split across the matrices) equals one qmatmul per
+// matrix, bit for bit, with mixed dtypes and sizes that do not split evenly.
+TEST(QMatmul, MultiEqualsSeparateProducts) {
+  const int I = 129;
+  const QWeight a = random_weight(37, I, kCases[3]), b = random_weight(5, I, kCases[1]), c = random_weight(200, I, kCases[0]);
+  for (int N : {1, 3, 9}) {
+    const std::vector<float> x = random_x(N, I);
+    std::vector<float> ya(size_t(N) * 37, NAN), yb(size_t(N) * 5, NAN), yc(size_t(N) * 200, NAN);
+    qmatmul_multi(x.data(), N, {{ya.data(), &a}, {yb.data(), &b}, {yc.data(), &c}});
+    for (auto [y, q] : {std::pair{&ya, &a}, {&yb, &b}, {&yc, &c}}) {
+      std::vector<float> want(y->size());
+      qmatmul(want.data(), x.data(), *q, N);
+      EXPECT_EQ(*y, want) << "N=" << N << " O=" << q->O;
     }
   }
 }

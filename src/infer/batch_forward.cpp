@@ -13,6 +13,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/swiglu.h"
+#include "ops/vmath.h"
 
 namespace sky {
 
@@ -34,41 +35,52 @@ static void add_rows(float* y, const float* x, size_t n) {
   for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-// Splits the concatenation of `count` experts' output rows [0, count * O) evenly across the team
-// and runs this thread's share; so every thread streams about the same number of weight bytes.
+// Splits the concatenation of the active experts' output rows [0, A * O) across the team by
+// estimated cost and runs this thread's share as run(j, o0, o1). A row of expert j costs
+// max(tokens_j, kStreamRows): streaming a weight row takes about as long as multiplying it with
+// that many tokens, so small batches split by bytes and large ones (prefill) by flops; an even
+// split of rows would leave one thread waiting whenever routing is uneven. Shares end on
+// multiples of 4 rows so register tiles stay full.
+constexpr int kStreamRows = 6;
 template <class F>
-static void split_rows(int count, int O, F&& run) {
+static void split_rows(const std::vector<int>& tokens, int O, F&& run) {
   const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-  const int64_t total = int64_t(count) * O;
-  int64_t b = total * t / nt, e = total * (t + 1) / nt;
-  while (b < e) {
-    int j = int(b / O), o0 = int(b % O);
-    int o1 = int(std::min<int64_t>(e - int64_t(j) * O, O));
-    run(j, o0, o1);
-    b = int64_t(j) * O + o1;
+  int64_t total = 0;
+  for (int n : tokens) total += int64_t(std::max(n, kStreamRows)) * O;
+  const int64_t lo = total * t / nt, hi = total * (t + 1) / nt;
+  int64_t base = 0;
+  for (size_t j = 0; j < tokens.size(); j++) {
+    const int64_t c = std::max(tokens[j], kStreamRows);
+    // First row at or after cost position v (the same function for both ends: no gaps, no overlap).
+    auto row = [&](int64_t v) { return int(std::min<int64_t>(O, (std::clamp<int64_t>((v - base + c - 1) / c, 0, O) + 3) / 4 * 4)); };
+    const int o0 = row(lo), o1 = t == nt - 1 ? O : row(hi);
+    if (o0 < o1) run(int(j), o0, o1);
+    base += c * O;
   }
 }
 
 void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, float* h1, float* h3, float* y, int H,
                      int I) {
-  std::vector<int> active;  // experts with routed rows
+  std::vector<int> active, tokens;  // experts with routed rows, and their row counts
   for (int e = 0; e < d.num_experts; e++)
-    if (d.offsets[e + 1] > d.offsets[e]) active.push_back(e);
-  const int A = int(active.size());
+    if (d.offsets[e + 1] > d.offsets[e]) {
+      active.push_back(e);
+      tokens.push_back(d.offsets[e + 1] - d.offsets[e]);
+    }
 #pragma omp parallel
   {
     // Gate and up projections, then SwiGLU on the same (rows, columns) this thread produced.
-    split_rows(A, I, [&](int j, int o0, int o1) {
+    split_rows(tokens, I, [&](int j, int o0, int o1) {
       const int e = active[j], r0 = d.offsets[e], n = d.offsets[e + 1] - r0;
       const float* x = xg + size_t(r0) * H;
       float* a = h1 + size_t(r0) * I;
       float* b = h3 + size_t(r0) * I;
       qmatmul_rows(a, x, L.w1[e], n, o0, o1);
       qmatmul_rows(b, x, L.w3[e], n, o0, o1);
-      for (int r = 0; r < n; r++) swiglu_forward(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
+      for (int r = 0; r < n; r++) silu_mul(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
     });
 #pragma omp barrier
-    split_rows(A, H, [&](int j, int o0, int o1) {
+    split_rows(tokens, H, [&](int j, int o0, int o1) {
       const int e = active[j], r0 = d.offsets[e], n = d.offsets[e + 1] - r0;
       qmatmul_rows(y + size_t(r0) * H, h1 + size_t(r0) * I, L.w2[e], n, o0, o1);
     });
@@ -81,8 +93,7 @@ static void ffn(const InferModel& m, const InferLayer& L, const float* in, float
   if (!c.is_moe()) {
     grow(s.h1, size_t(n) * I);
     grow(s.h3, size_t(n) * I);
-    qmatmul(s.h1.data(), in, L.gate, n);
-    qmatmul(s.h3.data(), in, L.up, n);
+    qmatmul_multi(in, n, {{s.h1.data(), &L.gate}, {s.h3.data(), &L.up}});
     swiglu_forward(s.h1.data(), s.h1.data(), s.h3.data(), long(n) * I);
     qmatmul(out, s.h1.data(), L.down, n);
     return;
@@ -125,7 +136,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   const ModelConfig& c = m.cfg;
   const int H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
   const float eps = float(c.rms_norm_eps);
-  int n = 0, max_ctx = 0;
+  int n = 0;
   for (const auto& r : rows) {
     SKY_CHECK(r.n > 0, "batch_forward: a sequence with no new tokens");
     SKY_CHECK(r.kv->len + r.n <= r.kv->capacity, "sequence of {} tokens exceeds its KV capacity {}", r.kv->len + r.n,
@@ -135,7 +146,6 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     for (int i = 0; i < r.n; i++)
       SKY_CHECK(r.tokens[i] >= 0 && r.tokens[i] < V, "token id {} is outside the vocabulary [0, {})", r.tokens[i], V);
     n += r.n;
-    max_ctx = std::max(max_ctx, r.kv->len + r.n);
   }
   if (m.tp) m.tp->announce(rows);  // rank 0 tells the other ranks what to run
   for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
@@ -145,7 +155,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   grow(s.v, size_t(n) * kvd);
   grow(s.rstd, n);
   grow(s.pos, n);
-  grow(s.att, size_t(c.num_heads) * max_ctx);
+  grow(s.attn, rows.size());
   {
     int r0 = 0;
     for (const auto& r : rows)
@@ -157,19 +167,19 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   for (int l = 0; l < c.num_layers; l++) {
     const InferLayer& L = m.layers[l];
     rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.attn_norm.data(), n, H, eps);
-    qmatmul(s.q.data(), s.ln.data(), L.wq, n);
-    qmatmul(s.k.data(), s.ln.data(), L.wk, n);
-    qmatmul(s.v.data(), s.ln.data(), L.wv, n);
+    qmatmul_multi(s.ln.data(), n, {{s.q.data(), &L.wq}, {s.k.data(), &L.wk}, {s.v.data(), &L.wv}});
     rope_forward(s.q.data(), s.pos.data(), n, c.num_heads, m.rope);
     rope_forward(s.k.data(), s.pos.data(), n, c.num_kv_heads, m.rope);
     int r0 = 0;
-    for (const auto& r : rows) {
+    for (size_t i = 0; i < rows.size(); i++) {
+      const BatchRow& r = rows[i];
       std::memcpy(r.kv->k_at(c, l, r.kv->len), s.k.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
       std::memcpy(r.kv->v_at(c, l, r.kv->len), s.v.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
-      attention_cached(s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->k_at(c, l, 0),
-                       r.kv->v_at(c, l, 0), r.kv->len, r.n, c.num_heads, c.num_kv_heads, c.head_dim, s.att.data());
+      s.attn[i] = {s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->k_at(c, l, 0),
+                   r.kv->v_at(c, l, 0), r.kv->len, r.n};
       r0 += r.n;
     }
+    attention_cached_batch(s.attn.data(), int(rows.size()), c.num_heads, c.num_kv_heads, c.head_dim);
     qmatmul(s.tmp.data(), s.ctx.data(), L.wo, n);
     if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's heads
     add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);

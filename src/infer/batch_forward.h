@@ -8,6 +8,7 @@
 
 #include "infer/infer_model.h"
 #include "moe/dispatch.h"
+#include "ops/attention.h"
 
 namespace sky {
 
@@ -29,9 +30,10 @@ struct BatchRow {  // the new tokens of one sequence in this step
 
 // Reusable buffers, grown on demand.
 struct BatchScratch {
-  std::vector<float> x, ln, q, k, v, ctx, tmp, rstd, att, logits_in;
+  std::vector<float> x, ln, q, k, v, ctx, tmp, rstd, logits_in;
   std::vector<float> router_logits, probs, topk_w, xg, h1, h3, y;
   std::vector<int32_t> pos, topk_idx;
+  std::vector<AttnSeq> attn;
   Dispatch disp;
 };
 

@@ -3,10 +3,12 @@
 #include "ops/blas.h"
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/error.h"
+#include "ops/vmath.h"
 
 namespace sky {
 
@@ -94,42 +96,70 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   }
 }
 
-void attention_cached(float* out, const float* q, const float* kcache, const float* vcache, int start, int n,
-                      int n_heads, int n_kv, int hd, float* scratch) {
+// One head, query rows [i0, i0 + nb) of one sequence: two GEMMs (scores against every key the
+// block's last row sees, then probabilities times values), so a prefill runs at GEMM speed instead
+// of a matrix-vector product per row. Keys past a row's own position get probability 0.
+// sc holds nb * (start + i0 + nb) floats.
+static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, int n_kv, int hd, float* sc) {
+  const int C = n_heads * hd, Ckv = n_kv * hd, group = n_heads / n_kv;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  const int L = a.start + i0 + nb;  // keys the block's last row attends to
+  const float* kh = a.kcache + (h / group) * hd;
+  const float* vh = a.vcache + (h / group) * hd;
+  const float* qb = a.q + (long)i0 * C + h * hd;
+  float* ob = a.out + (long)i0 * C + h * hd;
+  if (nb == 1)
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, L, hd, scale, kh, Ckv, qb, 1, 0.0f, sc, 1);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, L, hd, scale, qb, C, kh, Ckv, 0.0f, sc, L);
+  for (int i = 0; i < nb; i++) {
+    float* s = sc + (long)i * L;
+    const int Li = a.start + i0 + i + 1;
+    softmax_inplace(s, Li);
+    std::fill(s + Li, s + L, 0.0f);
+  }
+  if (nb == 1)
+    cblas_sgemv(CblasRowMajor, CblasTrans, L, hd, 1.0f, vh, Ckv, sc, 1, 0.0f, ob, 1);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, L, 1.0f, sc, L, vh, Ckv, 0.0f, ob, C);
+}
+
+void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_kv, int hd) {
   check_heads(n_heads, n_kv);
-  int C = n_heads * hd, Ckv = n_kv * hd, group = n_heads / n_kv;
-  float scale = 1.0f / std::sqrt((float)hd);
-  long work = (long)n_heads * n * (start + n) * hd;
-  // Heads are independent; thread 0 uses the caller's scratch, any other thread its own buffer,
-  // so the scratch contract stays "start + n floats" whatever the thread count.
+  constexpr int kRows = 64;  // query rows per block
+  struct Block { int seq, i0, nb; };
+  thread_local std::vector<Block> blocks;  // the caller's list (reused, no allocation per call)
+  blocks.clear();
+  long work = 0;
+  size_t need = 0;
+  for (int s = 0; s < count; s++) {
+    const AttnSeq& a = seqs[s];
+    for (int i0 = 0; i0 < a.n; i0 += kRows) blocks.push_back({s, i0, std::min(kRows, a.n - i0)});
+    work += (long)n_heads * a.n * (a.start + a.n) * hd;
+    need = std::max(need, size_t(std::min(a.n, kRows)) * (a.start + a.n));
+  }
+  // (thread_local names inside the region would be each thread's own: take pointer and count here)
+  const Block* bl = blocks.data();
+  const int nblocks = int(blocks.size()), tasks = nblocks * n_heads;
+  // Tasks are head-major so each thread gets whole heads: blocks later in a sequence see more keys
+  // and would unbalance a block-major split. Dynamic scheduling absorbs uneven context lengths.
 #pragma omp parallel if (work > 65536)
   {
-    std::vector<float> own;
-    float* s = scratch;
-    if (omp_get_thread_num() != 0) {
-      own.resize(start + n);
-      s = own.data();
-    }
-#pragma omp for schedule(static)
-    for (int h = 0; h < n_heads; h++) {
-      const float* kh = kcache + (h / group) * hd;
-      const float* vh = vcache + (h / group) * hd;
-      for (int i = 0; i < n; i++) {
-        const float* qi = q + (long)i * C + h * hd;
-        float* oi = out + (long)i * C + h * hd;
-        int L = start + i + 1;
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, L, hd, scale, kh, Ckv, qi, 1, 0.0f, s, 1);
-        float mx = s[0];
-        for (int j = 1; j < L; j++) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0;
-        for (int j = 0; j < L; j++) {
-          s[j] = std::exp(s[j] - mx);
-          sum += s[j];
-        }
-        cblas_sgemv(CblasRowMajor, CblasTrans, L, hd, 1.0f / sum, vh, Ckv, s, 1, 0.0f, oi, 1);
-      }
+    thread_local std::vector<float> sc;
+    if (sc.size() < need) sc.resize(need);
+#pragma omp for schedule(dynamic)
+    for (int t = 0; t < tasks; t++) {
+      const int h = t / nblocks;
+      const Block& b = bl[t % nblocks];
+      attend_block(seqs[b.seq], h, b.i0, b.nb, n_heads, n_kv, hd, sc.data());
     }
   }
+}
+
+void attention_cached(float* out, const float* q, const float* kcache, const float* vcache, int start, int n,
+                      int n_heads, int n_kv, int hd, float* /*scratch*/) {
+  const AttnSeq a{out, q, kcache, vcache, start, n};
+  attention_cached_batch(&a, 1, n_heads, n_kv, hd);
 }
 
 template void attention_forward<float>(float*, float*, const float*, const float*, const float*, int, int, int, int,

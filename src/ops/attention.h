@@ -14,9 +14,20 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
 
 // Inference with a KV cache: n new query rows at positions start..start+n-1 of one sequence;
 // kcache/vcache [>= start+n, n_kv*hd] already hold the keys/values of positions 0..start+n-1.
-// Row i attends to positions 0..start+i. `scratch` holds >= start+n floats; heads run in parallel,
-// the calling thread uses `scratch` and any other OpenMP thread a buffer of its own.
+// Row i attends to positions 0..start+i. Heads and blocks of 64 query rows run in parallel, each
+// with per-thread buffers; `scratch` is no longer used (kept for existing callers).
 void attention_cached(float* out, const float* q, const float* kcache, const float* vcache, int start, int n,
                       int n_heads, int n_kv, int hd, float* scratch);
+
+// The same for many sequences (batched decoding, a prefill beside running sequences) in one
+// parallel region over every (sequence, head, row block).
+struct AttnSeq {
+  float* out;
+  const float* q;
+  const float* kcache;
+  const float* vcache;
+  int start, n;
+};
+void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_kv, int hd);
 
 }  // namespace sky

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
+#include "ops/qmatmul_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/qmatmul.cpp"
@@ -183,28 +185,94 @@ static void check(const QWeight& w) {
   SKY_CHECK(w.data || size_t(w.O) * w.I == 0, "qmatmul: weight has no data");
 }
 
+static bool g_bf16_dot = true;
+
+void qmatmul_set_bf16_dot(bool on) { g_bf16_dot = on; }
+
+bool qmatmul_uses_bf16_dot(DType weight_dtype) {
+  return g_bf16_dot && (weight_dtype == DType::BF16 || weight_dtype == DType::F8_E4M3) && bf16dot::supported();
+}
+
+// A 64-byte aligned buffer of bf16 activations, grown on demand and kept per thread.
+namespace {
+struct Bf16Buffer {
+  uint16_t* p = nullptr;
+  size_t n = 0;
+  uint16_t* get(size_t need) {
+    if (need > n) {
+      std::free(p);
+      n = need;
+      p = static_cast<uint16_t*>(std::aligned_alloc(64, (n * 2 + 63) / 64 * 64));
+    }
+    return p;
+  }
+  ~Bf16Buffer() { std::free(p); }
+};
+// One per activation layout: natural order (BF16 weights) and the fp8 decoder's lane order.
+thread_local Bf16Buffer t_xb[2];
+
+// Activations of one call in the forms its weights need: f32, or bf16 in the weight's layout.
+struct Prepared {
+  const float* x;
+  const uint16_t* xb[2] = {nullptr, nullptr};
+  int N;
+  Prepared(const float* x_, int N_) : x(x_), N(N_) {}
+  void add(const QWeight& w) {
+    if (!qmatmul_uses_bf16_dot(w.dtype)) return;
+    const int k = w.dtype == DType::F8_E4M3;
+    if (xb[k]) return;
+    uint16_t* p = t_xb[k].get(size_t(N) * bf16dot::padded(w.I));
+    bf16dot::convert_rows(p, x, N, w.I, w.dtype);
+    xb[k] = p;
+  }
+  void run(const QWeight& w, float* y, int o0, int o1) const {
+    if (qmatmul_uses_bf16_dot(w.dtype))
+      bf16dot::rows(w, xb[w.dtype == DType::F8_E4M3], y, N, o0, o1);
+    else
+      HWY_DYNAMIC_DISPATCH(QRows)(w, x, y, N, o0, o1);
+  }
+};
+}  // namespace
+
 void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin, int o_end) {
   check(w);
   if (N <= 0 || o_begin >= o_end) return;
-  HWY_DYNAMIC_DISPATCH(QRows)(w, x, y, N, o_begin, o_end);
+  Prepared p(x, N);
+  p.add(w);
+  p.run(w, y, o_begin, o_end);
 }
 
-void qmatmul(float* y, const float* x, const QWeight& w, int N) {
-  check(w);
-  if (N <= 0 || w.O <= 0) return;
-  auto* rows = HWY_DYNAMIC_DISPATCH(QRows);
-  // Split the output rows (so the weight bytes) evenly; chunks are multiples of 12 rows so the
-  // register tiles (3 or 4 rows) stay full. Tiny products stay on one thread (fork/join costs a few us).
-  const int64_t work = int64_t(w.O) * w.I * N;
+void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> products) {
+  int64_t rows = 0, work = 0;
+  for (const QProduct& p : products) {
+    check(*p.w);
+    SKY_CHECK(p.w->I == products.begin()->w->I, "qmatmul_multi: input sizes differ ({} and {})", p.w->I,
+              products.begin()->w->I);
+    rows += p.w->O;
+    work += int64_t(p.w->O) * p.w->I * N;
+  }
+  if (N <= 0 || rows == 0) return;
+  Prepared prep(x, N);  // activations converted once, shared by the threads
+  for (const QProduct& p : products) prep.add(*p.w);
+  // Split the concatenated output rows (so the weight bytes) evenly; chunk ends are multiples of
+  // 12 rows within each matrix so the register tiles (3 or 4 rows) stay full. Tiny products stay
+  // on one thread (fork/join costs a few us).
 #pragma omp parallel if (work > (1 << 16))
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int blocks = (w.O + 11) / 12;
-    const int b0 = int(int64_t(blocks) * t / nt), b1 = int(int64_t(blocks) * (t + 1) / nt);
-    const int o0 = std::min(w.O, 12 * b0), o1 = std::min(w.O, 12 * b1);
-    if (o0 < o1) rows(w, x, y, N, o0, o1);
+    const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    int64_t base = 0;
+    for (const QProduct& p : products) {
+      const int O = p.w->O;
+      auto snap = [&](int64_t r) { return int(std::clamp<int64_t>((r - base + 6) / 12 * 12, 0, O)); };
+      const int o0 = snap(r0), o1 = r1 >= rows ? O : snap(r1);
+      if (o0 < o1) prep.run(*p.w, p.y, o0, o1);
+      base += O;
+    }
   }
 }
+
+void qmatmul(float* y, const float* x, const QWeight& w, int N) { qmatmul_multi(x, N, {{y, &w}}); }
 
 const char* qmatmul_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 
