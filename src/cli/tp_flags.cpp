@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "dist/mesh.h"
 
 namespace sky::cli {
 
@@ -21,20 +22,9 @@ void add_tp_flags(CLI::App& app, TpFlags& f) {
 }
 
 static std::vector<int> parse_shares(const std::string& s) {
-  std::vector<int> v;
-  if (s.empty()) return v;
-  size_t i = 0;
-  while (i <= s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    std::string item = s.substr(i, j - i);
-    char* end = nullptr;
-    long x = std::strtol(item.c_str(), &end, 10);
-    SKY_CHECK(!item.empty() && *end == 0 && x > 0 && x < (1 << 20), "--tp-shares: '{}' is not a positive integer (expected "
-              "e.g. 4,5,5,5)", item);
-    v.push_back(int(x));
-    i = j + 1;
-  }
+  if (s.empty()) return {};
+  std::vector<int> v = parse_int_list(s, "--tp-shares");
+  for (int x : v) SKY_CHECK(x > 0, "--tp-shares: '{}' is not a positive integer (expected e.g. 4,5,5,5)", x);
   return v;
 }
 
