@@ -1,3 +1,4 @@
+#include <cstdio>
 #include "ref.h"
 
 #include <algorithm>
@@ -58,6 +59,17 @@ std::string temp_dir(const std::string& tag) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
+}
+
+int shell(const std::string& cmd, std::string* out) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  std::string s;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) s.append(buf, n);
+  const int rc = pclose(p);
+  if (out) *out = s;
+  return rc;
 }
 
 }  // namespace skytest

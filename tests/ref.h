@@ -22,5 +22,7 @@ std::vector<double> numeric_grad(const std::function<double()>& f, double* x, si
 
 // A fresh temporary directory (removed by the caller or left for inspection).
 std::string temp_dir(const std::string& tag);
+// Runs a shell command with stderr folded into stdout; returns pclose's status, output in *out.
+int shell(const std::string& cmd, std::string* out = nullptr);
 
 }  // namespace skytest

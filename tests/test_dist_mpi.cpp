@@ -23,12 +23,8 @@ using json = nlohmann::json;
 static std::string dir;
 
 static int run(const std::string& args, std::string* out = nullptr) {
-  std::string cmd = args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
   std::string s;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) s.append(buf, n);
-  int rc = pclose(p);
+  const int rc = skytest::shell(args, &s);
   if (out) *out = s;
   if (rc != 0) std::fprintf(stderr, "command failed (%d): %s\n%s\n", rc, args.c_str(), s.c_str());
   return rc;

@@ -22,15 +22,7 @@ using json = nlohmann::json;
 static std::string dir;
 static const std::string bin = SKYMOE_BIN;
 
-static int run(const std::string& args, std::string* out = nullptr) {
-  FILE* p = popen((args + " 2>&1").c_str(), "r");
-  std::string s;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) s.append(buf, n);
-  int rc = pclose(p);
-  if (out) *out = s;
-  return rc;
-}
+static int run(const std::string& args, std::string* out = nullptr) { return skytest::shell(args, out); }
 
 static std::string mpirun(int np, const std::string& env = "", const std::string& wrap = "") {
   return "OMP_NUM_THREADS=1 " + env + " " + wrap + " mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS " +
