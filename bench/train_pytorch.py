@@ -41,9 +41,11 @@ class Layer(torch.nn.Module):
         s.o = torch.nn.Linear(nh * s.hd, H, bias=False)
         if E:
             s.gate = torch.nn.Linear(H, E, bias=False)
-            s.w1 = torch.nn.Parameter(torch.randn(E, I, H) * 0.02)
-            s.w3 = torch.nn.Parameter(torch.randn(E, I, H) * 0.02)
-            s.w2 = torch.nn.Parameter(torch.randn(E, H, I) * 0.02)
+            # One parameter per expert: indexing a stacked [E, I, H] tensor would make autograd
+            # zero-fill and add a whole [E, I, H] gradient for every expert (SelectBackward).
+            s.w1 = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(I, H) * 0.02) for _ in range(E)])
+            s.w3 = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(I, H) * 0.02) for _ in range(E)])
+            s.w2 = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(H, I) * 0.02) for _ in range(E)])
         else:
             s.w1 = torch.nn.Linear(H, I, bias=False)
             s.w3 = torch.nn.Linear(H, I, bias=False)
@@ -60,13 +62,14 @@ class Layer(torch.nn.Module):
             k = k.repeat_interleave(s.nh // s.nkv, dim=1)
             v = v.repeat_interleave(s.nh // s.nkv, dim=1)
         # Debian's torch 1.13 runs batched matmul (bmm) on a naive kernel (~0.5 GFLOP/s); 2-D mm goes
-        # to BLAS, so attention loops over (batch, head) to give the baseline its best shot.
+        # to BLAS, so attention loops over (batch, head) to give the baseline its best shot. unbind,
+        # not q[bi, hi]: each indexing op's backward would zero-fill and add a whole [B, h, T, d] tensor.
         mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        qs, ks, vs = (t.reshape(B * s.nh, T, s.hd).unbind(0) for t in (q, k, v))
         outs = []
-        for bi in range(B):
-            for hi in range(s.nh):
-                sc = torch.mm(q[bi, hi], k[bi, hi].t()) / math.sqrt(s.hd)
-                outs.append(torch.mm(sc.masked_fill(mask, float("-inf")).softmax(-1), v[bi, hi]))
+        for qi, ki, vi in zip(qs, ks, vs):
+            sc = torch.mm(qi, ki.t()) / math.sqrt(s.hd)
+            outs.append(torch.mm(sc.masked_fill(mask, float("-inf")).softmax(-1), vi))
         a = torch.stack(outs).view(B, s.nh, T, s.hd)
         x = x + s.o(a.transpose(1, 2).reshape(B, T, H))
         h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * s.n2
