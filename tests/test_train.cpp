@@ -624,6 +624,39 @@ TEST(AdaptiveAlpha, FixedModeKeepsAlphaInTraining) {
   fs::remove_all(dir);
 }
 
+// bf16 GEMMs (--precision bf16): the losses follow the f32 run's within bf16 rounding, yet differ from
+// it (the bf16 path really ran), and a rerun gives the same bits (resume stays exact).
+TEST(MixedPrecision, Bf16TracksF32AndIsDeterministic) {
+  if (!matmul_bf16_supported()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  const std::string dir = skytest::temp_dir("bf16");
+  write_token_file(dir + "/train.bin", random_tokens(4000, 256, 9));
+  TrainOptions o;
+  o.config = "tiny";
+  o.data = dir + "/train.bin";
+  o.seq_len = 32;
+  o.batch_size = 4;
+  o.steps = 6;
+  o.schedule.lr = 3e-3;
+  o.schedule.warmup = 0;
+  o.quiet = true;
+  const TrainResult f32 = train(o);
+  o.precision = MatmulPrecision::BF16;
+  const TrainResult a = train(o), b = train(o);
+  o.precision = MatmulPrecision::F32;
+  bool differs = false;
+  for (size_t s = 0; s < f32.log.size(); s++) {
+    EXPECT_NEAR(a.log[s].loss, f32.log[s].loss, 0.01 * f32.log[s].loss) << "step " << s + 1;
+    EXPECT_EQ(a.log[s].loss, b.log[s].loss) << "step " << s + 1;
+    EXPECT_EQ(a.log[s].grad_norm, b.log[s].grad_norm) << "step " << s + 1;
+    differs |= a.log[s].loss != f32.log[s].loss;
+  }
+  EXPECT_TRUE(differs);
+  EXPECT_LT(a.log.back().loss, a.log.front().loss);  // it still learns
+  EXPECT_EQ(matmul_precision(), MatmulPrecision::BF16);
+  set_matmul_precision(MatmulPrecision::F32);
+  fs::remove_all(dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Bad input: a clear sky::Error from the library, a non-zero exit and the message from the CLI.
 

@@ -11,10 +11,10 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "dist/communicator.h"
-#include "dist/communicator.h"
 #include "infer/bench_infer.h"
 #include "io/atomic_file.h"
 #include "model/transformer.h"
+#include "ops/matmul.h"
 #include "train/optimizer.h"
 
 namespace sky::cli {
@@ -25,13 +25,14 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 int bench_train(const std::string& preset, int seq, int batch, int steps, int warmup, bool json_out,
-                const std::string& profile) {
+                const std::string& profile, const std::string& precision) {
+  set_matmul_precision(parse_matmul_precision(precision));
   ModelConfig cfg = ModelConfig::resolve(preset);
   SKY_CHECK(seq <= cfg.max_position_embeddings, "--seq-len {} exceeds max_position_embeddings {}", seq,
             cfg.max_position_embeddings);
   if (!json_out)
-    fmt::print(stderr, "bench train: {} ({:.1f}M params, {:.1f}M active), B={} S={}, {} threads\n", preset,
-               cfg.param_count() / 1e6, cfg.active_param_count() / 1e6, batch, seq, num_threads());
+    fmt::print(stderr, "bench train: {} ({:.1f}M params, {:.1f}M active), B={} S={}, {} threads, {} GEMMs\n", preset,
+               cfg.param_count() / 1e6, cfg.active_param_count() / 1e6, batch, seq, num_threads(), precision);
   Model m = Model::random(cfg, 1);
   AdamW opt(m.layout, AdamWOptions{});
   FloatBuf grads(m.layout.total);
@@ -73,6 +74,7 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
   const double tps = tok / med(t_step);
   nlohmann::json j = {{"preset", preset},
                       {"threads", num_threads()},
+                      {"precision", precision},
                       {"batch_size", batch},
                       {"seq_len", seq},
                       {"steps", steps},
@@ -154,7 +156,8 @@ int cmd_bench(int argc, char** argv) {
   tr->add_option("--warmup-steps", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   tr->add_option("--threads", threads, "threads (0 = all cores)");
   tr->add_flag("--json", json_out, "print one JSON object");
-  std::string profile;
+  std::string profile, precision = "f32";
+  tr->add_option("--precision", precision, "f32 | bf16 GEMMs (bf16: mixed precision, needs AVX512-BF16)")->capture_default_str();
   tr->add_option("--profile", profile, "also write the measured profile (JSON) to this file, for skymoe plan --profile");
   auto* inf = app.add_subcommand("infer", "prefill, decode and batched decode throughput vs memory bandwidth");
   std::string model, ipreset, dtype = "fp8";
@@ -185,7 +188,7 @@ int cmd_bench(int argc, char** argv) {
   if (cm->parsed()) return bench_comm(sizes_mb, reps, cjson);
   if (tr->parsed()) {
     set_threads(threads);
-    return bench_train(preset, seq, batch, steps, warmup, json_out, profile);
+    return bench_train(preset, seq, batch, steps, warmup, json_out, profile, precision);
   }
   set_threads(ithreads);
   SKY_CHECK(model.empty() != ipreset.empty(), "bench infer: give exactly one of --model DIR or --preset NAME");

@@ -50,6 +50,9 @@ int cmd_train(int argc, char** argv) {
       ->check(CLI::IsMember({"shuffled", "sequential"}));
   app.add_option("--seed", o.seed, "seed (init and data order)")->capture_default_str();
   app.add_option("--threads", o.threads, "threads (0 = all cores)");
+  std::string precision = "f32";
+  app.add_option("--precision", precision, "f32 | bf16: GEMM precision (bf16: mixed precision with f32 master weights; needs AVX512-BF16)")
+      ->capture_default_str();
   app.add_option("--out", o.out_dir, "run directory for checkpoints (step-N/, latest)");
   app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end)")->capture_default_str();
   app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)")->capture_default_str();
@@ -75,6 +78,7 @@ int cmd_train(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--tp-shares", tp_shares, "relative share of heads and FFN width per TP rank, e.g. 5,5,4");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  o.precision = parse_matmul_precision(precision);
   o.schedule.cosine = lr_schedule == "cosine";
   o.aux = aux == "skywork" ? AuxLossType::Skywork : aux == "switch" ? AuxLossType::Switch : AuxLossType::None;
   o.aux_adaptive = adaptive == "on";

@@ -124,7 +124,7 @@ void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOpt
   c.probs.resize((long)N * E);
   c.topk_idx.resize((long)N * k);
   c.topk_w.resize((long)N * k);
-  matmul_forward(c.logits.data(), x, w.router, N, H, E);
+  matmul_forward(c.logits.data(), x, w.router, N, H, E, /*exact=*/true);
   router_forward(c.probs.data(), c.topk_idx.data(), c.topk_w.data(), c.logits.data(), N, o.router);
   make_dispatch_into(c.disp, c.topk_idx.data(), c.probs.data(), N, E, k, o.capacity_factor, o.policy);
   const Dispatch& d = c.disp;
@@ -289,7 +289,7 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
   router_backward(c.dlogits.data(), dprobs, c.dtopk_w.data(), c.logits.data(), c.probs.data(), c.topk_idx.data(),
                   N, o.router);
   if (z_coef != 0) z_loss_backward_tokens(c.dlogits.data(), z_coef, c.logits.data(), N, E, c.stats.tokens);
-  matmul_backward(dx, g.router, c.dlogits.data(), x, w.router, N, H, E);
+  matmul_backward(dx, g.router, c.dlogits.data(), x, w.router, N, H, E, /*exact=*/true);
 }
 
 template void moe_forward<float>(float*, const float*, int, const MoeWeights<float>&, const MoeOptions&,

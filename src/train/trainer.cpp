@@ -172,6 +172,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   TrainOptions o = o_in;
   validate_train_options(o);
   set_threads(o.threads);
+  set_matmul_precision(o.precision);
   set_collective_timeout(o.comm_timeout);
   Communicator& comm = world_comm();
 

@@ -12,6 +12,7 @@
 #include "moe/adaptive_alpha.h"
 #include "moe/moe_layer.h"
 #include "train/optimizer.h"
+#include "ops/matmul.h"
 #include "train/schedule.h"
 
 namespace sky {
@@ -38,6 +39,8 @@ struct TrainOptions {
   DataOrder data_order = DataOrder::Shuffled;
   uint64_t seed = 0;
   int threads = 0;
+  // GEMM precision (bf16: mixed precision, f32 master weights and optimizer state).
+  MatmulPrecision precision = MatmulPrecision::F32;
   std::string out_dir;
   int save_every = 0;  // 0 = only at the end
   int keep = 2;        // checkpoints kept (0 = all)
