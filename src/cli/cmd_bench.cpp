@@ -46,7 +46,7 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
     for (size_t i = 0; i < in.size(); i++) in[i] = int32_t(rng.below(cfg.vocab_size));
     for (size_t i = 0; i < in.size(); i++) tgt[i] = i + 1 < in.size() ? in[i + 1] : in[0];
     auto t0 = Clock::now();
-    std::memset(grads.data(), 0, grads.size() * sizeof(float));
+    parallel_zero(grads.data(), grads.size());
     forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
     double f = since(t0);
     auto t1 = Clock::now();

@@ -1,13 +1,15 @@
 #include "ops/attention.h"
 
-#include "ops/blas.h"
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
+#include "ops/blas.h"
+#include "ops/matmul.h"
 #include "ops/vmath.h"
 
 namespace sky {
@@ -35,9 +37,14 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
       const T* vh = v + (long)b * Tn * Ckv + (h / group) * hd;
       T* oh = out + (long)b * Tn * C + h * hd;
       T* P = att + ((long)b * n_heads + h) * Tn * Tn;
-      gemm(CblasNoTrans, CblasTrans, Tn, Tn, hd, scale, qh, C, kh, Ckv, T(0), P, Tn);
+      train_gemm(false, CblasNoTrans, CblasTrans, Tn, Tn, hd, scale, qh, C, kh, Ckv, T(0), P, Tn);
       for (int i = 0; i < Tn; i++) {
         T* p = P + (long)i * Tn;
+        if constexpr (std::is_same_v<T, float>) {  // vectorized exponentials
+          softmax_inplace(p, i + 1);
+          std::fill(p + i + 1, p + Tn, 0.0f);
+          continue;
+        }
         T mx = p[0];
         for (int j = 1; j <= i; j++) mx = p[j] > mx ? p[j] : mx;
         T sum = 0;
@@ -49,7 +56,7 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int B
         for (int j = 0; j <= i; j++) p[j] *= inv;
         for (int j = i + 1; j < Tn; j++) p[j] = 0;
       }
-      gemm(CblasNoTrans, CblasNoTrans, Tn, hd, Tn, T(1), P, Tn, vh, Ckv, T(0), oh, C);
+      train_gemm(false, CblasNoTrans, CblasNoTrans, Tn, hd, Tn, T(1), P, Tn, vh, Ckv, T(0), oh, C);
     }
 }
 
@@ -77,8 +84,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
           T* dqh = dq + (long)b * Tn * C + h * hd;
           const T* P = att + ((long)b * n_heads + h) * Tn * Tn;
           // dV += P^T dO ; dP = dO V^T
-          gemm(CblasTrans, CblasNoTrans, Tn, hd, Tn, T(1), P, Tn, doh, C, T(1), dvh, Ckv);
-          gemm(CblasNoTrans, CblasTrans, Tn, Tn, hd, T(1), doh, C, vh, Ckv, T(0), dS.data(), Tn);
+          train_gemm(false, CblasTrans, CblasNoTrans, Tn, hd, Tn, T(1), P, Tn, doh, C, T(1), dvh, Ckv);
+          train_gemm(false, CblasNoTrans, CblasTrans, Tn, Tn, hd, T(1), doh, C, vh, Ckv, T(0), dS.data(), Tn);
           // Softmax backward: dS = P * (dP - rowsum(P * dP)). Masked P are 0, so dS is too.
           for (int i = 0; i < Tn; i++) {
             const T* p = P + (long)i * Tn;
@@ -89,8 +96,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
             for (int j = i + 1; j < Tn; j++) d[j] = 0;
           }
           // dQ += scale dS K ; dK += scale dS^T Q
-          gemm(CblasNoTrans, CblasNoTrans, Tn, hd, Tn, scale, dS.data(), Tn, kh, Ckv, T(1), dqh, C);
-          gemm(CblasTrans, CblasNoTrans, Tn, hd, Tn, scale, dS.data(), Tn, qh, C, T(1), dkh, Ckv);
+          train_gemm(false, CblasNoTrans, CblasNoTrans, Tn, hd, Tn, scale, dS.data(), Tn, kh, Ckv, T(1), dqh, C);
+          train_gemm(false, CblasTrans, CblasNoTrans, Tn, hd, Tn, scale, dS.data(), Tn, qh, C, T(1), dkh, Ckv);
         }
       }
   }

@@ -1,6 +1,9 @@
 #include "ops/cross_entropy.h"
 
 #include <cmath>
+#include <type_traits>
+
+#include "ops/vmath.h"
 
 namespace sky {
 
@@ -8,6 +11,11 @@ namespace sky {
 // V is tens of thousands of terms.
 template <class T>
 static void row_stats(const T* x, int V, T& mx, double& sum) {
+  if constexpr (std::is_same_v<T, float>) {  // vectorized exponentials
+    mx = max_of(x, V);
+    sum = sum_exp(x, V, mx);
+    return;
+  }
   mx = x[0];
   for (int v = 1; v < V; v++) mx = x[v] > mx ? x[v] : mx;
   sum = 0;
@@ -36,7 +44,10 @@ void cross_entropy_backward(T* dlogits, const T* logits, const int32_t* targets,
     double sum;
     row_stats(x, V, mx, sum);
     T scale = (T)(1.0 / sum) * dloss[n];
-    for (int v = 0; v < V; v++) dx[v] += std::exp(x[v] - mx) * scale;
+    if constexpr (std::is_same_v<T, float>)
+      add_scaled_exp(dx, x, V, mx, scale);
+    else
+      for (int v = 0; v < V; v++) dx[v] += std::exp(x[v] - mx) * scale;
     dx[targets[n]] -= dloss[n];
   }
 }

@@ -11,19 +11,20 @@ namespace sky {
 namespace {
 std::atomic<MatmulPrecision> g_precision{MatmulPrecision::F32};
 
+}  // namespace
+
 // One entry point for both precisions, so the forward and backward read alike.
-void gemm_p(bool exact, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* A,
+void train_gemm(bool exact, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* A,
             int lda, const float* B, int ldb, float beta, float* C, int ldc) {
   if (!exact && g_precision.load(std::memory_order_relaxed) == MatmulPrecision::BF16)
     gemm_bf16::gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   else
     gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
-void gemm_p(bool, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, double alpha, const double* A,
+void train_gemm(bool, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, double alpha, const double* A,
             int lda, const double* B, int ldb, double beta, double* C, int ldc) {
   gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
-}  // namespace
 
 bool matmul_bf16_supported() { return gemm_bf16::supported(); }
 
@@ -44,14 +45,14 @@ MatmulPrecision parse_matmul_precision(const std::string& s) {
 template <class T>
 void matmul_forward(T* out, const T* in, const T* w, int N, int I, int O, bool exact) {
   if (N == 0 || O == 0) return;
-  gemm_p(exact, CblasNoTrans, CblasTrans, N, O, I, T(1), in, I, w, I, T(0), out, O);
+  train_gemm(exact, CblasNoTrans, CblasTrans, N, O, I, T(1), in, I, w, I, T(0), out, O);
 }
 
 template <class T>
 void matmul_backward(T* din, T* dw, const T* dout, const T* in, const T* w, int N, int I, int O, bool exact) {
   if (N == 0) return;
-  if (din) gemm_p(exact, CblasNoTrans, CblasNoTrans, N, I, O, T(1), dout, O, w, I, T(1), din, I);
-  if (dw) gemm_p(exact, CblasTrans, CblasNoTrans, O, I, N, T(1), dout, O, in, I, T(1), dw, I);
+  if (din) train_gemm(exact, CblasNoTrans, CblasNoTrans, N, I, O, T(1), dout, O, w, I, T(1), din, I);
+  if (dw) train_gemm(exact, CblasTrans, CblasNoTrans, O, I, N, T(1), dout, O, in, I, T(1), dw, I);
 }
 
 template void matmul_forward<float>(float*, const float*, const float*, int, int, int, bool);

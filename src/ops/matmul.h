@@ -1,5 +1,7 @@
 #pragma once
 // y = x W^T for a linear layer with HF-layout weight W [O, I].
+#include <cblas.h>
+
 #include <string>
 
 namespace sky {
@@ -13,6 +15,12 @@ void set_matmul_precision(MatmulPrecision p);  // BF16 on a CPU without it: erro
 MatmulPrecision matmul_precision();
 // "f32" | "bf16" (for flags); anything else: error naming the value.
 MatmulPrecision parse_matmul_precision(const std::string& s);
+
+// cblas_?gemm (row-major) under the training precision; exact or double: plain BLAS.
+void train_gemm(bool exact, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* A,
+                int lda, const float* B, int ldb, float beta, float* C, int ldc);
+void train_gemm(bool exact, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, double alpha,
+                const double* A, int lda, const double* B, int ldb, double beta, double* C, int ldc);
 
 // out[N, O] = in[N, I] * w[O, I]^T  (overwrites out). exact: always f32, whatever the precision
 // (the router: its logits decide top-k, and Skywork keeps it in higher precision).

@@ -40,16 +40,32 @@ HWY_INLINE void StorePart(DF d, VF v, float* p, size_t count) {
   std::copy(t, t + count, p);
 }
 
+// Sigmoid from exp(-|g|) <= 1, so exp never overflows: 1/(1+e) for g >= 0, e/(1+e) below.
+HWY_INLINE VF Sigmoid(DF d, VF g) {
+  const VF one = hn::Set(d, 1.0f);
+  const VF e = hn::CallExp(d, hn::Neg(hn::Abs(g)));
+  const VF r = hn::Div(one, hn::Add(one, e));
+  return hn::IfThenElse(hn::Ge(g, hn::Zero(d)), r, hn::Mul(e, r));
+}
+
 void SiluMul(float* out, const float* gate, const float* up, size_t n) {
+  const DF d;
+  for_vectors(n, [&](size_t i, size_t c) HWY_ATTR {
+    const VF g = LoadPart(d, gate + i, c), u = LoadPart(d, up + i, c);
+    StorePart(d, hn::Mul(hn::Mul(g, Sigmoid(d, g)), u), out + i, c);
+  });
+}
+
+// d silu(g) u: dup += dout silu(g); dgate += dout u s (1 + g (1 - s)), s = sigmoid(g).
+void SiluMulBackward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, size_t n) {
   const DF d;
   const VF one = hn::Set(d, 1.0f);
   for_vectors(n, [&](size_t i, size_t c) HWY_ATTR {
-    const VF g = LoadPart(d, gate + i, c), u = LoadPart(d, up + i, c);
-    // sigmoid from exp(-|g|) <= 1, so exp never overflows: 1/(1+e) for g >= 0, e/(1+e) below.
-    const VF e = hn::CallExp(d, hn::Neg(hn::Abs(g)));
-    const VF r = hn::Div(one, hn::Add(one, e));
-    const VF s = hn::IfThenElse(hn::Ge(g, hn::Zero(d)), r, hn::Mul(e, r));
-    StorePart(d, hn::Mul(hn::Mul(g, s), u), out + i, c);
+    const VF g = LoadPart(d, gate + i, c), u = LoadPart(d, up + i, c), dy = LoadPart(d, dout + i, c);
+    const VF s = Sigmoid(d, g);
+    StorePart(d, hn::MulAdd(dy, hn::Mul(g, s), LoadPart(d, dup + i, c)), dup + i, c);
+    const VF dsilu = hn::Mul(s, hn::MulAdd(g, hn::Sub(one, s), one));
+    StorePart(d, hn::MulAdd(hn::Mul(dy, u), dsilu, LoadPart(d, dgate + i, c)), dgate + i, c);
   });
 }
 
@@ -80,6 +96,39 @@ void Softmax(float* s, size_t n) {
   for_vectors(n, [&](size_t i, size_t c) HWY_ATTR { StorePart(d, hn::Mul(LoadPart(d, s + i, c), inv), s + i, c); });
 }
 
+float MaxOf(const float* x, size_t n) {
+  const DF d;
+  VF mx = hn::Set(d, x[0]);
+  for_vectors(n, [&](size_t i, size_t c) HWY_ATTR {
+    if (c == hn::Lanes(d)) mx = hn::Max(mx, hn::LoadU(d, x + i));
+    else for (size_t j = 0; j < c; j++) mx = hn::Max(mx, hn::Set(d, x[i + j]));
+  });
+  return hn::GetLane(hn::MaxOfLanes(d, mx));
+}
+
+// Float exponentials, double sums (a vocabulary row is tens of thousands of terms): each vector's
+// 16 terms are added in float, the running total in double.
+double SumExp(const float* x, size_t n, float shift) {
+  const DF d;
+  const VF s = hn::Set(d, shift);
+  double sum = 0;
+  for_vectors(n, [&](size_t i, size_t c) HWY_ATTR {
+    VF e = hn::CallExp(d, hn::Sub(LoadPart(d, x + i, c), s));
+    if (c != hn::Lanes(d)) e = hn::IfThenElseZero(hn::FirstN(d, c), e);
+    sum += hn::GetLane(hn::SumOfLanes(d, e));
+  });
+  return sum;
+}
+
+void AddScaledExp(float* y, const float* x, size_t n, float shift, float scale) {
+  const DF d;
+  const VF s = hn::Set(d, shift), k = hn::Set(d, scale);
+  for_vectors(n, [&](size_t i, size_t c) HWY_ATTR {
+    const VF e = hn::CallExp(d, hn::Sub(LoadPart(d, x + i, c), s));
+    StorePart(d, hn::MulAdd(e, k, LoadPart(d, y + i, c)), y + i, c);
+  });
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace sky
 HWY_AFTER_NAMESPACE();
@@ -88,6 +137,20 @@ HWY_AFTER_NAMESPACE();
 namespace sky {
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(Softmax);
+HWY_EXPORT(SiluMulBackward);
+HWY_EXPORT(MaxOf);
+HWY_EXPORT(SumExp);
+HWY_EXPORT(AddScaledExp);
+
+float max_of(const float* x, size_t n) { return HWY_DYNAMIC_DISPATCH(MaxOf)(x, n); }
+double sum_exp(const float* x, size_t n, float shift) { return n ? HWY_DYNAMIC_DISPATCH(SumExp)(x, n, shift) : 0.0; }
+void add_scaled_exp(float* y, const float* x, size_t n, float shift, float scale) {
+  if (n) HWY_DYNAMIC_DISPATCH(AddScaledExp)(y, x, n, shift, scale);
+}
+
+void silu_mul_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, size_t n) {
+  HWY_DYNAMIC_DISPATCH(SiluMulBackward)(dgate, dup, dout, gate, up, n);
+}
 
 void silu_mul(float* out, const float* gate, const float* up, size_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMul)(out, gate, up, n);

@@ -395,7 +395,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     s.step = step;
     s.alpha = alpha.alpha;
     LossWeights lw{alpha.alpha, o.z_loss};
-    std::memset(grads.data(), 0, grads.size() * sizeof(float));
+    parallel_zero(grads.data(), grads.size());
     st.reset(Lm ? nl : 0, E);
     for (int micro = 0; micro < o.grad_accum; micro++) {
       batcher.next(in.data(), tgt.data());
