@@ -25,10 +25,11 @@ bool supported() {
 
 namespace {
 
-// Goto-style blocking. A K block of kKC values is 128 bf16 pairs; a packed B micro-panel (kKC x 32
-// bf16 = 16 KiB) stays in L1 while the kMC x kKC A block (48 KiB) stays in L2 and is swept under
-// it. The whole packed B block (kKC x N) lives in L3 and is shared by both threads.
-constexpr int kMR = 12, kNR = 32, kKC = 256, kMC = 8 * kMR;
+// Goto-style blocking. A K block of kKC values is 256 bf16 pairs; a packed B micro-panel (kKC x 32
+// bf16 = 32 KiB) is swept by the kMC x kKC A block (96 KiB, in L2). The whole packed B block
+// (kKC x N) lives in L3 and is shared by both threads. kKC 256..512 and kMC 48..192 measured within
+// a few percent of each other (bench/bench_gemm); 512 reads and writes C half as often.
+constexpr int kMR = 12, kNR = 32, kKC = 512, kMC = 8 * kMR;
 
 // 16 x 16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i.
 SKY_BF16 inline void transpose16(__m512i r[16]) {
