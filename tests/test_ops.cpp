@@ -425,8 +425,10 @@ TEST(Attention, BadHeads) {
 }
 
 TEST(Attention, Cached) {
+  // hd 12: head sizes that are not a multiple of the vector length take the remainder loops.
+  for (int hd : {16, 12})
   for (auto [nh, nkv] : kHeads) {
-    int Tn = 17, hd = 16;
+    int Tn = 17;
     size_t C = (size_t)nh * hd, Ckv = (size_t)nkv * hd;
     Vec q = rnd(Tn * C), k = rnd(Tn * Ckv), v = rnd(Tn * Ckv);
     std::vector<float> qf = cast<float>(q), kf = cast<float>(k), vf = cast<float>(v);
@@ -471,6 +473,11 @@ TEST(Attention, CachedLongThreaded) {
   std::vector<float> chunk((Tn - start) * C), s2(Tn);
   attention_cached(chunk.data(), q.data() + start * C, k.data(), v.data(), start, Tn - start, nh, nkv, hd, s2.data());
   expect_close(chunk, Vec(want.begin() + start * C, want.end()), 1e-5, 1e-5, "long chunk");
+
+  // The last row alone: a decode step over the whole cache.
+  std::vector<float> last(C);
+  attention_cached(last.data(), q.data() + (Tn - 1) * C, k.data(), v.data(), Tn - 1, 1, nh, nkv, hd, s2.data());
+  expect_close(last, Vec(want.begin() + (Tn - 1) * C, want.end()), 1e-5, 1e-5, "long decode");
 }
 
 TEST(Attention, CachedBatchEqualsOneSequenceAtATime) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/attention_decode.h"
 #include "ops/blas.h"
 #include "ops/matmul.h"
 #include "ops/vmath.h"
@@ -134,31 +135,41 @@ static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, i
 void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_kv, int hd) {
   check_heads(n_heads, n_kv);
   constexpr int kRows = 64;  // query rows per block
-  struct Block { int seq, i0, nb; };
+  // A task is one head of one block of query rows, or (h = -1) a whole one-row sequence: a decode
+  // step reads its KV cache once for all heads (attend_one).
+  struct Block { int seq, i0, nb, h; };
   thread_local std::vector<Block> blocks;  // the caller's list (reused, no allocation per call)
   blocks.clear();
   long work = 0;
   size_t need = 0;
+  // Head-major for multi-row blocks, so each thread gets whole heads: blocks later in a sequence
+  // see more keys and would unbalance a block-major split. Dynamic scheduling absorbs uneven
+  // context lengths.
+  for (int h = 0; h < n_heads; h++)
+    for (int s = 0; s < count; s++)
+      for (int i0 = 0; seqs[s].n > 1 && i0 < seqs[s].n; i0 += kRows)
+        blocks.push_back({s, i0, std::min(kRows, seqs[s].n - i0), h});
   for (int s = 0; s < count; s++) {
     const AttnSeq& a = seqs[s];
-    for (int i0 = 0; i0 < a.n; i0 += kRows) blocks.push_back({s, i0, std::min(kRows, a.n - i0)});
+    if (a.n == 1) blocks.push_back({s, 0, 1, -1});
     work += (long)n_heads * a.n * (a.start + a.n) * hd;
-    need = std::max(need, size_t(std::min(a.n, kRows)) * (a.start + a.n));
+    need = std::max(need, size_t(a.n == 1 ? n_heads : std::min(a.n, kRows)) * (a.start + a.n));
   }
   // (thread_local names inside the region would be each thread's own: take pointer and count here)
   const Block* bl = blocks.data();
-  const int nblocks = int(blocks.size()), tasks = nblocks * n_heads;
-  // Tasks are head-major so each thread gets whole heads: blocks later in a sequence see more keys
-  // and would unbalance a block-major split. Dynamic scheduling absorbs uneven context lengths.
+  const int tasks = int(blocks.size());
 #pragma omp parallel if (work > 65536)
   {
     thread_local std::vector<float> sc;
     if (sc.size() < need) sc.resize(need);
 #pragma omp for schedule(dynamic)
     for (int t = 0; t < tasks; t++) {
-      const int h = t / nblocks;
-      const Block& b = bl[t % nblocks];
-      attend_block(seqs[b.seq], h, b.i0, b.nb, n_heads, n_kv, hd, sc.data());
+      const Block& b = bl[t];
+      const AttnSeq& a = seqs[b.seq];
+      if (b.h < 0)
+        attend_one(a.out, a.q, a.kcache, a.vcache, a.start + 1, n_heads, n_kv, hd, sc.data());
+      else
+        attend_block(a, b.h, b.i0, b.nb, n_heads, n_kv, hd, sc.data());
     }
   }
 }
