@@ -42,15 +42,17 @@ static void add_rows(float* y, const float* x, size_t n) {
 // split of rows would leave one thread waiting whenever routing is uneven. Shares end on
 // multiples of 4 rows so register tiles stay full.
 constexpr int kStreamRows = 6;
+// The kernels run tokens in groups of 4 (a partial group costs a full one), so 5 tokens cost 8.
+static int row_cost(int n) { return std::max((n + 3) / 4 * 4, kStreamRows); }
 template <class F>
 static void split_rows(const std::vector<int>& tokens, int O, F&& run) {
   const int nt = omp_get_num_threads(), t = omp_get_thread_num();
   int64_t total = 0;
-  for (int n : tokens) total += int64_t(std::max(n, kStreamRows)) * O;
+  for (int n : tokens) total += int64_t(row_cost(n)) * O;
   const int64_t lo = total * t / nt, hi = total * (t + 1) / nt;
   int64_t base = 0;
   for (size_t j = 0; j < tokens.size(); j++) {
-    const int64_t c = std::max(tokens[j], kStreamRows);
+    const int64_t c = row_cost(tokens[j]);
     // First row at or after cost position v (the same function for both ends: no gaps, no overlap).
     auto row = [&](int64_t v) { return int(std::min<int64_t>(O, (std::clamp<int64_t>((v - base + c - 1) / c, 0, O) + 3) / 4 * 4)); };
     const int o0 = row(lo), o1 = t == nt - 1 ? O : row(hi);
