@@ -257,8 +257,10 @@ TEST_F(QMatmulBf16Dot, WithinBf16RoundingOfExactProducts) {
 // A row's result does not depend on the rows batched with it (bit for bit), so batched decoding
 // gives the same tokens as one-at-a-time decoding.
 TEST_F(QMatmulBf16Dot, RowResultsDoNotDependOnTheBatch) {
+  // N 5, 7: one wide group (all rows x 2 weight rows); 8: two groups of 4; 11, 13: groups of 4, then a wide one.
+  for (int N : {5, 7, 8, 11, 13})
   for (const Case& c : kCases) {
-    const int O = 45, I = 300, N = 11;
+    const int O = 45, I = 300;
     const QWeight q = random_weight(O, I, c);
     const std::vector<float> x = random_x(N, I);
     std::vector<float> all(size_t(N) * O), one(O);
