@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/quantize.h"
 #include "infer/batch_forward.h"
 #include "infer/engine.h"
 #include "model/transformer.h"
@@ -112,6 +113,35 @@ TEST(Engine, LoadsMemoryMappedBf16) {
   EXPECT_EQ(f.weight_dtype, "fp8");
   EXPECT_LT(f.decode_weight_bytes_per_token(), a.decode_weight_bytes_per_token());
   EXPECT_THROW(InferModel::load(dir, {"int4", true}), Error);
+  std::filesystem::remove_all(dir);
+}
+
+// --lm-head fp8: the head quantized like the linear layers (fewer bytes per decoded token), from
+// a quantized directory (kept as stored) or converted on load; logits stay within fp8's tolerance.
+TEST(Engine, Fp8LmHead) {
+  ModelConfig c = small_moe();
+  Model m = scaled_model(c, 8);
+  auto t = toks(16, c.vocab_size, 9);
+  auto ref = infer_logits(InferModel::from_model(m, DType::F32), t);
+  InferModel plain = InferModel::from_model(m, DType::F8_E4M3);
+  InferModel fp8h = InferModel::from_model(m, DType::F8_E4M3, true, DType::F8_E4M3);
+  EXPECT_EQ(plain.lm_head.dtype, DType::BF16);
+  EXPECT_EQ(fp8h.lm_head.dtype, DType::F8_E4M3);
+  EXPECT_LT(fp8h.decode_weight_bytes_per_token(), plain.decode_weight_bytes_per_token());
+  EXPECT_LT(rel_rms(infer_logits(fp8h, t), ref), 0.10);
+
+  auto dir = skytest::temp_dir("lmhead");
+  m.save(dir + "/f32");
+  QuantizeOptions q;
+  q.lm_head_fp8 = true;
+  quantize_checkpoint(dir + "/f32", dir + "/fp8", q);
+  InferModel stored = InferModel::load(dir + "/fp8");
+  EXPECT_EQ(stored.lm_head.dtype, DType::F8_E4M3);  // auto: as stored
+  EXPECT_LT(rel_rms(infer_logits(stored, t), ref), 0.10);
+  EXPECT_EQ(InferModel::load(dir + "/fp8", {"auto", true, "bf16"}).lm_head.dtype, DType::BF16);
+  EXPECT_EQ(InferModel::load(dir + "/f32", {"fp8", true}).lm_head.dtype, DType::BF16);  // converting stops at bf16
+  EXPECT_EQ(InferModel::load(dir + "/f32", {"fp8", true, "fp8"}).lm_head.dtype, DType::F8_E4M3);
+  EXPECT_THROW(InferModel::load(dir + "/f32", {"auto", true, "int4"}), Error);
   std::filesystem::remove_all(dir);
 }
 

@@ -173,6 +173,8 @@ int cmd_bench(int argc, char** argv) {
   inf->add_option("--batches", io.batches, "batch sizes for batched decode")->capture_default_str()->delimiter(',');
   inf->add_option("--batch-steps", io.batch_steps, "decode steps per batch size")->capture_default_str()
       ->check(positive_int());
+  std::string lm_head = "auto";
+  add_lm_head_flag(*inf, lm_head);
   inf->add_option("--threads", ithreads, "threads (0 = all cores)");
   inf->add_flag("--json", ijson, "print one JSON object");
   TpFlags tpf;
@@ -196,7 +198,7 @@ int cmd_bench(int argc, char** argv) {
   io.quiet = ijson;
   InferModel m;
   if (!model.empty()) {
-    m = load_infer_model(model, {dtype, true}, tpf);
+    m = load_infer_model(model, {dtype, true, lm_head}, tpf);
   } else {
     SKY_CHECK(dtype != "auto", "--dtype auto needs --model");
     ModelConfig cfg = ModelConfig::resolve(ipreset);
@@ -207,7 +209,9 @@ int cmd_bench(int argc, char** argv) {
     // Each rank makes only its own blocks (the values the whole model would have there). Under
     // tensor parallelism fp8's per-row scales are then per block row: --model keeps the stored ones.
     Model src = Model::random(cfg, 1, shard);
-    m = InferModel::from_model(src, dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F8_E4M3);
+    auto to_dtype = [](const std::string& s) { return s == "f32" ? DType::F32 : s == "bf16" ? DType::BF16 : DType::F8_E4M3; };
+    m = InferModel::from_model(src, to_dtype(dtype), true,
+                               lm_head == "auto" ? std::optional<DType>() : std::optional<DType>(to_dtype(lm_head)));
     m.tp = tp;
   }
   if (m.tp && !m.tp->leader()) {  // rank 0 runs the benchmark, this rank its slice of every forward

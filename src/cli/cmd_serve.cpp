@@ -46,6 +46,8 @@ int cmd_serve(int argc, char** argv) {
   app.add_option("--dtype", dtype, "weights: as stored, or converted on load")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "f32", "bf16", "fp8"}));
+  std::string lm_head = "auto";
+  add_lm_head_flag(app, lm_head);
   app.add_option("--threads", o.threads, "compute threads (0 = all cores)")->check(non_negative_int());
   app.add_option("--max-batch", o.max_batch, "sequences decoded together")->capture_default_str()->check(positive_int());
   app.add_option("--kv-budget", o.kv_budget_tokens, "KV-cache positions over all running sequences")
@@ -110,7 +112,7 @@ int cmd_serve(int argc, char** argv) {
   } join{finished, signals};
 
   // Rank 0's collectives throw on a timeout instead of aborting: it answers its clients (503) first.
-  InferModel im = load_infer_model(model, {dtype}, tpf, true);
+  InferModel im = load_infer_model(model, {dtype, true, lm_head}, tpf, true);
   if (im.tp && !im.tp->leader()) {  // rank 0 serves; this rank runs its slice of every step
     im.tp->follow(im);
     return 0;

@@ -50,6 +50,8 @@ void add_tp_flags(CLI::App& app, TpFlags& f);
 // this rank's shard with the options; `tp` gets the group (null in one process).
 Shard tp_setup(const ModelConfig& cfg, const TpFlags& f, bool rank0_throws, std::shared_ptr<TpGroup>& tp);
 // InferModel::load of this rank's shard (the whole model in one process).
+// --lm-head auto|f32|bf16|fp8 for the inference commands (InferLoadOptions::lm_head).
+void add_lm_head_flag(CLI::App& app, std::string& lm_head);
 InferModel load_infer_model(const std::string& dir, const InferLoadOptions& o, const TpFlags& f, bool rank0_throws = false);
 
 }  // namespace sky::cli

@@ -44,6 +44,14 @@ Shard tp_setup(const ModelConfig& cfg, const TpFlags& f, bool rank0_throws, std:
   return s;
 }
 
+void add_lm_head_flag(CLI::App& app, std::string& lm_head) {
+  app.add_option("--lm-head", lm_head,
+                 "LM head in memory: auto (as stored; bf16 when converting to fp8) | f32 | bf16 | fp8 (fewer bytes "
+                 "per decoded token, slightly less exact)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "fp8"}));
+}
+
 InferModel load_infer_model(const std::string& dir, const InferLoadOptions& o, const TpFlags& f, bool rank0_throws) {
   std::shared_ptr<TpGroup> tp;
   Shard s = tp_setup(ModelConfig::load_file(dir), f, rank0_throws, tp);

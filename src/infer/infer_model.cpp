@@ -8,11 +8,11 @@
 
 namespace sky {
 
-static DType parse_target(const std::string& s) {
+static DType parse_target(const std::string& s, const char* flag = "--dtype") {
   if (s == "f32") return DType::F32;
   if (s == "bf16") return DType::BF16;
   if (s == "fp8") return DType::F8_E4M3;
-  fail("--dtype '{}' (expected auto, f32, bf16 or fp8)", s);
+  fail("{} '{}' (expected auto, f32, bf16 or fp8)", flag, s);
 }
 
 static std::vector<float> f32_vec(const SafetensorsReader& r, const std::string& name, const Shape& shape) {
@@ -66,7 +66,10 @@ static QWeight load_linear(const SafetensorsReader& r, const std::string& name, 
   };
   DType want = o.dtype == "auto" ? t.dtype : parse_target(o.dtype);
   if (want == DType::F16 || want == DType::F8_E5M2) want = DType::F32;
-  if (is_head && want == DType::F8_E4M3) want = DType::BF16;  // the LM head stays higher precision
+  if (is_head && o.lm_head != "auto")
+    want = parse_target(o.lm_head, "--lm-head");
+  else if (is_head && want == DType::F8_E4M3 && t.dtype != DType::F8_E4M3)
+    want = DType::BF16;  // converting: the LM head stays higher precision (a stored fp8 head stays fp8)
   // The stored bytes as they are: no conversion.
   auto as_stored = [&] {
     QWeight q;
@@ -101,6 +104,7 @@ static QWeight load_linear(const SafetensorsReader& r, const std::string& name, 
 
 InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, const Shard* shard) {
   if (o.dtype != "auto") parse_target(o.dtype);
+  if (o.lm_head != "auto") parse_target(o.lm_head, "--lm-head");
   InferModel m;
   m.full_cfg = ModelConfig::load_file(dir);
   const ModelConfig& c = m.full_cfg;
@@ -165,7 +169,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   return m;
 }
 
-InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row) {
+InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, std::optional<DType> head) {
   InferModel m;
   m.full_cfg = src.cfg;
   m.shard = src.shard;
@@ -179,8 +183,8 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row) {
   m.embed = vec(src.w.embed, size_t(c.vocab_size) * H);
   if (src.shard.head) {
     m.final_norm = vec(src.w.final_norm, H);
-    m.lm_head =
-        quantize_weight(src.w.lm_head, c.vocab_size, H, dtype == DType::F8_E4M3 ? DType::BF16 : dtype, per_row);
+    const DType hd = head ? *head : dtype == DType::F8_E4M3 ? DType::BF16 : dtype;
+    m.lm_head = quantize_weight(src.w.lm_head, c.vocab_size, H, hd, per_row);
   }
   for (int l = 0; l < c.num_layers; l++) {
     const auto& W = src.w.layers[l];

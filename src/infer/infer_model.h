@@ -2,6 +2,7 @@
 // The model as inference sees it: every linear layer a QWeight (f32, bf16 or fp8 with scales), used
 // straight from the memory-mapped safetensors when the stored dtype is the one asked for. Router,
 // norms and embeddings stay f32; the LM head stays at bf16 or better.
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,10 @@ struct InferLayer {
 struct InferLoadOptions {
   std::string dtype = "auto";  // auto (as stored) | f32 | bf16 | fp8
   bool per_row = true;         // fp8 converted on load: per-row (else per-tensor) scales
+  // The LM head: auto keeps it as stored, except that converting to fp8 stops at bf16 (Skywork's
+  // FP8 layout keeps the head in higher precision) | f32 | bf16 | fp8 (a quarter of a decode
+  // step's bytes on bench-moe: faster, slightly less exact).
+  std::string lm_head = "auto";
 };
 
 struct InferModel {
@@ -48,7 +53,8 @@ struct InferModel {
   // blocks (o_proj, w2, down_proj) are copied, only this rank's part.
   static InferModel load(const std::string& dir, const InferLoadOptions& o = {}, const Shard* shard = nullptr);
   // From a training model (tests, benchmarks), whole or a shard: converts each linear layer to `dtype`.
-  static InferModel from_model(const Model& m, DType dtype, bool per_row = true);
+  // head: the LM head's dtype; by default dtype, except bf16 for fp8 (as InferLoadOptions::lm_head auto).
+  static InferModel from_model(const Model& m, DType dtype, bool per_row = true, std::optional<DType> head = {});
   bool holds_expert(int e) const { return e >= shard.experts.begin && e < shard.experts.end(); }
 
   // Weight bytes one decoded token reads: attention, router, top-k experts of every layer, LM head

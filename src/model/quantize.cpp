@@ -50,7 +50,8 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
     if (ends_with(name, ".weight_scale") || ends_with(name, ".input_scale")) continue;  // rewritten below
     const TensorInfo& ti = r.info(name);
     rep.bytes_in += double(ti.nbytes);
-    if (is_quantizable_linear(name) && ti.shape.size() == 2) {
+    const bool head_fp8 = name == "lm_head.weight" && o.lm_head_fp8 && o.to == "fp8";
+    if ((is_quantizable_linear(name) || head_fp8) && ti.shape.size() == 2) {
       Tensor w = dequantized(r, name);
       const int O = int(ti.shape[0]), I = int(ti.shape[1]);
       if (o.to == "bf16") {
