@@ -44,7 +44,7 @@ static std::vector<int32_t> toks(int n, int V, uint64_t seed) {
 static std::vector<float> infer_logits(const InferModel& im, const std::vector<int32_t>& t) {
   const int V = im.cfg.vocab_size, T = int(t.size());
   SeqKV kv;
-  kv.init(im.cfg, T);
+  kv.init(im.cfg, T, im.kv_bf16);
   BatchScratch s;
   std::vector<float> all(size_t(T) * V), last(V);
   const int a = T / 2;
@@ -145,6 +145,27 @@ TEST(Engine, Fp8LmHead) {
   std::filesystem::remove_all(dir);
 }
 
+// --kv-dtype bf16: keys and values rounded to bf16 in the cache; logits stay within 1% of the f32
+// cache's (relative RMS), and the option loads from the command-line form.
+TEST(Engine, Bf16KvCache) {
+  ModelConfig c = small_moe();
+  Model m = scaled_model(c, 11);
+  auto t = toks(20, c.vocab_size, 12);
+  InferModel im = InferModel::from_model(m, DType::F32);
+  auto ref = infer_logits(im, t);
+  im.kv_bf16 = true;
+  auto got = infer_logits(im, t);
+  const double e = rel_rms(got, ref);
+  EXPECT_GT(e, 0.0);
+  EXPECT_LT(e, 0.01);
+  auto dir = skytest::temp_dir("kvbf16");
+  m.save(dir);
+  EXPECT_TRUE(InferModel::load(dir, {"auto", true, "auto", "bf16"}).kv_bf16);
+  EXPECT_FALSE(InferModel::load(dir).kv_bf16);
+  EXPECT_THROW(InferModel::load(dir, {"auto", true, "auto", "f16"}), Error);
+  std::filesystem::remove_all(dir);
+}
+
 static std::vector<std::vector<int32_t>> run(Engine& e, const std::vector<std::vector<int32_t>>& prompts,
                                              const GenParams& p) {
   std::vector<std::vector<int32_t>> out(prompts.size());
@@ -160,8 +181,10 @@ static std::vector<std::vector<int32_t>> run(Engine& e, const std::vector<std::v
 TEST(Engine, BatchedDecodingMatchesOneAtATime) {
   ModelConfig c = small_moe();
   Model m = scaled_model(c, 7);
-  for (DType dt : {DType::F32, DType::F8_E4M3}) {
+  for (DType dt : {DType::F32, DType::F8_E4M3})
+  for (bool kv_bf16 : {false, true}) {
     InferModel im = InferModel::from_model(m, dt);
+    im.kv_bf16 = kv_bf16;
     std::vector<std::vector<int32_t>> prompts;
     for (int i = 0; i < 5; i++) prompts.push_back(toks(3 + 4 * i, c.vocab_size, 10 + i));
     GenParams p;
@@ -175,7 +198,7 @@ TEST(Engine, BatchedDecodingMatchesOneAtATime) {
       b.push_back(run(single, {pr}, p)[0]);
     }
     for (size_t i = 0; i < prompts.size(); i++) {
-      EXPECT_EQ(a[i], b[i]) << "prompt " << i;
+      EXPECT_EQ(a[i], b[i]) << "prompt " << i << " kv bf16 " << kv_bf16;
       EXPECT_EQ(a[i].size(), 12u);
     }
   }

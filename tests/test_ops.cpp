@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 
+#include "core/dtype.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
@@ -496,13 +497,41 @@ TEST(Attention, CachedBatchEqualsOneSequenceAtATime) {
     want.emplace_back(n * C);
   }
   for (size_t i = 0; i < shapes.size(); i++) {
-    seqs.push_back({got[i].data(), q[i].data(), k[i].data(), v[i].data(), shapes[i].first, shapes[i].second});
+    seqs.push_back({got[i].data(), q[i].data(), {k[i].data(), v[i].data()}, shapes[i].first, shapes[i].second});
     std::vector<float> s(shapes[i].first + shapes[i].second);
     attention_cached(want[i].data(), q[i].data(), k[i].data(), v[i].data(), shapes[i].first, shapes[i].second, nh,
                      nkv, hd, s.data());
   }
   attention_cached_batch(seqs.data(), int(seqs.size()), nh, nkv, hd);
   for (size_t i = 0; i < shapes.size(); i++) EXPECT_EQ(got[i], want[i]) << "sequence " << i;
+}
+
+// A bf16 KV cache gives what an f32 cache holding the same (bf16-rounded) values gives: exactly on
+// the decode path (the widening is exact), within float rounding on the blocked prefill path.
+TEST(Attention, Bf16CacheMatchesF32CacheOfRoundedValues) {
+  int nh = 6, nkv = 2, hd = 20;
+  size_t C = (size_t)nh * hd, Ckv = (size_t)nkv * hd;
+  const std::vector<std::pair<int, int>> shapes = {{0, 1}, {40, 1}, {0, 70}, {9, 3}};  // (start, n)
+  for (auto [start, n] : shapes) {
+    std::vector<float> q = cast<float>(rnd(n * C)), k = cast<float>(rnd((start + n) * Ckv)),
+                       v = cast<float>(rnd((start + n) * Ckv));
+    std::vector<uint16_t> kh(k.size()), vh(v.size());
+    for (size_t i = 0; i < k.size(); i++) {
+      kh[i] = f32_to_bf16(k[i]);
+      vh[i] = f32_to_bf16(v[i]);
+      k[i] = bf16_to_f32(kh[i]);
+      v[i] = bf16_to_f32(vh[i]);
+    }
+    std::vector<float> want(n * C), got(n * C);
+    AttnSeq f{want.data(), q.data(), {k.data(), v.data()}, start, n};
+    AttnSeq b{got.data(), q.data(), {nullptr, nullptr, kh.data(), vh.data()}, start, n};
+    attention_cached_batch(&f, 1, nh, nkv, hd);
+    attention_cached_batch(&b, 1, nh, nkv, hd);
+    if (n == 1)
+      EXPECT_EQ(got, want) << "start " << start;
+    else
+      expect_close(got, Vec(want.begin(), want.end()), 1e-5, 1e-5, "bf16 cache prefill");
+  }
 }
 
 // ---------------------------------------------------------------- cross entropy

@@ -173,8 +173,9 @@ int cmd_bench(int argc, char** argv) {
   inf->add_option("--batches", io.batches, "batch sizes for batched decode")->capture_default_str()->delimiter(',');
   inf->add_option("--batch-steps", io.batch_steps, "decode steps per batch size")->capture_default_str()
       ->check(positive_int());
-  std::string lm_head = "auto";
+  std::string lm_head = "auto", kv_dtype = "f32";
   add_lm_head_flag(*inf, lm_head);
+  add_kv_dtype_flag(*inf, kv_dtype);
   inf->add_option("--threads", ithreads, "threads (0 = all cores)");
   inf->add_flag("--json", ijson, "print one JSON object");
   TpFlags tpf;
@@ -198,7 +199,7 @@ int cmd_bench(int argc, char** argv) {
   io.quiet = ijson;
   InferModel m;
   if (!model.empty()) {
-    m = load_infer_model(model, {dtype, true, lm_head}, tpf);
+    m = load_infer_model(model, {dtype, true, lm_head, kv_dtype}, tpf);
   } else {
     SKY_CHECK(dtype != "auto", "--dtype auto needs --model");
     ModelConfig cfg = ModelConfig::resolve(ipreset);
@@ -213,6 +214,7 @@ int cmd_bench(int argc, char** argv) {
     m = InferModel::from_model(src, to_dtype(dtype), true,
                                lm_head == "auto" ? std::optional<DType>() : std::optional<DType>(to_dtype(lm_head)));
     m.tp = tp;
+    m.kv_bf16 = kv_dtype == "bf16";
   }
   if (m.tp && !m.tp->leader()) {  // rank 0 runs the benchmark, this rank its slice of every forward
     warm_weights(m);

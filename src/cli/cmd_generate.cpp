@@ -39,8 +39,9 @@ int cmd_generate(int argc, char** argv) {
   app.add_flag("--stop-at-eos", stop_eos, "stop when the model emits its eos token");
   app.add_option("--dtype", dtype, "weights in memory: auto (as stored) | f32 | bf16 | fp8")->capture_default_str()
       ->check(CLI::IsMember({"auto", "f32", "bf16", "fp8"}));
-  std::string lm_head = "auto";
+  std::string lm_head = "auto", kv_dtype = "f32";
   add_lm_head_flag(app, lm_head);
+  add_kv_dtype_flag(app, kv_dtype);
   app.add_option("--threads", threads, "threads (0 = all cores)");
   app.add_flag("--json", json_out, "print {\"prompt_ids\", \"generated_ids\", \"text\"?, \"finish_reason\", ...}");
   std::string logits_out;
@@ -59,7 +60,7 @@ int cmd_generate(int argc, char** argv) {
   SKY_CHECK(tok || (prompt_text.empty() && stops.empty()),
             "--prompt and --stop need a tokenizer: pass --tokenizer or put tokenizer.model in {}", model);
 
-  InferModel m = load_infer_model(model, {dtype, true, lm_head}, tpf);
+  InferModel m = load_infer_model(model, {dtype, true, lm_head, kv_dtype}, tpf);
   if (m.tp && !m.tp->leader()) {  // tensor parallel: rank 0 generates, this rank runs its slice
     m.tp->follow(m);
     return 0;

@@ -46,8 +46,9 @@ int cmd_serve(int argc, char** argv) {
   app.add_option("--dtype", dtype, "weights: as stored, or converted on load")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "f32", "bf16", "fp8"}));
-  std::string lm_head = "auto";
+  std::string lm_head = "auto", kv_dtype = "f32";
   add_lm_head_flag(app, lm_head);
+  add_kv_dtype_flag(app, kv_dtype);
   app.add_option("--threads", o.threads, "compute threads (0 = all cores)")->check(non_negative_int());
   app.add_option("--max-batch", o.max_batch, "sequences decoded together")->capture_default_str()->check(positive_int());
   app.add_option("--kv-budget", o.kv_budget_tokens, "KV-cache positions over all running sequences")
@@ -112,7 +113,7 @@ int cmd_serve(int argc, char** argv) {
   } join{finished, signals};
 
   // Rank 0's collectives throw on a timeout instead of aborting: it answers its clients (503) first.
-  InferModel im = load_infer_model(model, {dtype, true, lm_head}, tpf, true);
+  InferModel im = load_infer_model(model, {dtype, true, lm_head, kv_dtype}, tpf, true);
   if (im.tp && !im.tp->leader()) {  // rank 0 serves; this rank runs its slice of every step
     im.tp->follow(im);
     return 0;

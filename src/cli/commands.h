@@ -52,6 +52,8 @@ Shard tp_setup(const ModelConfig& cfg, const TpFlags& f, bool rank0_throws, std:
 // InferModel::load of this rank's shard (the whole model in one process).
 // --lm-head auto|f32|bf16|fp8 for the inference commands (InferLoadOptions::lm_head).
 void add_lm_head_flag(CLI::App& app, std::string& lm_head);
+// --kv-dtype f32|bf16 (InferLoadOptions::kv_dtype).
+void add_kv_dtype_flag(CLI::App& app, std::string& kv_dtype);
 InferModel load_infer_model(const std::string& dir, const InferLoadOptions& o, const TpFlags& f, bool rank0_throws = false);
 
 }  // namespace sky::cli

@@ -44,6 +44,12 @@ Shard tp_setup(const ModelConfig& cfg, const TpFlags& f, bool rank0_throws, std:
   return s;
 }
 
+void add_kv_dtype_flag(CLI::App& app, std::string& kv_dtype) {
+  app.add_option("--kv-dtype", kv_dtype, "KV cache: f32 | bf16 (half the memory and attention's reads)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+}
+
 void add_lm_head_flag(CLI::App& app, std::string& lm_head) {
   app.add_option("--lm-head", lm_head,
                  "LM head in memory: auto (as stored; bf16 when converting to fp8) | f32 | bf16 | fp8 (fewer bytes "

@@ -17,12 +17,32 @@
 
 namespace sky {
 
-void SeqKV::init(const ModelConfig& c, int cap) {
+void SeqKV::init(const ModelConfig& c, int cap, bool half) {
   capacity = cap;
   len = 0;
+  bf16 = half;
   const size_t n = size_t(c.num_layers) * cap * c.kv_dim();
-  k.assign(n, 0.0f);
-  v.assign(n, 0.0f);
+  k.assign(bf16 ? 0 : n, 0.0f);
+  v.assign(bf16 ? 0 : n, 0.0f);
+  kh.assign(bf16 ? n : 0, 0);
+  vh.assign(bf16 ? n : 0, 0);
+}
+
+void SeqKV::put(const ModelConfig& c, int layer, int pos, const float* keys, const float* values, int n) {
+  const size_t at = (size_t(layer) * capacity + pos) * c.kv_dim(), count = size_t(n) * c.kv_dim();
+  if (bf16) {
+    convert_from_f32(DType::BF16, keys, kh.data() + at, count);
+    convert_from_f32(DType::BF16, values, vh.data() + at, count);
+  } else {
+    std::memcpy(k.data() + at, keys, sizeof(float) * count);
+    std::memcpy(v.data() + at, values, sizeof(float) * count);
+  }
+}
+
+KvView SeqKV::view(const ModelConfig& c, int layer) const {
+  const size_t at = size_t(layer) * capacity * c.kv_dim();
+  if (bf16) return {nullptr, nullptr, kh.data() + at, vh.data() + at};
+  return {k.data() + at, v.data() + at, nullptr, nullptr};
 }
 
 template <class V>
@@ -175,10 +195,8 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     int r0 = 0;
     for (size_t i = 0; i < rows.size(); i++) {
       const BatchRow& r = rows[i];
-      std::memcpy(r.kv->k_at(c, l, r.kv->len), s.k.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
-      std::memcpy(r.kv->v_at(c, l, r.kv->len), s.v.data() + size_t(r0) * kvd, sizeof(float) * r.n * kvd);
-      s.attn[i] = {s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->k_at(c, l, 0),
-                   r.kv->v_at(c, l, 0), r.kv->len, r.n};
+      r.kv->put(c, l, r.kv->len, s.k.data() + size_t(r0) * kvd, s.v.data() + size_t(r0) * kvd, r.n);
+      s.attn[i] = {s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->view(c, l), r.kv->len, r.n};
       r0 += r.n;
     }
     attention_cached_batch(s.attn.data(), int(rows.size()), c.num_heads, c.num_kv_heads, c.head_dim);

@@ -12,14 +12,19 @@
 
 namespace sky {
 
-// A sequence's KV cache: [layer][position][kv_dim] for keys and values, f32.
+// A sequence's KV cache: [layer][position][kv_dim] for keys and values, f32 or (half the memory
+// and the bytes attention reads) bf16.
 struct SeqKV {
   int capacity = 0;  // positions
   int len = 0;       // positions filled
-  std::vector<float> k, v;
-  void init(const ModelConfig& c, int capacity);
-  float* k_at(const ModelConfig& c, int layer, int pos) { return k.data() + (size_t(layer) * capacity + pos) * c.kv_dim(); }
-  float* v_at(const ModelConfig& c, int layer, int pos) { return v.data() + (size_t(layer) * capacity + pos) * c.kv_dim(); }
+  bool bf16 = false;
+  std::vector<float> k, v;       // f32 cache
+  std::vector<uint16_t> kh, vh;  // bf16 cache
+  void init(const ModelConfig& c, int capacity, bool bf16 = false);
+  // Stores n positions' keys and values (f32 rows of kv_dim) at pos of a layer.
+  void put(const ModelConfig& c, int layer, int pos, const float* keys, const float* values, int n);
+  // The layer's cache from position 0, as attention reads it.
+  KvView view(const ModelConfig& c, int layer) const;
 };
 
 struct BatchRow {  // the new tokens of one sequence in this step

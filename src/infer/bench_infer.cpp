@@ -66,7 +66,7 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   double pf_comm = 0;
   for (int r = 0; r < o.reps + 1; r++) {
     SeqKV kv;
-    kv.init(c, o.prompt + 1);
+    kv.init(c, o.prompt + 1, m.kv_bf16);
     auto t0 = Clock::now();
     const double c0 = comm_s();
     batch_forward(m, {{&kv, prompt.data(), o.prompt}}, logits.data(), s);
@@ -80,7 +80,7 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
 
   // Batch-1 decode after a short prompt.
   SeqKV kv;
-  kv.init(c, 16 + o.decode);
+  kv.init(c, 16 + o.decode, m.kv_bf16);
   batch_forward(m, {{&kv, prompt.data(), 16}}, logits.data(), s);
   int32_t tok = 1;
   auto t0 = Clock::now();
@@ -110,7 +110,7 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
     std::vector<std::vector<int32_t>> toks(b);
     std::vector<BatchRow> rows;
     for (int i = 0; i < b; i++) {
-      kvs[i].init(c, 8 + o.batch_steps + 1);
+      kvs[i].init(c, 8 + o.batch_steps + 1, m.kv_bf16);
       toks[i] = random_tokens(8, V, 100 + i);
       rows.push_back({&kvs[i], toks[i].data(), 8});
     }

@@ -76,7 +76,7 @@ bool Engine::step() {
       Seq& s = *waiting_.front();
       const int cap = s.prompt_len + s.params.max_tokens;
       if (kv_used_ + cap > o_.kv_budget_tokens) break;
-      s.kv.init(m_.cfg, cap);
+      s.kv.init(m_.cfg, cap, m_.kv_bf16);
       kv_used_ += cap;
       active_.push_back(std::move(waiting_.front()));
       waiting_.pop_front();

@@ -105,6 +105,7 @@ static QWeight load_linear(const SafetensorsReader& r, const std::string& name, 
 InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, const Shard* shard) {
   if (o.dtype != "auto") parse_target(o.dtype);
   if (o.lm_head != "auto") parse_target(o.lm_head, "--lm-head");
+  SKY_CHECK(o.kv_dtype == "f32" || o.kv_dtype == "bf16", "--kv-dtype '{}' (expected f32 or bf16)", o.kv_dtype);
   InferModel m;
   m.full_cfg = ModelConfig::load_file(dir);
   const ModelConfig& c = m.full_cfg;
@@ -162,6 +163,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
     }
   }
   if (err) std::rethrow_exception(err);
+  m.kv_bf16 = o.kv_dtype == "bf16";
   m.mmapped = mm;
   m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
   const QWeight& probe = c.is_moe() ? m.layers[0].w1[sh.experts.begin] : m.layers[0].gate;

@@ -32,6 +32,7 @@ struct InferLoadOptions {
   // FP8 layout keeps the head in higher precision) | f32 | bf16 | fp8 (a quarter of a decode
   // step's bytes on bench-moe: faster, slightly less exact).
   std::string lm_head = "auto";
+  std::string kv_dtype = "f32";  // KV cache: f32 | bf16 (half the memory and attention's reads)
 };
 
 struct InferModel {
@@ -48,6 +49,7 @@ struct InferModel {
   std::vector<InferLayer> layers;
   RopeTable rope;
   bool mmapped = false;  // true when some weights are views into the files
+  bool kv_bf16 = false;  // sequences' KV caches in bf16 (InferLoadOptions::kv_dtype)
 
   // `shard` (default: all) picks the slice to load: row blocks stay views into the map, column
   // blocks (o_proj, w2, down_proj) are copied, only this rank's part.

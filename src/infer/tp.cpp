@@ -166,7 +166,7 @@ void TpGroup::follow(const InferModel& m) {
       const int cap = d[2], len = d[3], n = d[4];
       SeqKV& kv = live[id];
       if (len == 0) {
-        kv.init(m.cfg, cap);
+        kv.init(m.cfg, cap, m.kv_bf16);
       } else {
         auto it = seqs.find(id);
         SKY_CHECK(it != seqs.end() && it->second.len == len,

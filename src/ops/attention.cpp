@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "ops/attention_decode.h"
 #include "ops/blas.h"
@@ -112,14 +113,29 @@ static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, i
   const int C = n_heads * hd, Ckv = n_kv * hd, group = n_heads / n_kv;
   const float scale = 1.0f / std::sqrt((float)hd);
   const int L = a.start + i0 + nb;  // keys the block's last row attends to
-  const float* kh = a.kcache + (h / group) * hd;
-  const float* vh = a.vcache + (h / group) * hd;
+  const float* kh = a.kv.k + (h / group) * hd;
+  const float* vh = a.kv.v + (h / group) * hd;
+  int ldkv = Ckv;
+  if (a.kv.kh) {  // bf16 cache: this head's keys and values widened once for the two GEMMs
+    thread_local std::vector<float> wide;
+    if (wide.size() < size_t(2) * L * hd) wide.resize(size_t(2) * L * hd);
+    for (int j = 0; j < L; j++) {
+      const size_t src = size_t(j) * Ckv + (h / group) * hd;
+      for (int d = 0; d < hd; d++) {
+        wide[size_t(j) * hd + d] = bf16_to_f32(a.kv.kh[src + d]);
+        wide[size_t(L + j) * hd + d] = bf16_to_f32(a.kv.vh[src + d]);
+      }
+    }
+    kh = wide.data();
+    vh = wide.data() + size_t(L) * hd;
+    ldkv = hd;
+  }
   const float* qb = a.q + (long)i0 * C + h * hd;
   float* ob = a.out + (long)i0 * C + h * hd;
   if (nb == 1)
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, L, hd, scale, kh, Ckv, qb, 1, 0.0f, sc, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, L, hd, scale, kh, ldkv, qb, 1, 0.0f, sc, 1);
   else
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, L, hd, scale, qb, C, kh, Ckv, 0.0f, sc, L);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, L, hd, scale, qb, C, kh, ldkv, 0.0f, sc, L);
   for (int i = 0; i < nb; i++) {
     float* s = sc + (long)i * L;
     const int Li = a.start + i0 + i + 1;
@@ -127,9 +143,9 @@ static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, i
     std::fill(s + Li, s + L, 0.0f);
   }
   if (nb == 1)
-    cblas_sgemv(CblasRowMajor, CblasTrans, L, hd, 1.0f, vh, Ckv, sc, 1, 0.0f, ob, 1);
+    cblas_sgemv(CblasRowMajor, CblasTrans, L, hd, 1.0f, vh, ldkv, sc, 1, 0.0f, ob, 1);
   else
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, L, 1.0f, sc, L, vh, Ckv, 0.0f, ob, C);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, L, 1.0f, sc, L, vh, ldkv, 0.0f, ob, C);
 }
 
 void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_kv, int hd) {
@@ -167,7 +183,7 @@ void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_k
       const Block& b = bl[t];
       const AttnSeq& a = seqs[b.seq];
       if (b.h < 0)
-        attend_one(a.out, a.q, a.kcache, a.vcache, a.start + 1, n_heads, n_kv, hd, sc.data());
+        attend_one(a.out, a.q, a.kv, a.start + 1, n_heads, n_kv, hd, sc.data());
       else
         attend_block(a, b.h, b.i0, b.nb, n_heads, n_kv, hd, sc.data());
     }
@@ -176,7 +192,7 @@ void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_k
 
 void attention_cached(float* out, const float* q, const float* kcache, const float* vcache, int start, int n,
                       int n_heads, int n_kv, int hd, float* /*scratch*/) {
-  const AttnSeq a{out, q, kcache, vcache, start, n};
+  const AttnSeq a{out, q, {kcache, vcache, nullptr, nullptr}, start, n};
   attention_cached_batch(&a, 1, n_heads, n_kv, hd);
 }
 

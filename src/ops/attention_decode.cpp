@@ -5,6 +5,9 @@
 #include "ops/attention_decode.h"
 
 #include <cmath>
+#include <cstdint>
+
+#include "core/dtype.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/attention_decode.cpp"
@@ -17,43 +20,65 @@ namespace sky {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+using DF = hn::ScalableTag<float>;
+
+// A vector of cache values as f32: f32 loads, or bf16 widened (bf16 is the top half of an f32).
+HWY_INLINE hn::Vec<DF> LoadKv(DF d, const float* p) { return hn::LoadU(d, p); }
+HWY_INLINE hn::Vec<DF> LoadKv(DF d, const uint16_t* p) {
+  const hn::Rebind<uint16_t, DF> du16;
+  const hn::RebindToUnsigned<DF> du32;
+  return hn::BitCast(d, hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, p))));
+}
+HWY_INLINE float Scalar(float x) { return x; }
+HWY_INLINE float Scalar(uint16_t x) { return bf16_to_f32(x); }
+
 // sum_d a[d] b[d]: full vectors, then the remainder (head sizes are not always a multiple of the
 // vector length: tests use 4).
-HWY_INLINE float Dot(const float* a, const float* b, int n) {
-  const hn::ScalableTag<float> d;
+template <class K>
+HWY_INLINE float Dot(const float* a, const K* b, int n) {
+  const DF d;
   const int L = int(hn::Lanes(d));
   auto s = hn::Zero(d);
   int i = 0;
-  for (; i + L <= n; i += L) s = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), s);
+  for (; i + L <= n; i += L) s = hn::MulAdd(hn::LoadU(d, a + i), LoadKv(d, b + i), s);
   float r = hn::GetLane(hn::SumOfLanes(d, s));
-  for (; i < n; i++) r += a[i] * b[i];
+  for (; i < n; i++) r += a[i] * Scalar(b[i]);
   return r;
 }
 
 // y[0, n) += p x[0, n)
-HWY_INLINE void Axpy(float* y, float p, const float* x, int n) {
-  const hn::ScalableTag<float> d;
+template <class K>
+HWY_INLINE void Axpy(float* y, float p, const K* x, int n) {
+  const DF d;
   const int L = int(hn::Lanes(d));
   const auto vp = hn::Set(d, p);
   int i = 0;
-  for (; i + L <= n; i += L) hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, y + i);
-  for (; i < n; i++) y[i] += p * x[i];
+  for (; i + L <= n; i += L) hn::StoreU(hn::MulAdd(vp, LoadKv(d, x + i), hn::LoadU(d, y + i)), d, y + i);
+  for (; i < n; i++) y[i] += p * Scalar(x[i]);
 }
 
-void AttendOne(float* out, const float* q, const float* kc, const float* vc, int L, int n_heads, int n_kv, int hd,
-               float* scores) {
+template <class K>
+HWY_INLINE void AttendOneT(float* out, const float* q, const K* kc, const K* vc, int L, int n_heads, int n_kv, int hd,
+                           float* scores) {
   const int group = n_heads / n_kv, Ckv = n_kv * hd;
   const float scale = 1.0f / std::sqrt(float(hd));
   for (int j = 0; j < L; j++) {
-    const float* kr = kc + size_t(j) * Ckv;
+    const K* kr = kc + size_t(j) * Ckv;
     for (int h = 0; h < n_heads; h++) scores[size_t(h) * L + j] = Dot(q + h * hd, kr + (h / group) * hd, hd) * scale;
   }
   for (int h = 0; h < n_heads; h++) softmax_inplace(scores + size_t(h) * L, L);
   for (int i = 0; i < n_heads * hd; i++) out[i] = 0.0f;
   for (int j = 0; j < L; j++) {
-    const float* vr = vc + size_t(j) * Ckv;
+    const K* vr = vc + size_t(j) * Ckv;
     for (int h = 0; h < n_heads; h++) Axpy(out + h * hd, scores[size_t(h) * L + j], vr + (h / group) * hd, hd);
   }
+}
+
+void AttendOne(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores) {
+  if (kv.kh)
+    AttendOneT(out, q, kv.kh, kv.vh, L, n_heads, n_kv, hd, scores);
+  else
+    AttendOneT(out, q, kv.k, kv.v, L, n_heads, n_kv, hd, scores);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -64,9 +89,8 @@ HWY_AFTER_NAMESPACE();
 namespace sky {
 HWY_EXPORT(AttendOne);
 
-void attend_one(float* out, const float* q, const float* kcache, const float* vcache, int L, int n_heads, int n_kv,
-                int hd, float* scores) {
-  HWY_DYNAMIC_DISPATCH(AttendOne)(out, q, kcache, vcache, L, n_heads, n_kv, hd, scores);
+void attend_one(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores) {
+  HWY_DYNAMIC_DISPATCH(AttendOne)(out, q, kv, L, n_heads, n_kv, hd, scores);
 }
 }  // namespace sky
 #endif  // HWY_ONCE
