@@ -114,4 +114,10 @@ TEST(InferPlan, MemoryAndBalance) {
   for (auto& m : mem) before = std::max(before, m.total());
   for (auto& m : infer_memory(b)) after = std::max(after, m.total());
   EXPECT_LT(after, before);
+  // A bf16 KV cache holds each position in half the bytes.
+  InferPlanRequest h = r;
+  h.kv_dtype = "bf16";
+  const auto half = infer_memory(h);
+  for (size_t i = 0; i < mem.size(); i++) EXPECT_DOUBLE_EQ(half[i].kv * 2, mem[i].kv);
+  EXPECT_GT(mem[0].kv, 0);
 }

@@ -73,6 +73,7 @@ int cmd_plan_inference(int argc, char** argv) {
       ->check(positive_int());
   app.add_option("--dtype", r.dtype, "linear layers in memory: f32 | bf16 | fp8")->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+  add_kv_dtype_flag(app, r.kv_dtype);
   app.add_option("--batch", r.batch, "sequences whose KV cache is held at once")->capture_default_str()
       ->check(positive_int());
   app.add_option("--context", r.context, "positions per sequence")->capture_default_str()->check(positive_int());
@@ -103,9 +104,9 @@ int cmd_plan_inference(int argc, char** argv) {
   }
   const ModelConfig& c = r.model;
   fmt::print("model {}: {} layers, {} heads / {} kv heads, {} {}, vocab {}; {} weights, KV cache for {} x {} "
-             "positions (f32)\n\n",
+             "positions ({})\n\n",
              model, c.num_layers, c.num_heads, c.num_kv_heads, c.is_moe() ? fmt::format("{} experts of width", c.num_experts) : "FFN width",
-             c.intermediate_size, c.vocab_size, r.dtype, r.batch, r.context);
+             c.intermediate_size, c.vocab_size, r.dtype, r.batch, r.context, r.kv_dtype);
   print_split(r.tp.shares.empty() ? "even split" : "given split", given, given_shares);
   fmt::print("\n");
   print_split("balanced split", balanced, b.tp.shares);

@@ -35,7 +35,7 @@ std::vector<InferMem> infer_memory(const InferPlanRequest& r) {
     }
     m.replicated += V * H * 4 + L * 2 * H * 4;  // f32 embedding and layer norms
     if (s.head) m.head = V * H * (r.dtype == "f32" ? 4 : 2) + H * 4;  // the LM head stays bf16 or better
-    m.kv = double(r.batch) * r.context * L * 2 * kv * 4;       // f32 keys and values
+    m.kv = double(r.batch) * r.context * L * 2 * kv * (r.kv_dtype == "bf16" ? 2 : 4);  // keys and values
     out.push_back(m);
   }
   return out;

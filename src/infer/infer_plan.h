@@ -21,6 +21,7 @@ struct InferPlanRequest {
   ModelConfig model;
   TpOptions tp;
   std::string dtype = "fp8";  // linear layers: f32 | bf16 | fp8 (per-row scales; the LM head then bf16)
+  std::string kv_dtype = "f32";  // KV cache: f32 | bf16
   int batch = 16;             // sequences whose KV cache is held at once
   int context = 4096;         // positions per sequence
 };
