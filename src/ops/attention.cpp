@@ -151,8 +151,10 @@ static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, i
 void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_kv, int hd) {
   check_heads(n_heads, n_kv);
   constexpr int kRows = 64;  // query rows per block
-  // A task is one head of one block of query rows, or (h = -1) a whole one-row sequence: a decode
-  // step reads its KV cache once for all heads (attend_one).
+  // A task is one head of one block of query rows, or (h = -1) heads [i0, nb) of a one-row
+  // sequence: a decode step reads its KV cache once for all those heads (attend_one). With fewer
+  // decode rows than threads, their heads are split so every thread gets some (a long context at
+  // batch 1 would otherwise run on one thread).
   struct Block { int seq, i0, nb, h; };
   thread_local std::vector<Block> blocks;  // the caller's list (reused, no allocation per call)
   blocks.clear();
@@ -165,9 +167,14 @@ void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_k
     for (int s = 0; s < count; s++)
       for (int i0 = 0; seqs[s].n > 1 && i0 < seqs[s].n; i0 += kRows)
         blocks.push_back({s, i0, std::min(kRows, seqs[s].n - i0), h});
+  int decode_rows = 0;
+  for (int s = 0; s < count; s++) decode_rows += seqs[s].n == 1;
+  const int threads = omp_get_max_threads();
+  const int parts = decode_rows == 0 ? 1 : std::clamp((threads + decode_rows - 1) / decode_rows, 1, n_heads);
   for (int s = 0; s < count; s++) {
     const AttnSeq& a = seqs[s];
-    if (a.n == 1) blocks.push_back({s, 0, 1, -1});
+    if (a.n == 1)
+      for (int p = 0; p < parts; p++) blocks.push_back({s, n_heads * p / parts, n_heads * (p + 1) / parts, -1});
     work += (long)n_heads * a.n * (a.start + a.n) * hd;
     need = std::max(need, size_t(a.n == 1 ? n_heads : std::min(a.n, kRows)) * (a.start + a.n));
   }
@@ -183,7 +190,7 @@ void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_k
       const Block& b = bl[t];
       const AttnSeq& a = seqs[b.seq];
       if (b.h < 0)
-        attend_one(a.out, a.q, a.kv, a.start + 1, n_heads, n_kv, hd, sc.data());
+        attend_one(a.out, a.q, a.kv, a.start + 1, n_heads, n_kv, hd, sc.data(), b.i0, b.nb);
       else
         attend_block(a, b.h, b.i0, b.nb, n_heads, n_kv, hd, sc.data());
     }

@@ -57,28 +57,31 @@ HWY_INLINE void Axpy(float* y, float p, const K* x, int n) {
   for (; i < n; i++) y[i] += p * Scalar(x[i]);
 }
 
+// Heads [h0, h1) only; each head's result is the same whatever range it is computed in.
 template <class K>
 HWY_INLINE void AttendOneT(float* out, const float* q, const K* kc, const K* vc, int L, int n_heads, int n_kv, int hd,
-                           float* scores) {
+                           float* scores, int h0, int h1) {
   const int group = n_heads / n_kv, Ckv = n_kv * hd;
   const float scale = 1.0f / std::sqrt(float(hd));
   for (int j = 0; j < L; j++) {
     const K* kr = kc + size_t(j) * Ckv;
-    for (int h = 0; h < n_heads; h++) scores[size_t(h) * L + j] = Dot(q + h * hd, kr + (h / group) * hd, hd) * scale;
+    for (int h = h0; h < h1; h++)
+      scores[size_t(h - h0) * L + j] = Dot(q + h * hd, kr + (h / group) * hd, hd) * scale;
   }
-  for (int h = 0; h < n_heads; h++) softmax_inplace(scores + size_t(h) * L, L);
-  for (int i = 0; i < n_heads * hd; i++) out[i] = 0.0f;
+  for (int h = h0; h < h1; h++) softmax_inplace(scores + size_t(h - h0) * L, L);
+  for (int i = h0 * hd; i < h1 * hd; i++) out[i] = 0.0f;
   for (int j = 0; j < L; j++) {
     const K* vr = vc + size_t(j) * Ckv;
-    for (int h = 0; h < n_heads; h++) Axpy(out + h * hd, scores[size_t(h) * L + j], vr + (h / group) * hd, hd);
+    for (int h = h0; h < h1; h++) Axpy(out + h * hd, scores[size_t(h - h0) * L + j], vr + (h / group) * hd, hd);
   }
 }
 
-void AttendOne(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores) {
+void AttendOne(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores,
+               int h0, int h1) {
   if (kv.kh)
-    AttendOneT(out, q, kv.kh, kv.vh, L, n_heads, n_kv, hd, scores);
+    AttendOneT(out, q, kv.kh, kv.vh, L, n_heads, n_kv, hd, scores, h0, h1);
   else
-    AttendOneT(out, q, kv.k, kv.v, L, n_heads, n_kv, hd, scores);
+    AttendOneT(out, q, kv.k, kv.v, L, n_heads, n_kv, hd, scores, h0, h1);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -89,8 +92,9 @@ HWY_AFTER_NAMESPACE();
 namespace sky {
 HWY_EXPORT(AttendOne);
 
-void attend_one(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores) {
-  HWY_DYNAMIC_DISPATCH(AttendOne)(out, q, kv, L, n_heads, n_kv, hd, scores);
+void attend_one(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores,
+                int h0, int h1) {
+  HWY_DYNAMIC_DISPATCH(AttendOne)(out, q, kv, L, n_heads, n_kv, hd, scores, h0, h1);
 }
 }  // namespace sky
 #endif  // HWY_ONCE
