@@ -57,10 +57,10 @@ static void add_rows(float* y, const float* x, size_t n) {
 
 // Splits the concatenation of the active experts' output rows [0, A * O) across the team by
 // estimated cost and runs this thread's share as run(j, o0, o1). A row of expert j costs
-// max(tokens_j, kStreamRows): streaming a weight row takes about as long as multiplying it with
-// that many tokens, so small batches split by bytes and large ones (prefill) by flops; an even
-// split of rows would leave one thread waiting whenever routing is uneven. Shares end on
-// multiples of 4 rows so register tiles stay full.
+// row_cost(tokens_j), at least kStreamRows: streaming a weight row takes about as long as
+// multiplying it with that many tokens, so small batches split by bytes and large ones (prefill)
+// by flops; an even split of rows would leave one thread waiting whenever routing is uneven.
+// Shares end on multiples of 4 rows so register tiles stay full.
 constexpr int kStreamRows = 6;
 // The kernels run tokens in groups of 4 (a partial group costs a full one), so 5 tokens cost 8.
 static int row_cost(int n) { return std::max((n + 3) / 4 * 4, kStreamRows); }

@@ -14,12 +14,12 @@ static void row_stats(const T* x, int V, T& mx, double& sum) {
   if constexpr (std::is_same_v<T, float>) {  // vectorized exponentials
     mx = max_of(x, V);
     sum = sum_exp(x, V, mx);
-    return;
+  } else {
+    mx = x[0];
+    for (int v = 1; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+    sum = 0;
+    for (int v = 0; v < V; v++) sum += std::exp((double)(x[v] - mx));
   }
-  mx = x[0];
-  for (int v = 1; v < V; v++) mx = x[v] > mx ? x[v] : mx;
-  sum = 0;
-  for (int v = 0; v < V; v++) sum += std::exp((double)(x[v] - mx));
 }
 
 template <class T>

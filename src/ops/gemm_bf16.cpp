@@ -5,7 +5,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
+
+#include "core/scratch.h"
 
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* (GCC bug 105593).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -157,17 +158,6 @@ SKY_BF16 void kernel(int kpn, const uint32_t* a, const uint32_t* b, float* C, lo
   }
 }
 
-// 64-byte aligned scratch that grows and is kept, one per thread (packing buffers are reused by
-// every call; allocating them per call would fault fresh pages in each time).
-struct Scratch {
-  std::vector<uint32_t> buf;
-  uint32_t* get(size_t n) {
-    if (buf.size() < n + 16) buf.resize(n + 16);
-    auto p = reinterpret_cast<uintptr_t>(buf.data());
-    return reinterpret_cast<uint32_t*>((p + 63) & ~uintptr_t(63));
-  }
-};
-
 }  // namespace
 
 void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* A, int lda,
@@ -186,7 +176,7 @@ void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alp
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const int n_jc = std::min(n_panels, std::max(1, (2 * threads + n_ic - 1) / n_ic));
   const int jc_panels = (n_panels + n_jc - 1) / n_jc;
-  static thread_local Scratch b_scratch;
+  static thread_local AlignedScratch<uint32_t> b_scratch;
   uint32_t* bp = b_scratch.get(size_t(n_panels) * kNR * (kKC / 2));
 
   for (int pc = 0; pc < K; pc += kKC) {
@@ -204,7 +194,7 @@ void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alp
           pack_kcontig(bp + size_t(p) * kNR * kpn, B + long(p) * kNR * b_j + long(pc), b_j,
                        std::min(kNR, N - p * kNR), kNR, kc);
       }
-      static thread_local Scratch a_scratch;
+      static thread_local AlignedScratch<uint32_t> a_scratch;
       uint32_t* ap = a_scratch.get(size_t(kMC) * kpn);
 #pragma omp for schedule(dynamic)
       for (int t = 0; t < n_ic * n_jc; t++) {

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/scratch.h"
 #include "ops/qmatmul_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -195,21 +196,8 @@ bool qmatmul_uses_bf16_dot(DType weight_dtype) {
 
 // A 64-byte aligned buffer of bf16 activations, grown on demand and kept per thread.
 namespace {
-struct Bf16Buffer {
-  uint16_t* p = nullptr;
-  size_t n = 0;
-  uint16_t* get(size_t need) {
-    if (need > n) {
-      std::free(p);
-      n = need;
-      p = static_cast<uint16_t*>(std::aligned_alloc(64, (n * 2 + 63) / 64 * 64));
-    }
-    return p;
-  }
-  ~Bf16Buffer() { std::free(p); }
-};
 // One per activation layout: natural order (BF16 weights) and the fp8 decoder's lane order.
-thread_local Bf16Buffer t_xb[2];
+thread_local AlignedScratch<uint16_t> t_xb[2];
 
 // Activations of one call in the forms its weights need: f32, or bf16 in the weight's layout.
 struct Prepared {
