@@ -4,7 +4,7 @@
 //
 //   OMP_NUM_THREADS=2 ./build/bench_forward [--preset bench-moe] [--prompt 512] [--reps 5] [--json]
 //
-// Times (a) forward_cached over a fresh KV cache: one prompt of P tokens, logits of the last token
+// Times (a) the engine's batch_forward (f32 weights) over a fresh KV cache: one prompt of P tokens, logits of the last token
 // only -- what `skymoe generate` pays before its first token -- and (b) the batch forward() with
 // B=1, T=P and no targets (logits of every position, as eval computes them). Reports the median of
 // --reps runs after one untimed run of each. Weights come from Model::random (heap, not mmapped);
@@ -22,6 +22,7 @@
 #include "core/membw.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "infer/batch_forward.h"
 #include "model/transformer.h"
 
 using namespace sky;
@@ -89,11 +90,13 @@ int main(int argc, char** argv) {
   std::vector<float> logits(cfg.vocab_size);
   const MoeOptions moe = moe_options(cfg, 0.0, DropPolicy::Prob, AuxLossType::None);
   Activations acts;
+  const InferModel im = InferModel::from_model(m, DType::F32);
+  BatchScratch scratch;
   auto run_cached = [&] {
-    KVCache cache;
-    cache.init(cfg, prompt);
+    SeqKV kv;
+    kv.init(im.cfg, prompt);
     auto t = Clock::now();
-    forward_cached(m, cache, toks.data(), prompt, logits.data());
+    batch_forward(im, {{&kv, toks.data(), prompt}}, logits.data(), scratch);
     return seconds_since(t);
   };
   auto run_batch = [&] {
@@ -119,7 +122,7 @@ int main(int argc, char** argv) {
   // path, once per prompt in the cached path; attention scores left out).
   const double active = double(cfg.active_param_count());
   const std::string human = fmt::format(
-      "{} prefill {} tokens, {} threads: forward_cached {:.1f} tok/s ({:.3f} s), forward B=1 {:.1f} tok/s ({:.3f} s); "
+      "{} prefill {} tokens, {} threads: batch_forward {:.1f} tok/s ({:.3f} s), forward B=1 {:.1f} tok/s ({:.3f} s); "
       "~{:.1f} GFLOP/s batch; read bandwidth {:.1f} / {:.1f} GB/s (before/after); threads had {:.0f}% of their cores; "
       "weights f32 on heap ({:.2f} GB, not mmapped)",
       preset, prompt, num_threads(), cached_tps, median(cached_s), batch_tps, median(batch_s),

@@ -86,26 +86,6 @@ TEST(Model, MhaTopOneMatchesReference) {
   check_against_reference(c, 1, 9, 0.0, 6);
 }
 
-TEST(Model, CachedGenerationMatchesBatchForward) {
-  ModelConfig c = tiny_moe();
-  Model m = random_model(c, 7);
-  const int T = 11, V = c.vocab_size;
-  auto toks = random_tokens(T, V, 8);
-  Activations A;
-  forward(m, A, toks.data(), nullptr, 1, T, moe_options(c));
-  // Prefill 4 tokens (all logits), then one at a time.
-  KVCache cache;
-  cache.init(c, T);
-  std::vector<float> last(V), all(size_t(4) * V);
-  forward_cached(m, cache, toks.data(), 4, last.data(), all.data());
-  for (size_t i = 0; i < all.size(); i++) ASSERT_NEAR(all[i], A.logits[i], 1e-4);
-  for (int t = 4; t < T; t++) {
-    forward_cached(m, cache, &toks[t], 1, last.data());
-    for (int v = 0; v < V; v++) ASSERT_NEAR(last[v], A.logits[size_t(t) * V + v], 1e-4) << "t=" << t;
-  }
-  EXPECT_THROW(forward_cached(m, cache, toks.data(), 1, last.data()), Error);  // cache full
-}
-
 TEST(Model, SaveLoadRoundTrip) {
   ModelConfig c = tiny_moe();
   Model m = random_model(c, 9);

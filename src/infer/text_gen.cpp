@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "model/transformer.h"
+#include "infer/batch_forward.h"
 
 namespace sky {
 
@@ -59,11 +59,14 @@ std::string generate_text(const Model& m, const Tokenizer& tok, const std::strin
             ids.size(), cfg.max_position_embeddings);
   const int total = std::min<int>(int(ids.size()) + o.max_new_tokens, cfg.max_position_embeddings);
 
-  KVCache cache;
-  cache.init(cfg, total);
+  // The engine's decoder over the training weights (f32: the same logits the trainer's forward gives).
+  const InferModel im = InferModel::from_model(m, DType::F32);
+  SeqKV kv;
+  kv.init(im.cfg, total);
+  BatchScratch scratch;
   Sampler sampler(o.sampler);
   std::vector<float> logits(cfg.vocab_size);
-  forward_cached(m, cache, ids.data(), int(ids.size()), logits.data());
+  batch_forward(im, {{&kv, ids.data(), int(ids.size())}}, logits.data(), scratch);
   StreamDecoder dec(tok, /*at_start=*/false);  // the continuation's leading space is real text
   PrintableFilter filter;
   std::string out;
@@ -77,7 +80,7 @@ std::string generate_text(const Model& m, const Tokenizer& tok, const std::strin
     int32_t t = sampler.sample(logits.data(), cfg.vocab_size);
     if (o.stop_at_eos && t == tok.eos_id()) break;
     if (t < tok.vocab_size()) emit(dec.push(t));  // ids past the tokenizer's range have no text
-    if (pos + 1 < total) forward_cached(m, cache, &t, 1, logits.data());
+    if (pos + 1 < total) batch_forward(im, {{&kv, &t, 1}}, logits.data(), scratch);
   }
   emit(dec.flush());
   return out;

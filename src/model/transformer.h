@@ -1,5 +1,5 @@
 #pragma once
-// The decoder forward pass over a batch (training and eval) and over a KV cache (generation).
+// The decoder forward pass over a batch (training and eval); generation runs infer/batch_forward.
 // Training forward saves what the backward pass needs in Activations, which are sized once per
 // (B, T) and reused.
 //
@@ -76,17 +76,5 @@ struct LossWeights {
 void backward(const Model& m, Activations& acts, float* grads, const MoeOptions& moe, const LossWeights& lw,
               double scale = 1.0, double global_tokens = 0, Communicator* tp = nullptr,
               const float* d_top = nullptr);
-
-// KV cache of one sequence.
-struct KVCache {
-  int max_len = 0, len = 0;
-  std::vector<std::vector<float>> k, v;  // [L][max_len * kv_dim]
-  void init(const ModelConfig& cfg, int max_len);
-};
-
-// Feeds n tokens at positions cache.len.. and appends them to the cache. Writes logits of the last
-// token to `last_logits` [V] (and of all n tokens to all_logits [n, V] when non-null).
-void forward_cached(const Model& m, KVCache& cache, const int32_t* tokens, int n,
-                    float* last_logits, float* all_logits = nullptr);
 
 }  // namespace sky
