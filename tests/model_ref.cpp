@@ -25,8 +25,11 @@ struct Ref {
   // Tensor name -> offset, built once per shape (finite-difference tests call ref_forward thousands of times).
   static const std::map<std::string, size_t>& offsets(const ModelConfig& c) {
     thread_local std::map<std::vector<int>, std::map<std::string, size_t>> cache;
-    std::vector<int> key = {c.vocab_size, c.hidden_size,        c.num_layers, c.num_heads,
-                            c.num_kv_heads, c.intermediate_size, c.num_experts};
+    std::vector<int> key = {c.vocab_size,         c.hidden_size,           c.num_layers,
+                            c.num_heads,          c.num_kv_heads,          c.intermediate_size,
+                            c.moe_intermediate_size, c.num_experts,        c.first_dense_layers,
+                            c.moe_layer_step,     c.tie_word_embeddings};
+    key.insert(key.end(), c.dense_layers.begin(), c.dense_layers.end());
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
     std::map<std::string, size_t> off;
@@ -60,8 +63,8 @@ struct Ref {
         x[h * d + i + d / 2] = b * std::cos(ang) + a * std::sin(ang);
       }
   }
-  std::vector<double> swiglu_ffn(const double* w1, const double* w3, const double* w2, const std::vector<double>& x) const {
-    const int I = c.intermediate_size;
+  std::vector<double> swiglu_ffn(const double* w1, const double* w3, const double* w2, const std::vector<double>& x,
+                                 int I) const {
     auto a = linear(w1, x, I), b = linear(w3, x, I);
     for (int i = 0; i < I; i++) a[i] = a[i] / (1 + std::exp(-a[i])) * b[i];
     return linear(w2, a, c.hidden_size);
@@ -116,11 +119,16 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
     }
     std::vector<std::vector<double>> h2(T);
     for (int t = 0; t < T; t++) h2[t] = R.rmsnorm(x[t], ln2);
-    if (!c.is_moe()) {
+    if (!c.layer_is_moe(l)) {
       for (int t = 0; t < T; t++) {
         auto f = R.swiglu_ffn(R.W(P + "mlp.gate_proj.weight"), R.W(P + "mlp.up_proj.weight"),
-                              R.W(P + "mlp.down_proj.weight"), h2[t]);
+                              R.W(P + "mlp.down_proj.weight"), h2[t], c.intermediate_size);
         for (int i = 0; i < H; i++) x[t][i] += f[i];
+      }
+      if (c.has_moe()) {  // a dense layer of a mixed model: no router statistics
+        out.zloss.push_back(0.0);
+        out.drop_rates.push_back(0.0);
+        out.aux.push_back(0.0);
       }
       continue;
     }
@@ -187,13 +195,14 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
       for (int j = 0; j < k; j++) {
         if (!kept[t][j]) continue;
         const int e = sel[t][j];
-        auto f = R.swiglu_ffn(w1[e], w3[e], w2[e], h2[t]);
+        auto f = R.swiglu_ffn(w1[e], w3[e], w2[e], h2[t], c.moe_intermediate_size);
         for (int i = 0; i < H; i++) x[t][i] += g[t][e] / s * f[i];
       }
     }
   }
   out.logits.resize(size_t(T) * c.vocab_size);
-  const double *norm = R.W("model.norm.weight"), *head = R.W("lm_head.weight");
+  const double *norm = R.W("model.norm.weight"),
+               *head = R.W(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   for (int t = 0; t < T; t++) {
     auto h = R.rmsnorm(x[t], norm);
     auto lg = R.linear(head, h, c.vocab_size);

@@ -11,8 +11,8 @@ namespace skytest {
 
 struct RefOut {
   std::vector<double> logits;      // [B*T, V]
-  std::vector<double> drop_rates;  // per MoE layer
-  std::vector<double> aux;         // per MoE layer: Skywork eq. 4 over all B*T tokens
+  std::vector<double> drop_rates;  // per layer of an MoE model (0 in its dense layers)
+  std::vector<double> aux;         // per layer of an MoE model: Skywork eq. 4 over all B*T tokens
   std::vector<double> zloss;       // per MoE layer: mean over all B*T tokens of logsumexp(raw router logits)^2
 };
 

@@ -227,7 +227,7 @@ ModelConfig base_cfg(const char* type, int experts, int top_k, int heads, int kv
   c.num_heads = heads;
   c.num_kv_heads = kv;
   c.head_dim = 32 / heads;
-  c.intermediate_size = 24;
+  c.intermediate_size = c.moe_intermediate_size = 24;
   c.num_experts = experts;
   c.top_k = top_k;
   c.rope_theta = 500.0;
@@ -406,7 +406,7 @@ TEST_F(Cli, InitInfoAndGreedyGenerateMatchReference) {
   c.vocab_size = 256;
   c.hidden_size = 64;
   c.head_dim = 16;
-  c.intermediate_size = 96;
+  c.intermediate_size = c.moe_intermediate_size = 96;
   c.max_position_embeddings = 512;
   c.rope_theta = 10000.0;
   c.rms_norm_eps = 1e-6;
@@ -492,6 +492,49 @@ TEST_F(Cli, UpcycledModelHasTheDenseLoss) {
   };
   const double dense = loss(path("dense")), moe = loss(path("moe"));
   EXPECT_NEAR(moe, dense, 1e-5 * dense);
+}
+
+// A config.json that mixes dense and MoE layers with their own widths and ties the embeddings
+// (DeepSeek's first_k_dense_replace, moe_intermediate_size) runs through every command.
+TEST_F(Cli, MixedLayersAndTiedEmbeddingsThroughEveryCommand) {
+  json j = mixtral_json();
+  j["num_hidden_layers"] = 3;
+  j["first_k_dense_replace"] = 1;
+  j["intermediate_size"] = 40;
+  j["moe_intermediate_size"] = 16;
+  j["tie_word_embeddings"] = true;
+  const ModelConfig c = ModelConfig::from_hf_json(j, "mixed");
+  Written w = write_model_dir(path("mixed"), c, j, 21, all_f32);
+  check_eval(path("mixed"), c, w.params, 2, 6, 2);
+
+  json info = run_json({"info", path("mixed"), "--json", "--tensors"});
+  EXPECT_EQ(info["params_total"].get<int64_t>(), c.param_count());
+  RunResult text = run({"info", path("mixed")});
+  EXPECT_NE(text.out.find("dense layers 0 (width 40); 2 MoE layers: 4 experts of width 16"), std::string::npos)
+      << text.describe();
+  EXPECT_NE(text.out.find("tied embeddings"), std::string::npos) << text.describe();
+
+  write_tokens(path("t.bin"), 4000, c.vocab_size, 5);
+  RunResult tr = run({"train", "--config", path("mixed/config.json"), "--data", path("t.bin"), "--seq-len", "8",
+                      "--batch-size", "2", "--steps", "3", "--capacity-factor", "1.0", "--out", path("run"),
+                      "--quiet"});
+  ASSERT_EQ(tr.code, 0) << tr.describe();
+  const std::string ckpt = path("run/step-00000003");
+  EXPECT_FALSE(fs::exists(ckpt + "/lm_head.weight"));
+  json cfg = json::parse(std::ifstream(ckpt + "/config.json"));
+  EXPECT_EQ(cfg["first_k_dense_replace"], 1);
+  EXPECT_EQ(cfg["moe_intermediate_size"], 16);
+  EXPECT_EQ(cfg["tie_word_embeddings"], true);
+  json gen = run_json({"generate", "--model", ckpt, "--prompt-ids", "1,2,3", "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gen["generated_ids"].size(), 4u) << gen.dump();
+  RunResult q = run({"quantize", "--model", ckpt, "--to", "fp8", "--out", path("fp8")});
+  ASSERT_EQ(q.code, 0) << q.describe();
+  json gen8 = run_json({"generate", "--model", path("fp8"), "--prompt-ids", "1,2,3", "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gen8["generated_ids"].size(), 4u) << gen8.dump();
+  // GGUF's llama architecture has no per-layer FFN kind: a clear refusal, not a wrong file.
+  RunResult g = run({"export", "gguf", "--model", ckpt, "--out", path("m.gguf"), "--no-tokenizer"});
+  EXPECT_NE(g.code, 0);
+  EXPECT_NE(g.err.find("GGUF export"), std::string::npos) << g.describe();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ TEST(Config, SkyworkMixtralLlama) {
   auto l = json::parse(R"({"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
     "num_attention_heads": 4, "intermediate_size": 48})");
   ModelConfig ll = ModelConfig::from_hf_json(l, "x");
-  EXPECT_FALSE(ll.is_moe());
+  EXPECT_FALSE(ll.has_moe());
   EXPECT_EQ(ll.num_kv_heads, 4);
   // Round trip through to_hf_json.
   for (auto* c : {&s, &mx, &ll}) EXPECT_EQ(ModelConfig::from_hf_json(c->to_hf_json(), "y").to_hf_json(), c->to_hf_json());
@@ -96,4 +96,99 @@ TEST(Config, FileErrors) {
   }
   EXPECT_THROW(ModelConfig::load_file(dir + "/missing.json"), Error);
   EXPECT_THROW(ModelConfig::resolve("no-such-preset-or-file"), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The FFN of each layer as data: the keys real configs use to mix dense and MoE layers.
+// ---------------------------------------------------------------------------------------------
+
+static std::vector<int> moe_layers(const ModelConfig& c) {
+  std::vector<int> v;
+  for (int l = 0; l < c.num_layers; l++)
+    if (c.layer_is_moe(l)) v.push_back(l);
+  return v;
+}
+
+static json small_json(const char* type) {
+  json j = {{"model_type", type},         {"vocab_size", 50},          {"hidden_size", 16},
+            {"num_hidden_layers", 6},     {"num_attention_heads", 2},  {"num_key_value_heads", 1},
+            {"intermediate_size", 40},    {"rope_theta", 500.0},       {"max_position_embeddings", 64}};
+  if (std::string(type) == "mixtral") j["num_local_experts"] = 4;
+  return j;
+}
+
+// A round trip through config.json keeps every layer's kind and width.
+static void expect_round_trip(const ModelConfig& c) {
+  ModelConfig b = ModelConfig::from_hf_json(c.to_hf_json(), "round trip");
+  EXPECT_EQ(moe_layers(b), moe_layers(c));
+  EXPECT_EQ(b.intermediate_size, c.intermediate_size);
+  EXPECT_EQ(b.moe_intermediate_size, c.moe_intermediate_size);
+  EXPECT_EQ(b.tie_word_embeddings, c.tie_word_embeddings);
+  EXPECT_EQ(b.param_count(), c.param_count());
+}
+
+TEST(Config, LeadingDenseLayersAndSeparateWidths) {
+  json j = small_json("mixtral");
+  j["first_k_dense_replace"] = 2;  // DeepSeek
+  j["moe_intermediate_size"] = 12;
+  j["tie_word_embeddings"] = true;
+  ModelConfig c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_EQ(moe_layers(c), (std::vector<int>{2, 3, 4, 5}));
+  EXPECT_EQ(c.ffn_width(0), 40);
+  EXPECT_EQ(c.ffn_width(2), 12);
+  EXPECT_TRUE(c.has_dense() && c.has_moe());
+  EXPECT_TRUE(c.tie_word_embeddings);
+  // Counted by hand: one embedding (tied), final norm; per layer attention 16*16*2 + 16*8*2 and two
+  // norms; 2 dense FFNs of 3*16*40; 4 MoE layers of 4 experts 3*16*12 plus a router 4*16.
+  const int64_t attn = 16 * 16 * 2 + 16 * 8 * 2 + 2 * 16;
+  EXPECT_EQ(c.param_count(), 50 * 16 + 16 + 6 * attn + 2 * 3 * 16 * 40 + 4 * (4 * 3 * 16 * 12 + 4 * 16));
+  EXPECT_EQ(c.active_param_count(), 50 * 16 + 16 + 16 + 6 * attn + 2 * 3 * 16 * 40 + 4 * (2 * 3 * 16 * 12 + 4 * 16));
+  expect_round_trip(c);
+  EXPECT_NE(c.ffn_summary().find("dense layers 0,1 (width 40)"), std::string::npos) << c.ffn_summary();
+}
+
+TEST(Config, SparseStepAndMlpOnlyLayers) {
+  json j = small_json("mixtral");
+  j["decoder_sparse_step"] = 2;  // Qwen2-MoE: layers 1, 3, 5 ...
+  j["mlp_only_layers"] = {3};    // ... except 3
+  ModelConfig c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_EQ(moe_layers(c), (std::vector<int>{1, 5}));
+  EXPECT_EQ(c.moe_intermediate_size, 40);  // defaults to intermediate_size
+  expect_round_trip(c);
+  j["mlp_only_layers"] = {9};
+  expect_error(j, "mlp_only_layers");
+  j["mlp_only_layers"] = {"a"};
+  expect_error(j, "mlp_only_layers");
+  j.erase("mlp_only_layers");
+  j["decoder_sparse_step"] = 0;
+  expect_error(j, "decoder_sparse_step");
+}
+
+TEST(Config, SkyworkExpertListAndInterval) {
+  json j = small_json("skywork_moe");
+  j["moe_expert_interval"] = 2;  // MoE slots: layers 1, 3, 5
+  j["num_experts"] = {4, 1, 4};  // the middle slot is dense
+  ModelConfig c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_EQ(c.num_experts, 4);
+  EXPECT_EQ(moe_layers(c), (std::vector<int>{1, 5}));
+  expect_round_trip(c);
+  EXPECT_EQ(c.to_hf_json()["num_experts"], json({4, 1, 4}));
+  j["num_experts"] = {4, 8, 4};
+  expect_error(j, "different expert counts");
+  j["num_experts"] = {4, 4};
+  expect_error(j, "one per MoE slot");
+  // Plain configs keep writing what they always wrote.
+  ModelConfig s = ModelConfig::from_hf_json(skywork_json(), "x");
+  EXPECT_EQ(s.to_hf_json()["num_experts"], json({16}));
+  EXPECT_FALSE(s.to_hf_json().contains("moe_intermediate_size"));
+  EXPECT_EQ(s.num_moe_layers(), 52);
+}
+
+TEST(Config, NestedValueIsDescribedNotPrinted) {
+  json j = skywork_json();
+  j["num_experts"] = json::parse("[[[[1, 2]]]]");
+  expect_error(j, "num_experts");
+  j = skywork_json();
+  j["hidden_size"] = json::parse(R"({"a": {"b": [1, 2, 3]}})");
+  expect_error(j, "an object of 1 keys");
 }

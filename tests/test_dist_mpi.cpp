@@ -82,14 +82,22 @@ class Dist : public ::testing::Test {
     odd.num_heads = odd.num_kv_heads = 3;
     odd.head_dim = 16;
     odd.num_layers = 3;
-    odd.intermediate_size = 40;
+    odd.intermediate_size = odd.moe_intermediate_size = 40;
     std::ofstream(dir + "/odd.json") << odd.to_hf_json().dump(2);
     // Wide experts: the gradient buffer (~400k floats) is above the size where large all-reduces
     // and reduce-scatters run as a ring of point-to-point transfers (src/dist/mpi_comm.cpp).
     sky::ModelConfig wide = sky::ModelConfig::preset("tiny");
-    wide.intermediate_size = 320;
+    wide.intermediate_size = wide.moe_intermediate_size = 320;
     std::ofstream(dir + "/wide.json") << wide.to_hf_json().dump(2);
+    // Layer 0 dense (its own width), layers 1-2 MoE with narrower experts.
+    sky::ModelConfig mixed = sky::ModelConfig::preset("tiny");
+    mixed.num_layers = 3;
+    mixed.first_dense_layers = 1;
+    mixed.intermediate_size = 40;
+    mixed.moe_intermediate_size = 24;
+    std::ofstream(dir + "/kinds.json") << mixed.to_hf_json().dump(2);
   }
+  static std::string mixed() { return dir + "/kinds.json"; }
   static std::string odd() { return dir + "/odd.json"; }
   // The one-process run with `extra` flags, made once.
   static void single(const std::string& name, const std::string& extra, const std::string& config = "tiny") {
@@ -177,6 +185,17 @@ TEST_F(Dist, ExpertLayoutsMatchOneProcess) {
   expect_same_run("single", "etp4");
   ASSERT_EQ(run(mpirun(4) + train_args("edp4", 5, "--expert-layout edp --tp 2")), 0);
   expect_same_run("single", "edp4");
+}
+
+TEST_F(Dist, MixedDenseAndMoeLayersMatchOneProcess) {
+  single("kinds", "", mixed());
+  ASSERT_EQ(run(mpirun(2) + train_args("kinds_tp2", 5, "--tp 2", mixed())), 0);
+  expect_same_run("kinds", "kinds_tp2");
+  ASSERT_EQ(run(mpirun(4) + train_args("kinds_ep4", 5, "--expert-layout ep --tp 2", mixed())), 0);
+  expect_same_run("kinds", "kinds_ep4");
+  single("kinds_m4", "--pp-microbatches 4", mixed());
+  ASSERT_EQ(run(mpirun(2) + train_args("kinds_pp2", 5, "--pp 2 --pp-layers 1,2", mixed())), 0);
+  expect_same_run("kinds_m4", "kinds_pp2");
 }
 
 TEST_F(Dist, CombinedLayoutMatchesOneProcess) {

@@ -23,7 +23,7 @@ static ModelConfig small_moe() {
   c.num_heads = 4;
   c.num_kv_heads = 2;
   c.head_dim = 8;
-  c.intermediate_size = 24;
+  c.intermediate_size = c.moe_intermediate_size = 24;
   c.num_experts = 6;
   c.top_k = 2;
   c.logits_norm = true;
@@ -62,6 +62,27 @@ TEST(Engine, F32InferenceMatchesTrainingForward) {
   InferModel im = InferModel::from_model(m, DType::F32);
   auto got = infer_logits(im, t);
   for (size_t i = 0; i < got.size(); i++) ASSERT_NEAR(got[i], A.logits[i], 2e-4 * (1 + std::fabs(A.logits[i]))) << i;
+}
+
+TEST(Engine, MixedLayersAndTiedEmbeddingsMatchTrainingForward) {
+  ModelConfig c = small_moe();
+  c.num_layers = 3;
+  c.dense_layers = {1};  // MoE, dense, MoE
+  c.intermediate_size = 40;
+  c.moe_intermediate_size = 16;
+  c.tie_word_embeddings = true;
+  Model m = scaled_model(c, 4);
+  auto t = toks(11, c.vocab_size, 5);
+  Activations A;
+  forward(m, A, t.data(), nullptr, 1, 11, moe_options(c));
+  auto got = infer_logits(InferModel::from_model(m, DType::F32), t);
+  for (size_t i = 0; i < got.size(); i++) ASSERT_NEAR(got[i], A.logits[i], 2e-4 * (1 + std::fabs(A.logits[i]))) << i;
+  // Loaded from disk: the tied head is read from the embedding.
+  auto dir = skytest::temp_dir("mixed-engine");
+  m.save(dir);
+  auto loaded = infer_logits(InferModel::load(dir), t);
+  for (size_t i = 0; i < got.size(); i++) ASSERT_NEAR(loaded[i], got[i], 1e-5 * (1 + std::fabs(got[i]))) << i;
+  std::filesystem::remove_all(dir);
 }
 
 // Relative RMS error of quantized logits vs f32 logits.

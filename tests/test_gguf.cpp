@@ -297,7 +297,7 @@ std::map<std::string, std::vector<uint64_t>> expected_shapes(const ModelConfig& 
     s[n("attn_v")] = {H, KV};
     s[n("attn_output")] = {Q, H};
     s[n("ffn_norm")] = {H};
-    if (c.is_moe()) {
+    if (c.layer_is_moe(l)) {
       s[n("ffn_gate_inp")] = {H, E};
       s[n("ffn_gate_exps")] = {H, I, E};
       s[n("ffn_up_exps")] = {H, I, E};
@@ -655,7 +655,7 @@ TEST(Gguf, DenseQ8FallbackAndPaddedVocab) {
   const Tokenizer& tok = *fixture().tok;
   ModelConfig c = ModelConfig::preset("tiny-dense");
   c.vocab_size = tok.vocab_size() + 3;
-  c.intermediate_size = 72;
+  c.intermediate_size = c.moe_intermediate_size = 72;
   Model m = Model::random(c, 9);
   Exported e = export_and_read(m, &tok, GgufFileType::Q8_0, "dense");
   const Gguf& g = e.g;

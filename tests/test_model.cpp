@@ -23,7 +23,7 @@ static ModelConfig tiny_moe(bool lnorm = true) {
   c.num_heads = 6;
   c.num_kv_heads = 2;  // GQA
   c.head_dim = 4;
-  c.intermediate_size = 10;
+  c.intermediate_size = c.moe_intermediate_size = 10;
   c.num_experts = 5;
   c.top_k = 2;
   c.logits_norm = lnorm;
@@ -55,7 +55,8 @@ static void check_against_reference(const ModelConfig& c, int B, int T, double c
   skytest::RefOut ref = skytest::ref_forward(c, P, in, B, T, cf);
   EXPECT_LE(skytest::max_err_ratio(A.logits.data(), ref.logits.data(), ref.logits.size(), 1e-4, 1e-4), 1.0);
   EXPECT_NEAR(loss, skytest::ref_loss(c, ref.logits, tgt), 1e-4 * std::fabs(loss));
-  for (int l = 0; l < (c.is_moe() ? c.num_layers : 0); l++) {
+  for (int l = 0; l < c.num_layers; l++) {
+    if (!c.layer_is_moe(l)) continue;
     EXPECT_NEAR(A.layers[l].moe.disp.drop_rate(), ref.drop_rates[l], 1e-12) << "layer " << l;
     EXPECT_NEAR(A.layers[l].moe.aux_loss, ref.aux[l], 1e-6 * ref.aux[l] + 1e-9) << "layer " << l;
   }
@@ -84,6 +85,46 @@ TEST(Model, MhaTopOneMatchesReference) {
   c.num_kv_heads = c.num_heads;
   c.top_k = 1;
   check_against_reference(c, 1, 9, 0.0, 6);
+}
+
+// Dense and MoE layers mixed (a leading dense layer of its own width, Qwen-style sparse step),
+// tied embeddings: the config as data, checked against the float64 reference.
+static ModelConfig mixed_tied() {
+  ModelConfig c = tiny_moe(true);
+  c.num_layers = 4;
+  c.first_dense_layers = 1;    // layer 0 dense
+  c.dense_layers = {2};        // layer 2 dense: MoE layers 1 and 3
+  c.intermediate_size = 14;    // dense width
+  c.moe_intermediate_size = 6;  // expert width
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+TEST(Model, MixedLayersAndTiedEmbeddingsMatchReference) {
+  ModelConfig c = mixed_tied();
+  ASSERT_EQ(c.num_moe_layers(), 2);
+  check_against_reference(c, 2, 6, 0.0, 11);
+  check_against_reference(c, 2, 7, 0.7, 12);  // with capacity dropping
+  ParamLayout lay = ParamLayout::build(c);
+  EXPECT_EQ(lay.find("lm_head.weight"), nullptr);
+  EXPECT_NE(lay.find("model.layers.0.mlp.gate_proj.weight"), nullptr);
+  EXPECT_EQ(lay.find("model.layers.0.block_sparse_moe.gate.weight"), nullptr);
+  EXPECT_EQ(lay.find("model.layers.1.block_sparse_moe.experts.0.w1.weight")->shape, (Shape{6, 24}));
+  EXPECT_EQ(int64_t(lay.total), c.param_count());
+  // A tied model saves no lm_head and loads back the same.
+  Model m = random_model(c, 3);
+  auto dir = skytest::temp_dir("mixed");
+  m.save(dir);
+  Model b = Model::load(dir);
+  EXPECT_TRUE(b.cfg.tie_word_embeddings);
+  EXPECT_EQ(b.w.lm_head, b.w.embed);
+  for (size_t i = 0; i < m.layout.total; i++) ASSERT_EQ(b.params[i], m.params[i]);
+  // The head of a tied model cannot sit on a pipeline stage without the embedding.
+  Shard last = Shard::full(c);
+  last.layer_begin = 2;
+  last.embed = false;
+  EXPECT_THROW(ParamLayout::build(c, last), Error);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Model, SaveLoadRoundTrip) {

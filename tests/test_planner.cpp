@@ -47,7 +47,7 @@ CostModel report_example(int stages, double head_units, int micro_batches = 16) 
 ModelConfig model24() {
   ModelConfig c = ModelConfig::preset("train-dense");
   c.num_layers = 24, c.hidden_size = 1024, c.num_heads = c.num_kv_heads = 16, c.head_dim = 64;
-  c.intermediate_size = 2816;
+  c.intermediate_size = c.moe_intermediate_size = 2816;
   c.vocab_size = 14560;  // 2*h*V + 5V ~ one layer's 29.9 MFLOP/token at seq 2048
   return c;
 }

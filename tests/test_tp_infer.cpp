@@ -13,7 +13,7 @@ static ModelConfig odd() {
   c.hidden_size = 80;
   c.num_heads = c.num_kv_heads = 5;
   c.head_dim = 16;
-  c.intermediate_size = 40;
+  c.intermediate_size = c.moe_intermediate_size = 40;
   return c;
 }
 

@@ -67,7 +67,7 @@ class TpInfer : public ::testing::Test {
     odd.hidden_size = 80;
     odd.num_heads = odd.num_kv_heads = 5;
     odd.head_dim = 16;
-    odd.intermediate_size = 40;
+    odd.intermediate_size = odd.moe_intermediate_size = 40;
     std::ofstream(dir + "/odd.json") << odd.to_hf_json().dump(2);
     // GQA: 6 heads in 3 kv groups.
     sky::ModelConfig gqa = odd;
@@ -80,9 +80,15 @@ class TpInfer : public ::testing::Test {
     dense.hidden_size = 48;
     dense.num_heads = dense.num_kv_heads = 3;
     dense.head_dim = 16;
-    dense.intermediate_size = 50;
+    dense.intermediate_size = dense.moe_intermediate_size = 50;
     std::ofstream(dir + "/dense.json") << dense.to_hf_json().dump(2);
-    for (std::string m : {"odd", "gqa", "dense"})
+    // Mixed: layer 0 dense (width 50), layer 1 MoE (experts of width 40), tied embeddings.
+    sky::ModelConfig mixed = odd;
+    mixed.first_dense_layers = 1;
+    mixed.intermediate_size = 50;
+    mixed.tie_word_embeddings = true;
+    std::ofstream(dir + "/mixed.json") << mixed.to_hf_json().dump(2);
+    for (std::string m : {"odd", "gqa", "dense", "mixed"})
       ASSERT_EQ(run(bin + " init --config " + dir + "/" + m + ".json --out " + dir + "/" + m + " --seed 5"), 0);
     ASSERT_EQ(run(bin + " quantize --model " + dir + "/odd --to fp8 --scale per-channel --out " + dir + "/odd-fp8"), 0);
     ASSERT_EQ(run(bin + " init --config " + dir + "/odd.json --out " + dir + "/odd-bf16 --seed 5 --dtype BF16"), 0);
@@ -117,6 +123,11 @@ TEST_F(TpInfer, UnevenSplitsMatchOneProcess) {
   expect_match("odd", 2, "--tp 2 --tp-shares 1,4");   // heads 1 + 4, width 8 + 32
   expect_match("gqa", 2, "--tp 2");                   // kv heads 2 + 1: q heads 4 + 2
   expect_match("dense", 2, "--tp 2 --tp-shares 2,1");  // dense FFN width 33 + 17
+}
+
+TEST_F(TpInfer, MixedLayersAndTiedEmbeddingsMatchOneProcess) {
+  expect_match("mixed", 2, "--tp 2");          // dense width 25 + 25, expert width 20 + 20
+  expect_match("mixed", 2, "--tp 2 --ep 2");  // dense layer split over both ranks, experts 2 + 2
 }
 
 TEST_F(TpInfer, ExpertParallelMatchesOneProcess) {

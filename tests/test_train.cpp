@@ -42,7 +42,7 @@ ModelConfig tiny_moe() {
   c.num_heads = 6;
   c.num_kv_heads = 2;
   c.head_dim = 4;
-  c.intermediate_size = 10;
+  c.intermediate_size = c.moe_intermediate_size = 10;
   c.num_experts = 5;
   c.top_k = 2;
   c.logits_norm = true;
@@ -67,7 +67,7 @@ ModelConfig micro_moe() {
   c.num_heads = 2;
   c.num_kv_heads = 1;  // GQA
   c.head_dim = 4;
-  c.intermediate_size = 6;
+  c.intermediate_size = c.moe_intermediate_size = 6;
   c.num_experts = 4;
   c.top_k = 2;
   c.logits_norm = true;
@@ -169,7 +169,8 @@ static void check_model_gradients(const ModelConfig& c, int B, int T, double cf,
   const MoeOptions moe = moe_options(c, cf, DropPolicy::Prob, AuxLossType::Skywork);
   Activations A;
   double engine_total = forward(m, A, in.data(), tgt.data(), B, T, moe);
-  for (int l = 0; l < (c.is_moe() ? c.num_layers : 0); l++) {
+  for (int l = 0; l < c.num_layers; l++) {
+    if (!c.layer_is_moe(l)) continue;
     ASSERT_GT(A.layers[l].moe.disp.drop_rate(), 0.0) << "capacity dropping should be active in layer " << l;
     engine_total += alpha[l] * A.layers[l].moe.aux_loss + z * A.layers[l].moe.z_loss;
   }
@@ -206,6 +207,18 @@ TEST(GradCheck, MoeWithoutLogitNormMatchesFiniteDifferences) {
   ModelConfig c = tiny_moe();
   c.logits_norm = false;
   check_model_gradients(c, 2, 6, 0.7, {0.5, 0.2}, 0.02, 2);
+}
+
+TEST(GradCheck, MixedLayersAndTiedEmbeddingsMatchFiniteDifferences) {
+  // Layer 0 dense (width 7), layers 1-2 MoE (width 5), tied embeddings: the embedding's gradient
+  // gets both the lookup's and the LM head's part. alpha[0] belongs to the dense layer and is unused.
+  ModelConfig c = tiny_moe();
+  c.num_layers = 3;
+  c.first_dense_layers = 1;
+  c.intermediate_size = 7;
+  c.moe_intermediate_size = 5;
+  c.tie_word_embeddings = true;
+  check_model_gradients(c, 2, 7, 0.6, {0.9, 0.3, 0.7}, 0.05, 4);
 }
 
 TEST(GradCheck, DenseModelMatchesFiniteDifferences) { check_model_gradients(tiny_dense(), 2, 7, 0.0, {}, 0.0, 3); }
@@ -539,7 +552,7 @@ static void check_upcycle_invariant(bool logits_norm) {
   uo.router_std = 0.5;  // a router far from uniform, so the invariant does not rest on equal weights
   uo.seed = 3;
   Model moe = upcycle(dense, uo);
-  ASSERT_TRUE(moe.cfg.is_moe());
+  ASSERT_TRUE(moe.cfg.has_moe());
   EXPECT_EQ(moe.cfg.logits_norm, logits_norm);
 
   const int B = 2, T = 9, N = B * T;

@@ -56,11 +56,12 @@ int cmd_info(int argc, char** argv) {
     return 0;
   }
   fmt::print("model        {}\n", model);
-  fmt::print("type         {}{}\n", cfg.model_type, cfg.is_moe() ? fmt::format(" ({} experts, top-{}{})", cfg.num_experts, cfg.top_k,
+  fmt::print("type         {}{}\n", cfg.model_type, cfg.has_moe() ? fmt::format(" ({} experts, top-{}{})", cfg.num_experts, cfg.top_k,
                                                                                   cfg.logits_norm ? fmt::format(", gating logit norm lambda={}", cfg.gate_norm_std) : "")
                                                                 : " (dense)");
-  fmt::print("layers       {}   hidden {}   heads {} (kv {}, head dim {})   ffn {}\n", cfg.num_layers, cfg.hidden_size,
-             cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
+  fmt::print("layers       {}   hidden {}   heads {} (kv {}, head dim {})   {}{}\n", cfg.num_layers, cfg.hidden_size,
+             cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.ffn_summary(),
+             cfg.tie_word_embeddings ? "   tied embeddings" : "");
   fmt::print("vocab        {}   max positions {}   rope theta {}   rms eps {}\n", cfg.vocab_size,
              cfg.max_position_embeddings, cfg.rope_theta, cfg.rms_norm_eps);
   fmt::print("parameters   {:.2f}M total, {:.2f}M active per token\n", cfg.param_count() / 1e6,

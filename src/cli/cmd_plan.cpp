@@ -64,7 +64,7 @@ nlohmann::json split_json(const SplitPlan& sp, double tok_s_dev, double mfu) {
 std::string emit_flags(const ModelConfig& c, const LayoutPlan& lp) {
   const Layout& l = lp.layout;
   std::string s = fmt::format("--pp {} --tp {} --dp {}", l.pp, l.tp, l.dp);
-  if (c.is_moe()) s += fmt::format(" --expert-layout {}", expert_layout_name(l.experts));
+  if (c.has_moe()) s += fmt::format(" --expert-layout {}", expert_layout_name(l.experts));
   return s + fmt::format(" --zero {} --pp-layers {} --recompute-layers {}", l.zero1 ? 1 : 0, lp.plan.pp_layers(),
                          lp.plan.recompute_layers());
 }
@@ -78,7 +78,7 @@ void print_text(const PlanRequest& r, const std::string& model_name, const PlanR
   auto count = [](double n) { return n >= 1e9 ? fmt::format("{:.1f}B", n / 1e9) : fmt::format("{:.0f}M", n / 1e6); };
   fmt::print("model    {}: {} parameters ({} active per token), {} layers{}\n", model_name,
              count(c.param_count()), count(c.active_param_count()), c.num_layers,
-             c.is_moe() ? fmt::format(", {} experts top-{}", c.num_experts, c.top_k) : "");
+             c.has_moe() ? fmt::format(", {} experts top-{}", c.num_experts, c.top_k) : "");
   fmt::print("cluster  {} devices ({} per node), {} GiB each, {:.3g} TFLOP/s achievable{}, {} GB/s in a node, {} GB/s "
              "across\n", cl.devices, cl.devices_per_node, cl.memory_gib, cl.tflops,
              cl.peak_tflops > 0 ? fmt::format(" (peak {})", cl.peak_tflops) : "", cl.intra_gbs, cl.inter_gbs);

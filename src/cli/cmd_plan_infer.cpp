@@ -103,15 +103,15 @@ int cmd_plan_inference(int argc, char** argv) {
     return 0;
   }
   const ModelConfig& c = r.model;
-  fmt::print("model {}: {} layers, {} heads / {} kv heads, {} {}, vocab {}; {} weights, KV cache for {} x {} "
+  fmt::print("model {}: {} layers, {} heads / {} kv heads, {}, vocab {}; {} weights, KV cache for {} x {} "
              "positions ({})\n\n",
-             model, c.num_layers, c.num_heads, c.num_kv_heads, c.is_moe() ? fmt::format("{} experts of width", c.num_experts) : "FFN width",
-             c.intermediate_size, c.vocab_size, r.dtype, r.batch, r.context, r.kv_dtype);
+             model, c.num_layers, c.num_heads, c.num_kv_heads, c.ffn_summary(), c.vocab_size, r.dtype, r.batch,
+             r.context, r.kv_dtype);
   print_split(r.tp.shares.empty() ? "even split" : "given split", given, given_shares);
   fmt::print("\n");
   print_split("balanced split", balanced, b.tp.shares);
   fmt::print("\nreplicated: f32 embedding, norms{}; rank 0 also holds the LM head ({}) and the final norm\n",
-             c.is_moe() ? ", router" : "", r.dtype == "f32" ? "f32" : "bf16");
+             c.has_moe() ? ", router" : "", r.dtype == "f32" ? "f32" : "bf16");
   if (memory_gb > 0)
     fmt::print("with {:.1f} GiB per rank: even/given split {}, balanced split {}\n", memory_gb,
                peak(given) / kGiB <= memory_gb ? "fits" : "does not fit",

@@ -186,7 +186,7 @@ ReportRun run_training(const TrainOptions& t, const ModelConfig& cfg, const std:
   run.params_active = cfg.active_param_count();
   run.tokens_per_s = r.tokens_per_s;
   run.seconds = seconds_since(t0);
-  run.moe = cfg.is_moe();
+  run.moe = cfg.has_moe();
   *checkpoint = r.final_checkpoint;
   return run;
 }

@@ -79,7 +79,7 @@ void Mesh::validate(int world, const ParallelOptions& o, const ModelConfig& c, i
     split_attention(c, o.tp, o.tp_shares, 0, s);  // throws when heads or widths cannot be split
   }
   if (o.experts != ExpertLayout::None) {
-    SKY_CHECK(c.is_moe(), "--expert-layout {} needs an MoE model; this one is dense", expert_layout_name(o.experts));
+    SKY_CHECK(c.has_moe(), "--expert-layout {} needs an MoE model; this one is dense", expert_layout_name(o.experts));
     const int ep = ep_size(o, dp);
     SKY_CHECK(ep <= c.num_experts, "--expert-layout {} spreads experts over {} ranks, more than the {} experts",
               expert_layout_name(o.experts), ep, c.num_experts);
@@ -124,16 +124,16 @@ Shard Mesh::shard_of(const ModelConfig& c, int pp_r, int dp_r, int tp_r) const {
   s.embed = pp_r == 0;
   s.head = pp_r == pp - 1;
   if (tp > 1) split_attention(c, tp, opt.tp_shares, tp_r, s);
-  if (!c.is_moe()) return s;
+  if (!c.has_moe()) return s;
   switch (opt.experts) {
     case ExpertLayout::EP:
       s.experts = to_ranges(split_even(c.num_experts, dp * tp))[dp_r * tp + tp_r];
-      s.expert_ffn = {0, c.intermediate_size};
+      s.expert_ffn = {0, c.moe_intermediate_size};
       break;
     case ExpertLayout::ETP: s.experts = to_ranges(split_even(c.num_experts, dp))[dp_r]; break;
     case ExpertLayout::EDP:
       s.experts = to_ranges(split_even(c.num_experts, tp))[tp_r];
-      s.expert_ffn = {0, c.intermediate_size};
+      s.expert_ffn = {0, c.moe_intermediate_size};
       break;
     default: break;  // all experts, width split over TP like the dense FFN
   }

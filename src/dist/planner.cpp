@@ -53,7 +53,7 @@ ExpertLayout parse_expert_layout(const std::string& s) {
 }
 
 int Layout::ep_size(const ModelConfig& c) const {
-  if (!c.is_moe()) return 1;
+  if (!c.has_moe()) return 1;
   switch (experts) {
     case ExpertLayout::None: return 1;
     case ExpertLayout::EP: return dp * tp;  // Megatron EP: Size_EP = Size_DP x Size_TP
@@ -65,7 +65,7 @@ int Layout::ep_size(const ModelConfig& c) const {
 
 std::string Layout::describe(const ModelConfig& c) const {
   std::string s = fmt::format("PP {} x TP {} x DP {}", pp, tp, dp);
-  if (c.is_moe()) {
+  if (c.has_moe()) {
     s += fmt::format(", experts {}", expert_layout_name(experts));
     if (experts != ExpertLayout::None) s += fmt::format(" (EP {})", ep_size(c));
   }
@@ -281,12 +281,17 @@ double min_memory_bytes(const CostModel& cm) {
 // The cost model of a real layout
 // ---------------------------------------------------------------------------------------------
 
+// Layers are costed as the mean layer: a model mixing dense and MoE layers weighs each part by
+// its share of the layers (stages are then balanced by layer count, not by kind).
+static double moe_fraction(const ModelConfig& c) { return double(c.num_moe_layers()) / c.num_layers; }
+
 double layer_fwd_flops_per_token(const ModelConfig& c, int seq_len) {
   const double h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), I = c.intermediate_size;
+  const double EI = c.moe_intermediate_size, f = moe_fraction(c);
   double attn = 2 * (2 * h * q + 2 * h * kv);  // q, k, v, o projections
   double core = 2.0 * seq_len * q;             // QK^T and AV, causal: each token sees S/2 keys on average
-  double ffn = c.is_moe() ? 2 * h * c.num_experts + c.top_k * 2 * 3 * h * I  // router + top-k experts
-                          : 2 * 3 * h * I;
+  double ffn = f * (2 * h * c.num_experts + c.top_k * 2 * 3 * h * EI)  // router + top-k experts
+               + (1 - f) * 2 * 3 * h * I;
   return attn + core + ffn;
 }
 
@@ -311,7 +316,7 @@ void validate_layout(const ModelConfig& c, const Cluster& cl, const Batch& b, co
   SKY_CHECK(l.tp <= c.num_heads, "TP {} exceeds the model's {} attention heads", l.tp, c.num_heads);
   SKY_CHECK(l.tp <= cl.devices_per_node && cl.devices_per_node % l.tp == 0,
             "TP {} must stay inside a node: it must divide --devices-per-node {}", l.tp, cl.devices_per_node);
-  if (!c.is_moe()) {
+  if (!c.has_moe()) {
     SKY_CHECK(l.experts == ExpertLayout::None, "--expert-layout {} needs an MoE model; this one is dense",
               expert_layout_name(l.experts));
   } else if (l.experts != ExpertLayout::None) {
@@ -334,6 +339,7 @@ CostModel build_cost_model(const ModelConfig& c, const Cluster& cl, const Batch&
   SKY_CHECK(cl.tflops > 0, "--tflops must be positive");
   const int t = l.tp, d = l.dp, P = l.pp, dpn = cl.devices_per_node;
   const double h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), I = c.intermediate_size, V = c.vocab_size;
+  const double EI = c.moe_intermediate_size, f = moe_fraction(c);
   const double E = c.num_experts, k = c.top_k, H = c.num_heads;
   const double T = double(b.micro_batch) * b.seq_len;  // tokens per micro-batch
   const double skew = head_skew(c, t);
@@ -362,15 +368,17 @@ CostModel build_cost_model(const ModelConfig& c, const Cluster& cl, const Batch&
   const double act = kActBytes * T * h;  // one hidden-state tensor of the micro-batch
   const double tp_ar = allreduce_s(act, t, cl.intra_gbs);
   double comm = 2 * tp_ar;  // attention and FFN outputs (Megatron; a reduce-scatter/all-gather pair under SP)
-  if (c.is_moe() && l.experts == ExpertLayout::EP) {
+  double moe_comm = comm;
+  if (c.has_moe() && l.experts == ExpertLayout::EP) {
     // Whole experts on DP x TP ranks: each rank dispatches its 1/t of the tokens (top-k copies) and
     // gets the outputs back; no TP collective after the experts.
-    comm = tp_ar + 2 * alltoall_s(kActBytes * T * k * h / t, d * t, bw(int64_t(d) * t));
-  } else if (c.is_moe() && l.experts == ExpertLayout::ETP) {
+    moe_comm = tp_ar + 2 * alltoall_s(kActBytes * T * k * h / t, d * t, bw(int64_t(d) * t));
+  } else if (c.has_moe() && l.experts == ExpertLayout::ETP) {
     // Experts over DP, each split over TP: every TP rank exchanges all T tokens' copies, then the
     // TP all-reduce of the expert outputs.
-    comm = 2 * tp_ar + 2 * alltoall_s(kActBytes * T * k * h, d, bw(int64_t(d) * t));
+    moe_comm = 2 * tp_ar + 2 * alltoall_s(kActBytes * T * k * h, d, bw(int64_t(d) * t));
   }
+  comm = f * moe_comm + (1 - f) * comm;
   // EDP and none: tokens are already on every TP rank after attention; one all-reduce inside TP
   // combines the experts' outputs, as for a dense FFN.
   cm.layer_fwd_s = layer_f + comm;
@@ -388,16 +396,18 @@ CostModel build_cost_model(const ModelConfig& c, const Cluster& cl, const Batch&
 
   // --- static memory per device. `repl`: how many DP ranks hold the same copy (the ZeRO-1 shard count).
   const double attn_p = (2 * h * q + 2 * h * kv) * skew / t;
-  const double small_p = 2 * h + (c.is_moe() ? h * E : 0);  // norms and router, replicated over TP
-  double expert_p = 3 * h * I / t;                          // dense FFN, Megatron column/row split
+  const double small_p = 2 * h + f * h * E  // norms and router, replicated over TP
+                         + (1 - f) * 3 * h * I / t;  // dense FFN, Megatron column/row split
+  double expert_p = 0;
   int expert_repl = d;
-  if (c.is_moe()) {
+  if (c.has_moe()) {
     switch (l.experts) {
-      case ExpertLayout::None: expert_p = E * 3 * h * I / t; break;
-      case ExpertLayout::EDP: expert_p = E / t * 3 * h * I; break;  // E/t whole experts, copied across DP
-      case ExpertLayout::EP: expert_p = E / (d * t) * 3 * h * I, expert_repl = 1; break;
-      case ExpertLayout::ETP: expert_p = E / d * 3 * h * I / t, expert_repl = 1; break;
+      case ExpertLayout::None: expert_p = E * 3 * h * EI / t; break;
+      case ExpertLayout::EDP: expert_p = E / t * 3 * h * EI; break;  // E/t whole experts, copied across DP
+      case ExpertLayout::EP: expert_p = E / (d * t) * 3 * h * EI, expert_repl = 1; break;
+      case ExpertLayout::ETP: expert_p = E / d * 3 * h * EI / t, expert_repl = 1; break;
     }
+    expert_p *= f;
   }
   auto statics = [&](double shared_p, double exp_p, int exp_repl) {
     Mem m;
@@ -430,15 +440,13 @@ CostModel build_cost_model(const ModelConfig& c, const Cluster& cl, const Batch&
                     + kActBytes * T * (q + 2 * kv) * skew / t      // q, k, v
                     + kActBytes * T * q * skew / t                 // attention output (o_proj input)
                     + 4.0 * T * H * skew / t;                      // softmax log-sum-exp, fp32
-  double ffn_act;
-  if (c.is_moe()) {
+  double ffn_act = (1 - f) * (hs + kActBytes * 3 * T * I / t);  // dense: w1 and w3 outputs, w2 input
+  if (c.has_moe()) {
     // slots: expert assignments this rank computes; w: the width of its share of each expert.
-    double slots = T * k / t, w = I;
-    if (l.experts == ExpertLayout::None || l.experts == ExpertLayout::ETP) slots = T * k, w = I / t;
-    ffn_act = hs + 2 * 4.0 * T * E / t  // norm-2 output; router logits and probabilities, fp32
-              + slots * kActBytes * (2 * h + 3 * w);  // per assignment: input, output (gate grad); w1, w3, w2 inputs
-  } else {
-    ffn_act = hs + kActBytes * 3 * T * I / t;  // w1 and w3 outputs, w2 input
+    double slots = T * k / t, w = EI;
+    if (l.experts == ExpertLayout::None || l.experts == ExpertLayout::ETP) slots = T * k, w = EI / t;
+    ffn_act += f * (hs + 2 * 4.0 * T * E / t  // norm-2 output; router logits and probabilities, fp32
+                    + slots * kActBytes * (2 * h + 3 * w));  // per assignment: input, output (gate grad); w1, w3, w2 inputs
   }
   cm.layer_act = attn_act + ffn_act;
   cm.layer_ckpt_act = hs;  // a recomputed layer keeps its input only
@@ -606,7 +614,7 @@ PlanResult plan(const PlanRequest& r) {
       if (cl.devices_per_node % t == 0) tps.push_back(t);
   std::vector<ExpertLayout> exps;
   if (r.experts) exps = {*r.experts};
-  else if (c.is_moe()) exps = {ExpertLayout::None, ExpertLayout::EP, ExpertLayout::ETP, ExpertLayout::EDP};
+  else if (c.has_moe()) exps = {ExpertLayout::None, ExpertLayout::EP, ExpertLayout::ETP, ExpertLayout::EDP};
   else exps = {ExpertLayout::None};
 
   std::vector<Layout> layouts;

@@ -109,10 +109,12 @@ void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, fl
   }
 }
 
-static void ffn(const InferModel& m, const InferLayer& L, const float* in, float* out, int n, BatchScratch& s) {
+static void ffn(const InferModel& m, int l, const float* in, float* out, int n, BatchScratch& s) {
   const ModelConfig& c = m.cfg;
-  const int H = c.hidden_size, I = c.intermediate_size;
-  if (!c.is_moe()) {
+  const InferLayer& L = m.layers[l];
+  const int H = c.hidden_size;
+  if (!c.layer_is_moe(l)) {
+    const int I = c.intermediate_size;
     grow(s.h1, size_t(n) * I);
     grow(s.h3, size_t(n) * I);
     qmatmul_multi(in, n, {{s.h1.data(), &L.gate}, {s.h3.data(), &L.up}});
@@ -120,7 +122,7 @@ static void ffn(const InferModel& m, const InferLayer& L, const float* in, float
     qmatmul(out, s.h1.data(), L.down, n);
     return;
   }
-  const int E = c.num_experts, k = c.top_k;
+  const int E = c.num_experts, k = c.top_k, I = c.moe_intermediate_size;
   RouterOptions ro{E, k, c.logits_norm, c.gate_norm_std};
   grow(s.router_logits, size_t(n) * E);
   grow(s.probs, size_t(n) * E);
@@ -204,7 +206,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's heads
     add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
     rmsnorm_forward(s.ln.data(), s.rstd.data(), s.x.data(), L.ffn_norm.data(), n, H, eps);
-    ffn(m, L, s.ln.data(), s.tmp.data(), n, s);
+    ffn(m, l, s.ln.data(), s.tmp.data(), n, s);
     if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's FFN width or experts
     add_rows(s.x.data(), s.tmp.data(), size_t(n) * H);
   }

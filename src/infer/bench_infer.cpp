@@ -98,11 +98,14 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   // Batched decode: b sequences, one token each per step.
   nlohmann::json batched = nlohmann::json::object(), roofline = nlohmann::json::object();
   double expert_bytes = 0, shared_bytes = bytes_tok;
-  if (c.is_moe()) {
-    const auto& L0 = m.layers[0];
+  const int moe_layers = c.num_moe_layers();
+  if (moe_layers > 0) {
+    int l0 = 0;
+    while (!c.layer_is_moe(l0)) l0++;
+    const auto& L0 = m.layers[l0];
     const int e0 = m.shard.experts.begin;
     expert_bytes = double(L0.w1[e0].bytes() + L0.w3[e0].bytes() + L0.w2[e0].bytes());
-    shared_bytes = bytes_tok - c.num_layers * c.top_k * expert_bytes * m.shard.experts.size / c.num_experts;
+    shared_bytes = bytes_tok - moe_layers * c.top_k * expert_bytes * m.shard.experts.size / c.num_experts;
   }
   const double bw = std::max(bw_before, 1e-9);
   for (int b : o.batches) {
@@ -128,9 +131,11 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
     const double tps = double(b) * o.batch_steps / since(t1);
     comm_batched[std::to_string(b)] = (comm_s() - c0) / since(t1);
     // Roofline: a step reads the shared weights once plus every expert the batch touches.
-    const double step_bytes = shared_bytes + c.num_layers * expected_experts(c.num_experts, c.top_k, b) * expert_bytes *
-                                                 m.shard.experts.size / c.num_experts;
-    const double roof = b * bw * 1e9 / (c.is_moe() ? step_bytes : bytes_tok);
+    const double step_bytes =
+        moe_layers > 0 ? shared_bytes + moe_layers * expected_experts(c.num_experts, c.top_k, b) * expert_bytes *
+                                            m.shard.experts.size / c.num_experts
+                       : bytes_tok;
+    const double roof = b * bw * 1e9 / step_bytes;
     batched[std::to_string(b)] = tps;
     roofline[std::to_string(b)] = roof;
     say(fmt::format("  decode batch {}: {:.1f} tokens/s ({:.0f}% of the {:.1f} tokens/s bandwidth roofline)", b, tps,

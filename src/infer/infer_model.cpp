@@ -115,16 +115,18 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
             "inference holds every layer and the embedding on every rank (no pipeline split)");
   m.cfg = shard_config(c, sh);
   SafetensorsReader r = SafetensorsReader::open(dir);
-  const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
+  const int H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, qd = c.q_dim(),
+            kvd = c.kv_dim(), hd = c.head_dim;
   // This rank's attention heads: rows of q/k/v, columns of o_proj; its FFN / expert width: rows of
   // gate/up (w1/w3), columns of down (w2).
   const Range qrows{sh.q_heads.begin * hd, sh.q_heads.size * hd}, kvrows{sh.kv_heads.begin * hd, sh.kv_heads.size * hd};
-  const Range width = c.is_moe() ? sh.expert_ffn : sh.ffn;
   m.embed = f32_vec(r, "model.embed_tokens.weight", {c.vocab_size, H});
   bool mm = false;
   if (sh.head) {
     m.final_norm = f32_vec(r, "model.norm.weight", {H});
-    m.lm_head = load_linear(r, "lm_head.weight", c.vocab_size, H, o, true, &mm);
+    // Tied embeddings: the head is the embedding matrix (kept f32 beside it for lookups).
+    m.lm_head = load_linear(r, c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", c.vocab_size, H,
+                            o, true, &mm);
   }
   m.layers.resize(c.num_layers);
   std::exception_ptr err;
@@ -140,17 +142,19 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
       L.wk = load_linear(r, p + "self_attn.k_proj.weight", kvd, H, o, false, &lm, kvrows);
       L.wv = load_linear(r, p + "self_attn.v_proj.weight", kvd, H, o, false, &lm, kvrows);
       L.wo = load_linear(r, p + "self_attn.o_proj.weight", H, qd, o, false, &lm, {}, qrows);
-      if (c.is_moe()) {
+      if (c.layer_is_moe(l)) {
+        const Range width = sh.expert_ffn;
         L.router = f32_vec(r, p + "block_sparse_moe.gate.weight", {c.num_experts, H});
         L.w1.resize(c.num_experts);
         L.w3.resize(c.num_experts);
         L.w2.resize(c.num_experts);
         for (int e = sh.experts.begin; e < sh.experts.end(); e++) {
-          L.w1[e] = load_linear(r, expert_param_name(l, e, "w1"), I, H, o, false, &lm, width);
-          L.w3[e] = load_linear(r, expert_param_name(l, e, "w3"), I, H, o, false, &lm, width);
-          L.w2[e] = load_linear(r, expert_param_name(l, e, "w2"), H, I, o, false, &lm, {}, width);
+          L.w1[e] = load_linear(r, expert_param_name(l, e, "w1"), EI, H, o, false, &lm, width);
+          L.w3[e] = load_linear(r, expert_param_name(l, e, "w3"), EI, H, o, false, &lm, width);
+          L.w2[e] = load_linear(r, expert_param_name(l, e, "w2"), H, EI, o, false, &lm, {}, width);
         }
       } else {
+        const Range width = sh.ffn;
         L.gate = load_linear(r, p + "mlp.gate_proj.weight", I, H, o, false, &lm, width);
         L.up = load_linear(r, p + "mlp.up_proj.weight", I, H, o, false, &lm, width);
         L.down = load_linear(r, p + "mlp.down_proj.weight", H, I, o, false, &lm, {}, width);
@@ -166,7 +170,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   m.kv_bf16 = o.kv_dtype == "bf16";
   m.mmapped = mm;
   m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
-  const QWeight& probe = c.is_moe() ? m.layers[0].w1[sh.experts.begin] : m.layers[0].gate;
+  const QWeight& probe = m.layers[0].wq;
   m.weight_dtype = probe.dtype == DType::F8_E4M3 ? "fp8" : probe.dtype == DType::BF16 ? "bf16" : "f32";
   return m;
 }
@@ -179,7 +183,8 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, s
   const ModelConfig& c = m.cfg;  // the shard's widths: the source holds only its blocks
   SKY_CHECK(src.shard.layer_begin == 0 && src.shard.layer_end == c.num_layers && src.w.embed,
             "inference holds every layer and the embedding");
-  const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, qd = c.q_dim(),
+            kvd = c.kv_dim();
   auto vec = [](const float* p, size_t n) { return std::vector<float>(p, p + n); };
   auto lin = [&](const float* p, int O, int In) { return quantize_weight(p, O, In, dtype, per_row); };
   m.embed = vec(src.w.embed, size_t(c.vocab_size) * H);
@@ -197,15 +202,15 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, s
     L.wk = lin(W.wk, kvd, H);
     L.wv = lin(W.wv, kvd, H);
     L.wo = lin(W.wo, H, qd);
-    if (c.is_moe()) {
+    if (c.layer_is_moe(l)) {
       L.router = vec(W.router, size_t(c.num_experts) * H);
       L.w1.resize(c.num_experts);
       L.w3.resize(c.num_experts);
       L.w2.resize(c.num_experts);
       for (int e = m.shard.experts.begin, j = 0; e < m.shard.experts.end(); e++, j++) {  // j: index among held
-        L.w1[e] = lin(W.w1 + size_t(j) * I * H, I, H);
-        L.w3[e] = lin(W.w3 + size_t(j) * I * H, I, H);
-        L.w2[e] = lin(W.w2 + size_t(j) * H * I, H, I);
+        L.w1[e] = lin(W.w1 + size_t(j) * EI * H, EI, H);
+        L.w3[e] = lin(W.w3 + size_t(j) * EI * H, EI, H);
+        L.w2[e] = lin(W.w2 + size_t(j) * H * EI, H, EI);
       }
     } else {
       L.gate = lin(W.w_gate, I, H);
@@ -223,7 +228,7 @@ double InferModel::decode_weight_bytes_per_token() const {
   double b = double(lm_head.bytes()) + final_norm.size() * 4.0;
   for (const auto& L : layers) {
     b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
-    if (cfg.is_moe()) {
+    if (!L.router.empty()) {
       // Under expert parallelism a token's top-k experts land on this rank in proportion to its experts.
       const int e0 = shard.experts.begin;
       b += L.router.size() * 4.0;

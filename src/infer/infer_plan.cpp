@@ -25,14 +25,10 @@ std::vector<InferMem> infer_memory(const InferPlanRequest& r) {
     const Shard& s = m.shard;
     const double q = s.q_heads.size * hd, kv = s.kv_heads.size * hd;
     m.attention = L * (lin(q, H) + 2 * lin(kv, H) + lin(H, q));
-    if (c.is_moe()) {
-      const double w = s.expert_ffn.size;
-      m.experts = L * s.experts.size * (2 * lin(w, H) + lin(H, w));
-      m.replicated = L * c.num_experts * H * 4;  // router
-    } else {
-      const double w = s.ffn.size;
-      m.experts = L * (2 * lin(w, H) + lin(H, w));
-    }
+    const double Lm = c.num_moe_layers(), Ld = L - Lm;
+    const double we = s.expert_ffn.size, wd = s.ffn.size;
+    m.experts = Lm * s.experts.size * (2 * lin(we, H) + lin(H, we)) + Ld * (2 * lin(wd, H) + lin(H, wd));
+    m.replicated = Lm * c.num_experts * H * 4;  // router
     m.replicated += V * H * 4 + L * 2 * H * 4;  // f32 embedding and layer norms
     if (s.head) m.head = V * H * (r.dtype == "f32" ? 4 : 2) + H * 4;  // the LM head stays bf16 or better
     m.kv = double(r.batch) * r.context * L * 2 * kv * (r.kv_dtype == "bf16" ? 2 : 4);  // keys and values

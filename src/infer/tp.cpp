@@ -23,7 +23,7 @@ Shard tp_shard(const ModelConfig& c, const TpOptions& o, int rank) {
             "replicated)", T, c.num_kv_heads);
   SKY_CHECK(o.ep >= 1, "--ep must be at least 1, got {}", o.ep);
   if (o.ep > 1) {
-    SKY_CHECK(c.is_moe(), "--ep {}: the model is dense (no experts to spread)", o.ep);
+    SKY_CHECK(c.has_moe(), "--ep {}: the model is dense (no experts to spread)", o.ep);
     SKY_CHECK(o.ep <= c.num_experts, "--ep {} exceeds the model's {} experts", o.ep, c.num_experts);
     SKY_CHECK(T % o.ep == 0, "--ep {} must divide --tp {} (experts are spread over groups of equal size)", o.ep, T);
   }
@@ -43,17 +43,20 @@ Shard tp_shard(const ModelConfig& c, const TpOptions& o, int rank) {
   const int per = T / o.ep, g = rank / per, j = rank % per;
   std::vector<int> member(shares.begin() + g * per, shares.begin() + (g + 1) * per), groups;
   for (int q = 0; q < o.ep; q++) groups.push_back(std::accumulate(shares.begin() + q * per, shares.begin() + (q + 1) * per, 0));
-  SKY_CHECK(c.intermediate_size >= per, "--tp {}: the FFN width {} is narrower than the {} ranks that split it", T,
-            c.intermediate_size, per);
-  const Range width = to_ranges(split_by_shares(c.intermediate_size, member))[j];
-  if (c.is_moe()) {
-    s.expert_ffn = width;
+  if (c.has_moe()) {
+    SKY_CHECK(c.moe_intermediate_size >= per, "--tp {}: the expert width {} is narrower than the {} ranks that split it",
+              T, c.moe_intermediate_size, per);
+    s.expert_ffn = to_ranges(split_by_shares(c.moe_intermediate_size, member))[j];
     auto ex = split_by_shares(c.num_experts, groups);
     for (int q = 0; q < o.ep; q++)
       SKY_CHECK(ex[q] > 0, "--ep {} with --tp-shares {}: expert group {} gets no expert", o.ep, fmt::join(shares, ","), q);
     s.experts = to_ranges(ex)[g];
-  } else {
-    s.ffn = width;
+  }
+  // A dense FFN (dense layers of a mixed model too) is split over every rank: all hold the same tokens.
+  if (c.has_dense()) {
+    SKY_CHECK(c.intermediate_size >= T, "--tp {}: the dense FFN width {} is narrower than the {} ranks that split it",
+              T, c.intermediate_size, T);
+    s.ffn = to_ranges(split_by_shares(c.intermediate_size, shares))[rank];
   }
   return s;
 }

@@ -98,6 +98,11 @@ class Exporter {
 
   void metadata(const Tokenizer* tok) {
     const ModelConfig& c = c_;
+    // llama.cpp's llama architecture has one FFN width and, when it has experts, experts in every layer.
+    SKY_CHECK(!c.has_moe() || (!c.has_dense() && c.moe_intermediate_size == c.intermediate_size),
+              "GGUF export: this model's FFN ({}) cannot be written as llama.cpp's llama architecture, which has one "
+              "FFN width and experts in every layer or none",
+              c.ffn_summary());
     w_.add_string("general.architecture", "llama");
     w_.add_string("general.type", "model");
     w_.add_string("general.name", opt_.name.empty() ? "skymoe" : opt_.name);
@@ -115,7 +120,7 @@ class Exporter {
     w_.add_f32("llama.rope.freq_base", float(c.rope_theta));
     w_.add_u32("llama.rope.dimension_count", uint32_t(c.head_dim));
     w_.add_f32("llama.attention.layer_norm_rms_epsilon", float(c.rms_norm_eps));
-    if (c.is_moe()) {
+    if (c.has_moe()) {
       w_.add_u32("llama.expert_count", uint32_t(c.num_experts));
       w_.add_u32("llama.expert_used_count", uint32_t(c.top_k));
       if (c.logits_norm) {
@@ -153,7 +158,7 @@ class Exporter {
       matrix(n("attn_v"), get(&LayerView<float>::wv), {H, c.kv_dim()});
       matrix(n("attn_output"), get(&LayerView<float>::wo), {c.q_dim(), H});
       norm(n("ffn_norm"), get(&LayerView<float>::ffn_norm), H);
-      if (c.is_moe()) {
+      if (c.layer_is_moe(l)) {
         // llama.cpp keeps the router f32 (convert_hf_to_gguf.py forces FFN_GATE_INP to F32).
         raw(n("ffn_gate_inp"), TensorType::F32, get(&LayerView<float>::router), {H, E});
         // Experts stacked [E, rows, cols]; skymoe already stores each layer's experts contiguously
@@ -168,7 +173,8 @@ class Exporter {
       }
     }
     norm("output_norm.weight", outer(&ParamView<float>::final_norm), H);
-    matrix("output.weight", outer(&ParamView<float>::lm_head), {H, V});
+    // Tied embeddings: no output.weight; llama.cpp then uses token_embd for the head.
+    if (!c.tie_word_embeddings) matrix("output.weight", outer(&ParamView<float>::lm_head), {H, V});
     if (!fallback_.empty())
       warn(fmt::format("{} tensor(s) have rows whose length is not a multiple of {} and are written as f16 instead of "
                        "q8_0 (e.g. {})",

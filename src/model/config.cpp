@@ -1,5 +1,7 @@
 #include "model/config.h"
 
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -11,21 +13,53 @@ namespace sky {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
+FfnKind ModelConfig::ffn_kind(int l) const {
+  if (num_experts <= 0 || l < first_dense_layers || (l + 1) % moe_layer_step != 0) return FfnKind::Dense;
+  for (int d : dense_layers)
+    if (d == l) return FfnKind::Dense;
+  return FfnKind::Moe;
+}
+
+int ModelConfig::num_moe_layers() const {
+  int n = 0;
+  for (int l = 0; l < num_layers; l++) n += layer_is_moe(l);
+  return n;
+}
+
+std::string ModelConfig::ffn_summary() const {
+  const std::string moe = fmt::format("{} experts of width {}, top-{}", num_experts, moe_intermediate_size, top_k);
+  const int nm = num_moe_layers();
+  if (nm == num_layers) return moe;
+  if (nm == 0) return fmt::format("FFN width {}", intermediate_size);
+  std::string dense;
+  for (int l = 0; l < num_layers; l++)
+    if (!layer_is_moe(l)) dense += (dense.empty() ? "" : ",") + std::to_string(l);
+  return fmt::format("dense layers {} (width {}); {} MoE layers: {}", dense, intermediate_size, nm, moe);
+}
+
+bool ModelConfig::has_moe() const { return num_moe_layers() > 0; }
+bool ModelConfig::has_dense() const { return num_moe_layers() < num_layers; }
+
 int64_t ModelConfig::param_count() const {
-  const int64_t h = hidden_size, L = num_layers;
-  int64_t attn = h * q_dim() * 2 + h * kv_dim() * 2;
-  int64_t ffn = is_moe() ? int64_t(num_experts) * 3 * h * intermediate_size + int64_t(num_experts) * h
-                         : 3 * h * intermediate_size;
-  return 2 * int64_t(vocab_size) * h + h + L * (attn + ffn + 2 * h);
+  const int64_t h = hidden_size;
+  const int64_t attn = h * q_dim() * 2 + h * kv_dim() * 2;
+  int64_t total = int64_t(tie_word_embeddings ? 1 : 2) * vocab_size * h + h;
+  for (int l = 0; l < num_layers; l++)
+    total += attn + 2 * h +
+             (layer_is_moe(l) ? int64_t(num_experts) * (3 * h * moe_intermediate_size + h) : 3 * h * intermediate_size);
+  return total;
 }
 
 int64_t ModelConfig::active_param_count() const {
-  const int64_t h = hidden_size, L = num_layers;
-  int64_t attn = h * q_dim() * 2 + h * kv_dim() * 2;
-  int64_t ffn = is_moe() ? int64_t(top_k) * 3 * h * intermediate_size + int64_t(num_experts) * h
-                         : 3 * h * intermediate_size;
+  const int64_t h = hidden_size;
+  const int64_t attn = h * q_dim() * 2 + h * kv_dim() * 2;
   // One embedding row is read per token; the LM head is read whole.
-  return int64_t(vocab_size) * h + h + h + L * (attn + ffn + 2 * h);
+  int64_t total = int64_t(vocab_size) * h + h + h;
+  for (int l = 0; l < num_layers; l++)
+    total += attn + 2 * h +
+             (layer_is_moe(l) ? int64_t(top_k) * 3 * h * moe_intermediate_size + int64_t(num_experts) * h
+                              : 3 * h * intermediate_size);
+  return total;
 }
 
 void ModelConfig::validate() const {
@@ -37,8 +71,15 @@ void ModelConfig::validate() const {
   pos("num_hidden_layers", num_layers);
   pos("num_attention_heads", num_heads);
   pos("num_key_value_heads", num_kv_heads);
-  pos("intermediate_size", intermediate_size);
   pos("max_position_embeddings", max_position_embeddings);
+  SKY_CHECK(num_experts >= 0, "config: num_experts must be >= 0, got {}", num_experts);
+  SKY_CHECK(first_dense_layers >= 0, "config: first_k_dense_replace must be >= 0, got {}", first_dense_layers);
+  SKY_CHECK(moe_layer_step >= 1, "config: decoder_sparse_step (moe_expert_interval) must be >= 1, got {}",
+            moe_layer_step);
+  for (int d : dense_layers)
+    SKY_CHECK(d >= 0 && d < num_layers, "config: mlp_only_layers holds layer {} outside [0, {})", d, num_layers);
+  if (has_dense()) pos("intermediate_size", intermediate_size);
+  if (has_moe()) pos("moe_intermediate_size", moe_intermediate_size);
   SKY_CHECK(hidden_size % num_heads == 0,
             "config: hidden_size {} is not divisible by num_attention_heads {}", hidden_size, num_heads);
   SKY_CHECK(head_dim == hidden_size / num_heads, "config: head_dim {} != hidden_size / num_attention_heads = {}",
@@ -46,8 +87,7 @@ void ModelConfig::validate() const {
   SKY_CHECK(head_dim % 2 == 0, "config: head dimension {} must be even for RoPE", head_dim);
   SKY_CHECK(num_kv_heads <= num_heads && num_heads % num_kv_heads == 0,
             "config: num_attention_heads {} is not a multiple of num_key_value_heads {}", num_heads, num_kv_heads);
-  SKY_CHECK(num_experts >= 0, "config: num_experts must be >= 0, got {}", num_experts);
-  if (is_moe()) {
+  if (has_moe()) {
     SKY_CHECK(top_k >= 1, "config: top-k must be >= 1, got {}", top_k);
     SKY_CHECK(top_k <= num_experts, "config: top-k {} exceeds the number of experts {}", top_k, num_experts);
     SKY_CHECK(!logits_norm || num_experts >= 2, "config: gating logit normalization needs >= 2 experts");
@@ -57,13 +97,34 @@ void ModelConfig::validate() const {
   SKY_CHECK(rms_norm_eps > 0, "config: rms_norm_eps must be positive, got {}", rms_norm_eps);
 }
 
+static std::string short_dump_flat(const json& v) {
+  std::string s = v.dump();
+  return s.size() > 200 ? s.substr(0, 197) + "..." : s;
+}
+
+// A value for an error message, never deep: a nested value is described, not printed (a hostile
+// config may nest 100k levels, and dump() recurses).
+static std::string short_dump(const json& v) {
+  if (v.is_primitive()) {
+    std::string s = v.dump();
+    return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+  }
+  if (v.is_array()) {
+    bool flat = v.size() <= 64;
+    for (auto& e : v) flat = flat && e.is_primitive();
+    if (flat) return short_dump_flat(v);
+    return fmt::format("a list of {} values", v.size());
+  }
+  return fmt::format("an object of {} keys", v.size());
+}
+
 static int get_int(const json& j, const char* key, const std::string& src, bool required, int dflt) {
   if (!j.contains(key) || j[key].is_null()) {
     if (required) fail("{}: missing field '{}'", src, key);
     return dflt;
   }
   const json& v = j[key];
-  if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", src, key, v.dump());
+  if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", src, key, short_dump(v));
   int64_t x = v.get<int64_t>();
   if (x < INT32_MIN || x > INT32_MAX) fail("{}: field '{}' out of range: {}", src, key, x);
   return int(x);
@@ -71,13 +132,13 @@ static int get_int(const json& j, const char* key, const std::string& src, bool 
 
 static double get_num(const json& j, const char* key, const std::string& src, double dflt) {
   if (!j.contains(key) || j[key].is_null()) return dflt;
-  if (!j[key].is_number()) fail("{}: field '{}' must be a number, got {}", src, key, j[key].dump());
+  if (!j[key].is_number()) fail("{}: field '{}' must be a number, got {}", src, key, short_dump(j[key]));
   return j[key].get<double>();
 }
 
 static bool get_bool(const json& j, const char* key, const std::string& src, bool dflt) {
   if (!j.contains(key) || j[key].is_null()) return dflt;
-  if (!j[key].is_boolean()) fail("{}: field '{}' must be true or false, got {}", src, key, j[key].dump());
+  if (!j[key].is_boolean()) fail("{}: field '{}' must be true or false, got {}", src, key, short_dump(j[key]));
   return j[key].get<bool>();
 }
 
@@ -93,7 +154,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   c.num_layers = get_int(j, "num_hidden_layers", src, true, 0);
   c.num_heads = get_int(j, "num_attention_heads", src, true, 0);
   c.num_kv_heads = get_int(j, "num_key_value_heads", src, false, c.num_heads);
-  c.intermediate_size = get_int(j, "intermediate_size", src, true, 0);
+  c.intermediate_size = get_int(j, "intermediate_size", src, !j.contains("moe_intermediate_size"), 0);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", src, false, 4096);
   c.rope_theta = get_num(j, "rope_theta", src, 10000.0);
   c.rms_norm_eps = get_num(j, "rms_norm_eps", src, 1e-6);
@@ -106,38 +167,71 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
     SKY_CHECK(hd == c.head_dim, "{}: head_dim {} != hidden_size / num_attention_heads = {} (not supported)",
               src, hd, c.head_dim);
   }
-  if (get_bool(j, "tie_word_embeddings", src, false))
-    fail("{}: tie_word_embeddings=true is not supported (skymoe models keep an untied lm_head)", src);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
-    fail("{}: hidden_act {} is not supported (only silu)", src, j["hidden_act"].dump());
+    fail("{}: hidden_act {} is not supported (only silu)", src, short_dump(j["hidden_act"]));
 
+  // Which layers are MoE: the keys real configs use, read whatever the model type.
+  c.first_dense_layers = get_int(j, "first_k_dense_replace", src, false, 0);
+  c.moe_layer_step = get_int(j, "decoder_sparse_step", src, false, 1);
+  if (j.contains("mlp_only_layers") && !j["mlp_only_layers"].is_null()) {
+    const json& ml = j["mlp_only_layers"];
+    SKY_CHECK(ml.is_array(), "{}: field 'mlp_only_layers' must be a list of layer indices, got {}", src,
+              short_dump(ml));
+    for (auto& v : ml) {
+      SKY_CHECK(v.is_number_integer(), "{}: field 'mlp_only_layers' holds {}, not a layer index", src, short_dump(v));
+      c.dense_layers.push_back(v.get<int>());
+    }
+  }
   if (mt == "mixtral") {
     c.num_experts = get_int(j, "num_local_experts", src, true, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, 2);
   } else if (mt == "skywork" || mt == "skywork_moe") {
+    // Megatron-DeepSpeed's convention: MoE slots are the layers l with (l + 1) % moe_expert_interval
+    // == 0; num_experts lists one count for all of them or one per slot, and a count of 1 is a
+    // dense layer.
+    c.moe_layer_step = get_int(j, "moe_expert_interval", src, false, c.moe_layer_step);
+    SKY_CHECK(c.moe_layer_step >= 1, "{}: field 'moe_expert_interval' must be >= 1, got {}", src, c.moe_layer_step);
+    std::vector<int> counts;
     if (j.contains("num_experts") && !j["num_experts"].is_null()) {
       const json& ne = j["num_experts"];
       if (ne.is_array()) {
         SKY_CHECK(!ne.empty(), "{}: field 'num_experts' is an empty list", src);
-        for (auto& v : ne)
-          SKY_CHECK(v.is_number_integer() && v == ne[0],
-                    "{}: field 'num_experts' {} must list one expert count (per-layer counts are not supported)",
-                    src, ne.dump());
-        c.num_experts = ne[0].get<int>();
+        for (auto& v : ne) {
+          SKY_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX,
+                    "{}: field 'num_experts' holds {}, not an expert count", src, short_dump(v));
+          counts.push_back(v.get<int>());
+        }
       } else if (ne.is_number_integer()) {
-        c.num_experts = ne.get<int>();
+        counts.push_back(get_int(j, "num_experts", src, true, 0));
       } else {
-        fail("{}: field 'num_experts' must be an integer or a list, got {}", src, ne.dump());
+        fail("{}: field 'num_experts' must be an integer or a list, got {}", src, short_dump(ne));
       }
     }
-    int interval = get_int(j, "moe_expert_interval", src, false, 1);
-    SKY_CHECK(interval == 1, "{}: moe_expert_interval {} is not supported (only 1: every layer is MoE)", src, interval);
+    const int slots = c.num_layers > 0 ? c.num_layers / c.moe_layer_step : 0;
+    SKY_CHECK(counts.size() <= 1 || int(counts.size()) == slots,
+              "{}: field 'num_experts' lists {} counts; expected 1 or one per MoE slot ({} = num_hidden_layers {} / "
+              "moe_expert_interval {})",
+              src, counts.size(), slots, c.num_layers, c.moe_layer_step);
+    for (size_t i = 0; i < counts.size(); i++) {
+      if (counts[i] <= 1) {
+        if (counts.size() > 1) c.dense_layers.push_back(int(i + 1) * c.moe_layer_step - 1);
+        continue;
+      }
+      SKY_CHECK(c.num_experts == 0 || counts[i] == c.num_experts,
+                "{}: field 'num_experts' {} gives MoE layers different expert counts ({} and {}); skymoe needs one "
+                "count for every MoE layer",
+                src, short_dump(j["num_experts"]), c.num_experts, counts[i]);
+      c.num_experts = counts[i];
+    }
     // Skywork fixes top-2; accept the Mixtral-style key too.
     c.top_k = get_int(j, "num_experts_per_tok", src, false, get_int(j, "moe_topk", src, false, 2));
     c.logits_norm = get_bool(j, "moe_use_logits_norm", src, false);
     c.gate_norm_std = get_num(j, "moe_gate_norm_std", src, 1.0);
-    if (c.num_experts <= 1) c.num_experts = 0;  // a single "expert" is the dense model (Skywork-13B)
   }
+  if (c.num_experts <= 1) c.num_experts = 0;  // a single "expert" is the dense model (Skywork-13B)
+  c.moe_intermediate_size =
+      c.num_experts > 0 ? get_int(j, "moe_intermediate_size", src, false, c.intermediate_size) : 0;
   try {
     c.validate();
   } catch (const Error& e) {
@@ -162,16 +256,30 @@ json ModelConfig::to_hf_json() const {
   j["rope_theta"] = rope_theta;
   j["rms_norm_eps"] = rms_norm_eps;
   j["hidden_act"] = "silu";
-  j["tie_word_embeddings"] = false;
+  j["tie_word_embeddings"] = tie_word_embeddings;
   j["bos_token_id"] = bos_token_id;
   j["eos_token_id"] = eos_token_id;
   j["torch_dtype"] = "float32";
+  if (has_moe() && moe_intermediate_size != intermediate_size) j["moe_intermediate_size"] = moe_intermediate_size;
+  const bool skywork = model_type == "skywork" || model_type == "skywork_moe";
+  if (has_moe() && !skywork) {
+    if (first_dense_layers > 0) j["first_k_dense_replace"] = first_dense_layers;
+    if (moe_layer_step != 1) j["decoder_sparse_step"] = moe_layer_step;
+    if (!dense_layers.empty()) j["mlp_only_layers"] = dense_layers;
+  }
   if (model_type == "mixtral") {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
-  } else if (model_type == "skywork" || model_type == "skywork_moe") {
-    j["num_experts"] = json::array({is_moe() ? num_experts : 1});
-    j["moe_expert_interval"] = 1;
+  } else if (skywork) {
+    // One count per MoE slot (1: a dense layer) when some slot is dense, else the one count.
+    json counts = json::array();
+    bool mixed = false;
+    for (int l = moe_layer_step - 1; l < num_layers; l += moe_layer_step) {
+      counts.push_back(layer_is_moe(l) ? num_experts : 1);
+      mixed = mixed || !layer_is_moe(l);
+    }
+    j["num_experts"] = has_moe() && mixed ? counts : json::array({has_moe() ? num_experts : 1});
+    j["moe_expert_interval"] = has_moe() ? moe_layer_step : 1;
     j["num_experts_per_tok"] = top_k;
     j["moe_use_logits_norm"] = logits_norm;
     j["moe_gate_norm_std"] = gate_norm_std;
@@ -205,6 +313,7 @@ static ModelConfig make(const char* type, int vocab, int hidden, int layers, int
   c.num_kv_heads = kv;
   c.head_dim = hidden / heads;
   c.intermediate_size = inter;
+  c.moe_intermediate_size = experts > 0 ? inter : 0;
   c.num_experts = experts;
   c.top_k = topk;
   c.max_position_embeddings = maxpos;

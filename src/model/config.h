@@ -1,12 +1,17 @@
 #pragma once
 // One config type for dense Llama / Skywork-13B, Skywork-MoE and Mixtral, read from and written to
-// Hugging Face config.json. DESIGN.md section 1.
+// Hugging Face config.json. DESIGN.md section 1. The FFN of each layer is described by data: dense
+// or MoE (ffn_kind), with a dense width beside the experts' width, so models that mix dense and MoE
+// layers (DeepSeek's first_k_dense_replace, Qwen2-MoE's decoder_sparse_step / mlp_only_layers,
+// Skywork's moe_expert_interval and num_experts list) are one config, not a special case.
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
 namespace sky {
+
+enum class FfnKind : uint8_t { Dense, Moe };
 
 struct ModelConfig {
   std::string model_type = "skywork_moe";  // llama | skywork | skywork_moe | mixtral
@@ -16,9 +21,16 @@ struct ModelConfig {
   int num_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;           // hidden_size / num_heads
-  int intermediate_size = 0;  // dense FFN width, or each expert's width
-  int num_experts = 0;        // 0 = dense model
+  int intermediate_size = 0;      // dense FFN width (HF intermediate_size)
+  int moe_intermediate_size = 0;  // each expert's width (Skywork/Mixtral: their intermediate_size)
+  int num_experts = 0;            // experts of every MoE layer; 0 = dense model
   int top_k = 2;
+  // Which layers are MoE (when num_experts > 0): layer l is MoE unless l < first_dense_layers,
+  // (l + 1) % moe_layer_step != 0, or l is listed in dense_layers.
+  int first_dense_layers = 0;     // DeepSeek first_k_dense_replace
+  int moe_layer_step = 1;         // Qwen2-MoE decoder_sparse_step, Skywork moe_expert_interval
+  std::vector<int> dense_layers;  // Qwen2-MoE mlp_only_layers (and Skywork's count-1 slots)
+  bool tie_word_embeddings = false;  // the LM head is the embedding matrix
   double rope_theta = 10000.0;
   double rms_norm_eps = 1e-6;
   int max_position_embeddings = 4096;
@@ -27,7 +39,15 @@ struct ModelConfig {
   int bos_token_id = 1;
   int eos_token_id = 2;
 
-  bool is_moe() const { return num_experts > 0; }
+  FfnKind ffn_kind(int layer) const;
+  bool layer_is_moe(int layer) const { return ffn_kind(layer) == FfnKind::Moe; }
+  bool has_moe() const;    // some layer is MoE
+  bool has_dense() const;  // some layer has a dense FFN
+  int num_moe_layers() const;
+  // e.g. "16 experts of width 1408, top-2", "FFN width 5632", or for mixed layers
+  // "dense layers 0,5 (width 5632); 6 MoE layers: 16 experts of width 1408, top-2".
+  std::string ffn_summary() const;
+  int ffn_width(int layer) const { return layer_is_moe(layer) ? moe_intermediate_size : intermediate_size; }
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }
 

@@ -16,6 +16,11 @@ ParamLayout ParamLayout::build(const ModelConfig& c) { return build(c, Shard::fu
 
 ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
   ParamLayout L;
+  L.tied = c.tie_word_embeddings;
+  SKY_CHECK(!L.tied || !sh.head || sh.embed,
+            "tie_word_embeddings: the LM head is the embedding matrix, so the part of the model that holds the "
+            "head must hold the embedding too ({}); a pipeline split of a tied model is not supported",
+            sh.describe());
   // A partial shard stores its expert weights after everything else, so the parameters replicated
   // across data-parallel ranks and the (possibly unique) expert weights form two ranges.
   const bool experts_last = !sh.is_full(c);
@@ -42,7 +47,7 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
   auto whole = [&](std::string name, ParamKind kind, int layer, Shape full, bool held) {
     add(std::move(name), kind, layer, -1, full, 0, full[0], 0, full.size() == 2 ? full[1] : 0, held);
   };
-  const int64_t H = c.hidden_size, I = c.intermediate_size, hd = c.head_dim;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, hd = c.head_dim;
   whole("model.embed_tokens.weight", ParamKind::Embed, -1, {c.vocab_size, H}, sh.embed);
   for (int l = 0; l < c.num_layers; l++) {
     const bool in = l >= sh.layer_begin && l < sh.layer_end;
@@ -55,15 +60,15 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
     add(p + "self_attn.v_proj.weight", ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
     add(p + "self_attn.o_proj.weight", ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
     whole(p + "post_attention_layernorm.weight", ParamKind::FfnNorm, l, {H}, in);
-    if (c.is_moe()) {
+    if (c.layer_is_moe(l)) {
       whole(p + "block_sparse_moe.gate.weight", ParamKind::Router, l, {c.num_experts, H}, in);
       const Range& f = sh.expert_ffn;
       for (auto [w, kind] : {std::pair{"w1", ParamKind::W1}, std::pair{"w3", ParamKind::W3}})
         for (int e = 0; e < c.num_experts; e++)
-          add(expert_param_name(l, e, w), kind, l, e, {I, H}, f.begin, f.size, 0, H,
+          add(expert_param_name(l, e, w), kind, l, e, {EI, H}, f.begin, f.size, 0, H,
               in && e >= sh.experts.begin && e < sh.experts.end());
       for (int e = 0; e < c.num_experts; e++)
-        add(expert_param_name(l, e, "w2"), ParamKind::W2, l, e, {H, I}, 0, H, f.begin, f.size,
+        add(expert_param_name(l, e, "w2"), ParamKind::W2, l, e, {H, EI}, 0, H, f.begin, f.size,
             in && e >= sh.experts.begin && e < sh.experts.end());
     } else {
       const Range& f = sh.ffn;
@@ -73,7 +78,8 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
     }
   }
   whole("model.norm.weight", ParamKind::FinalNorm, -1, {H}, sh.head);
-  whole("lm_head.weight", ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
+  // Tied embeddings: the LM head is the embedding matrix (param_view points lm_head at it).
+  if (!c.tie_word_embeddings) whole("lm_head.weight", ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
   for (auto& s : experts) L.specs.push_back(std::move(s));
   for (auto& s : L.specs) {
     s.offset = L.total;
@@ -123,6 +129,7 @@ ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_laye
       default: fail("param_view: unexpected parameter '{}'", s.name);
     }
   }
+  if (layout.tied && !v.lm_head) v.lm_head = v.embed;
   return v;
 }
 

@@ -40,6 +40,7 @@ struct ParamSpec {
 struct ParamLayout {
   std::vector<ParamSpec> specs;
   size_t total = 0;  // floats
+  bool tied = false;  // tie_word_embeddings: no lm_head.weight; the head's view is the embedding
   size_t expert_begin = 0;  // expert weights of a partial shard are stored last: [expert_begin, total)
   static ParamLayout build(const ModelConfig& cfg);
   static ParamLayout build(const ModelConfig& cfg, const Shard& shard);
@@ -50,8 +51,8 @@ struct ParamLayout {
 template <class T>
 struct LayerView {
   T *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
-  T *w_gate, *w_up, *w_down;    // dense FFN (null for MoE)
-  T *router, *w1, *w3, *w2;     // MoE (null for dense)
+  T *w_gate, *w_up, *w_down;    // dense FFN (null in an MoE layer)
+  T *router, *w1, *w3, *w2;     // MoE (null in a dense layer)
 };
 
 template <class T>

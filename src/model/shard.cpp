@@ -49,9 +49,9 @@ Shard Shard::full(const ModelConfig& c) {
   s.layer_end = c.num_layers;
   s.q_heads = {0, c.num_heads};
   s.kv_heads = {0, c.num_kv_heads};
-  s.ffn = {0, c.is_moe() ? 0 : c.intermediate_size};
-  s.experts = {0, c.num_experts};
-  s.expert_ffn = {0, c.is_moe() ? c.intermediate_size : 0};
+  s.ffn = {0, c.has_dense() ? c.intermediate_size : 0};
+  s.experts = {0, c.has_moe() ? c.num_experts : 0};
+  s.expert_ffn = {0, c.has_moe() ? c.moe_intermediate_size : 0};
   return s;
 }
 
@@ -67,7 +67,8 @@ ModelConfig shard_config(const ModelConfig& c, const Shard& s) {
   ModelConfig l = c;
   l.num_heads = s.q_heads.size;
   l.num_kv_heads = s.kv_heads.size;
-  l.intermediate_size = c.is_moe() ? s.expert_ffn.size : s.ffn.size;
+  l.intermediate_size = s.ffn.size;
+  l.moe_intermediate_size = s.expert_ffn.size;
   return l;
 }
 
@@ -86,12 +87,12 @@ void split_attention(const ModelConfig& c, int tp, const std::vector<int>& share
               fmt::join(shares, ","), r, c.num_kv_heads);
   s.kv_heads = kv[index];
   s.q_heads = {kv[index].begin * group, kv[index].size * group};
-  auto ffn_split = [&](int width) {
-    SKY_CHECK(width >= tp, "tensor parallelism of {} exceeds the FFN width {}", tp, width);
+  auto ffn_split = [&](int width, const char* what) {
+    SKY_CHECK(width >= tp, "tensor parallelism of {} exceeds the {} {}", tp, what, width);
     return to_ranges(split_by_shares(width, shares))[index];
   };
-  if (c.is_moe()) s.expert_ffn = ffn_split(c.intermediate_size);
-  else s.ffn = ffn_split(c.intermediate_size);
+  if (c.has_moe()) s.expert_ffn = ffn_split(c.moe_intermediate_size, "expert width (moe_intermediate_size)");
+  if (c.has_dense()) s.ffn = ffn_split(c.intermediate_size, "dense FFN width (intermediate_size)");
 }
 
 }  // namespace sky

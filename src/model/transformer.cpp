@@ -34,14 +34,15 @@ void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what) {
 
 // Local sizes of the shard a model holds.
 struct Dims {
-  int H, nh, nkv, hd, qd, kvd, I, V;
+  int H, nh, nkv, hd, qd, kvd, I, V;  // I: the dense FFN width held
   explicit Dims(const Model& m)
       : H(m.cfg.hidden_size), nh(m.shard.q_heads.size), nkv(m.shard.kv_heads.size), hd(m.cfg.head_dim),
-        qd(nh * hd), kvd(nkv * hd), I(m.cfg.is_moe() ? m.shard.expert_ffn.size : m.shard.ffn.size),
+        qd(nh * hd), kvd(nkv * hd), I(m.shard.ffn.size),
         V(m.cfg.vocab_size) {}
 };
 
-static void size_layer(const Model& m, LayerActs& L, int B, int T) {
+// `dense`: the layer (or, for the recompute scratch, some layer) has a dense FFN.
+static void size_layer(const Model& m, LayerActs& L, int B, int T, bool dense) {
   const Dims d(m);
   const size_t N = size_t(B) * T;
   L.ln1.resize(N * d.H);
@@ -54,7 +55,7 @@ static void size_layer(const Model& m, LayerActs& L, int B, int T) {
   L.mid.resize(N * d.H);
   L.ln2.resize(N * d.H);
   L.rstd2.resize(N);
-  if (!m.cfg.is_moe()) {
+  if (dense) {
     L.h1.resize(N * d.I);
     L.h3.resize(N * d.I);
     L.act.resize(N * d.I);
@@ -75,8 +76,9 @@ void Activations::resize(const Model& m, int B_, int T_) {
   for (auto& r : resid) r.resize(N * H);
   layers.resize(nl);
   for (int l = 0; l < nl; l++)
-    if (!(l < int(recompute.size()) && recompute[l])) size_layer(m, layers[l], B, T);
-  if (scratch) size_layer(m, *scratch, B, T);
+    if (!(l < int(recompute.size()) && recompute[l]))
+      size_layer(m, layers[l], B, T, !m.cfg.layer_is_moe(m.shard.layer_begin + l));
+  if (scratch) size_layer(m, *scratch, B, T, m.cfg.has_dense());
   if (m.shard.head) {
     lnf.resize(N * H);
     rstdf.resize(N);
@@ -88,7 +90,7 @@ void Activations::resize(const Model& m, int B_, int T_) {
 static MoeWeights<float> moe_weights(const Model& m, const LayerView<float>& L) {
   MoeWeights<float> w;
   w.H = m.cfg.hidden_size;
-  w.I = m.shard.expert_ffn.size;
+  w.I = m.shard.expert_ffn.size;  // the expert width held
   w.E = m.cfg.num_experts;
   w.e_begin = m.shard.experts.begin;
   w.e_count = m.shard.experts.size;
@@ -114,7 +116,7 @@ static void ffn_forward(const Model& m, int l, LayerActs& A, const float* in, fl
                         Communicator* tp) {
   const Dims d(m);
   const auto& L = m.w.layers[l];
-  if (m.cfg.is_moe()) {
+  if (m.cfg.layer_is_moe(m.shard.layer_begin + l)) {
     moe_forward(out, in, N, moe_weights(m, L), moe, A.moe);
     return;
   }
@@ -165,12 +167,14 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
     check_tokens(targets, N, V, "target");
   }
   if (m.shard.embed) embedding_forward(A.resid[0].data(), inputs, m.w.embed, N, H);
-  A.moe_stats.resize(c.is_moe() ? nl : 0);
+  A.moe_stats.resize(c.has_moe() ? nl : 0);
   for (int l = 0; l < nl; l++) {
     LayerActs& L = A.layer(l);
     layer_forward(m, l, L, A.resid[l].data(), A.resid[l + 1].data(), A.pos.data(), B, T, moe, tp);
-    if (c.is_moe())
+    if (c.layer_is_moe(m.shard.layer_begin + l))
       A.moe_stats[l] = {L.moe.disp.dropped, L.moe.entropy, L.moe.aux_loss, L.moe.z_loss, L.moe.disp.load};
+    else if (c.has_moe())
+      A.moe_stats[l] = {};  // a dense layer of a mixed model
   }
   if (!m.shard.head) return 0.0;
   rmsnorm_forward(A.lnf.data(), A.rstdf.data(), A.resid[nl].data(), m.w.final_norm, N, H, float(c.rms_norm_eps));
@@ -214,7 +218,7 @@ static void layer_backward(const Model& m, int l, LayerActs& L, Activations& A, 
   // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
   std::copy(A.d_x.begin(), A.d_x.begin() + NH, A.d_mid.begin());
   zero(A.d_ln, NH);
-  if (m.cfg.is_moe()) {
+  if (m.cfg.layer_is_moe(m.shard.layer_begin + l)) {
     MoeGrads<float> mg{GL.router, GL.w1, GL.w3, GL.w2};
     const int lg = m.shard.layer_begin + l;
     double alpha = lg < int(lw.aux_alpha.size()) ? lw.aux_alpha[lg] : 0.0;

@@ -10,7 +10,7 @@ namespace sky {
 
 Model upcycle(const Model& dense, const UpcycleOptions& o) {
   const ModelConfig& d = dense.cfg;
-  SKY_CHECK(!d.is_moe(), "upcycle: the source model already has {} experts; give a dense model", d.num_experts);
+  SKY_CHECK(!d.has_moe(), "upcycle: the source model already has {} experts; give a dense model", d.num_experts);
   SKY_CHECK(o.experts >= 1, "upcycle: --experts must be >= 1, got {}", o.experts);
   SKY_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "upcycle: --top-k {} must be in [1, --experts {}]", o.top_k, o.experts);
   SKY_CHECK(o.reinit_experts >= 0 && o.reinit_experts <= o.experts, "upcycle: --reinit-experts {} must be in [0, {}]",
@@ -19,6 +19,10 @@ Model upcycle(const Model& dense, const UpcycleOptions& o) {
   ModelConfig c = d;
   c.model_type = "skywork_moe";
   c.num_experts = o.experts;
+  c.moe_intermediate_size = d.intermediate_size;  // every expert copies the dense FFN: every layer becomes MoE
+  c.first_dense_layers = 0;
+  c.moe_layer_step = 1;
+  c.dense_layers.clear();
   c.top_k = o.top_k;
   c.logits_norm = o.logits_norm;
   c.gate_norm_std = o.gate_norm_std;

@@ -234,7 +234,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   }
   const ParamLayout full_layout = ParamLayout::build(cfg);
 
-  AdaptiveAlpha alpha(cfg.is_moe() ? L : 0, o.aux == AuxLossType::None ? 0.0 : o.aux_alpha,
+  AdaptiveAlpha alpha(cfg.has_moe() ? L : 0, o.aux == AuxLossType::None ? 0.0 : o.aux_alpha,
                       o.aux_adaptive && o.aux != AuxLossType::None, o.aux_xi, o.aux_alpha_max, o.aux_beta);
   int64_t step0 = 0;
   const json signature = run_signature(o, cfg, data.size());
@@ -303,7 +303,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     }
   };
   const double mb_tokens = double(B) / M * S;  // tokens one micro-batch's loss averages over, all DP ranks
-  const int nl = m.shard.num_layers(), l0 = m.shard.layer_begin, Lm = cfg.is_moe() ? L : 0;
+  const int nl = m.shard.num_layers(), l0 = m.shard.layer_begin, Lm = cfg.has_moe() ? L : 0;
   // Statistics only one rank of each replica set reports, so one world all-reduce sums them.
   const bool reports_tokens = mesh.tp_rank == 0;             // CE, drops, entropy, loads: per DP rank's tokens
   const bool reports_global = reports_tokens && mesh.dp_rank == 0;  // aux and z: already global
@@ -361,7 +361,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
           for (int dr = 0; dr < mesh.dp; dr++) {
             if (pr == 0 && tr == 0 && dr == 0) continue;
             const Shard sh = mesh.shard_of(cfg, pr, dr, tr);
-            const bool unique_experts = experts_group == nullptr && cfg.is_moe();
+            const bool unique_experts = experts_group == nullptr && cfg.has_moe();
             if (dr > 0 && !unique_experts) continue;  // a replica of dp rank 0's blocks
             ParamLayout lay = ParamLayout::build(cfg, sh);
             FloatBuf p(lay.total), pm(lay.total), pv(lay.total);
@@ -373,7 +373,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
           }
       last_ckpt = save_checkpoint(o.out_dir, step, CheckpointData{&full, fm.data(), fv.data(), state}, o.keep);
     } else {
-      if (mesh.dp_rank == 0 || (experts_group == nullptr && cfg.is_moe())) {
+      if (mesh.dp_rank == 0 || (experts_group == nullptr && cfg.has_moe())) {
         comm.send(m.params.data(), total, 0, tag);
         comm.send(mom_m.data(), total, 0, tag + 1);
         comm.send(mom_v.data(), total, 0, tag + 2);
