@@ -19,9 +19,9 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "core/membw.h"
+#include "backend/cpu/membw.h"
 #include "core/rng.h"
-#include "core/threads.h"
+#include "backend/cpu/threads.h"
 #include "infer/batch_forward.h"
 #include "model/transformer.h"
 

@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "ops/gemm_bf16.h"
+#include "backend/cpu/gemm_bf16.h"
 
 static double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 

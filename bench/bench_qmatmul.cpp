@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/qmatmul.h"
+#include "backend/cpu/qmatmul.h"
 
 using namespace sky;
 

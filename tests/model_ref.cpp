@@ -25,7 +25,7 @@ struct Ref {
   // Tensor name -> offset, built once per shape (finite-difference tests call ref_forward thousands of times).
   static const std::map<std::string, size_t>& offsets(const ModelConfig& c) {
     thread_local std::map<std::vector<int>, std::map<std::string, size_t>> cache;
-    std::vector<int> key = {c.vocab_size,         c.hidden_size,           c.num_layers,
+    std::vector<int> key = {int(c.router_sigmoid), int(c.norm_topk_prob), c.vocab_size,         c.hidden_size,           c.num_layers,
                             c.num_heads,          c.num_kv_heads,          c.intermediate_size,
                             c.moe_intermediate_size, c.num_experts,        c.first_dense_layers,
                             c.moe_layer_step,     c.tie_word_embeddings};
@@ -151,10 +151,14 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
         double sd = std::sqrt(var / (E - 1));
         for (auto& v : z) v = c.gate_norm_std * (v - mean) / sd;
       }
-      double mx = *std::max_element(z.begin(), z.end()), s = 0;
       g[t].resize(E);
-      for (int e = 0; e < E; e++) s += g[t][e] = std::exp(z[e] - mx);
-      for (auto& v : g[t]) v /= s;
+      if (c.router_sigmoid) {
+        for (int e = 0; e < E; e++) g[t][e] = 1.0 / (1.0 + std::exp(-z[e]));
+      } else {
+        double mx = *std::max_element(z.begin(), z.end()), s = 0;
+        for (int e = 0; e < E; e++) s += g[t][e] = std::exp(z[e] - mx);
+        for (auto& v : g[t]) v /= s;
+      }
       std::vector<int> order(E);
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return g[t][a] > g[t][b]; });
@@ -196,7 +200,8 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
         if (!kept[t][j]) continue;
         const int e = sel[t][j];
         auto f = R.swiglu_ffn(w1[e], w3[e], w2[e], h2[t], c.moe_intermediate_size);
-        for (int i = 0; i < H; i++) x[t][i] += g[t][e] / s * f[i];
+        const double wt = (c.norm_topk_prob ? g[t][e] / s : g[t][e]) * c.routed_scaling_factor;
+        for (int i = 0; i < H; i++) x[t][i] += wt * f[i];
       }
     }
   }

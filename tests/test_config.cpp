@@ -184,6 +184,26 @@ TEST(Config, SkyworkExpertListAndInterval) {
   EXPECT_EQ(s.num_moe_layers(), 52);
 }
 
+TEST(Config, RouterOptions) {
+  json j = small_json("mixtral");
+  j["scoring_func"] = "sigmoid";
+  j["norm_topk_prob"] = false;
+  j["routed_scaling_factor"] = 2.5;
+  ModelConfig c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_TRUE(c.router_sigmoid);
+  EXPECT_FALSE(c.norm_topk_prob);
+  EXPECT_EQ(c.routed_scaling_factor, 2.5);
+  ModelConfig b = ModelConfig::from_hf_json(c.to_hf_json(), "round trip");
+  EXPECT_TRUE(b.router_sigmoid);
+  EXPECT_FALSE(b.norm_topk_prob);
+  EXPECT_EQ(b.routed_scaling_factor, 2.5);
+  j["scoring_func"] = "sparsemax";
+  expect_error(j, "scoring_func");
+  j["scoring_func"] = "softmax";
+  j["routed_scaling_factor"] = -1;
+  expect_error(j, "routed_scaling_factor");
+}
+
 TEST(Config, NestedValueIsDescribedNotPrinted) {
   json j = skywork_json();
   j["num_experts"] = json::parse("[[[[1, 2]]]]");

@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "core/dtype.h"
-#include "ops/gemm_bf16.h"
+#include "backend/cpu/gemm_bf16.h"
 #include "ref.h"
 
 using namespace skytest;

@@ -127,6 +127,17 @@ TEST(Model, MixedLayersAndTiedEmbeddingsMatchReference) {
   std::filesystem::remove_all(dir);
 }
 
+// DeepSeek/Qwen-style router options: sigmoid scores, unnormalized top-k weights, a scaling factor.
+TEST(Model, RouterOptionsMatchReference) {
+  ModelConfig c = tiny_moe(false);
+  c.router_sigmoid = true;
+  c.norm_topk_prob = false;
+  c.routed_scaling_factor = 1.8;
+  check_against_reference(c, 2, 6, 0.0, 21);
+  c.router_sigmoid = false;
+  check_against_reference(c, 2, 6, 0.8, 22);
+}
+
 TEST(Model, SaveLoadRoundTrip) {
   ModelConfig c = tiny_moe();
   Model m = random_model(c, 9);

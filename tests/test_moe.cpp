@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "backend/backend.h"
 #include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/moe_layer.h"
@@ -202,9 +203,10 @@ TEST(Router, HandCheckedExample) {
 
 // ---- 2. router backward -------------------------------------------------------------------------
 
-void check_router_backward(int N, int E, int k, bool norm, double lambda, bool with_dprobs, uint64_t seed) {
+void check_router_backward(int N, int E, int k, bool norm, double lambda, bool with_dprobs, uint64_t seed,
+                           bool sigmoid = false, bool renormalize = true, double scale = 1.0) {
   std::vector<double> z = randn(N * E, seed, 1.5), Rp = randn(N * E, seed + 1), Rw = randn(N * k, seed + 2);
-  RouterOptions o{E, k, norm, lambda};
+  RouterOptions o{E, k, norm, lambda, sigmoid, renormalize, scale};
   std::vector<double> probs(N * E), w(N * k);
   std::vector<int32_t> idx(N * k);
   // L = <Rp, probs> + <Rw, topk_w>
@@ -236,6 +238,30 @@ TEST(Router, BackwardMatchesFiniteDifferences) {
           SCOPED_TRACE(testing::Message() << "N=" << N << " E=" << E << " k=" << k << " norm=" << norm
                                           << " dprobs=" << dp);
           check_router_backward(N, E, k, norm, norm ? 1.3 : 1.0, dp, seed++);
+        }
+}
+
+// Sigmoid scores (DeepSeek-V3), top-k weights left unnormalized (Qwen2-MoE, OLMoE, DeepSeek-V2),
+// a routed scaling factor: forward against the formulas, backward against finite differences.
+TEST(Router, ScoringRenormalizationAndScalingOptions) {
+  const std::vector<double> z = {0.3, -1.2, 2.0, 0.7};
+  std::vector<double> g(4), w(2);
+  std::vector<int32_t> idx(2);
+  router_forward(g.data(), idx.data(), w.data(), z.data(), 1, RouterOptions{4, 2, false, 1.0, true, false, 2.5});
+  for (int e = 0; e < 4; e++) EXPECT_NEAR(g[e], 1 / (1 + std::exp(-z[e])), 1e-15);
+  EXPECT_EQ(idx, (std::vector<int32_t>{2, 3}));
+  EXPECT_NEAR(w[0], 2.5 * g[2], 1e-15);
+  EXPECT_NEAR(w[1], 2.5 * g[3], 1e-15);
+  router_forward(g.data(), idx.data(), w.data(), z.data(), 1, RouterOptions{4, 2, false, 1.0, true, true, 2.5});
+  EXPECT_NEAR(w[0], 2.5 * g[2] / (g[2] + g[3]), 1e-15);
+  uint64_t seed = 900;
+  for (bool sigmoid : {false, true})
+    for (bool renorm : {false, true})
+      for (bool norm : {false, true})
+        for (bool dp : {false, true}) {
+          SCOPED_TRACE(testing::Message() << "sigmoid=" << sigmoid << " renorm=" << renorm << " norm=" << norm
+                                          << " dprobs=" << dp);
+          check_router_backward(3, 6, 2, norm, 1.2, dp, seed++, sigmoid, renorm, 1.7);
         }
 }
 
@@ -336,7 +362,7 @@ void check_moe_forward(int N, int H, int I, int E, int k, bool norm, double cf, 
   o.capacity_factor = cf;
   o.policy = pol;
   MoeCache<T> c;
-  moe_forward(out.data(), xt.data(), N, tw.mw, o, c);
+  moe_forward(backend(), out.data(), xt.data(), N, tw.mw, o, c);
   std::vector<double> ref = ref_moe(x, N, W, o);
   double atol = std::is_same_v<T, float> ? 1e-4 : 1e-12;
   EXPECT_LE(max_err_ratio(out.data(), ref.data(), ref.size(), atol, 1e-3 * atol), 1.0);
@@ -359,7 +385,7 @@ void check_moe_forward(int N, int H, int I, int E, int k, bool norm, double cf, 
   // A second call of the same shape reuses every buffer.
   const T* ptrs[] = {c.logits.data(), c.probs.data(), c.xg.data(), c.h1.data(), c.act.data(), c.y.data()};
   const int32_t* rt = c.disp.row_token.data();
-  moe_forward(out.data(), xt.data(), N, tw.mw, o, c);
+  moe_forward(backend(), out.data(), xt.data(), N, tw.mw, o, c);
   const T* ptrs2[] = {c.logits.data(), c.probs.data(), c.xg.data(), c.h1.data(), c.act.data(), c.y.data()};
   for (int i = 0; i < 6; i++) EXPECT_EQ(ptrs[i], ptrs2[i]);
   EXPECT_EQ(rt, c.disp.row_token.data());
@@ -467,11 +493,11 @@ Grads analytic(const std::vector<double>& x, int N, const Weights& W, const MoeO
   TypedWeights<T> tw(W);
   std::vector<T> xt = cast<T>(x), out(N * W.H), Rt = cast<T>(Rr);
   MoeCache<T> c;
-  moe_forward(out.data(), xt.data(), N, tw.mw, o, c);
+  moe_forward(backend(), out.data(), xt.data(), N, tw.mw, o, c);
   if (kept) *kept = c.disp.kept;
   std::vector<T> dx(x.size(), T(0.5)), gr(W.router.size()), g1(W.w1.size()), g3(W.w3.size()), g2(W.w2.size());
   MoeGrads<T> g{gr.data(), g1.data(), g3.data(), g2.data()};
-  moe_backward(dx.data(), g, Rt.data(), xt.data(), N, tw.mw, o, c, a, b);
+  moe_backward(backend(), dx.data(), g, Rt.data(), xt.data(), N, tw.mw, o, c, a, b);
   for (T& v : dx) v -= T(0.5);
   auto d = [](const std::vector<T>& v) { return std::vector<double>(v.begin(), v.end()); };
   return {d(dx), d(gr), d(g1), d(g3), d(g2)};
@@ -498,7 +524,7 @@ void check_moe_backward(int N, int H, int I, int E, int k, double cf, DropPolicy
     TypedWeights<double> tw(W);
     std::vector<double> out(N * H);
     MoeCache<double> c;
-    moe_forward(out.data(), x.data(), N, tw.mw, o, c);
+    moe_forward(backend(), out.data(), x.data(), N, tw.mw, o, c);
     flips += c.disp.kept != kept0;
     double L = a * c.aux_loss + b * c.z_loss;
     for (int i = 0; i < N * H; i++) L += out[i] * Rr[i];
@@ -553,10 +579,10 @@ TEST(Moe, BackwardNullGradsSkipped) {
   TypedWeights<double> tw(W);
   std::vector<double> out(N * H), gr(E * H, 0.0);
   MoeCache<double> c;
-  moe_forward(out.data(), x.data(), N, tw.mw, o, c);
+  moe_forward(backend(), out.data(), x.data(), N, tw.mw, o, c);
   MoeGrads<double> g;
   g.router = gr.data();
-  moe_backward<double>(nullptr, g, Rr.data(), x.data(), N, tw.mw, o, c, 0.1, 0.1);
+  moe_backward<double>(backend(), nullptr, g, Rr.data(), x.data(), N, tw.mw, o, c, 0.1, 0.1);
   EXPECT_LE(max_err_ratio(gr.data(), full.router.data(), gr.size(), 1e-14, 1e-12), 1.0);
 }
 

@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 #include "hwy/tests/hwy_gtest.h"
-#include "ops/qmatmul.h"
+#include "backend/cpu/qmatmul.h"
 #include "ref.h"
 
 using namespace sky;

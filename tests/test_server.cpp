@@ -785,7 +785,8 @@ TEST(Server, StopCancelsRunningRequestsAndExits) {
   EXPECT_FALSE(c.Get("/health"));  // nobody listens any more
 }
 
-TEST(Server, BinaryServesAndExitsOnSigterm) {
+// `skymoe serve` as a process: it answers, gives the engine's text, and exits on SIGTERM.
+static void check_binary_serves(const std::vector<std::string>& extra) {
   int out[2];
   ASSERT_EQ(pipe(out), 0);
   posix_spawn_file_actions_t fa;
@@ -793,6 +794,7 @@ TEST(Server, BinaryServesAndExitsOnSigterm) {
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
   posix_spawn_file_actions_addclose(&fa, out[0]);
   std::vector<std::string> args = {SKYMOE_BIN, "serve", "--model", fx().dir, "--port", "0", "--threads", "2"};
+  args.insert(args.end(), extra.begin(), extra.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -848,3 +850,8 @@ TEST(Server, BinaryServesAndExitsOnSigterm) {
   EXPECT_TRUE(WIFEXITED(st));
   EXPECT_EQ(WEXITSTATUS(st), 0);
 }
+
+TEST(Server, BinaryServesAndExitsOnSigterm) { check_binary_serves({}); }
+
+// The reference backend serves too (the seam is complete), with the cpu engine's greedy text.
+TEST(Server, BinaryServesOnTheRefBackend) { check_binary_serves({"--device", "ref"}); }

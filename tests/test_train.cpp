@@ -16,6 +16,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/matmul.h"  // the CPU backend's bf16 GEMM switch
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/checkpoint.h"
@@ -219,6 +220,14 @@ TEST(GradCheck, MixedLayersAndTiedEmbeddingsMatchFiniteDifferences) {
   c.moe_intermediate_size = 5;
   c.tie_word_embeddings = true;
   check_model_gradients(c, 2, 7, 0.6, {0.9, 0.3, 0.7}, 0.05, 4);
+}
+
+TEST(GradCheck, SigmoidRouterWithoutRenormalizationMatchesFiniteDifferences) {
+  ModelConfig c = tiny_moe();
+  c.router_sigmoid = true;
+  c.norm_topk_prob = false;
+  c.routed_scaling_factor = 1.5;
+  check_model_gradients(c, 2, 6, 0.7, {0.4, 0.6}, 0.03, 5);
 }
 
 TEST(GradCheck, DenseModelMatchesFiniteDifferences) { check_model_gradients(tiny_dense(), 2, 7, 0.0, {}, 0.0, 3); }

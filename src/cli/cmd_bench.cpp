@@ -9,12 +9,11 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
-#include "core/threads.h"
 #include "dist/communicator.h"
 #include "infer/bench_infer.h"
 #include "io/atomic_file.h"
 #include "model/transformer.h"
-#include "ops/matmul.h"
+#include "backend/backend.h"
 #include "train/optimizer.h"
 
 namespace sky::cli {
@@ -24,17 +23,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-int bench_train(const std::string& preset, int seq, int batch, int steps, int warmup, bool json_out,
+int bench_train(Backend& be, const std::string& preset, int seq, int batch, int steps, int warmup, bool json_out,
                 const std::string& profile, const std::string& precision) {
-  set_matmul_precision(parse_matmul_precision(precision));
+  be.set_matmul_precision(parse_matmul_precision(precision));
   ModelConfig cfg = ModelConfig::resolve(preset);
   SKY_CHECK(seq <= cfg.max_position_embeddings, "--seq-len {} exceeds max_position_embeddings {}", seq,
             cfg.max_position_embeddings);
   if (!json_out)
-    fmt::print(stderr, "bench train: {} ({:.1f}M params, {:.1f}M active), B={} S={}, {} threads, {} GEMMs\n", preset,
-               cfg.param_count() / 1e6, cfg.active_param_count() / 1e6, batch, seq, num_threads(), precision);
+    fmt::print(stderr, "bench train: {} ({:.1f}M params, {:.1f}M active), B={} S={}, {}, {} GEMMs\n", preset,
+               cfg.param_count() / 1e6, cfg.active_param_count() / 1e6, batch, seq, be.describe(), precision);
   Model m = Model::random(cfg, 1);
-  AdamW opt(m.layout, AdamWOptions{});
+  m.be = &be;
+  AdamW opt(m.layout, AdamWOptions{}, 0, 0, be);
   FloatBuf grads(m.layout.total);
   Activations acts;
   MoeOptions moe = moe_options(cfg, 0.0, DropPolicy::Prob, AuxLossType::Skywork);
@@ -46,14 +46,14 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
     for (size_t i = 0; i < in.size(); i++) in[i] = int32_t(rng.below(cfg.vocab_size));
     for (size_t i = 0; i < in.size(); i++) tgt[i] = i + 1 < in.size() ? in[i + 1] : in[0];
     auto t0 = Clock::now();
-    parallel_zero(grads.data(), grads.size());
+    be.zero(grads.data(), grads.size());
     forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
     double f = since(t0);
     auto t1 = Clock::now();
     backward(m, acts, grads.data(), moe, lw, 1.0);
     double b = since(t1);
     auto t2 = Clock::now();
-    const double norm = grad_norm(grads.data(), grads.size());
+    const double norm = grad_norm(grads.data(), grads.size(), be);
     opt.update(m.params.data(), grads.data(), 1e-4, s + 1, clip_scale(norm, 1.0));
     double o = since(t2);
     double all = since(t0);
@@ -73,7 +73,8 @@ int bench_train(const std::string& preset, int seq, int batch, int steps, int wa
   const double flops_tok = 6.0 * cfg.active_param_count() + 6.0 * cfg.num_layers * seq * cfg.q_dim();
   const double tps = tok / med(t_step);
   nlohmann::json j = {{"preset", preset},
-                      {"threads", num_threads()},
+                      {"threads", be.num_threads()},
+                      {"device", be.name()},
                       {"precision", precision},
                       {"batch_size", batch},
                       {"seq_len", seq},
@@ -155,6 +156,8 @@ int cmd_bench(int argc, char** argv) {
   tr->add_option("--steps", steps, "timed steps (median reported)")->capture_default_str()->check(CLI::PositiveNumber);
   tr->add_option("--warmup-steps", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   tr->add_option("--threads", threads, "threads (0 = all cores)");
+  std::string device = "cpu";
+  add_device_flag(*tr, device);
   tr->add_flag("--json", json_out, "print one JSON object");
   std::string profile, precision = "f32";
   tr->add_option("--precision", precision, "f32 | bf16 GEMMs (bf16: mixed precision, needs AVX512-BF16)")->capture_default_str();
@@ -177,6 +180,7 @@ int cmd_bench(int argc, char** argv) {
   add_lm_head_flag(*inf, lm_head);
   add_kv_dtype_flag(*inf, kv_dtype);
   inf->add_option("--threads", ithreads, "threads (0 = all cores)");
+  add_device_flag(*inf, device);
   inf->add_flag("--json", ijson, "print one JSON object");
   TpFlags tpf;
   add_tp_flags(*inf, tpf);
@@ -189,11 +193,12 @@ int cmd_bench(int argc, char** argv) {
   cm->add_flag("--json", cjson, "print one JSON object");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (cm->parsed()) return bench_comm(sizes_mb, reps, cjson);
+  Backend& be = backend(device);
   if (tr->parsed()) {
-    set_threads(threads);
-    return bench_train(preset, seq, batch, steps, warmup, json_out, profile, precision);
+    be.set_threads(threads);
+    return bench_train(be, preset, seq, batch, steps, warmup, json_out, profile, precision);
   }
-  set_threads(ithreads);
+  be.set_threads(ithreads);
   SKY_CHECK(model.empty() != ipreset.empty(), "bench infer: give exactly one of --model DIR or --preset NAME");
   for (int b : io.batches) SKY_CHECK(b > 0, "--batches: batch sizes must be positive, got {}", b);
   io.quiet = ijson;
@@ -216,6 +221,7 @@ int cmd_bench(int argc, char** argv) {
     m.tp = tp;
     m.kv_bf16 = kv_dtype == "bf16";
   }
+  m.be = &be;
   if (m.tp && !m.tp->leader()) {  // rank 0 runs the benchmark, this rank its slice of every forward
     warm_weights(m);
     m.tp->follow(m);

@@ -7,7 +7,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "io/token_data.h"
 #include "model/transformer.h"
 
@@ -18,7 +18,7 @@ int cmd_eval(int argc, char** argv) {
                "Batch k reads B*S+1 consecutive tokens starting at k*B*S; row b's inputs are tokens\n"
                "[b*S, b*S+S) of that chunk and its targets the same shifted by one."};
   app.name("skymoe eval");
-  std::string model, data;
+  std::string model, data, device = "cpu";
   int seq = 0, batch = 1, batches = 0, threads = 0;
   bool json_out = false;
   app.add_option("--model", model, "model directory (HF layout)")->required();
@@ -28,10 +28,13 @@ int cmd_eval(int argc, char** argv) {
   app.add_option("--batches", batches, "batches to evaluate (0 = every full batch in the file)")
       ->capture_default_str()->check(non_negative_int());
   app.add_option("--threads", threads, "threads (0 = all cores)");
+  add_device_flag(app, device);
   app.add_flag("--json", json_out, "print one JSON object: loss, tokens, batches, perplexity, seconds");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
+  Backend& be = backend(device);
+  be.set_threads(threads);
   Model m = Model::load(model);
+  m.be = &be;
   SKY_CHECK(seq <= m.cfg.max_position_embeddings, "--seq-len {} exceeds the model's max_position_embeddings {}", seq,
             m.cfg.max_position_embeddings);
   TokenFile f = TokenFile::open(data, m.cfg.vocab_size);

@@ -7,7 +7,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "io/gguf_export.h"
 #include "io/tokenizer.h"
 #include "model/model.h"
@@ -81,7 +81,7 @@ int cmd_export(int argc, char** argv) {
   if (argc > 1 && argv[1][0] != '-' && std::string(argv[1]) != "gguf")
     fail("unknown export format '{}' (known: gguf)", argv[1]);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
+  backend().set_threads(threads);
   return export_gguf_cmd(model, out, type, tokenizer, no_tokenizer, name);
 }
 

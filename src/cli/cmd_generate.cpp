@@ -7,7 +7,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "infer/engine.h"
 #include "io/tokenizer.h"
 
@@ -43,13 +43,16 @@ int cmd_generate(int argc, char** argv) {
   add_lm_head_flag(app, lm_head);
   add_kv_dtype_flag(app, kv_dtype);
   app.add_option("--threads", threads, "threads (0 = all cores)");
+  std::string device = "cpu";
+  add_device_flag(app, device);
   app.add_flag("--json", json_out, "print {\"prompt_ids\", \"generated_ids\", \"text\"?, \"finish_reason\", ...}");
   std::string logits_out;
   app.add_option("--logits-out", logits_out, "write each step's logits (f32, [steps, vocab]) to this file (tests)");
   TpFlags tpf;
   add_tp_flags(app, tpf);
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
+  Backend& be = backend(device);
+  be.set_threads(threads);
   SKY_CHECK(!prompt_ids.empty() || !prompt_text.empty(), "give --prompt TEXT or --prompt-ids IDS");
   gp.stop_at_eos = stop_eos;
 
@@ -61,6 +64,7 @@ int cmd_generate(int argc, char** argv) {
             "--prompt and --stop need a tokenizer: pass --tokenizer or put tokenizer.model in {}", model);
 
   InferModel m = load_infer_model(model, {dtype, true, lm_head, kv_dtype}, tpf);
+  m.be = &be;
   if (m.tp && !m.tp->leader()) {  // tensor parallel: rank 0 generates, this rank runs its slice
     m.tp->follow(m);
     return 0;

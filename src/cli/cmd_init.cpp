@@ -2,7 +2,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "model/model.h"
 
 namespace sky::cli {
@@ -24,7 +24,7 @@ int cmd_init(int argc, char** argv) {
       ->capture_default_str()->check(positive_number());
   app.add_option("--threads", threads, "threads (0 = all cores)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
+  backend().set_threads(threads);
   DType dt = dtype_parse(dtype);
   SKY_CHECK(dt == DType::F32 || dt == DType::BF16 || dt == DType::F16, "--dtype {} (use F32, BF16 or F16; FP8 via `skymoe quantize`)", dtype);
   ModelConfig cfg = ModelConfig::resolve(config);

@@ -2,7 +2,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "model/quantize.h"
 
 namespace sky::cli {
@@ -27,7 +27,7 @@ int cmd_quantize(int argc, char** argv) {
   app.add_option("--shard-gb", o.max_shard_gb, "shard size")->capture_default_str()->check(positive_number());
   app.add_option("--threads", threads, "threads (0 = all cores)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
+  backend().set_threads(threads);
   o.per_channel = scale == "per-channel";
   o.lm_head_fp8 = lm_head == "fp8";
   SKY_CHECK(!o.lm_head_fp8 || o.to == "fp8", "--lm-head fp8 needs --to fp8");

@@ -14,7 +14,7 @@
 #include "cli/byte_progress.h"
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "infer/text_gen.h"
 #include "io/atomic_file.h"
 #include "io/char_coverage.h"
@@ -266,7 +266,7 @@ int cmd_quickstart(int argc, char** argv) {
   SKY_CHECK(z.experts >= 2, "--experts must be >= 2 (gating logit normalization needs two), got {}", z.experts);
   SKY_CHECK(o.evals > 0, "--evals must be positive, got {}", o.evals);
   SKY_CHECK(z.sample_tokens >= 0, "--sample-tokens must be >= 0, got {}", z.sample_tokens);
-  set_threads(o.threads);
+  backend().set_threads(o.threads);
   const auto t_all = Clock::now();
   const fs::path out(o.out);
   const int kStages = 6;
@@ -278,7 +278,7 @@ int cmd_quickstart(int argc, char** argv) {
   for (auto& f : files) corpus_bytes += fs::file_size(f);
   fmt::print("corpus: {} ({} files, {:.1f} MB); output: {}; {} threads\n",
              o.corpus.empty() ? kDefaultCorpus : fmt::format("{}", fmt::join(o.corpus, " ")), files.size(),
-             corpus_bytes / 1e6, out.string(), num_threads());
+             corpus_bytes / 1e6, out.string(), backend().num_threads());
   prepare_out_dir(out);
   write_text_atomic((out / "quickstart.json").string(), json{{"status", "running"}}.dump(2) + "\n");
 
@@ -442,7 +442,7 @@ int cmd_quickstart(int argc, char** argv) {
                                 o.lr, o.upcycled_lr, z.batch, z.seq)},
       {"steps", fmt::format("dense {}, each MoE run {}", z.dense_steps, z.moe_steps)},
       {"seeds", fmt::format("dense {}; both MoE runs {} (same data order)", o.seed, o.seed + 1)},
-      {"threads", std::to_string(num_threads())},
+      {"threads", std::to_string(backend().num_threads())},
   };
   rep.files = {{"tokenizer", tok_path},
                {"training / validation tokens", train_path + ", " + val_path},

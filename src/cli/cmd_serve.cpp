@@ -50,6 +50,8 @@ int cmd_serve(int argc, char** argv) {
   add_lm_head_flag(app, lm_head);
   add_kv_dtype_flag(app, kv_dtype);
   app.add_option("--threads", o.threads, "compute threads (0 = all cores)")->check(non_negative_int());
+  std::string device = "cpu";
+  add_device_flag(app, device);
   app.add_option("--max-batch", o.max_batch, "sequences decoded together")->capture_default_str()->check(positive_int());
   app.add_option("--kv-budget", o.kv_budget_tokens, "KV-cache positions over all running sequences")
       ->capture_default_str()
@@ -113,7 +115,9 @@ int cmd_serve(int argc, char** argv) {
   } join{finished, signals};
 
   // Rank 0's collectives throw on a timeout instead of aborting: it answers its clients (503) first.
+  Backend& be = backend(device);  // an unknown device fails before any weight is read
   InferModel im = load_infer_model(model, {dtype, true, lm_head, kv_dtype}, tpf, true);
+  im.be = &be;
   if (im.tp && !im.tp->leader()) {  // rank 0 serves; this rank runs its slice of every step
     im.tp->follow(im);
     return 0;

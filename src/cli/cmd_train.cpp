@@ -50,6 +50,7 @@ int cmd_train(int argc, char** argv) {
       ->check(CLI::IsMember({"shuffled", "sequential"}));
   app.add_option("--seed", o.seed, "seed (init and data order)")->capture_default_str();
   app.add_option("--threads", o.threads, "threads (0 = all cores)");
+  add_device_flag(app, o.device);
   std::string precision = "f32";
   app.add_option("--precision", precision, "f32 | bf16: GEMM precision (bf16: mixed precision with f32 master weights; needs AVX512-BF16)")
       ->capture_default_str();

@@ -2,7 +2,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/threads.h"
+#include "backend/backend.h"
 #include "moe/upcycle.h"
 
 namespace sky::cli {
@@ -31,7 +31,7 @@ int cmd_upcycle(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed for router init and noise")->capture_default_str();
   app.add_option("--threads", threads, "threads (0 = all cores)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  set_threads(threads);
+  backend().set_threads(threads);
   o.logits_norm = lnorm == "on";
   Model dense = Model::load(from);
   Model moe = upcycle(dense, o);

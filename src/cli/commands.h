@@ -37,6 +37,9 @@ CLI::Validator positive_number();
 // "1,5,9" -> {1, 5, 9}; throws naming the bad item.
 std::vector<int32_t> parse_id_list(const std::string& s, const char* flag);
 
+// --device cpu|ref (backend/backend.h): where the model computes. Checked by backend().
+void add_device_flag(CLI::App& app, std::string& device);
+
 // Multi-process inference (generate, serve, bench infer under mpirun; infer/tp.h).
 struct TpFlags {
   int tp = 0;  // 0: the number of processes

@@ -50,6 +50,12 @@ void add_kv_dtype_flag(CLI::App& app, std::string& kv_dtype) {
       ->check(CLI::IsMember({"f32", "bf16"}));
 }
 
+void add_device_flag(CLI::App& app, std::string& device) {
+  app.add_option("--device", device,
+                 "compute backend: cpu (the fast kernels) | ref (plain loops, double accumulation: the yardstick)")
+      ->capture_default_str();
+}
+
 void add_lm_head_flag(CLI::App& app, std::string& lm_head) {
   app.add_option("--lm-head", lm_head,
                  "LM head in memory: auto (as stored; bf16 when converting to fp8) | f32 | bf16 | fp8 (fewer bytes "

@@ -173,7 +173,6 @@ class MpiComm : public Communicator {
       const float* own = in + off[rc];
       float* dst = s == n - 2 ? mine : acc;  // the last chunk received is this rank's
       const size_t m = counts[rc];
-#pragma omp parallel for schedule(static) if (m > 65536)
       for (size_t i = 0; i < m; i++) dst[i] = own[i] + tmp[i];
     }
     if (all) ring_gather(all, counts);

@@ -8,7 +8,7 @@
 
 #include "infer/infer_model.h"
 #include "moe/dispatch.h"
-#include "ops/attention.h"
+#include "backend/backend.h"
 
 namespace sky {
 
@@ -39,6 +39,7 @@ struct BatchScratch {
   std::vector<float> router_logits, probs, topk_w, xg, h1, h3, y;
   std::vector<int32_t> pos, topk_idx;
   std::vector<AttnSeq> attn;
+  std::vector<const QWeight*> w1, w3, w2;  // experts with rows in this step
   Dispatch disp;
 };
 
@@ -46,10 +47,5 @@ struct BatchScratch {
 // sequence's last new token to logits[s * V]. all_logits (optional) gets [total rows, V].
 void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,
                    float* all_logits = nullptr);
-
-// Grouped expert FFN: every expert with routed rows, over its rows, in one parallel region.
-// xg [R, H] holds the gathered input rows grouped by expert (d.offsets); y [R, H] receives outputs.
-void grouped_experts(const InferLayer& L, const Dispatch& d, const float* xg, float* h1, float* h3, float* y, int H,
-                     int I);
 
 }  // namespace sky

@@ -7,9 +7,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "core/membw.h"
+#include "core/parallel.h"
 #include "core/rng.h"
-#include "core/threads.h"
 #include "infer/batch_forward.h"
 #include "infer/tp.h"
 
@@ -48,15 +47,15 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   const int V = c.vocab_size;
   auto say = [&](const std::string& s) { if (!o.quiet) fmt::print(stderr, "{}\n", s); };
   const int tp = m.tp ? m.tp->size() : 1;
-  say(fmt::format("bench infer: {} layers, hidden {}, {} experts top-{}, weights {} ({:.2f} GB{}, {}), {} threads{}",
+  say(fmt::format("bench infer: {} layers, hidden {}, {} experts top-{}, weights {} ({:.2f} GB{}, {}), {}{}",
                   c.num_layers, c.hidden_size, c.num_experts, c.top_k, m.weight_dtype, m.total_weight_bytes() / 1e9,
-                  tp > 1 ? " on rank 0" : "", m.mmapped ? "memory-mapped" : "in memory", num_threads(),
+                  tp > 1 ? " on rank 0" : "", m.mmapped ? "memory-mapped" : "in memory", m.be->describe(),
                   tp > 1 ? fmt::format(", tensor parallel over {} ranks", tp) : ""));
   // Share of a phase's wall time rank 0 spends in collectives (waiting for slower ranks included).
   auto comm_s = [&] { return m.tp ? m.tp->comm_seconds() : 0.0; };
   nlohmann::json comm = nlohmann::json::object(), comm_batched = nlohmann::json::object();
   warm_weights(m);
-  const double bw_before = read_bandwidth_gbs();
+  const double bw_before = m.be->memory_bandwidth_gbs(size_t(1) << 30, 5);
   BatchScratch s;
   std::vector<float> logits(size_t(std::max(64, *std::max_element(o.batches.begin(), o.batches.end()))) * V);
 
@@ -141,7 +140,7 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
     say(fmt::format("  decode batch {}: {:.1f} tokens/s ({:.0f}% of the {:.1f} tokens/s bandwidth roofline)", b, tps,
                     100 * tps / roof, roof));
   }
-  const double bw_after = read_bandwidth_gbs();
+  const double bw_after = m.be->memory_bandwidth_gbs(size_t(1) << 30, 5);
   say(fmt::format("  memory bandwidth (read, same run): {:.1f} GB/s before, {:.1f} GB/s after; decode reached {:.0f}%",
                   bw_before, bw_after, 100 * achieved / std::max(bw_before, bw_after)));
   comm["batched"] = comm_batched;
@@ -152,7 +151,8 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
           {"tp", tp},
           {"comm_fraction", comm},
           {"mmapped", m.mmapped},
-          {"threads", num_threads()},
+          {"threads", m.be->num_threads()},
+          {"device", m.be->describe()},
           {"prefill_tokens", o.prompt},
           {"prefill_tokens_per_s", prefill_tps},
           {"decode_tokens_per_s", decode_tps},

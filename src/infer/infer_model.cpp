@@ -1,8 +1,10 @@
 #include "infer/infer_model.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "io/safetensors.h"
 #include "model/params.h"
 
@@ -129,10 +131,9 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
                             o, true, &mm);
   }
   m.layers.resize(c.num_layers);
-  std::exception_ptr err;
-#pragma omp parallel for schedule(dynamic)
-  for (int l = 0; l < c.num_layers; l++) {
-    try {
+  std::atomic<bool> any_view{mm};
+  parallel_for(size_t(c.num_layers), [&](size_t li) {
+      const int l = int(li);
       bool lm = false;
       InferLayer& L = m.layers[l];
       const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -159,14 +160,9 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
         L.up = load_linear(r, p + "mlp.up_proj.weight", I, H, o, false, &lm, width);
         L.down = load_linear(r, p + "mlp.down_proj.weight", H, I, o, false, &lm, {}, width);
       }
-#pragma omp critical
-      mm = mm || lm;
-    } catch (...) {
-#pragma omp critical
-      if (!err) err = std::current_exception();
-    }
-  }
-  if (err) std::rethrow_exception(err);
+      if (lm) any_view = true;
+  });
+  mm = any_view;
   m.kv_bf16 = o.kv_dtype == "bf16";
   m.mmapped = mm;
   m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
@@ -177,6 +173,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
 
 InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, std::optional<DType> head) {
   InferModel m;
+  m.be = src.be;
   m.full_cfg = src.cfg;
   m.shard = src.shard;
   m.cfg = shard_config(src.cfg, src.shard);

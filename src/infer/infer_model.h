@@ -10,8 +10,9 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "model/shard.h"
-#include "ops/qmatmul.h"
-#include "ops/rope.h"
+#include "backend/backend.h"
+#include "core/rope_table.h"
+#include "core/weight.h"
 
 namespace sky {
 
@@ -50,6 +51,7 @@ struct InferModel {
   RopeTable rope;
   bool mmapped = false;  // true when some weights are views into the files
   bool kv_bf16 = false;  // sequences' KV caches in bf16 (InferLoadOptions::kv_dtype)
+  Backend* be = &backend();  // where batch_forward computes (--device)
 
   // `shard` (default: all) picks the slice to load: row blocks stay views into the map, column
   // blocks (o_proj, w2, down_proj) are copied, only this rank's part.

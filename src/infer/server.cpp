@@ -14,7 +14,6 @@
 #include <thread>
 
 #include "core/error.h"
-#include "core/threads.h"
 #include "dist/communicator.h"
 #include "infer/api.h"
 #include "infer/metrics.h"
@@ -173,7 +172,7 @@ struct Server::Impl {
   }
 
   void engine_loop() {
-    set_threads(o.threads);  // OpenMP settings are per thread: set them where the math runs
+    engine.model().be->set_threads(o.threads);  // thread settings are per thread: set them where the math runs
     bool busy = false;
     const auto idle_for = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.idle_interval_s));
     for (;;) {

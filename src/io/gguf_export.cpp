@@ -99,6 +99,10 @@ class Exporter {
   void metadata(const Tokenizer* tok) {
     const ModelConfig& c = c_;
     // llama.cpp's llama architecture has one FFN width and, when it has experts, experts in every layer.
+    SKY_CHECK(!c.has_moe() || (!c.router_sigmoid && c.norm_topk_prob && c.routed_scaling_factor == 1.0),
+              "GGUF export: llama.cpp's llama architecture routes with softmax and renormalized top-k weights; this "
+              "model's router (scoring {}, norm_topk_prob {}, routed_scaling_factor {}) cannot be written as it",
+              c.router_sigmoid ? "sigmoid" : "softmax", c.norm_topk_prob, c.routed_scaling_factor);
     SKY_CHECK(!c.has_moe() || (!c.has_dense() && c.moe_intermediate_size == c.intermediate_size),
               "GGUF export: this model's FFN ({}) cannot be written as llama.cpp's llama architecture, which has one "
               "FFN width and experts in every layer or none",

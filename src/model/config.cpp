@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -92,6 +93,8 @@ void ModelConfig::validate() const {
     SKY_CHECK(top_k <= num_experts, "config: top-k {} exceeds the number of experts {}", top_k, num_experts);
     SKY_CHECK(!logits_norm || num_experts >= 2, "config: gating logit normalization needs >= 2 experts");
     SKY_CHECK(gate_norm_std > 0, "config: moe_gate_norm_std must be positive, got {}", gate_norm_std);
+    SKY_CHECK(routed_scaling_factor > 0 && std::isfinite(routed_scaling_factor),
+              "config: routed_scaling_factor must be positive, got {}", routed_scaling_factor);
   }
   SKY_CHECK(rope_theta > 0, "config: rope_theta must be positive, got {}", rope_theta);
   SKY_CHECK(rms_norm_eps > 0, "config: rms_norm_eps must be positive, got {}", rms_norm_eps);
@@ -232,6 +235,15 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   if (c.num_experts <= 1) c.num_experts = 0;  // a single "expert" is the dense model (Skywork-13B)
   c.moe_intermediate_size =
       c.num_experts > 0 ? get_int(j, "moe_intermediate_size", src, false, c.intermediate_size) : 0;
+  // Router options, whatever the model type (defaults: what Skywork and Mixtral do).
+  if (j.contains("scoring_func") && !j["scoring_func"].is_null()) {
+    const json& sf = j["scoring_func"];
+    SKY_CHECK(sf == "softmax" || sf == "sigmoid", "{}: scoring_func {} is not supported (softmax or sigmoid)", src,
+              short_dump(sf));
+    c.router_sigmoid = sf == "sigmoid";
+  }
+  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, true);
+  c.routed_scaling_factor = get_num(j, "routed_scaling_factor", src, 1.0);
   try {
     c.validate();
   } catch (const Error& e) {
@@ -262,6 +274,9 @@ json ModelConfig::to_hf_json() const {
   j["torch_dtype"] = "float32";
   if (has_moe() && moe_intermediate_size != intermediate_size) j["moe_intermediate_size"] = moe_intermediate_size;
   const bool skywork = model_type == "skywork" || model_type == "skywork_moe";
+  if (has_moe() && router_sigmoid) j["scoring_func"] = "sigmoid";
+  if (has_moe() && !norm_topk_prob) j["norm_topk_prob"] = false;
+  if (has_moe() && routed_scaling_factor != 1.0) j["routed_scaling_factor"] = routed_scaling_factor;
   if (has_moe() && !skywork) {
     if (first_dense_layers > 0) j["first_k_dense_replace"] = first_dense_layers;
     if (moe_layer_step != 1) j["decoder_sparse_step"] = moe_layer_step;

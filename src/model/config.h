@@ -36,6 +36,9 @@ struct ModelConfig {
   int max_position_embeddings = 4096;
   bool logits_norm = false;    // gating logit normalization (Skywork eq. 6)
   double gate_norm_std = 1.0;  // lambda
+  bool router_sigmoid = false;         // scoring_func "sigmoid" (DeepSeek-V3); else softmax
+  bool norm_topk_prob = true;          // renormalize the top-k weights (Skywork, Mixtral: always)
+  double routed_scaling_factor = 1.0;  // multiplies the top-k weights (DeepSeek)
   int bos_token_id = 1;
   int eos_token_id = 2;
 

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -51,11 +52,10 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, const Shard& shard) {
     const double stdev = 0.02 * (is_out ? out_scale : 1.0);
     const size_t n = size_t(shape_numel(s.full_shape)), nchunks = (n + chunk - 1) / chunk;
     // Each chunk has its own generator so the values do not depend on the thread count.
-#pragma omp parallel for schedule(dynamic)
-    for (size_t c = 0; c < nchunks; c++) {
+    parallel_for(nchunks, [&](size_t c) {
       Rng rng(seed * 1000003ull + si * 7919ull + c * 104729ull + 1);
       for (size_t i = c * chunk; i < std::min(n, (c + 1) * chunk); i++) p[i] = float(stdev * rng.normal());
-    }
+    });
     if (block) copy_block_from_full(s, whole.data(), dst);
   }
   return m;
@@ -94,18 +94,7 @@ static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst)
 
 void load_params(const std::string& dir, const ParamLayout& layout, float* out) {
   SafetensorsReader r = SafetensorsReader::open(dir);
-  // Exceptions must not escape an OpenMP region: keep the first and rethrow after the loop.
-  std::exception_ptr err;
-#pragma omp parallel for schedule(dynamic)
-  for (size_t i = 0; i < layout.specs.size(); i++) {
-    try {
-      load_one(r, layout.specs[i], out + layout.specs[i].offset);
-    } catch (...) {
-#pragma omp critical
-      if (!err) err = std::current_exception();
-    }
-  }
-  if (err) std::rethrow_exception(err);
+  parallel_for(layout.specs.size(), [&](size_t i) { load_one(r, layout.specs[i], out + layout.specs[i].offset); });
 }
 
 Model Model::load(const std::string& dir) { return load(dir, std::nullopt); }

@@ -7,7 +7,8 @@
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/params.h"
-#include "ops/rope.h"
+#include "backend/backend.h"
+#include "core/rope_table.h"
 
 namespace sky {
 
@@ -18,6 +19,7 @@ struct Model {
   FloatBuf params;
   ParamView<float> w;  // named views into params
   RopeTable rope;      // cos/sin for positions [0, max_position_embeddings)
+  Backend* be = &backend();  // where forward/backward compute (--device)
 
   Model() = default;
   Model(const Model&) = delete;  // views point into params

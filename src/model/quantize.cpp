@@ -7,7 +7,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
-#include "ops/qmatmul.h"
+#include "core/weight.h"
 
 namespace sky {
 

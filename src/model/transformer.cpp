@@ -5,21 +5,25 @@
 
 #include "core/error.h"
 #include "dist/communicator.h"
-#include "ops/attention.h"
-#include "ops/cross_entropy.h"
-#include "ops/embedding.h"
-#include "ops/matmul.h"
-#include "ops/rmsnorm.h"
-#include "ops/swiglu.h"
+#include "backend/backend.h"
 
 namespace sky {
 
+RouterOptions router_options(const ModelConfig& cfg) {
+  RouterOptions r;
+  r.num_experts = cfg.num_experts;
+  r.top_k = cfg.top_k;
+  r.logits_norm = cfg.logits_norm;
+  r.lambda = cfg.gate_norm_std;
+  r.sigmoid = cfg.router_sigmoid;
+  r.renormalize = cfg.norm_topk_prob;
+  r.scale = cfg.routed_scaling_factor;
+  return r;
+}
+
 MoeOptions moe_options(const ModelConfig& cfg, double capacity_factor, DropPolicy policy, AuxLossType aux) {
   MoeOptions o;
-  o.router.num_experts = cfg.num_experts;
-  o.router.top_k = cfg.top_k;
-  o.router.logits_norm = cfg.logits_norm;
-  o.router.lambda = cfg.gate_norm_std;
+  o.router = router_options(cfg);
   o.capacity_factor = capacity_factor;
   o.policy = policy;
   o.aux = aux;
@@ -101,11 +105,6 @@ static MoeWeights<float> moe_weights(const Model& m, const LayerView<float>& L) 
   return w;
 }
 
-static void add_inplace(float* y, const float* x, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (size_t i = 0; i < n; i++) y[i] += x[i];
-}
-
 static void tp_sum(Communicator* tp, float* data, size_t n) {
   if (tp) tp->all_reduce_sum(data, n);
 }
@@ -115,18 +114,19 @@ static void tp_sum(Communicator* tp, float* data, size_t n) {
 static void ffn_forward(const Model& m, int l, LayerActs& A, const float* in, float* out, int N, const MoeOptions& moe,
                         Communicator* tp) {
   const Dims d(m);
+  Backend& be = *m.be;
   const auto& L = m.w.layers[l];
   if (m.cfg.layer_is_moe(m.shard.layer_begin + l)) {
-    moe_forward(out, in, N, moe_weights(m, L), moe, A.moe);
+    moe_forward(be, out, in, N, moe_weights(m, L), moe, A.moe);
     return;
   }
   A.h1.resize(size_t(N) * d.I);
   A.h3.resize(size_t(N) * d.I);
   A.act.resize(size_t(N) * d.I);
-  matmul_forward(A.h1.data(), in, L.w_gate, N, d.H, d.I);
-  matmul_forward(A.h3.data(), in, L.w_up, N, d.H, d.I);
-  swiglu_forward(A.act.data(), A.h1.data(), A.h3.data(), long(N) * d.I);
-  matmul_forward(out, A.act.data(), L.w_down, N, d.I, d.H);
+  be.matmul(A.h1.data(), in, L.w_gate, N, d.H, d.I);
+  be.matmul(A.h3.data(), in, L.w_up, N, d.H, d.I);
+  be.swiglu(A.act.data(), A.h1.data(), A.h3.data(), long(N) * d.I);
+  be.matmul(out, A.act.data(), L.w_down, N, d.I, d.H);
   tp_sum(tp, out, size_t(N) * d.H);
 }
 
@@ -134,22 +134,23 @@ static void ffn_forward(const Model& m, int l, LayerActs& A, const float* in, fl
 static void layer_forward(const Model& m, int l, LayerActs& L, const float* x, float* y, const int32_t* pos, int B,
                           int T, const MoeOptions& moe, Communicator* tp) {
   const Dims d(m);
+  Backend& be = *m.be;
   const auto& W = m.w.layers[l];
   const int N = B * T;
   const float eps = float(m.cfg.rms_norm_eps);
-  rmsnorm_forward(L.ln1.data(), L.rstd1.data(), x, W.attn_norm, N, d.H, eps);
-  matmul_forward(L.q.data(), L.ln1.data(), W.wq, N, d.H, d.qd);
-  matmul_forward(L.k.data(), L.ln1.data(), W.wk, N, d.H, d.kvd);
-  matmul_forward(L.v.data(), L.ln1.data(), W.wv, N, d.H, d.kvd);
-  rope_forward(L.q.data(), pos, N, d.nh, m.rope);
-  rope_forward(L.k.data(), pos, N, d.nkv, m.rope);
-  attention_forward(L.ctx.data(), L.att.data(), L.q.data(), L.k.data(), L.v.data(), B, T, d.nh, d.nkv, d.hd);
-  matmul_forward(L.mid.data(), L.ctx.data(), W.wo, N, d.qd, d.H);
+  be.rmsnorm(L.ln1.data(), L.rstd1.data(), x, W.attn_norm, N, d.H, eps);
+  be.matmul(L.q.data(), L.ln1.data(), W.wq, N, d.H, d.qd);
+  be.matmul(L.k.data(), L.ln1.data(), W.wk, N, d.H, d.kvd);
+  be.matmul(L.v.data(), L.ln1.data(), W.wv, N, d.H, d.kvd);
+  be.rope(L.q.data(), pos, N, d.nh, m.rope);
+  be.rope(L.k.data(), pos, N, d.nkv, m.rope);
+  be.attention(L.ctx.data(), L.att.data(), L.q.data(), L.k.data(), L.v.data(), B, T, d.nh, d.nkv, d.hd);
+  be.matmul(L.mid.data(), L.ctx.data(), W.wo, N, d.qd, d.H);
   tp_sum(tp, L.mid.data(), size_t(N) * d.H);
-  add_inplace(L.mid.data(), x, size_t(N) * d.H);  // mid = x + attn
-  rmsnorm_forward(L.ln2.data(), L.rstd2.data(), L.mid.data(), W.ffn_norm, N, d.H, eps);
+  be.add(L.mid.data(), x, size_t(N) * d.H);  // mid = x + attn
+  be.rmsnorm(L.ln2.data(), L.rstd2.data(), L.mid.data(), W.ffn_norm, N, d.H, eps);
   ffn_forward(m, l, L, L.ln2.data(), y, N, moe, tp);
-  add_inplace(y, L.mid.data(), size_t(N) * d.H);
+  be.add(y, L.mid.data(), size_t(N) * d.H);
 }
 
 double forward(const Model& m, Activations& A, const int32_t* inputs, const int32_t* targets, int B, int T,
@@ -166,7 +167,8 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
     std::memcpy(A.targets.data(), targets, sizeof(int32_t) * N);
     check_tokens(targets, N, V, "target");
   }
-  if (m.shard.embed) embedding_forward(A.resid[0].data(), inputs, m.w.embed, N, H);
+  Backend& be = *m.be;
+  if (m.shard.embed) be.embedding(A.resid[0].data(), inputs, m.w.embed, N, H);
   A.moe_stats.resize(c.has_moe() ? nl : 0);
   for (int l = 0; l < nl; l++) {
     LayerActs& L = A.layer(l);
@@ -177,10 +179,10 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
       A.moe_stats[l] = {};  // a dense layer of a mixed model
   }
   if (!m.shard.head) return 0.0;
-  rmsnorm_forward(A.lnf.data(), A.rstdf.data(), A.resid[nl].data(), m.w.final_norm, N, H, float(c.rms_norm_eps));
-  matmul_forward(A.logits.data(), A.lnf.data(), m.w.lm_head, N, H, V);
+  be.rmsnorm(A.lnf.data(), A.rstdf.data(), A.resid[nl].data(), m.w.final_norm, N, H, float(c.rms_norm_eps));
+  be.matmul(A.logits.data(), A.lnf.data(), m.w.lm_head, N, H, V);
   if (!targets) return 0.0;
-  cross_entropy_forward(A.losses.data(), A.logits.data(), targets, N, V);
+  be.cross_entropy(A.losses.data(), A.logits.data(), targets, N, V);
   double sum = 0;
   for (int n = 0; n < N; n++) sum += A.losses[n];
   return sum / N;
@@ -193,7 +195,7 @@ static void grow(std::vector<float>& v, size_t n) {
 static void zero(std::vector<float>& v, size_t n) { std::fill(v.begin(), v.begin() + n, 0.0f); }
 
 // Dense SwiGLU FFN backward: accumulates d_in (partial under tensor parallelism) and weight grads.
-static void dense_ffn_backward(const Dims& d, const LayerView<float>& W, const LayerView<float>& G, LayerActs& L,
+static void dense_ffn_backward(Backend& be, const Dims& d, const LayerView<float>& W, const LayerView<float>& G, LayerActs& L,
                                Activations& A, const float* in, const float* d_out, float* d_in, int N) {
   const size_t NI = size_t(N) * d.I;
   grow(A.d_h1, NI);
@@ -202,16 +204,17 @@ static void dense_ffn_backward(const Dims& d, const LayerView<float>& W, const L
   zero(A.d_h1, NI);
   zero(A.d_h3, NI);
   zero(A.d_act, NI);
-  matmul_backward(A.d_act.data(), G.w_down, d_out, L.act.data(), W.w_down, N, d.I, d.H);
-  swiglu_backward(A.d_h1.data(), A.d_h3.data(), A.d_act.data(), L.h1.data(), L.h3.data(), long(NI));
-  matmul_backward(d_in, G.w_gate, A.d_h1.data(), in, W.w_gate, N, d.H, d.I);
-  matmul_backward(d_in, G.w_up, A.d_h3.data(), in, W.w_up, N, d.H, d.I);
+  be.matmul_backward(A.d_act.data(), G.w_down, d_out, L.act.data(), W.w_down, N, d.I, d.H);
+  be.swiglu_backward(A.d_h1.data(), A.d_h3.data(), A.d_act.data(), L.h1.data(), L.h3.data(), long(NI));
+  be.matmul_backward(d_in, G.w_gate, A.d_h1.data(), in, W.w_gate, N, d.H, d.I);
+  be.matmul_backward(d_in, G.w_up, A.d_h3.data(), in, W.w_up, N, d.H, d.I);
 }
 
 // Backward of layer_forward for local layer l: A.d_x holds the gradient of y on entry and of x on exit.
 static void layer_backward(const Model& m, int l, LayerActs& L, Activations& A, const LayerView<float>& GL,
                            const MoeOptions& moe, const LossWeights& lw, double scale, Communicator* tp) {
   const Dims d(m);
+  Backend& be = *m.be;
   const auto& W = m.w.layers[l];
   const int B = A.B, T = A.T, N = B * T;
   const size_t NH = size_t(N) * d.H;
@@ -222,35 +225,36 @@ static void layer_backward(const Model& m, int l, LayerActs& L, Activations& A, 
     MoeGrads<float> mg{GL.router, GL.w1, GL.w3, GL.w2};
     const int lg = m.shard.layer_begin + l;
     double alpha = lg < int(lw.aux_alpha.size()) ? lw.aux_alpha[lg] : 0.0;
-    moe_backward(A.d_ln.data(), mg, A.d_x.data(), L.ln2.data(), N, moe_weights(m, W), moe, L.moe, alpha * scale,
+    moe_backward(be, A.d_ln.data(), mg, A.d_x.data(), L.ln2.data(), N, moe_weights(m, W), moe, L.moe, alpha * scale,
                  lw.z_coef * scale);
   } else {
-    dense_ffn_backward(d, W, GL, L, A, L.ln2.data(), A.d_x.data(), A.d_ln.data(), N);
+    dense_ffn_backward(be, d, W, GL, L, A, L.ln2.data(), A.d_x.data(), A.d_ln.data(), N);
     tp_sum(tp, A.d_ln.data(), NH);
   }
-  rmsnorm_backward(A.d_mid.data(), GL.ffn_norm, A.d_ln.data(), L.mid.data(), W.ffn_norm, L.rstd2.data(), N, d.H);
+  be.rmsnorm_backward(A.d_mid.data(), GL.ffn_norm, A.d_ln.data(), L.mid.data(), W.ffn_norm, L.rstd2.data(), N, d.H);
   // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
   std::copy(A.d_mid.begin(), A.d_mid.begin() + NH, A.d_x.begin());
   zero(A.d_ctx, size_t(N) * d.qd);
-  matmul_backward(A.d_ctx.data(), GL.wo, A.d_mid.data(), L.ctx.data(), W.wo, N, d.qd, d.H);
+  be.matmul_backward(A.d_ctx.data(), GL.wo, A.d_mid.data(), L.ctx.data(), W.wo, N, d.qd, d.H);
   zero(A.d_q, size_t(N) * d.qd);
   zero(A.d_k, size_t(N) * d.kvd);
   zero(A.d_v, size_t(N) * d.kvd);
-  attention_backward(A.d_q.data(), A.d_k.data(), A.d_v.data(), A.d_ctx.data(), L.q.data(), L.k.data(), L.v.data(),
+  be.attention_backward(A.d_q.data(), A.d_k.data(), A.d_v.data(), A.d_ctx.data(), L.q.data(), L.k.data(), L.v.data(),
                      L.att.data(), B, T, d.nh, d.nkv, d.hd);
-  rope_backward(A.d_q.data(), A.pos.data(), N, d.nh, m.rope);
-  rope_backward(A.d_k.data(), A.pos.data(), N, d.nkv, m.rope);
+  be.rope_backward(A.d_q.data(), A.pos.data(), N, d.nh, m.rope);
+  be.rope_backward(A.d_k.data(), A.pos.data(), N, d.nkv, m.rope);
   zero(A.d_ln, NH);
-  matmul_backward(A.d_ln.data(), GL.wq, A.d_q.data(), L.ln1.data(), W.wq, N, d.H, d.qd);
-  matmul_backward(A.d_ln.data(), GL.wk, A.d_k.data(), L.ln1.data(), W.wk, N, d.H, d.kvd);
-  matmul_backward(A.d_ln.data(), GL.wv, A.d_v.data(), L.ln1.data(), W.wv, N, d.H, d.kvd);
+  be.matmul_backward(A.d_ln.data(), GL.wq, A.d_q.data(), L.ln1.data(), W.wq, N, d.H, d.qd);
+  be.matmul_backward(A.d_ln.data(), GL.wk, A.d_k.data(), L.ln1.data(), W.wk, N, d.H, d.kvd);
+  be.matmul_backward(A.d_ln.data(), GL.wv, A.d_v.data(), L.ln1.data(), W.wv, N, d.H, d.kvd);
   tp_sum(tp, A.d_ln.data(), NH);
-  rmsnorm_backward(A.d_x.data(), GL.attn_norm, A.d_ln.data(), A.resid[l].data(), W.attn_norm, L.rstd1.data(), N, d.H);
+  be.rmsnorm_backward(A.d_x.data(), GL.attn_norm, A.d_ln.data(), A.resid[l].data(), W.attn_norm, L.rstd1.data(), N, d.H);
 }
 
 void backward(const Model& m, Activations& A, float* grads, const MoeOptions& moe, const LossWeights& lw,
               double scale, double global_tokens, Communicator* tp, const float* d_top) {
   const Dims d(m);
+  Backend& be = *m.be;
   const int B = A.B, T = A.T, N = B * T, nl = m.shard.num_layers();
   const size_t NH = size_t(N) * d.H;
   ParamView<float> G = param_view<float>(m.layout, m.shard.layer_begin, nl, grads);
@@ -265,11 +269,11 @@ void backward(const Model& m, Activations& A, float* grads, const MoeOptions& mo
     grow(A.d_logits, size_t(N) * d.V);
     std::vector<float> dloss(N, float(scale / (global_tokens > 0 ? global_tokens : N)));
     zero(A.d_logits, size_t(N) * d.V);
-    cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, d.V);
+    be.cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, d.V);
     zero(A.d_lnf, NH);
-    matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, d.H, d.V);
+    be.matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, d.H, d.V);
     zero(A.d_x, NH);  // d_x: gradient wrt the residual stream at the current depth
-    rmsnorm_backward(A.d_x.data(), G.final_norm, A.d_lnf.data(), A.resid[nl].data(), m.w.final_norm, A.rstdf.data(), N,
+    be.rmsnorm_backward(A.d_x.data(), G.final_norm, A.d_lnf.data(), A.resid[nl].data(), m.w.final_norm, A.rstdf.data(), N,
                      d.H);
   } else {
     SKY_CHECK(d_top, "backward: a shard without the LM head needs the gradient of its output");
@@ -281,7 +285,7 @@ void backward(const Model& m, Activations& A, float* grads, const MoeOptions& mo
       layer_forward(m, l, *A.scratch, A.resid[l].data(), A.resid[l + 1].data(), A.pos.data(), B, T, moe, tp);
     layer_backward(m, l, A.layer(l), A, G.layers[l], moe, lw, scale, tp);
   }
-  if (m.shard.embed) embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, d.H);
+  if (m.shard.embed) be.embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, d.H);
 }
 
 }  // namespace sky

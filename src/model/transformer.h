@@ -17,6 +17,8 @@ namespace sky {
 
 class Communicator;
 
+// The router as the config describes it (scoring, logit normalization, renormalization, scaling).
+RouterOptions router_options(const ModelConfig& cfg);
 // Router options from the config plus the training-time choices (capacity, policy, aux type).
 MoeOptions moe_options(const ModelConfig& cfg, double capacity_factor = 0.0, DropPolicy policy = DropPolicy::Prob,
                        AuxLossType aux = AuxLossType::Skywork);

@@ -6,8 +6,7 @@
 
 #include "core/error.h"
 #include "dist/communicator.h"
-#include "ops/matmul.h"
-#include "ops/swiglu.h"
+#include "backend/backend.h"
 
 namespace sky {
 
@@ -116,7 +115,8 @@ void reduce_partial(const MoeParallel& p, T* data, size_t n) {
 }  // namespace
 
 template <class T>
-void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOptions& o, MoeCache<T>& c) {
+void moe_forward(Backend& be, T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOptions& o,
+                 MoeCache<T>& c) {
   const int H = w.H, I = w.I, E = w.E, k = o.router.top_k, held = w.held();
   const MoeParallel& par = o.par;
   SKY_CHECK(o.router.num_experts == E, "moe: router has {} experts, weights have {}", o.router.num_experts, E);
@@ -124,7 +124,7 @@ void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOpt
   c.probs.resize((long)N * E);
   c.topk_idx.resize((long)N * k);
   c.topk_w.resize((long)N * k);
-  matmul_forward(c.logits.data(), x, w.router, N, H, E, /*exact=*/true);
+  be.matmul(c.logits.data(), x, w.router, N, H, E, /*exact=*/true);
   router_forward(c.probs.data(), c.topk_idx.data(), c.topk_w.data(), c.logits.data(), N, o.router);
   make_dispatch_into(c.disp, c.topk_idx.data(), c.probs.data(), N, E, k, o.capacity_factor, o.policy);
   const Dispatch& d = c.disp;
@@ -133,8 +133,12 @@ void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOpt
   const long S = long(c.sel.size()), Rr = c.held_offsets[held];
   c.xg.resize(S * H);
   c.y.resize(S * H);
-#pragma omp parallel for schedule(static) if (S * H > 65536)
-  for (long i = 0; i < S; i++) std::memcpy(&c.xg[i * H], x + (long)d.row_token[c.sel[i]] * H, sizeof(T) * H);
+  // Token of each selected row (the permute), and the selected row of each (token, slot) (the combine).
+  c.sel_token.resize(S);
+  for (long i = 0; i < S; i++) c.sel_token[i] = d.row_token[c.sel[i]];
+  c.slot_sel.resize((long)N * k);
+  for (long i = 0; i < (long)N * k; i++) c.slot_sel[i] = d.slot_row[i] < 0 ? -1 : c.sel_of_row[d.slot_row[i]];
+  be.gather_rows(c.xg.data(), x, c.sel_token.data(), S, H);
   const T* xr = c.xg.data();
   T* yr = c.y.data();
   if (par.exchange) {
@@ -151,31 +155,20 @@ void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOpt
   for (int j = 0; j < held; j++) {
     long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
     if (cnt == 0) continue;
-    matmul_forward(&c.h1[b * I], xr + b * H, w.w1 + (long)j * I * H, cnt, H, I);
-    matmul_forward(&c.h3[b * I], xr + b * H, w.w3 + (long)j * I * H, cnt, H, I);
+    be.matmul(&c.h1[b * I], xr + b * H, w.w1 + (long)j * I * H, cnt, H, I);
+    be.matmul(&c.h3[b * I], xr + b * H, w.w3 + (long)j * I * H, cnt, H, I);
   }
-  swiglu_forward(c.act.data(), c.h1.data(), c.h3.data(), Rr * I);
+  be.swiglu(c.act.data(), c.h1.data(), c.h3.data(), Rr * I);
   for (int j = 0; j < held; j++) {
     long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
     if (cnt == 0) continue;
-    matmul_forward(yr + b * H, &c.act[b * I], w.w2 + (long)j * H * I, cnt, I, H);
+    be.matmul(yr + b * H, &c.act[b * I], w.w2 + (long)j * H * I, cnt, I, H);
   }
   if (par.exchange) exchange_rows(c, par, H, c.yr.data(), c.y.data(), true);
 
-  // Combine per token (slot_row) rather than scatter per row: no write conflicts, fixed summation order.
-#pragma omp parallel for schedule(static) if ((long)N * H > 65536)
-  for (long n = 0; n < N; n++) {
-    T* on = out + n * H;
-    for (int h = 0; h < H; h++) on[h] = T(0);
-    for (int s = 0; s < k; s++) {
-      long r = d.slot_row[n * k + s];
-      if (r < 0) continue;  // dropped: contributes nothing, the other weights are not renormalized
-      long i = c.sel_of_row[r];
-      if (i < 0) continue;  // handled by another rank of the partial group
-      T wt = c.topk_w[n * k + s];
-      for (int h = 0; h < H; h++) on[h] += wt * c.y[i * H + h];
-    }
-  }
+  // Dropped slots and experts another rank of the partial group computes contribute nothing (the
+  // other weights are not renormalized).
+  be.combine(out, c.y.data(), c.slot_sel.data(), c.topk_w.data(), N, k, H);
   reduce_partial(par, out, size_t(N) * H);
 
   c.stats = router_stats(c.probs.data(), c.logits.data(), c.topk_idx.data(), N, E, k);
@@ -193,7 +186,7 @@ void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOpt
 }
 
 template <class T>
-void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N, const MoeWeights<T>& w,
+void moe_backward(Backend& be, T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N, const MoeWeights<T>& w,
                   const MoeOptions& o, const MoeCache<T>& c, double aux_coef, double z_coef) {
   const int H = w.H, I = w.I, E = w.E, k = o.router.top_k, held = w.held();
   const MoeParallel& par = o.par;
@@ -201,26 +194,10 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
   const long S = long(c.sel.size()), Rr = c.held_offsets[held];
 
   // Combine backward: dy_row = w * dout[n], dw = <dout[n], y_row> (0 for dropped slots).
-  c.dtopk_w.assign((long)N * k, T(0));
+  c.dtopk_w.resize((long)N * k);
   c.d_rows.resize(S * H);
   T* dy = c.d_rows.data();
-#pragma omp parallel for schedule(static) if ((long)N * H > 65536)
-  for (long n = 0; n < N; n++) {
-    const T* dn = dout + n * H;
-    for (int s = 0; s < k; s++) {
-      long r = d.slot_row[n * k + s];
-      if (r < 0) continue;
-      long i = c.sel_of_row[r];
-      if (i < 0) continue;
-      T wt = c.topk_w[n * k + s];
-      double dot = 0;
-      for (int h = 0; h < H; h++) {
-        dot += dn[h] * c.y[i * H + h];
-        dy[i * H + h] = wt * dn[h];
-      }
-      c.dtopk_w[n * k + s] = T(dot);
-    }
-  }
+  be.combine_backward(dy, c.dtopk_w.data(), dout, c.y.data(), c.slot_sel.data(), c.topk_w.data(), N, k, H);
   reduce_partial(par, c.dtopk_w.data(), c.dtopk_w.size());  // every rank holds part of each output
   T* dyr = dy;
   if (par.exchange) {
@@ -235,12 +212,12 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
   for (int j = 0; j < held; j++) {
     long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
     if (cnt == 0) continue;
-    matmul_backward(&c.dact[b * I], g.w2 ? g.w2 + (long)j * H * I : nullptr, dyr + b * H, &c.act[b * I],
+    be.matmul_backward(&c.dact[b * I], g.w2 ? g.w2 + (long)j * H * I : nullptr, dyr + b * H, &c.act[b * I],
                     w.w2 + (long)j * H * I, cnt, I, H);
   }
   c.dh1.assign(Rr * I, T(0));
   c.dh3.assign(Rr * I, T(0));
-  swiglu_backward(c.dh1.data(), c.dh3.data(), c.dact.data(), c.h1.data(), c.h3.data(), Rr * I);
+  be.swiglu_backward(c.dh1.data(), c.dh3.data(), c.dact.data(), c.h1.data(), c.h3.data(), Rr * I);
   // The gradient of the computed rows' inputs reuses their output-gradient buffer (dead now).
   T* dxr = dx ? dyr : nullptr;
   if (dxr) std::memset(dxr, 0, sizeof(T) * Rr * H);
@@ -248,9 +225,9 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
     long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
     if (cnt == 0) continue;
     const long off = (long)j * I * H;
-    matmul_backward(dxr ? dxr + b * H : nullptr, g.w1 ? g.w1 + off : nullptr, &c.dh1[b * I], xr + b * H,
+    be.matmul_backward(dxr ? dxr + b * H : nullptr, g.w1 ? g.w1 + off : nullptr, &c.dh1[b * I], xr + b * H,
                     w.w1 + off, cnt, H, I);
-    matmul_backward(dxr ? dxr + b * H : nullptr, g.w3 ? g.w3 + off : nullptr, &c.dh3[b * I], xr + b * H,
+    be.matmul_backward(dxr ? dxr + b * H : nullptr, g.w3 ? g.w3 + off : nullptr, &c.dh3[b * I], xr + b * H,
                     w.w3 + off, cnt, H, I);
   }
   if (dx) {
@@ -263,14 +240,7 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
       c.d_sum.assign(size_t(N) * H, T(0));
       acc = c.d_sum.data();
     }
-#pragma omp parallel for schedule(static) if ((long)N * H > 65536)
-    for (long n = 0; n < N; n++)
-      for (int s = 0; s < k; s++) {
-        long r = d.slot_row[n * k + s];
-        if (r < 0 || c.sel_of_row[r] < 0) continue;
-        const long i = c.sel_of_row[r];
-        for (int h = 0; h < H; h++) acc[n * H + h] += dxg[i * H + h];
-      }
+    be.unpermute_add(acc, dxg, c.slot_sel.data(), N, k, H);
     if (par.partial) {
       reduce_partial(par, acc, size_t(N) * H);
       for (long i = 0; i < (long)N * H; i++) dx[i] += acc[i];
@@ -289,17 +259,17 @@ void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N,
   router_backward(c.dlogits.data(), dprobs, c.dtopk_w.data(), c.logits.data(), c.probs.data(), c.topk_idx.data(),
                   N, o.router);
   if (z_coef != 0) z_loss_backward_tokens(c.dlogits.data(), z_coef, c.logits.data(), N, E, c.stats.tokens);
-  matmul_backward(dx, g.router, c.dlogits.data(), x, w.router, N, H, E, /*exact=*/true);
+  be.matmul_backward(dx, g.router, c.dlogits.data(), x, w.router, N, H, E, /*exact=*/true);
 }
 
-template void moe_forward<float>(float*, const float*, int, const MoeWeights<float>&, const MoeOptions&,
+template void moe_forward<float>(Backend&, float*, const float*, int, const MoeWeights<float>&, const MoeOptions&,
                                  MoeCache<float>&);
-template void moe_forward<double>(double*, const double*, int, const MoeWeights<double>&, const MoeOptions&,
+template void moe_forward<double>(Backend&, double*, const double*, int, const MoeWeights<double>&, const MoeOptions&,
                                   MoeCache<double>&);
-template void moe_backward<float>(float*, const MoeGrads<float>&, const float*, const float*, int,
+template void moe_backward<float>(Backend&, float*, const MoeGrads<float>&, const float*, const float*, int,
                                   const MoeWeights<float>&, const MoeOptions&, const MoeCache<float>&, double,
                                   double);
-template void moe_backward<double>(double*, const MoeGrads<double>&, const double*, const double*, int,
+template void moe_backward<double>(Backend&, double*, const MoeGrads<double>&, const double*, const double*, int,
                                    const MoeWeights<double>&, const MoeOptions&, const MoeCache<double>&, double,
                                    double);
 

@@ -11,6 +11,7 @@
 
 namespace sky {
 
+class Backend;
 class Communicator;
 
 // How one rank takes part in an MoE layer whose experts are spread over several ranks (DESIGN.md
@@ -66,6 +67,8 @@ struct MoeCache {
   // This rank's routed rows (its token share; without an exchange only rows of experts it holds):
   std::vector<int32_t> sel;              // [S]: routed row of each selected row
   std::vector<int32_t> sel_of_row;       // [R]: index into sel, -1 when not selected
+  std::vector<int32_t> sel_token;        // [S]: token of each selected row
+  std::vector<int32_t> slot_sel;         // [N,k]: selected row of each (token, slot), -1 if none
   std::vector<T> xg, y;                  // [S,H]: inputs and (returned) expert outputs of the selected rows
   // The rows computed here, grouped by held expert (the selected rows themselves without an exchange):
   std::vector<int32_t> held_offsets;     // [held+1]
@@ -86,11 +89,12 @@ struct MoeCache {
 
 // out [N, H] = MoE(x [N, H]) (overwrites out).
 template <class T>
-void moe_forward(T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOptions& o, MoeCache<T>& cache);
+void moe_forward(Backend& be, T* out, const T* x, int N, const MoeWeights<T>& w, const MoeOptions& o,
+                 MoeCache<T>& cache);
 
 // dx [N, H] += ..., grads += ... for loss = <dout, out> + aux_coef * aux_loss + z_coef * z_loss.
 template <class T>
-void moe_backward(T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N, const MoeWeights<T>& w,
+void moe_backward(Backend& be, T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N, const MoeWeights<T>& w,
                   const MoeOptions& o, const MoeCache<T>& cache, double aux_coef, double z_coef);
 
 }  // namespace sky

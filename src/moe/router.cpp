@@ -22,7 +22,6 @@ template <class T>
 void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o) {
   const int E = o.num_experts, k = o.top_k;
   SKY_CHECK(E >= 1 && k >= 1 && k <= E, "router: need 1 <= top_k ({}) <= num_experts ({})", k, E);
-#pragma omp parallel for schedule(static) if (long(N) * E > 32768)
   for (int n = 0; n < N; n++) {
     const T* z = logits + (long)n * E;
     T* g = probs + (long)n * E;
@@ -35,14 +34,18 @@ void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int
     } else {
       for (int i = 0; i < E; i++) g[i] = z[i];
     }
-    T mx = g[0];
-    for (int i = 1; i < E; i++) mx = g[i] > mx ? g[i] : mx;
-    double sum = 0;
-    for (int i = 0; i < E; i++) {
-      g[i] = std::exp(g[i] - mx);
-      sum += g[i];
+    if (o.sigmoid) {
+      for (int i = 0; i < E; i++) g[i] = T(1.0 / (1.0 + std::exp(-double(g[i]))));
+    } else {
+      T mx = g[0];
+      for (int i = 1; i < E; i++) mx = g[i] > mx ? g[i] : mx;
+      double sum = 0;
+      for (int i = 0; i < E; i++) {
+        g[i] = std::exp(g[i] - mx);
+        sum += g[i];
+      }
+      for (int i = 0; i < E; i++) g[i] = T(g[i] / sum);
     }
-    for (int i = 0; i < E; i++) g[i] = T(g[i] / sum);
 
     // Top-k by repeated scans (k is tiny). Strict '>' over ascending i sends ties to the lower index.
     int32_t* idx = topk_idx + (long)n * k;
@@ -57,7 +60,9 @@ void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int
       idx[s] = best;
       S += g[best];
     }
-    for (int s = 0; s < k; s++) topk_w[(long)n * k + s] = T(g[idx[s]] / S);  // S >= max g > 0
+    // S >= max g > 0 (sigmoid scores are positive too).
+    const double f = o.renormalize ? o.scale / S : o.scale;
+    for (int s = 0; s < k; s++) topk_w[(long)n * k + s] = T(g[idx[s]] * f);
   }
 }
 
@@ -65,7 +70,6 @@ template <class T>
 void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* logits, const T* probs,
                      const int32_t* topk_idx, int N, const RouterOptions& o) {
   const int E = o.num_experts, k = o.top_k;
-#pragma omp parallel for schedule(static) if (long(N) * E > 32768)
   for (int n = 0; n < N; n++) {
     const T* z = logits + (long)n * E;
     const T* g = probs + (long)n * E;
@@ -74,23 +78,28 @@ void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* log
     const T* dw = dtopk_w ? dtopk_w + (long)n * k : nullptr;
     T* dz = dlogits + (long)n * E;
 
-    // w_s = g_s / S  =>  dL/dg_j (selected) = (dw_j - sum_s dw_s w_s) / S.
+    // Renormalized, w_s = scale * g_s / S  =>  dL/dg_j (selected) = scale * (dw_j - sum_s dw_s g_s / S) / S;
+    // else w_s = scale * g_s  =>  dL/dg_j = scale * dw_j.
     double S = 0, wdw = 0;
     for (int s = 0; s < k; s++) S += g[idx[s]];
-    if (dw)
+    if (dw && o.renormalize)
       for (int s = 0; s < k; s++) wdw += dw[s] * (g[idx[s]] / S);
-    // Gradient at the softmax output, recomputed on the fly so no per-token scratch is needed.
+    const double f = o.renormalize ? o.scale / S : o.scale;
+    // Gradient at the scores, recomputed on the fly so no per-token scratch is needed.
     auto dg = [&](int i) {
       double v = dp ? dp[i] : 0.0;
       if (dw)
         for (int s = 0; s < k; s++)
-          if (idx[s] == i) v += (dw[s] - wdw) / S;
+          if (idx[s] == i) v += (dw[s] - wdw) * f;
       return v;
     };
     double c = 0;  // softmax backward: dz~_i = g_i (dg_i - sum_j g_j dg_j)
-    for (int i = 0; i < E; i++) c += g[i] * dg(i);
+    if (!o.sigmoid)
+      for (int i = 0; i < E; i++) c += g[i] * dg(i);
+    // sigmoid backward: dz~_i = g_i (1 - g_i) dg_i
+    auto dzt = [&](int i) { return o.sigmoid ? g[i] * (1.0 - g[i]) * dg(i) : g[i] * (dg(i) - c); };
     if (!o.logits_norm) {
-      for (int i = 0; i < E; i++) dz[i] += T(g[i] * (dg(i) - c));
+      for (int i = 0; i < E; i++) dz[i] += T(dzt(i));
       continue;
     }
     // z~ = lambda * u / sd with u = z - mean(z), sd = sqrt(sum u^2 / (E-1)). With y = u / sd and
@@ -100,13 +109,13 @@ void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* log
     if (sd == 0) continue;
     double mdy = 0, ydy = 0;
     for (int i = 0; i < E; i++) {
-      double dy = o.lambda * g[i] * (dg(i) - c);
+      double dy = o.lambda * dzt(i);
       mdy += dy;
       ydy += dy * (z[i] - mu) / sd;
     }
     mdy /= E;
     for (int i = 0; i < E; i++) {
-      double dy = o.lambda * g[i] * (dg(i) - c);
+      double dy = o.lambda * dzt(i);
       double y = (z[i] - mu) / sd;
       dz[i] += T((dy - mdy - y * ydy / (E - 1)) / sd);
     }

@@ -6,8 +6,8 @@
 
 namespace sky {
 
-AdamW::AdamW(const ParamLayout& layout, const AdamWOptions& o, size_t begin, size_t end)
-    : o_(o), begin_(begin), end_(end ? end : layout.total), m_(end_ - begin_), v_(end_ - begin_) {
+AdamW::AdamW(const ParamLayout& layout, const AdamWOptions& o, size_t begin, size_t end, Backend& be)
+    : be_(&be), o_(o), begin_(begin), end_(end ? end : layout.total), m_(end_ - begin_), v_(end_ - begin_) {
   for (auto& s : layout.specs) {
     // Clip each spec to the owned range; adjacent specs with the same decay flag merge.
     size_t b = std::max(begin_, s.offset), e = std::min(end_, s.offset + s.numel());
@@ -27,39 +27,16 @@ void AdamW::update(float* p, const float* g, double lr, int64_t step, float grad
   float* v = v_.data() - begin_;
   for (const Range& r : ranges_) {
     const float shrink = r.decay ? float(1.0 - lr * o_.weight_decay) : 1.0f;
-    // One pass over p, g, m, v: the update is bound by memory traffic. (This file is built with
-    // -fno-math-errno so the square root vectorizes.)
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = r.begin; i < r.end; i++) {
-      float gi = g[i] * grad_scale;
-      m[i] = b1 * m[i] + (1 - b1) * gi;
-      v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-      p[i] = p[i] * shrink - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-    }
+    be_->adamw(p + r.begin, g + r.begin, m + r.begin, v + r.begin, r.end - r.begin, b1, b2, eps, shrink, step_size,
+               inv_sqrt_bc2, grad_scale);
   }
 }
 
-double grad_norm(const float* g, size_t n) {
-  // Fixed blocks summed in a fixed order, not an OpenMP reduction: libgomp combines reduction
-  // partials in thread-arrival order, so with 3+ threads the norm (and the clip coefficient) could
-  // differ in the last bit from run to run, breaking bit-for-bit resume.
-  constexpr size_t kBlock = size_t(1) << 14;
-  const size_t nb = (n + kBlock - 1) / kBlock;
-  std::vector<double> part(nb, 0.0);
-#pragma omp parallel for schedule(static) if (nb > 1)
-  for (size_t b = 0; b < nb; b++) {
-    double s = 0;
-    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); i++) s += double(g[i]) * g[i];
-    part[b] = s;
-  }
-  double s = 0;
-  for (double p : part) s += p;
-  return std::sqrt(s);
-}
+double grad_norm(const float* g, size_t n, Backend& be) { return std::sqrt(be.sum_squares(g, n)); }
 
-double clip_grad_norm(float* g, size_t n, double max_norm) {
-  double norm = grad_norm(g, n);
-  scale_for_clip(g, n, norm, max_norm);
+double clip_grad_norm(float* g, size_t n, double max_norm, Backend& be) {
+  double norm = grad_norm(g, n, be);
+  scale_for_clip(g, n, norm, max_norm, be);
   return norm;
 }
 
@@ -69,11 +46,9 @@ float clip_scale(double norm, double max_norm) {
   return coef < 1.0 ? float(coef) : 1.0f;
 }
 
-void scale_for_clip(float* g, size_t n, double norm, double max_norm) {
+void scale_for_clip(float* g, size_t n, double norm, double max_norm, Backend& be) {
   const float c = clip_scale(norm, max_norm);
-  if (c == 1.0f) return;
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; i++) g[i] *= c;
+  if (c != 1.0f) be.scale(g, n, c);
 }
 
 }  // namespace sky

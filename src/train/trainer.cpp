@@ -14,7 +14,6 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "core/threads.h"
 #include "dist/communicator.h"
 #include "io/checkpoint.h"
 #include "model/transformer.h"
@@ -115,7 +114,8 @@ struct Region {
   FloatBuf scratch;            // the owned part's reduced gradient (MPI forbids overlapping buffers)
   std::unique_ptr<AdamW> opt;
 
-  Region(const ParamLayout& layout, const AdamWOptions& adam, size_t b, size_t e, Communicator* g, bool z)
+  Region(const ParamLayout& layout, const AdamWOptions& adam, size_t b, size_t e, Communicator* g, bool z,
+         Backend& be)
       : begin(b), end(e), group(g && g->size() > 1 ? g : nullptr), zero(z && group) {
     const size_t n = end - begin, parts = group ? group->size() : 1;
     shard = zero ? (n + parts - 1) / parts : n;
@@ -126,7 +126,7 @@ struct Region {
     own_begin = zero ? std::min(end, begin + group->rank() * shard) : begin;
     own_end = zero ? std::min(end, own_begin + shard) : end;
     if (zero) scratch = FloatBuf(own_end - own_begin);
-    opt = std::make_unique<AdamW>(layout, adam, own_begin, own_end);
+    opt = std::make_unique<AdamW>(layout, adam, own_begin, own_end, be);
   }
 
   // Sums the replicas' gradients: all of them, or under ZeRO-1 only the owned part (reduce-scatter).
@@ -150,9 +150,9 @@ struct Region {
 
 // Sum of squares of g over [b, e), leaving out parameters that tensor-parallel ranks other than the
 // first hold as replicas.
-double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e, bool skip_tp_replicas) {
+double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e, bool skip_tp_replicas, Backend& be) {
   if (!skip_tp_replicas) {
-    double n = grad_norm(g + b, e - b);
+    double n = grad_norm(g + b, e - b, be);
     return n * n;
   }
   double sq = 0;
@@ -160,7 +160,7 @@ double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e
     if (!s.tp_split() && !s.is_expert()) continue;
     const size_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + s.numel());
     if (lo >= hi) continue;
-    double n = grad_norm(g + lo, hi - lo);
+    double n = grad_norm(g + lo, hi - lo, be);
     sq += n * n;
   }
   return sq;
@@ -171,8 +171,9 @@ double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e
 TrainResult train(const TrainOptions& o_in, const std::function<void(const StepLog&)>& on_step) {
   TrainOptions o = o_in;
   validate_train_options(o);
-  set_threads(o.threads);
-  set_matmul_precision(o.precision);
+  Backend& be = backend(o.device);
+  be.set_threads(o.threads);
+  be.set_matmul_precision(o.precision);
   set_collective_timeout(o.comm_timeout);
   Communicator& comm = world_comm();
 
@@ -200,6 +201,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   Model m = !resume_dir.empty()   ? Model::load(resume_dir, shard)
             : !o.model_dir.empty() ? Model::load(o.model_dir, shard)
                                    : Model::random(cfg, o.seed, shard);
+  m.be = &be;
 
   // Data.
   TokenFile data = TokenFile::open(o.data, cfg.vocab_size);
@@ -227,10 +229,10 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   std::vector<Region> regions;
   Communicator* experts_group = mesh.expert_replicas();
   if (m.layout.expert_begin < total && experts_group != mesh.dp_group.get()) {
-    regions.emplace_back(m.layout, o.adam, 0, m.layout.expert_begin, mesh.dp_group.get(), o.zero != 0);
-    regions.emplace_back(m.layout, o.adam, m.layout.expert_begin, total, experts_group, o.zero != 0);
+    regions.emplace_back(m.layout, o.adam, 0, m.layout.expert_begin, mesh.dp_group.get(), o.zero != 0, be);
+    regions.emplace_back(m.layout, o.adam, m.layout.expert_begin, total, experts_group, o.zero != 0, be);
   } else {
-    regions.emplace_back(m.layout, o.adam, 0, total, mesh.dp_group.get(), o.zero != 0);
+    regions.emplace_back(m.layout, o.adam, 0, total, mesh.dp_group.get(), o.zero != 0, be);
   }
   const ParamLayout full_layout = ParamLayout::build(cfg);
 
@@ -395,7 +397,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     s.step = step;
     s.alpha = alpha.alpha;
     LossWeights lw{alpha.alpha, o.z_loss};
-    parallel_zero(grads.data(), grads.size());
+    be.zero(grads.data(), grads.size());
     st.reset(Lm ? nl : 0, E);
     for (int micro = 0; micro < o.grad_accum; micro++) {
       batcher.next(in.data(), tgt.data());
@@ -446,7 +448,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     for (Region& r : regions) {
       r.reduce(grads.data());
       if (r.counts_in_norm()) sq += sum_squares(m.layout, grads.data(), r.norm_begin(), r.norm_end(),
-                                                mesh.tp > 1 && mesh.tp_rank > 0);
+                                                mesh.tp > 1 && mesh.tp_rank > 0, be);
     }
     comm.all_reduce_sum(&sq, 1);
     s.grad_norm = std::sqrt(sq);

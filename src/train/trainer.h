@@ -12,7 +12,7 @@
 #include "moe/adaptive_alpha.h"
 #include "moe/moe_layer.h"
 #include "train/optimizer.h"
-#include "ops/matmul.h"
+#include "backend/backend.h"
 #include "train/schedule.h"
 
 namespace sky {
@@ -39,6 +39,7 @@ struct TrainOptions {
   DataOrder data_order = DataOrder::Shuffled;
   uint64_t seed = 0;
   int threads = 0;
+  std::string device = "cpu";  // compute backend (backend/backend.h): cpu | ref
   // GEMM precision (bf16: mixed precision, f32 master weights and optimizer state).
   MatmulPrecision precision = MatmulPrecision::F32;
   std::string out_dir;

@@ -1,4 +1,4 @@
-#include "core/threads.h"
+#include "backend/cpu/threads.h"
 
 #include <omp.h>
 

@@ -1,10 +1,10 @@
-#include "ops/vmath.h"
+#include "backend/cpu/vmath.h"
 
 #include <algorithm>
 #include <cmath>
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "ops/vmath.cpp"
+#define HWY_TARGET_INCLUDE "backend/cpu/vmath.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"

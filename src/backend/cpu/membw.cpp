@@ -1,4 +1,4 @@
-#include "core/membw.h"
+#include "backend/cpu/membw.h"
 
 #include <algorithm>
 #include <chrono>
@@ -38,14 +38,6 @@ double read_bandwidth_gbs(size_t bytes, int reps) {
   }
   std::sort(gbs.begin(), gbs.end());
   return gbs[gbs.size() / 2];
-}
-
-double touch_bytes(const void* p, size_t bytes) {
-  const unsigned char* c = static_cast<const unsigned char*>(p);
-  double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (size_t i = 0; i < bytes; i += 64) s += c[i];
-  return s;
 }
 
 }  // namespace sky

@@ -2,7 +2,7 @@
 // is [position][kv head][hd]: walking positions and, inside, heads reads it once, front to back.
 // One BLAS matrix-vector call per head instead read it a head's 64 floats at a time, a row (4 KiB
 // and more) apart, and the calls' fixed costs dominated: a quarter of a batch-64 decode step.
-#include "ops/attention_decode.h"
+#include "backend/cpu/attention_decode.h"
 
 #include <cmath>
 #include <cstdint>
@@ -10,10 +10,10 @@
 #include "core/dtype.h"
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "ops/attention_decode.cpp"
+#define HWY_TARGET_INCLUDE "backend/cpu/attention_decode.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "ops/vmath.h"
+#include "backend/cpu/vmath.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace sky {

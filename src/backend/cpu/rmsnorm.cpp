@@ -1,4 +1,4 @@
-#include "ops/rmsnorm.h"
+#include "backend/cpu/rmsnorm.h"
 
 #include <omp.h>
 

@@ -1,4 +1,4 @@
-#include "ops/qmatmul_bf16.h"
+#include "backend/cpu/qmatmul_bf16.h"
 
 #include <immintrin.h>
 

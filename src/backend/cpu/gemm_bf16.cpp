@@ -1,4 +1,4 @@
-#include "ops/gemm_bf16.h"
+#include "backend/cpu/gemm_bf16.h"
 
 #include <immintrin.h>
 #include <omp.h>

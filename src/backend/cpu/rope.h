@@ -4,14 +4,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/rope_table.h"
+
 namespace sky {
 
-struct RopeTable {
-  int head_dim = 0, max_pos = 0;
-  std::vector<double> cos, sin;  // [max_pos, head_dim/2], computed in double
-  RopeTable() = default;
-  RopeTable(int head_dim, int max_pos, double theta);
-};
+
 
 // x [N, n_heads * head_dim] rotated in place; pos[n] is token n's position (< table.max_pos).
 template <class T>

@@ -1,9 +1,9 @@
-#include "ops/swiglu.h"
+#include "backend/cpu/swiglu.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "ops/vmath.h"
+#include "backend/cpu/vmath.h"
 
 namespace sky {
 

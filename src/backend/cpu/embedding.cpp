@@ -1,4 +1,4 @@
-#include "ops/embedding.h"
+#include "backend/cpu/embedding.h"
 
 #include <omp.h>
 

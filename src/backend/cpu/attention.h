@@ -3,6 +3,8 @@
 // h / (n_heads / n_kv_heads)). Layouts: q, out [B, T, n_heads*hd]; k, v [B, T, n_kv*hd].
 #include <cstdint>
 
+#include "backend/backend.h"
+
 namespace sky {
 
 // att [B, n_heads, T, T] receives the softmax probabilities (saved for backward; upper triangle 0).
@@ -23,19 +25,6 @@ void attention_cached(float* out, const float* q, const float* kcache, const flo
 
 // The same for many sequences (batched decoding, a prefill beside running sequences) in one
 // parallel region over every (sequence, head, row block).
-// A KV cache in f32 (k, v) or bf16 (kh, vh; the other pair null).
-struct KvView {
-  const float* k = nullptr;
-  const float* v = nullptr;
-  const uint16_t* kh = nullptr;
-  const uint16_t* vh = nullptr;
-};
-struct AttnSeq {
-  float* out;
-  const float* q;
-  KvView kv;
-  int start, n;
-};
 void attention_cached_batch(const AttnSeq* seqs, int count, int n_heads, int n_kv, int hd);
 
 }  // namespace sky

@@ -1,7 +1,7 @@
 // Quantized linear layers. The SIMD part is compiled once per x86 target by Highway (this file
 // includes itself through foreach_target.h, each pass with that target's function attributes), so
 // the build needs no -m flags and the best target is picked at run time.
-#include "ops/qmatmul.h"
+#include "backend/cpu/qmatmul.h"
 
 #include <omp.h>
 
@@ -12,10 +12,10 @@
 
 #include "core/error.h"
 #include "core/scratch.h"
-#include "ops/qmatmul_bf16.h"
+#include "backend/cpu/qmatmul_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "ops/qmatmul.cpp"
+#define HWY_TARGET_INCLUDE "backend/cpu/qmatmul.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
@@ -230,18 +230,19 @@ void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin
   p.run(w, y, o_begin, o_end);
 }
 
-void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> products) {
+void qmatmul_multi(const float* x, int N, const QProduct* ps, int count) {
+  const QProduct* const pe = ps + count;
   int64_t rows = 0, work = 0;
-  for (const QProduct& p : products) {
+  for (const QProduct* pp = ps; pp != pe; pp++) {
+    const QProduct& p = *pp;
     check(*p.w);
-    SKY_CHECK(p.w->I == products.begin()->w->I, "qmatmul_multi: input sizes differ ({} and {})", p.w->I,
-              products.begin()->w->I);
+    SKY_CHECK(p.w->I == ps->w->I, "qmatmul_multi: input sizes differ ({} and {})", p.w->I, ps->w->I);
     rows += p.w->O;
     work += int64_t(p.w->O) * p.w->I * N;
   }
   if (N <= 0 || rows == 0) return;
   Prepared prep(x, N);  // activations converted once, shared by the threads
-  for (const QProduct& p : products) prep.add(*p.w);
+  for (const QProduct* pp = ps; pp != pe; pp++) prep.add(*pp->w);
   // Split the concatenated output rows (so the weight bytes) evenly; chunk ends are multiples of
   // 12 rows within each matrix so the register tiles (3 or 4 rows) stay full. Tiny products stay
   // on one thread (fork/join costs a few us).
@@ -250,7 +251,8 @@ void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> produc
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
     int64_t base = 0;
-    for (const QProduct& p : products) {
+    for (const QProduct* pp = ps; pp != pe; pp++) {
+      const QProduct& p = *pp;
       const int O = p.w->O;
       auto snap = [&](int64_t r) { return int(std::clamp<int64_t>((r - base + 6) / 12 * 12, 0, O)); };
       const int o0 = snap(r0), o1 = r1 >= rows ? O : snap(r1);
@@ -260,46 +262,13 @@ void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> produc
   }
 }
 
+void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> products) {
+  qmatmul_multi(x, N, products.begin(), int(products.size()));
+}
+
 void qmatmul(float* y, const float* x, const QWeight& w, int N) { qmatmul_multi(x, N, {{y, &w}}); }
 
 const char* qmatmul_target() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
-
-QWeight quantize_weight(const float* w, int O, int I, DType dtype, bool per_row) {
-  QWeight q;
-  q.dtype = dtype;
-  q.O = O;
-  q.I = I;
-  q.storage = Tensor::empty(dtype, {O, I});
-  q.data = q.storage.data;
-  const size_t n = size_t(O) * I;
-  switch (dtype) {
-    case DType::F32: std::memcpy(q.storage.data, w, n * 4); break;
-    case DType::BF16: convert_from_f32(DType::BF16, w, q.storage.data, n); break;
-    case DType::F8_E4M3: {
-      const int ns = per_row ? O : 1;
-      q.scale_storage = Tensor::empty(DType::F32, {ns});
-      float* s = q.scale_storage.f32();
-      const size_t group = per_row ? size_t(I) : n;  // elements sharing one scale
-      for (int g = 0; g < ns; g++) {
-        float m = 0;
-        for (size_t i = 0; i < group; i++) m = std::max(m, std::fabs(w[g * group + i]));
-        const float sc = m / 448.0f;
-        s[g] = sc > 0 && std::isfinite(sc) ? sc : 1.0f;  // all-zero row: any scale works
-      }
-      auto* out = q.storage.as<uint8_t>();
-#pragma omp parallel for schedule(static) if (n > (1 << 20))
-      for (int o = 0; o < O; o++) {
-        const float so = s[per_row ? o : 0];
-        for (int i = 0; i < I; i++) out[size_t(o) * I + i] = f32_to_e4m3(w[size_t(o) * I + i] / so);
-      }
-      q.scale = s;
-      q.scale_count = ns;
-      break;
-    }
-    default: fail("quantize_weight: unsupported dtype {} (expected F32, BF16 or F8_E4M3)", dtype_name(dtype));
-  }
-  return q;
-}
 
 }  // namespace sky
 #endif  // HWY_ONCE

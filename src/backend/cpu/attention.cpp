@@ -1,4 +1,4 @@
-#include "ops/attention.h"
+#include "backend/cpu/attention.h"
 
 #include <omp.h>
 
@@ -9,10 +9,10 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "ops/attention_decode.h"
-#include "ops/blas.h"
-#include "ops/matmul.h"
-#include "ops/vmath.h"
+#include "backend/cpu/attention_decode.h"
+#include "backend/cpu/blas.h"
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/vmath.h"
 
 namespace sky {
 

@@ -7,25 +7,12 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "core/tensor.h"
+#include "backend/backend.h"
+#include "core/weight.h"
 
 namespace sky {
 
-struct QWeight {
-  DType dtype = DType::F32;  // F32, BF16 or F8_E4M3
-  int O = 0, I = 0;          // [O, I], row-major (HF layout)
-  const void* data = nullptr;
-  const float* scale = nullptr;  // F8_E4M3 only: 1 value (per-tensor) or O values (per-row)
-  int scale_count = 0;
-  Tensor storage, scale_storage;  // keep the bytes alive (owned, or a view into a memory map)
 
-  size_t bytes() const { return size_t(O) * I * dtype_size(dtype) + size_t(scale_count) * 4; }
-  float row_scale(int o) const { return scale ? scale[scale_count == 1 ? 0 : o] : 1.0f; }
-};
-
-// Makes a QWeight from f32 values, converting to `dtype`. For F8_E4M3, `per_row` chooses one scale
-// per output row (else one per tensor); scales map each row's (or the tensor's) max |w| to 448.
-QWeight quantize_weight(const float* w, int O, int I, DType dtype, bool per_row);
 
 // y[N, O] = x[N, I] * W^T (overwrites y). Parallel over output rows (OpenMP); every weight row is
 // read once for all N input rows. Rows of x and y are contiguous with strides I and O.
@@ -33,11 +20,9 @@ void qmatmul(float* y, const float* x, const QWeight& w, int N);
 
 // Several products of the same x [N, I] in one parallel region (e.g. the q, k and v projections):
 // ys[j] = x * ws[j]^T. The concatenated output rows are split evenly across the threads.
-struct QProduct {
-  float* y;
-  const QWeight* w;
-};
+using QProduct = LinearOut;
 void qmatmul_multi(const float* x, int N, std::initializer_list<QProduct> products);
+void qmatmul_multi(const float* x, int N, const QProduct* products, int count);
 
 // The same over a sub-range of output rows [o_begin, o_end) on the calling thread only (for use
 // inside a parallel region, e.g. grouped expert GEMMs). y keeps stride O.

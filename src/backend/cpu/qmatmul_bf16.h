@@ -7,7 +7,7 @@
 // target attributes and chosen at run time, so the binary still runs on any x86-64.
 #include <cstdint>
 
-#include "ops/qmatmul.h"
+#include "backend/cpu/qmatmul.h"
 
 namespace sky::bf16dot {
 

@@ -1,10 +1,10 @@
-#include "ops/matmul.h"
+#include "backend/cpu/matmul.h"
 
 #include <atomic>
 
 #include "core/error.h"
-#include "ops/blas.h"
-#include "ops/gemm_bf16.h"
+#include "backend/cpu/blas.h"
+#include "backend/cpu/gemm_bf16.h"
 
 namespace sky {
 
@@ -36,11 +36,6 @@ void set_matmul_precision(MatmulPrecision p) {
 
 MatmulPrecision matmul_precision() { return g_precision; }
 
-MatmulPrecision parse_matmul_precision(const std::string& s) {
-  if (s == "f32") return MatmulPrecision::F32;
-  if (s == "bf16") return MatmulPrecision::BF16;
-  fail("--precision: expected f32 or bf16, got '{}'", s);
-}
 
 template <class T>
 void matmul_forward(T* out, const T* in, const T* w, int N, int I, int O, bool exact) {

@@ -4,7 +4,7 @@
 // are [n_heads * hd]; only those heads' outputs are written). scores: scratch of (h1 - h0) * L
 // floats. Single-threaded (callers run sequences or head ranges in parallel); a head's result
 // does not depend on the range it is in or on what else is in the batch.
-#include "ops/attention.h"
+#include "backend/cpu/attention.h"
 
 namespace sky {
 void attend_one(float* out, const float* q, const KvView& kv, int L, int n_heads, int n_kv, int hd, float* scores,

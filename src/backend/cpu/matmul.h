@@ -2,6 +2,8 @@
 // y = x W^T for a linear layer with HF-layout weight W [O, I].
 #include <cblas.h>
 
+#include "backend/backend.h"
+
 #include <string>
 
 namespace sky {
@@ -9,12 +11,9 @@ namespace sky {
 // Precision of the float GEMMs of training (forward and backward): F32 runs OpenBLAS sgemm; BF16
 // rounds both operands to bf16 and sums in f32 (mixed precision: weights, gradients and optimizer
 // state stay f32). Process-wide; set once before training. Double instantiations ignore it.
-enum class MatmulPrecision { F32, BF16 };
 bool matmul_bf16_supported();              // this CPU can run the BF16 path (AVX512-BF16)
 void set_matmul_precision(MatmulPrecision p);  // BF16 on a CPU without it: error
 MatmulPrecision matmul_precision();
-// "f32" | "bf16" (for flags); anything else: error naming the value.
-MatmulPrecision parse_matmul_precision(const std::string& s);
 
 // cblas_?gemm (row-major) under the training precision; exact or double: plain BLAS.
 void train_gemm(bool exact, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float* A,

@@ -1,9 +1,9 @@
-#include "ops/cross_entropy.h"
+#include "backend/cpu/cross_entropy.h"
 
 #include <cmath>
 #include <type_traits>
 
-#include "ops/vmath.h"
+#include "backend/cpu/vmath.h"
 
 namespace sky {
 

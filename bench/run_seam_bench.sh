@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Old binary beside new on the same machine, one run: bench infer (prefill, decode 1/16/64) and bench
+# train (f32, and bf16 where the CPU has AVX512-BF16), then the same 2-thread runs with one core kept
+# busy by another process (a spinning shell loop), to show how much speed survives a busy core.
+# usage: OLD=/path/to/old/skymoe bench/run_seam_bench.sh [threads]
+set -euo pipefail
+threads=${1:-2}
+new=${NEW:-build/skymoe}
+old=${OLD:?set OLD to the baseline binary}
+export OMP_NUM_THREADS=$threads
+lscpu | grep -E '^Model name|^Flags' | sed 's/^Flags:.*\(avx512_bf16\).*/ISA: AVX-512 with AVX512-BF16/; s/^Flags:.*avx2.*/ISA: AVX2 (no AVX512-BF16)/' | head -2
+has_bf16=$(grep -c avx512_bf16 /proc/cpuinfo || true)
+infer() { $1 bench infer --preset bench-moe --dtype fp8 --prompt 256 --decode 24 --batches 16,64 --batch-steps 6 --threads "$threads" --json 2>/dev/null; }
+train() { $1 bench train --preset train-moe --threads "$threads" --steps 3 --warmup-steps 1 --precision "$2" --json 2>/dev/null; }
+summ() {  # infer json -> prefill decode b16 b64
+  python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); b=j["batched_tokens_per_s"]; print(f"prefill {j[\"prefill_tokens_per_s\"]:.1f}  decode1 {j[\"decode_tokens_per_s\"]:.2f}  b16 {b[\"16\"]:.1f}  b64 {b[\"64\"]:.1f}")'
+}
+tps() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"],1))'; }
+for round in 1 2; do
+  echo "== round $round (idle cores)"
+  echo "infer old: $(infer "$old" | summ)"
+  echo "infer new: $(infer "$new" | summ)"
+  echo "train f32 old: $(train "$old" f32 | tps)  new: $(train "$new" f32 | tps)"
+  if [ "$has_bf16" != 0 ]; then echo "train bf16 old: $(train "$old" bf16 | tps)  new: $(train "$new" bf16 | tps)"; fi
+done
+echo "== one core busy (a spinning process)"
+( while :; do :; done ) &
+spin=$!
+trap 'kill $spin 2>/dev/null' EXIT
+echo "infer new (busy): $(infer "$new" | summ)"
+echo "train f32 new (busy): $(train "$new" f32 | tps)"
+kill $spin
