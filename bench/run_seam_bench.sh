@@ -12,8 +12,12 @@ lscpu | grep -E '^Model name|^Flags' | sed 's/^Flags:.*\(avx512_bf16\).*/ISA: AV
 has_bf16=$(grep -c avx512_bf16 /proc/cpuinfo || true)
 infer() { $1 bench infer --preset bench-moe --dtype fp8 --prompt 256 --decode 24 --batches 16,64 --batch-steps 6 --threads "$threads" --json 2>/dev/null; }
 train() { $1 bench train --preset train-moe --threads "$threads" --steps 3 --warmup-steps 1 --precision "$2" --json 2>/dev/null; }
-summ() {  # infer json -> prefill decode b16 b64
-  python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); b=j["batched_tokens_per_s"]; print(f"prefill {j[\"prefill_tokens_per_s\"]:.1f}  decode1 {j[\"decode_tokens_per_s\"]:.2f}  b16 {b[\"16\"]:.1f}  b64 {b[\"64\"]:.1f}")'
+summ() {  # infer json -> prefill, decode at batch 1, 16 and 64 (tokens/s)
+  python3 -c '
+import json, sys
+j = json.loads(sys.stdin.read())
+b = j["batched_tokens_per_s"]
+print("prefill %.1f  decode1 %.2f  b16 %.1f  b64 %.1f" % (j["prefill_tokens_per_s"], j["decode_tokens_per_s"], b["16"], b["64"]))'
 }
 tps() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"],1))'; }
 for round in 1 2; do

@@ -189,9 +189,9 @@ RefOut ref_forward(const ModelConfig& c, const std::vector<double>& params, cons
     out.aux.push_back(aux);
     std::vector<const double*> w1(E), w3(E), w2(E);
     for (int e = 0; e < E; e++) {
-      w1[e] = R.W(sky::expert_param_name(l, e, "w1"));
-      w3[e] = R.W(sky::expert_param_name(l, e, "w3"));
-      w2[e] = R.W(sky::expert_param_name(l, e, "w2"));
+      w1[e] = R.W(skytest::expert_name(l, e, "w1"));
+      w3[e] = R.W(skytest::expert_name(l, e, "w3"));
+      w2[e] = R.W(skytest::expert_name(l, e, "w2"));
     }
     for (int t = 0; t < T; t++) {
       double s = 0;

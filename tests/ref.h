@@ -20,6 +20,12 @@ double max_abs_diff(const double* a, const double* b, size_t n);
 // Central finite difference of a scalar function f wrt every entry of x (x is restored).
 std::vector<double> numeric_grad(const std::function<double()>& f, double* x, size_t n, double h = 1e-6);
 
+// An expert's HF tensor name, spelled here rather than taken from the engine's table.
+inline std::string expert_name(int layer, int expert, const std::string& w) {
+  return "model.layers." + std::to_string(layer) + ".block_sparse_moe.experts." + std::to_string(expert) + "." + w +
+         ".weight";
+}
+
 // A fresh temporary directory (removed by the caller or left for inspection).
 std::string temp_dir(const std::string& tag);
 // Runs a shell command with stderr folded into stdout; returns pclose's status, output in *out.

@@ -107,7 +107,9 @@ const std::set<std::string> kSetUp = {"name",
                                       "num_threads",
                                       "set_matmul_precision",
                                       "matmul_precision",
-                                      "memory_bandwidth_gbs"};
+                                      "memory_bandwidth_gbs",
+                                      "step_begin",
+                                      "step_end"};
 
 TEST(BackendOpsTable, EveryOpRunsOnEveryBackend) {
   const auto ops = declared_ops();

@@ -341,7 +341,7 @@ std::vector<float> source_values(const Model& m, const std::string& name) {
   const char* hf = what == "ffn_gate_exps" ? "w1" : what == "ffn_up_exps" ? "w3" : "w2";
   std::vector<float> out;
   for (size_t e = 0; e < E; e++) {
-    const sky::ParamSpec* s = m.layout.find(sky::expert_param_name(l, int(e), hf));
+    const sky::ParamSpec* s = m.layout.find(skytest::expert_name(l, int(e), hf));
     if (!s) throw std::runtime_error("no HF tensor for " + name);
     out.insert(out.end(), m.params.data() + s->offset, m.params.data() + s->offset + s->numel());
   }
@@ -528,7 +528,7 @@ TEST(Gguf, F32DataExact) {
   // One expert slice spelled out: blk.1.ffn_down_exps[e=3] is experts.3.w2 ([H, I] row-major).
   const ModelConfig& c = moe_model().cfg;
   const TInfo& t = g.tensor("blk.1.ffn_down_exps.weight");
-  const sky::ParamSpec* s = moe_model().layout.find(sky::expert_param_name(1, 3, "w2"));
+  const sky::ParamSpec* s = moe_model().layout.find(skytest::expert_name(1, 3, "w2"));
   ASSERT_NE(s, nullptr);
   const size_t slice = size_t(c.hidden_size) * c.intermediate_size;
   std::vector<float> got = read_f32(g, t);

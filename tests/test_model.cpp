@@ -178,7 +178,7 @@ TEST(Model, LoadErrorsNameTheProblem) {
   std::ofstream(dir + "/config.json") << c.to_hf_json().dump();
   NamedTensors ts;
   for (auto& s : m.layout.specs) {
-    if (s.name == expert_param_name(1, 3, "w2")) continue;
+    if (s.name == skytest::expert_name(1, 3, "w2")) continue;
     Tensor t = Tensor::empty(DType::F32, s.shape);
     std::copy(m.params.data() + s.offset, m.params.data() + s.offset + s.numel(), t.f32());
     ts.emplace_back(s.name, t);

@@ -68,6 +68,11 @@ class Backend {
   // Read bandwidth of the backend's memory (GB/s) over `bytes`, best of `reps`: the roofline that
   // memory-bound benchmarks quote beside their figures.
   virtual double memory_bandwidth_gbs(size_t bytes, int reps) = 0;
+  // The engine's step boundaries (one batch_forward; `rows` sizes it), so a backend can adapt to
+  // the machine it finds between steps: the CPU backend shrinks its team while another process
+  // holds one of its cores. Inference only: the team size never changes a result there.
+  virtual void step_begin(int rows) {}
+  virtual void step_end() {}
 
   // ---- elementwise and data movement
   virtual void zero(float* p, size_t n) = 0;

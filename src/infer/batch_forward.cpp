@@ -109,6 +109,11 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     n += r.n;
   }
   if (m.tp) m.tp->announce(rows);  // rank 0 tells the other ranks what to run
+  be.step_begin(n);
+  struct StepEnd {  // every way out of the step, errors included
+    Backend& be;
+    ~StepEnd() { be.step_end(); }
+  } step_end{be};
   for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
   grow(s.q, size_t(n) * qd);
   grow(s.ctx, size_t(n) * qd);

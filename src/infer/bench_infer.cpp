@@ -24,14 +24,17 @@ static std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
   return t;
 }
 
+// The matrix bytes of a weight (its scales live in another buffer: QWeight::bytes() counts both).
+static double touch(const QWeight& w) {
+  return w.data ? touch_bytes(w.data, size_t(w.O) * w.I * dtype_size(w.dtype)) : 0.0;
+}
+
 void warm_weights(const InferModel& m) {
-  double s = m.lm_head.data ? touch_bytes(m.lm_head.data, m.lm_head.bytes()) : 0.0;
+  double s = touch(m.lm_head);
   for (const auto& L : m.layers) {
-    for (const QWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down})
-      if (w->data) s += touch_bytes(w->data, w->bytes());
+    for (const QWeight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down}) s += touch(*w);
     for (size_t e = 0; e < L.w1.size(); e++)
-      for (const QWeight* w : {&L.w1[e], &L.w3[e], &L.w2[e]})
-        if (w->data) s += touch_bytes(w->data, w->bytes());
+      for (const QWeight* w : {&L.w1[e], &L.w3[e], &L.w2[e]}) s += touch(*w);
   }
   static volatile double sink;
   sink = s;

@@ -122,13 +122,13 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   // This rank's attention heads: rows of q/k/v, columns of o_proj; its FFN / expert width: rows of
   // gate/up (w1/w3), columns of down (w2).
   const Range qrows{sh.q_heads.begin * hd, sh.q_heads.size * hd}, kvrows{sh.kv_heads.begin * hd, sh.kv_heads.size * hd};
-  m.embed = f32_vec(r, "model.embed_tokens.weight", {c.vocab_size, H});
+  using K = ParamKind;
+  m.embed = f32_vec(r, tensor_name(K::Embed), {c.vocab_size, H});
   bool mm = false;
   if (sh.head) {
-    m.final_norm = f32_vec(r, "model.norm.weight", {H});
+    m.final_norm = f32_vec(r, tensor_name(K::FinalNorm), {H});
     // Tied embeddings: the head is the embedding matrix (kept f32 beside it for lookups).
-    m.lm_head = load_linear(r, c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", c.vocab_size, H,
-                            o, true, &mm);
+    m.lm_head = load_linear(r, tensor_name(c.tie_word_embeddings ? K::Embed : K::Head), c.vocab_size, H, o, true, &mm);
   }
   m.layers.resize(c.num_layers);
   std::atomic<bool> any_view{mm};
@@ -136,29 +136,28 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
       const int l = int(li);
       bool lm = false;
       InferLayer& L = m.layers[l];
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      L.attn_norm = f32_vec(r, p + "input_layernorm.weight", {H});
-      L.ffn_norm = f32_vec(r, p + "post_attention_layernorm.weight", {H});
-      L.wq = load_linear(r, p + "self_attn.q_proj.weight", qd, H, o, false, &lm, qrows);
-      L.wk = load_linear(r, p + "self_attn.k_proj.weight", kvd, H, o, false, &lm, kvrows);
-      L.wv = load_linear(r, p + "self_attn.v_proj.weight", kvd, H, o, false, &lm, kvrows);
-      L.wo = load_linear(r, p + "self_attn.o_proj.weight", H, qd, o, false, &lm, {}, qrows);
+      L.attn_norm = f32_vec(r, tensor_name(K::AttnNorm, l), {H});
+      L.ffn_norm = f32_vec(r, tensor_name(K::FfnNorm, l), {H});
+      L.wq = load_linear(r, tensor_name(K::Wq, l), qd, H, o, false, &lm, qrows);
+      L.wk = load_linear(r, tensor_name(K::Wk, l), kvd, H, o, false, &lm, kvrows);
+      L.wv = load_linear(r, tensor_name(K::Wv, l), kvd, H, o, false, &lm, kvrows);
+      L.wo = load_linear(r, tensor_name(K::Wo, l), H, qd, o, false, &lm, {}, qrows);
       if (c.layer_is_moe(l)) {
         const Range width = sh.expert_ffn;
-        L.router = f32_vec(r, p + "block_sparse_moe.gate.weight", {c.num_experts, H});
+        L.router = f32_vec(r, tensor_name(K::Router, l), {c.num_experts, H});
         L.w1.resize(c.num_experts);
         L.w3.resize(c.num_experts);
         L.w2.resize(c.num_experts);
         for (int e = sh.experts.begin; e < sh.experts.end(); e++) {
-          L.w1[e] = load_linear(r, expert_param_name(l, e, "w1"), EI, H, o, false, &lm, width);
-          L.w3[e] = load_linear(r, expert_param_name(l, e, "w3"), EI, H, o, false, &lm, width);
-          L.w2[e] = load_linear(r, expert_param_name(l, e, "w2"), H, EI, o, false, &lm, {}, width);
+          L.w1[e] = load_linear(r, tensor_name(K::W1, l, e), EI, H, o, false, &lm, width);
+          L.w3[e] = load_linear(r, tensor_name(K::W3, l, e), EI, H, o, false, &lm, width);
+          L.w2[e] = load_linear(r, tensor_name(K::W2, l, e), H, EI, o, false, &lm, {}, width);
         }
       } else {
         const Range width = sh.ffn;
-        L.gate = load_linear(r, p + "mlp.gate_proj.weight", I, H, o, false, &lm, width);
-        L.up = load_linear(r, p + "mlp.up_proj.weight", I, H, o, false, &lm, width);
-        L.down = load_linear(r, p + "mlp.down_proj.weight", H, I, o, false, &lm, {}, width);
+        L.gate = load_linear(r, tensor_name(K::Gate, l), I, H, o, false, &lm, width);
+        L.up = load_linear(r, tensor_name(K::Up, l), I, H, o, false, &lm, width);
+        L.down = load_linear(r, tensor_name(K::Down, l), H, I, o, false, &lm, {}, width);
       }
       if (lm) any_view = true;
   });

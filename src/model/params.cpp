@@ -8,8 +8,26 @@
 
 namespace sky {
 
-std::string expert_param_name(int layer, int expert, const char* w) {
-  return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.{}.weight", layer, expert, w);
+std::string tensor_name(ParamKind kind, int l, int e) {
+  switch (kind) {
+    case ParamKind::Embed: return "model.embed_tokens.weight";
+    case ParamKind::FinalNorm: return "model.norm.weight";
+    case ParamKind::Head: return "lm_head.weight";
+    case ParamKind::AttnNorm: return fmt::format("model.layers.{}.input_layernorm.weight", l);
+    case ParamKind::Wq: return fmt::format("model.layers.{}.self_attn.q_proj.weight", l);
+    case ParamKind::Wk: return fmt::format("model.layers.{}.self_attn.k_proj.weight", l);
+    case ParamKind::Wv: return fmt::format("model.layers.{}.self_attn.v_proj.weight", l);
+    case ParamKind::Wo: return fmt::format("model.layers.{}.self_attn.o_proj.weight", l);
+    case ParamKind::FfnNorm: return fmt::format("model.layers.{}.post_attention_layernorm.weight", l);
+    case ParamKind::Gate: return fmt::format("model.layers.{}.mlp.gate_proj.weight", l);
+    case ParamKind::Up: return fmt::format("model.layers.{}.mlp.up_proj.weight", l);
+    case ParamKind::Down: return fmt::format("model.layers.{}.mlp.down_proj.weight", l);
+    case ParamKind::Router: return fmt::format("model.layers.{}.block_sparse_moe.gate.weight", l);
+    case ParamKind::W1: return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.w1.weight", l, e);
+    case ParamKind::W3: return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.w3.weight", l, e);
+    case ParamKind::W2: return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.w2.weight", l, e);
+  }
+  fail("tensor_name: unknown parameter kind {}", int(kind));
 }
 
 ParamLayout ParamLayout::build(const ModelConfig& c) { return build(c, Shard::full(c)); }
@@ -48,38 +66,37 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
     add(std::move(name), kind, layer, -1, full, 0, full[0], 0, full.size() == 2 ? full[1] : 0, held);
   };
   const int64_t H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, hd = c.head_dim;
-  whole("model.embed_tokens.weight", ParamKind::Embed, -1, {c.vocab_size, H}, sh.embed);
+  whole(tensor_name(ParamKind::Embed), ParamKind::Embed, -1, {c.vocab_size, H}, sh.embed);
   for (int l = 0; l < c.num_layers; l++) {
     const bool in = l >= sh.layer_begin && l < sh.layer_end;
-    std::string p = fmt::format("model.layers.{}.", l);
     const int64_t q0 = sh.q_heads.begin * hd, qn = sh.q_heads.size * hd;
     const int64_t k0 = sh.kv_heads.begin * hd, kn = sh.kv_heads.size * hd;
-    whole(p + "input_layernorm.weight", ParamKind::AttnNorm, l, {H}, in);
-    add(p + "self_attn.q_proj.weight", ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
-    add(p + "self_attn.k_proj.weight", ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
-    add(p + "self_attn.v_proj.weight", ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
-    add(p + "self_attn.o_proj.weight", ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
-    whole(p + "post_attention_layernorm.weight", ParamKind::FfnNorm, l, {H}, in);
+    whole(tensor_name(ParamKind::AttnNorm, l), ParamKind::AttnNorm, l, {H}, in);
+    add(tensor_name(ParamKind::Wq, l), ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
+    add(tensor_name(ParamKind::Wk, l), ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+    add(tensor_name(ParamKind::Wv, l), ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+    add(tensor_name(ParamKind::Wo, l), ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
+    whole(tensor_name(ParamKind::FfnNorm, l), ParamKind::FfnNorm, l, {H}, in);
     if (c.layer_is_moe(l)) {
-      whole(p + "block_sparse_moe.gate.weight", ParamKind::Router, l, {c.num_experts, H}, in);
+      whole(tensor_name(ParamKind::Router, l), ParamKind::Router, l, {c.num_experts, H}, in);
       const Range& f = sh.expert_ffn;
-      for (auto [w, kind] : {std::pair{"w1", ParamKind::W1}, std::pair{"w3", ParamKind::W3}})
+      for (ParamKind kind : {ParamKind::W1, ParamKind::W3})
         for (int e = 0; e < c.num_experts; e++)
-          add(expert_param_name(l, e, w), kind, l, e, {EI, H}, f.begin, f.size, 0, H,
+          add(tensor_name(kind, l, e), kind, l, e, {EI, H}, f.begin, f.size, 0, H,
               in && e >= sh.experts.begin && e < sh.experts.end());
       for (int e = 0; e < c.num_experts; e++)
-        add(expert_param_name(l, e, "w2"), ParamKind::W2, l, e, {H, EI}, 0, H, f.begin, f.size,
+        add(tensor_name(ParamKind::W2, l, e), ParamKind::W2, l, e, {H, EI}, 0, H, f.begin, f.size,
             in && e >= sh.experts.begin && e < sh.experts.end());
     } else {
       const Range& f = sh.ffn;
-      add(p + "mlp.gate_proj.weight", ParamKind::Gate, l, -1, {I, H}, f.begin, f.size, 0, H, in);
-      add(p + "mlp.up_proj.weight", ParamKind::Up, l, -1, {I, H}, f.begin, f.size, 0, H, in);
-      add(p + "mlp.down_proj.weight", ParamKind::Down, l, -1, {H, I}, 0, H, f.begin, f.size, in);
+      add(tensor_name(ParamKind::Gate, l), ParamKind::Gate, l, -1, {I, H}, f.begin, f.size, 0, H, in);
+      add(tensor_name(ParamKind::Up, l), ParamKind::Up, l, -1, {I, H}, f.begin, f.size, 0, H, in);
+      add(tensor_name(ParamKind::Down, l), ParamKind::Down, l, -1, {H, I}, 0, H, f.begin, f.size, in);
     }
   }
-  whole("model.norm.weight", ParamKind::FinalNorm, -1, {H}, sh.head);
+  whole(tensor_name(ParamKind::FinalNorm), ParamKind::FinalNorm, -1, {H}, sh.head);
   // Tied embeddings: the LM head is the embedding matrix (param_view points lm_head at it).
-  if (!c.tie_word_embeddings) whole("lm_head.weight", ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
+  if (!c.tie_word_embeddings) whole(tensor_name(ParamKind::Head), ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
   for (auto& s : experts) L.specs.push_back(std::move(s));
   for (auto& s : L.specs) {
     s.offset = L.total;

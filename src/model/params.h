@@ -72,7 +72,9 @@ ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_laye
 void copy_block_from_full(const ParamSpec& s, const float* full, float* block);
 void copy_block_to_full(const ParamSpec& s, const float* block, float* full);
 
-// Expert tensor names, e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight
-std::string expert_param_name(int layer, int expert, const char* w);
+// The one table of tensor names (the HF Llama / Mixtral / Skywork layout): the name of parameter
+// `kind` of a layer (and an expert), e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight.
+// Training, checkpoints, inference loading and quantization all name tensors through it.
+std::string tensor_name(ParamKind kind, int layer = -1, int expert = -1);
 
 }  // namespace sky

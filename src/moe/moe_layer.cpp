@@ -190,7 +190,6 @@ void moe_backward(Backend& be, T* dx, const MoeGrads<T>& g, const T* dout, const
                   const MoeOptions& o, const MoeCache<T>& c, double aux_coef, double z_coef) {
   const int H = w.H, I = w.I, E = w.E, k = o.router.top_k, held = w.held();
   const MoeParallel& par = o.par;
-  const Dispatch& d = c.disp;
   const long S = long(c.sel.size()), Rr = c.held_offsets[held];
 
   // Combine backward: dy_row = w * dout[n], dw = <dout[n], y_row> (0 for dropped slots).

@@ -4,7 +4,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <ctime>
 #include <vector>
 
 #include <fmt/format.h>
@@ -19,6 +21,7 @@
 #include "backend/cpu/qmatmul.h"
 #include "backend/cpu/rmsnorm.h"
 #include "backend/cpu/rope.h"
+#include "backend/cpu/step_governor.h"
 #include "backend/cpu/swiglu.h"
 #include "backend/cpu/threads.h"
 #include "backend/cpu/vmath.h"
@@ -119,7 +122,24 @@ class CpuBackend final : public Backend {
     return fmt::format("cpu ({}{}, {} threads)", qmatmul_target(), matmul_bf16_supported() ? ", AVX512-BF16" : "",
                        sky::num_threads());
   }
-  void set_threads(int n) override { sky::set_threads(n); }
+  void set_threads(int n) override {
+    sky::set_threads(n);
+    team_ = sky::num_threads();
+  }
+  // The team is set per calling thread (OpenMP's ICV): the engine thread's steps set their own.
+  void step_begin(int rows) override {
+    if (team_ == 0) team_ = sky::num_threads();
+    step_threads_ = governor_.begin(rows, team_);
+    omp_set_num_threads(step_threads_);
+    step_t0_ = std::chrono::steady_clock::now();
+    step_cpu0_ = cpu_seconds();
+  }
+  void step_end() override {
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0_).count();
+    const double share = wall > 0 ? (cpu_seconds() - step_cpu0_) / (wall * step_threads_) : 1.0;
+    governor_.end(wall, share);
+    omp_set_num_threads(team_);
+  }
   int num_threads() const override { return sky::num_threads(); }
   void set_matmul_precision(MatmulPrecision p) override { sky::set_matmul_precision(p); }
   MatmulPrecision matmul_precision() const override { return sky::matmul_precision(); }
@@ -280,6 +300,19 @@ class CpuBackend final : public Backend {
   void adamw(float* p, const float* g, float* m, float* v, size_t n, float b1, float b2, float eps, float shrink,
              float step_size, float inv_sqrt_bc2, float grad_scale) override {
     adamw_update(p, g, m, v, n, b1, b2, eps, shrink, step_size, inv_sqrt_bc2, grad_scale);
+  }
+
+ private:
+  int team_ = 0;  // the configured team (set_threads), 0 until known
+  StepGovernor governor_;
+  int step_threads_ = 1;
+  std::chrono::steady_clock::time_point step_t0_;
+  double step_cpu0_ = 0;
+  // CPU time of the whole process (every thread): spinning and working count, waiting for a core does not.
+  static double cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
   }
 };
 
