@@ -10,7 +10,7 @@ old=${OLD:?set OLD to the baseline binary}
 export OMP_NUM_THREADS=$threads
 lscpu | grep -E '^Model name|^Flags' | sed 's/^Flags:.*\(avx512_bf16\).*/ISA: AVX-512 with AVX512-BF16/; s/^Flags:.*avx2.*/ISA: AVX2 (no AVX512-BF16)/' | head -2
 has_bf16=$(grep -c avx512_bf16 /proc/cpuinfo || true)
-infer() { $1 bench infer --preset bench-moe --dtype fp8 --prompt 256 --decode 24 --batches 16,64 --batch-steps 6 --threads "$threads" --json 2>/dev/null; }
+infer() { $1 bench infer --preset bench-moe --dtype fp8 --prompt 128 --decode 48 --batches 16,64 --batch-steps 8 --threads "$threads" --json 2>/dev/null; }
 train() { $1 bench train --preset train-moe --threads "$threads" --steps 3 --warmup-steps 1 --precision "$2" --json 2>/dev/null; }
 summ() {  # infer json -> prefill, decode at batch 1, 16 and 64 (tokens/s)
   python3 -c '
@@ -20,17 +20,21 @@ b = j["batched_tokens_per_s"]
 print("prefill %.1f  decode1 %.2f  b16 %.1f  b64 %.1f" % (j["prefill_tokens_per_s"], j["decode_tokens_per_s"], b["16"], b["64"]))'
 }
 tps() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"],1))'; }
-for round in 1 2; do
+# Three rounds, the order alternating, so a drift of the machine's bandwidth favours neither.
+for round in 1 2 3; do
   echo "== round $round (idle cores)"
-  echo "infer old: $(infer "$old" | summ)"
-  echo "infer new: $(infer "$new" | summ)"
-  echo "train f32 old: $(train "$old" f32 | tps)  new: $(train "$new" f32 | tps)"
-  if [ "$has_bf16" != 0 ]; then echo "train bf16 old: $(train "$old" bf16 | tps)  new: $(train "$new" bf16 | tps)"; fi
+  for b in $([ $((round % 2)) = 1 ] && echo "$old $new" || echo "$new $old"); do
+    tag=$([ "$b" = "$old" ] && echo old || echo new)
+    echo "infer $tag: $(infer "$b" | summ)"
+    echo "train f32 $tag: $(train "$b" f32 | tps)"
+    if [ "$has_bf16" != 0 ]; then echo "train bf16 $tag: $(train "$b" bf16 | tps)"; fi
+  done
 done
 echo "== one core busy (a spinning process)"
 ( while :; do :; done ) &
 spin=$!
 trap 'kill $spin 2>/dev/null' EXIT
+echo "infer old (busy): $(infer "$old" | summ)"
 echo "infer new (busy): $(infer "$new" | summ)"
 echo "train f32 new (busy): $(train "$new" f32 | tps)"
 kill $spin

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.h"
+#include "backend/typed_ops.h"
 #include "backend/cpu/adamw.h"
 #include "backend/cpu/attention.h"
 #include "backend/cpu/cross_entropy.h"
@@ -58,64 +59,67 @@ void split_rows(const std::vector<int>& tokens, int O, F&& run) {
   }
 }
 
-template <class T>
-void gather_rows_t(T* out, const T* in, const int32_t* rows, long R, int H) {
+// Permute, combine and unpermute, once for float and double (backend/typed_ops.h).
+struct MoeOps {
+  template <class T>
+  static void gather_rows(T* out, const T* in, const int32_t* rows, long R, int H) {
 #pragma omp parallel for schedule(static) if (R * H > 65536)
-  for (long r = 0; r < R; r++) std::memcpy(out + r * H, in + long(rows[r]) * H, sizeof(T) * H);
-}
+    for (long r = 0; r < R; r++) std::memcpy(out + r * H, in + long(rows[r]) * H, sizeof(T) * H);
+  }
 
-// Per token rather than scatter per row: no write conflicts, a fixed summation order.
-template <class T>
-void combine_t(T* out, const T* y, const int32_t* sel, const T* w, long N, int k, int H) {
+  // Per token rather than scatter per row: no write conflicts, a fixed summation order.
+  template <class T>
+  static void combine(T* out, const T* y, const int32_t* sel, const T* w, long N, int k, int H) {
 #pragma omp parallel for schedule(static) if (N * H > 65536)
-  for (long n = 0; n < N; n++) {
-    T* o = out + n * H;
-    std::fill(o, o + H, T(0));
-    for (int s = 0; s < k; s++) {
-      const long i = sel[n * k + s];
-      if (i < 0) continue;
-      const T wt = w[n * k + s];
-      const T* yr = y + i * H;
-      for (int h = 0; h < H; h++) o[h] += wt * yr[h];
+    for (long n = 0; n < N; n++) {
+      T* o = out + n * H;
+      std::fill(o, o + H, T(0));
+      for (int s = 0; s < k; s++) {
+        const long i = sel[n * k + s];
+        if (i < 0) continue;
+        const T wt = w[n * k + s];
+        const T* yr = y + i * H;
+        for (int h = 0; h < H; h++) o[h] += wt * yr[h];
+      }
     }
   }
-}
 
-template <class T>
-void combine_backward_t(T* dy, T* dw, const T* dout, const T* y, const int32_t* sel, const T* w, long N, int k,
-                        int H) {
+  template <class T>
+  static void combine_backward(T* dy, T* dw, const T* dout, const T* y, const int32_t* sel, const T* w, long N,
+                               int k, int H) {
 #pragma omp parallel for schedule(static) if (N * H > 65536)
-  for (long n = 0; n < N; n++) {
-    const T* dn = dout + n * H;
-    for (int s = 0; s < k; s++) {
-      const long i = sel[n * k + s];
-      if (i < 0) {
-        dw[n * k + s] = T(0);
-        continue;
+    for (long n = 0; n < N; n++) {
+      const T* dn = dout + n * H;
+      for (int s = 0; s < k; s++) {
+        const long i = sel[n * k + s];
+        if (i < 0) {
+          dw[n * k + s] = T(0);
+          continue;
+        }
+        const T wt = w[n * k + s];
+        double dot = 0;
+        for (int h = 0; h < H; h++) {
+          dot += dn[h] * y[i * H + h];
+          dy[i * H + h] = wt * dn[h];
+        }
+        dw[n * k + s] = T(dot);
       }
-      const T wt = w[n * k + s];
-      double dot = 0;
-      for (int h = 0; h < H; h++) {
-        dot += dn[h] * y[i * H + h];
-        dy[i * H + h] = wt * dn[h];
-      }
-      dw[n * k + s] = T(dot);
     }
   }
-}
 
-template <class T>
-void unpermute_add_t(T* dx, const T* drows, const int32_t* sel, long N, int k, int H) {
+  template <class T>
+  static void unpermute_add(T* dx, const T* drows, const int32_t* sel, long N, int k, int H) {
 #pragma omp parallel for schedule(static) if (N * H > 65536)
-  for (long n = 0; n < N; n++)
-    for (int s = 0; s < k; s++) {
-      const long i = sel[n * k + s];
-      if (i < 0) continue;
-      for (int h = 0; h < H; h++) dx[n * H + h] += drows[i * H + h];
-    }
-}
+    for (long n = 0; n < N; n++)
+      for (int s = 0; s < k; s++) {
+        const long i = sel[n * k + s];
+        if (i < 0) continue;
+        for (int h = 0; h < H; h++) dx[n * H + h] += drows[i * H + h];
+      }
+  }
+};
 
-class CpuBackend final : public Backend {
+class CpuBackend final : public TypedOps<MoeOps> {
  public:
   const char* name() const override { return "cpu"; }
   std::string describe() const override {
@@ -170,32 +174,6 @@ class CpuBackend final : public Backend {
     double s = 0;
     for (double p : part) s += p;
     return s;
-  }
-  void gather_rows(float* out, const float* in, const int32_t* rows, long R, int H) override {
-    gather_rows_t(out, in, rows, R, H);
-  }
-  void gather_rows(double* out, const double* in, const int32_t* rows, long R, int H) override {
-    gather_rows_t(out, in, rows, R, H);
-  }
-  void combine(float* out, const float* y, const int32_t* sel, const float* w, long N, int k, int H) override {
-    combine_t(out, y, sel, w, N, k, H);
-  }
-  void combine(double* out, const double* y, const int32_t* sel, const double* w, long N, int k, int H) override {
-    combine_t(out, y, sel, w, N, k, H);
-  }
-  void combine_backward(float* dy, float* dw, const float* dout, const float* y, const int32_t* sel, const float* w,
-                        long N, int k, int H) override {
-    combine_backward_t(dy, dw, dout, y, sel, w, N, k, H);
-  }
-  void combine_backward(double* dy, double* dw, const double* dout, const double* y, const int32_t* sel,
-                        const double* w, long N, int k, int H) override {
-    combine_backward_t(dy, dw, dout, y, sel, w, N, k, H);
-  }
-  void unpermute_add(float* dx, const float* drows, const int32_t* sel, long N, int k, int H) override {
-    unpermute_add_t(dx, drows, sel, N, k, H);
-  }
-  void unpermute_add(double* dx, const double* drows, const int32_t* sel, long N, int k, int H) override {
-    unpermute_add_t(dx, drows, sel, N, k, H);
   }
 
   void matmul(float* y, const float* x, const float* w, int N, int I, int O, bool exact) override {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/typed_ops.h"
 #include "core/dtype.h"
 #include "core/error.h"
 
@@ -21,48 +22,52 @@ double silu(double g) { return g / (1 + std::exp(-g)); }
 
 // ---- MoE data movement and the f32 / f64 training matmuls (one template serves both overloads)
 
-template <class T>
-void gather_rows_t(T* out, const T* in, const int32_t* rows, long R, int H) {
-  for (long r = 0; r < R; r++)
-    for (int h = 0; h < H; h++) out[r * H + h] = in[long(rows[r]) * H + h];
-}
+// Permute, combine and unpermute, once for float and double (backend/typed_ops.h).
+struct MoeOps {
+  template <class T>
+  static void gather_rows(T* out, const T* in, const int32_t* rows, long R, int H) {
+    for (long r = 0; r < R; r++)
+      for (int h = 0; h < H; h++) out[r * H + h] = in[long(rows[r]) * H + h];
+  }
 
-template <class T>
-void combine_t(T* out, const T* y, const int32_t* sel, const T* w, long N, int k, int H) {
-  for (long n = 0; n < N; n++)
-    for (int h = 0; h < H; h++) {
-      double s = 0;
-      for (int j = 0; j < k; j++)
-        if (sel[n * k + j] >= 0) s += double(w[n * k + j]) * y[long(sel[n * k + j]) * H + h];
-      out[n * H + h] = T(s);
-    }
-}
+  template <class T>
+  static void combine(T* out, const T* y, const int32_t* sel, const T* w, long N, int k, int H) {
+    for (long n = 0; n < N; n++)
+      for (int h = 0; h < H; h++) {
+        double s = 0;
+        for (int j = 0; j < k; j++)
+          if (sel[n * k + j] >= 0) s += double(w[n * k + j]) * y[long(sel[n * k + j]) * H + h];
+        out[n * H + h] = T(s);
+      }
+  }
 
-template <class T>
-void combine_backward_t(T* dy, T* dw, const T* dout, const T* y, const int32_t* sel, const T* w, long N, int k, int H) {
-  for (long n = 0; n < N; n++)
-    for (int j = 0; j < k; j++) {
-      const long i = sel[n * k + j];
-      double dot = 0;
-      if (i >= 0)
-        for (int h = 0; h < H; h++) {
-          dot += double(dout[n * H + h]) * y[i * H + h];
-          dy[i * H + h] = T(double(w[n * k + j]) * dout[n * H + h]);
-        }
-      dw[n * k + j] = T(dot);
-    }
-}
+  template <class T>
+  static void combine_backward(T* dy, T* dw, const T* dout, const T* y, const int32_t* sel, const T* w, long N,
+                               int k, int H) {
+    for (long n = 0; n < N; n++)
+      for (int j = 0; j < k; j++) {
+        const long i = sel[n * k + j];
+        double dot = 0;
+        if (i >= 0)
+          for (int h = 0; h < H; h++) {
+            dot += double(dout[n * H + h]) * y[i * H + h];
+            dy[i * H + h] = T(double(w[n * k + j]) * dout[n * H + h]);
+          }
+        dw[n * k + j] = T(dot);
+      }
+  }
 
-template <class T>
-void unpermute_add_t(T* dx, const T* drows, const int32_t* sel, long N, int k, int H) {
-  for (long n = 0; n < N; n++)
-    for (int h = 0; h < H; h++) {
-      double s = dx[n * H + h];
-      for (int j = 0; j < k; j++)
-        if (sel[n * k + j] >= 0) s += drows[long(sel[n * k + j]) * H + h];
-      dx[n * H + h] = T(s);
-    }
-}
+  template <class T>
+  static void unpermute_add(T* dx, const T* drows, const int32_t* sel, long N, int k, int H) {
+    for (long n = 0; n < N; n++)
+      for (int h = 0; h < H; h++) {
+        double s = dx[n * H + h];
+        for (int j = 0; j < k; j++)
+          if (sel[n * k + j] >= 0) s += drows[long(sel[n * k + j]) * H + h];
+        dx[n * H + h] = T(s);
+      }
+  }
+};
 
 template <class T>
 void matmul_t(T* y, const T* x, const T* w, int N, int I, int O) {
@@ -127,7 +132,7 @@ double kv_at(const float* f, const uint16_t* h, long pos, int width, int c) {
   return f ? double(f[pos * width + c]) : double(bf16_to_f32(h[pos * width + c]));
 }
 
-class RefBackend final : public Backend {
+class RefBackend final : public TypedOps<MoeOps> {
  public:
   const char* name() const override { return "ref"; }
   std::string describe() const override { return "ref (plain loops, double accumulation)"; }
@@ -166,32 +171,6 @@ class RefBackend final : public Backend {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += double(p[i]) * p[i];
     return s;
-  }
-  void gather_rows(float* out, const float* in, const int32_t* rows, long R, int H) override {
-    gather_rows_t(out, in, rows, R, H);
-  }
-  void gather_rows(double* out, const double* in, const int32_t* rows, long R, int H) override {
-    gather_rows_t(out, in, rows, R, H);
-  }
-  void combine(float* out, const float* y, const int32_t* sel, const float* w, long N, int k, int H) override {
-    combine_t(out, y, sel, w, N, k, H);
-  }
-  void combine(double* out, const double* y, const int32_t* sel, const double* w, long N, int k, int H) override {
-    combine_t(out, y, sel, w, N, k, H);
-  }
-  void combine_backward(float* dy, float* dw, const float* dout, const float* y, const int32_t* sel, const float* w,
-                        long N, int k, int H) override {
-    combine_backward_t(dy, dw, dout, y, sel, w, N, k, H);
-  }
-  void combine_backward(double* dy, double* dw, const double* dout, const double* y, const int32_t* sel,
-                        const double* w, long N, int k, int H) override {
-    combine_backward_t(dy, dw, dout, y, sel, w, N, k, H);
-  }
-  void unpermute_add(float* dx, const float* drows, const int32_t* sel, long N, int k, int H) override {
-    unpermute_add_t(dx, drows, sel, N, k, H);
-  }
-  void unpermute_add(double* dx, const double* drows, const int32_t* sel, long N, int k, int H) override {
-    unpermute_add_t(dx, drows, sel, N, k, H);
   }
 
   // `exact` changes nothing here: every product is already full precision.
