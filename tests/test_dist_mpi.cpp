@@ -96,7 +96,10 @@ class Dist : public ::testing::Test {
     mixed.intermediate_size = 40;
     mixed.moe_intermediate_size = 24;
     std::ofstream(dir + "/kinds.json") << mixed.to_hf_json().dump(2);
+    mixed.tie_word_embeddings = true;
+    std::ofstream(dir + "/tied.json") << mixed.to_hf_json().dump(2);
   }
+  static std::string tied() { return dir + "/tied.json"; }
   static std::string mixed() { return dir + "/kinds.json"; }
   static std::string odd() { return dir + "/odd.json"; }
   // The one-process run with `extra` flags, made once.
@@ -196,6 +199,16 @@ TEST_F(Dist, MixedDenseAndMoeLayersMatchOneProcess) {
   single("kinds_m4", "--pp-microbatches 4", mixed());
   ASSERT_EQ(run(mpirun(2) + train_args("kinds_pp2", 5, "--pp 2 --pp-layers 1,2", mixed())), 0);
   expect_same_run("kinds_m4", "kinds_pp2");
+}
+
+// Tied embeddings split into stages: the last stage's copy of the embedding (its LM head) and the
+// first stage's get the summed gradient and stay equal; counted once in the norm.
+TEST_F(Dist, TiedEmbeddingsUnderPipelineMatchOneProcess) {
+  single("tied_m4", "--pp-microbatches 4", tied());
+  ASSERT_EQ(run(mpirun(2) + train_args("tied_pp2", 5, "--pp 2 --pp-layers 2,1", tied())), 0);
+  expect_same_run("tied_m4", "tied_pp2");
+  ASSERT_EQ(run(mpirun(4) + train_args("tied_pp2tp2", 5, "--pp 2 --tp 2 --zero 1", tied())), 0);
+  expect_same_run("tied_m4", "tied_pp2tp2");
 }
 
 TEST_F(Dist, CombinedLayoutMatchesOneProcess) {

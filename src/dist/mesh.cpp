@@ -114,6 +114,11 @@ Mesh Mesh::create(Communicator& world, const ParallelOptions& o, const ModelConf
   m.tp_group = world.split(m.pp_rank * m.dp + m.dp_rank, m.tp_rank);
   m.dp_group = world.split(m.pp_rank * m.tp + m.tp_rank, m.dp_rank);
   m.stage_group = world.split(m.pp_rank, m.dp_rank * m.tp + m.tp_rank);
+  if (c.tie_word_embeddings && m.pp > 1) {
+    const bool ends = m.pp_rank == 0 || m.pp_rank == m.pp - 1;
+    auto g = world.split(ends ? m.dp_rank * m.tp + m.tp_rank : world.size() + m.rank, m.pp_rank);
+    if (ends) m.tied_group = std::move(g);
+  }
   return m;
 }
 

@@ -46,6 +46,10 @@ class Mesh {
   int microbatches = 1;           // 1F1B micro-batches per micro-step
   Communicator* world = nullptr;
   std::unique_ptr<Communicator> tp_group, dp_group, stage_group;
+  // Tied embeddings under a pipeline split: the first stage's rank and the last stage's rank with
+  // the same DP and TP coordinates, which both hold the embedding (null otherwise).
+  std::unique_ptr<Communicator> tied_group;
+  bool holds_tied_copy() const { return tied_group && pp_rank == pp - 1; }  // the last stage's copy
 
   Communicator* tp_comm() const { return tp > 1 ? tp_group.get() : nullptr; }
   int world_rank(int pp_r, int dp_r, int tp_r) const { return (pp_r * dp + dp_r) * tp + tp_r; }

@@ -35,10 +35,6 @@ ParamLayout ParamLayout::build(const ModelConfig& c) { return build(c, Shard::fu
 ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
   ParamLayout L;
   L.tied = c.tie_word_embeddings;
-  SKY_CHECK(!L.tied || !sh.head || sh.embed,
-            "tie_word_embeddings: the LM head is the embedding matrix, so the part of the model that holds the "
-            "head must hold the embedding too ({}); a pipeline split of a tied model is not supported",
-            sh.describe());
   // A partial shard stores its expert weights after everything else, so the parameters replicated
   // across data-parallel ranks and the (possibly unique) expert weights form two ranges.
   const bool experts_last = !sh.is_full(c);
@@ -66,7 +62,10 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
     add(std::move(name), kind, layer, -1, full, 0, full[0], 0, full.size() == 2 ? full[1] : 0, held);
   };
   const int64_t H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, hd = c.head_dim;
-  whole(tensor_name(ParamKind::Embed), ParamKind::Embed, -1, {c.vocab_size, H}, sh.embed);
+  // Tied embeddings: the part holding the LM head holds the embedding as its head (a pipeline's
+  // last stage keeps a copy whose gradient the trainer sums with the first stage's).
+  whole(tensor_name(ParamKind::Embed), ParamKind::Embed, -1, {c.vocab_size, H},
+        sh.embed || (c.tie_word_embeddings && sh.head));
   for (int l = 0; l < c.num_layers; l++) {
     const bool in = l >= sh.layer_begin && l < sh.layer_end;
     const int64_t q0 = sh.q_heads.begin * hd, qn = sh.q_heads.size * hd;

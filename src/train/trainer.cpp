@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -150,7 +151,13 @@ struct Region {
 
 // Sum of squares of g over [b, e), leaving out parameters that tensor-parallel ranks other than the
 // first hold as replicas.
-double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e, bool skip_tp_replicas, Backend& be) {
+double sum_squares(const ParamLayout& layout, const float* g, size_t b, size_t e, bool skip_tp_replicas, Backend& be,
+                   const ParamSpec* skip = nullptr) {
+  if (skip) {  // [b, e) without skip's range
+    const size_t s0 = std::clamp(skip->offset, b, e), s1 = std::clamp(skip->offset + skip->numel(), b, e);
+    return (s0 > b ? sum_squares(layout, g, b, s0, skip_tp_replicas, be) : 0.0) +
+           (e > s1 ? sum_squares(layout, g, s1, e, skip_tp_replicas, be) : 0.0);
+  }
   if (!skip_tp_replicas) {
     double n = grad_norm(g + b, e - b, be);
     return n * n;
@@ -442,13 +449,20 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
       fail("non-finite loss ({}) at step {}; stopping. {}", s.loss, step,
            last_ckpt.empty() ? "No checkpoint was written." : "The last good checkpoint is " + last_ckpt);
 
+    // A tied model split into stages: the embedding's gradient is the sum of the first stage's
+    // (lookups) and the last stage's (LM head); both then take the same update. The norm counts it once.
+    const ParamSpec* tied_copy = mesh.holds_tied_copy() ? m.layout.find(tensor_name(ParamKind::Embed)) : nullptr;
+    if (mesh.tied_group) {
+      const ParamSpec* e = m.layout.find(tensor_name(ParamKind::Embed));
+      mesh.tied_group->all_reduce_sum(grads.data() + e->offset, e->numel());
+    }
     // Sum the replicas' gradients, clip by the global norm, update the owned ranges, and (ZeRO-1)
     // share the updated parameters.
     double sq = 0;
     for (Region& r : regions) {
       r.reduce(grads.data());
       if (r.counts_in_norm()) sq += sum_squares(m.layout, grads.data(), r.norm_begin(), r.norm_end(),
-                                                mesh.tp > 1 && mesh.tp_rank > 0, be);
+                                                mesh.tp > 1 && mesh.tp_rank > 0, be, tied_copy);
     }
     comm.all_reduce_sum(&sq, 1);
     s.grad_norm = std::sqrt(sq);
