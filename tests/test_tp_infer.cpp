@@ -68,25 +68,6 @@ TEST(TpShard, BadOptionsNameTheFlag) {
   EXPECT_NE(msg({2, {}, 2}).find("accepted"), std::string::npos);
 }
 
-TEST(TpShard, KeepExpertsTrimsTheDispatch) {
-  // 3 tokens, top-2 of 4 experts.
-  std::vector<int32_t> idx = {0, 2, 1, 2, 3, 0};
-  std::vector<float> probs(12, 0.25f);
-  Dispatch d = make_dispatch(idx.data(), probs.data(), 3, 4, 2, 0.0, DropPolicy::Prob);
-  Dispatch full = d;
-  keep_experts(d, {1, 2});  // experts 1 and 2
-  EXPECT_EQ(d.offsets, (std::vector<int32_t>{0, 0, 1, 3, 3}));
-  ASSERT_EQ(d.row_token.size(), 3u);
-  EXPECT_EQ(d.row_token, (std::vector<int32_t>{1, 0, 1}));
-  for (int a = 0; a < 6; a++) {
-    const int e = idx[a];
-    if (e == 1 || e == 2)
-      EXPECT_EQ(d.slot_row[a], full.slot_row[a] - full.offsets[1]);
-    else
-      EXPECT_EQ(d.slot_row[a], -1);
-  }
-}
-
 TEST(InferPlan, MemoryAndBalance) {
   InferPlanRequest r;
   r.model = ModelConfig::preset("bench-moe");

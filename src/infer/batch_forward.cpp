@@ -59,36 +59,29 @@ static void ffn(const InferModel& m, int l, const float* in, float* out, int n, 
     be.linear(out, s.h1.data(), L.down, n);
     return;
   }
-  const int E = c.num_experts, k = c.top_k, I = c.moe_intermediate_size;
-  const RouterOptions ro = router_options(c);
-  grow(s.router_logits, size_t(n) * E);
-  grow(s.probs, size_t(n) * E);
-  grow(s.topk_w, size_t(n) * k);
-  grow(s.topk_idx, size_t(n) * k);
-  be.matmul(s.router_logits.data(), in, L.router.data(), n, H, E, /*exact=*/true);
-  router_forward(s.probs.data(), s.topk_idx.data(), s.topk_w.data(), s.router_logits.data(), n, ro);
-  make_dispatch_into(s.disp, s.topk_idx.data(), s.probs.data(), n, E, k, 0.0, DropPolicy::Prob);  // inference is dropless
-  if (m.shard.experts.size < E) keep_experts(s.disp, m.shard.experts);  // expert parallel: only the experts held
-  const int R = s.disp.offsets[E];
-  grow(s.xg, size_t(R) * H);
-  grow(s.h1, size_t(R) * I);
-  grow(s.h3, size_t(R) * I);
-  grow(s.y, size_t(R) * H);
-  be.gather_rows(s.xg.data(), in, s.disp.row_token.data(), R, H);
-  s.w1.assign(E, nullptr);
-  s.w3.assign(E, nullptr);
-  s.w2.assign(E, nullptr);
-  for (int e = 0; e < E; e++)
-    if (s.disp.offsets[e + 1] > s.disp.offsets[e]) {
-      s.w1[e] = &L.w1[e];
-      s.w3[e] = &L.w3[e];
-      s.w2[e] = &L.w2[e];
-    }
-  be.grouped_swiglu(s.y.data(), s.h1.data(), s.h3.data(), s.xg.data(), s.disp.offsets.data(), E, s.w1.data(),
-                    s.w3.data(), s.w2.data(), H, I);
-  // Combine: each token sums its experts' outputs weighted by the renormalized gate (slot_row < 0:
-  // an expert another rank holds).
-  be.combine(out, s.y.data(), s.disp.slot_row.data(), s.topk_w.data(), n, k, H);
+  // The MoE block training runs, over this rank's held experts' typed weights (dropless, no aux
+  // loss); under tensor/expert parallelism the caller sums the ranks' partial outputs.
+  const int e0 = m.shard.experts.begin, held = m.shard.experts.size;
+  s.w1.resize(held);
+  s.w3.resize(held);
+  s.w2.resize(held);
+  for (int j = 0; j < held; j++) {
+    s.w1[j] = &L.w1[e0 + j];
+    s.w3[j] = &L.w3[e0 + j];
+    s.w2[j] = &L.w2[e0 + j];
+  }
+  MoeWeights<float> w;
+  w.H = H;
+  w.I = c.moe_intermediate_size;
+  w.E = c.num_experts;
+  w.e_begin = e0;
+  w.e_count = held;
+  w.router = L.router.data();
+  w.q1 = s.w1.data();
+  w.q3 = s.w3.data();
+  w.q2 = s.w2.data();
+  if (s.moe_opts.router.num_experts != c.num_experts) s.moe_opts = moe_options(c, 0.0, DropPolicy::Prob, AuxLossType::None);
+  moe_forward(be, out, in, n, w, s.moe_opts, s.moe);
 }
 
 void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,

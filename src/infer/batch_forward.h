@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "infer/infer_model.h"
-#include "moe/dispatch.h"
+#include "moe/moe_layer.h"
 #include "backend/backend.h"
 
 namespace sky {
@@ -36,11 +36,12 @@ struct BatchRow {  // the new tokens of one sequence in this step
 // Reusable buffers, grown on demand.
 struct BatchScratch {
   std::vector<float> x, ln, q, k, v, ctx, tmp, rstd, logits_in;
-  std::vector<float> router_logits, probs, topk_w, xg, h1, h3, y;
-  std::vector<int32_t> pos, topk_idx;
+  std::vector<float> h1, h3;  // dense FFN
+  std::vector<int32_t> pos;
   std::vector<AttnSeq> attn;
-  std::vector<const QWeight*> w1, w3, w2;  // experts with rows in this step
-  Dispatch disp;
+  std::vector<const QWeight*> w1, w3, w2;  // the held experts of the layer being run
+  MoeOptions moe_opts;  // the config's router, dropless, no aux loss (set on first use)
+  MoeCache<float> moe;
 };
 
 // Runs the rows, appends their keys/values to each sequence's cache, and writes the logits of each

@@ -61,16 +61,6 @@ Shard tp_shard(const ModelConfig& c, const TpOptions& o, int rank) {
   return s;
 }
 
-void keep_experts(Dispatch& d, Range experts) {
-  const int r0 = d.offsets[experts.begin], r1 = d.offsets[experts.end()];
-  for (auto& o : d.offsets) o = std::clamp(o, r0, r1) - r0;
-  d.row_token.erase(d.row_token.begin() + r1, d.row_token.end());
-  d.row_token.erase(d.row_token.begin(), d.row_token.begin() + r0);
-  d.row_slot.erase(d.row_slot.begin() + r1, d.row_slot.end());
-  d.row_slot.erase(d.row_slot.begin(), d.row_slot.begin() + r0);
-  for (auto& r : d.slot_row) r = r >= r0 && r < r1 ? r - r0 : -1;
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;

@@ -34,10 +34,6 @@ struct TpOptions {
 // (--tp, --tp-shares, --ep), so they can be reported before any weight is read.
 Shard tp_shard(const ModelConfig& c, const TpOptions& o, int rank);
 
-// Expert parallelism: keeps only the routed rows of the experts held. They are contiguous (rows
-// are grouped by expert), so this is a shift; the other assignments get slot_row -1.
-void keep_experts(Dispatch& d, Range experts);
-
 class TpGroup {
  public:
   explicit TpGroup(Communicator& comm) : comm_(comm) {}

@@ -112,6 +112,23 @@ void reduce_partial(const MoeParallel& p, T* data, size_t n) {
   if (p.partial) p.partial->all_reduce_sum(data, n);
 }
 
+// Router statistics of the layer (of the global batch after reduce_stats), aux loss, z-loss, entropy.
+template <class T>
+void finish_stats(MoeCache<T>& c, int N, int E, int k, const MoeOptions& o) {
+  c.stats = router_stats(c.probs.data(), c.logits.data(), c.topk_idx.data(), N, E, k);
+  if (o.reduce_stats) {
+    std::vector<double> v = c.stats.pack();
+    o.reduce_stats(v.data(), v.size());
+    c.stats.unpack(v, E);
+  }
+  c.aux_loss = aux_loss_value(c.stats, E, k, o.aux);
+  c.z_loss = z_loss_value(c.stats);
+  double ent = 0;
+  for (long i = 0; i < (long)N * E; i++)
+    if (c.probs[i] > 0) ent -= c.probs[i] * std::log((double)c.probs[i]);
+  c.entropy = N ? ent / N : 0.0;
+}
+
 }  // namespace
 
 template <class T>
@@ -150,19 +167,28 @@ void moe_forward(Backend& be, T* out, const T* x, int N, const MoeWeights<T>& w,
   }
   c.h1.resize(Rr * I);
   c.h3.resize(Rr * I);
-  c.act.resize(Rr * I);
-  // Each held expert's rows are contiguous, so one GEMM per expert; the SwiGLU runs over all rows.
-  for (int j = 0; j < held; j++) {
-    long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
-    if (cnt == 0) continue;
-    be.matmul(&c.h1[b * I], xr + b * H, w.w1 + (long)j * I * H, cnt, H, I);
-    be.matmul(&c.h3[b * I], xr + b * H, w.w3 + (long)j * I * H, cnt, H, I);
+  bool typed = false;
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.q1) {  // typed weights (inference): one grouped call over the held experts' rows
+      be.grouped_swiglu(yr, c.h1.data(), c.h3.data(), xr, c.held_offsets.data(), held, w.q1, w.q3, w.q2, H, I);
+      typed = true;
+    }
   }
-  be.swiglu(c.act.data(), c.h1.data(), c.h3.data(), Rr * I);
-  for (int j = 0; j < held; j++) {
-    long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
-    if (cnt == 0) continue;
-    be.matmul(yr + b * H, &c.act[b * I], w.w2 + (long)j * H * I, cnt, I, H);
+  if (!typed) {
+    c.act.resize(Rr * I);
+    // Each held expert's rows are contiguous, so one GEMM per expert; the SwiGLU runs over all rows.
+    for (int j = 0; j < held; j++) {
+      long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
+      if (cnt == 0) continue;
+      be.matmul(&c.h1[b * I], xr + b * H, w.w1 + (long)j * I * H, cnt, H, I);
+      be.matmul(&c.h3[b * I], xr + b * H, w.w3 + (long)j * I * H, cnt, H, I);
+    }
+    be.swiglu(c.act.data(), c.h1.data(), c.h3.data(), Rr * I);
+    for (int j = 0; j < held; j++) {
+      long b = c.held_offsets[j], cnt = c.held_offsets[j + 1] - b;
+      if (cnt == 0) continue;
+      be.matmul(yr + b * H, &c.act[b * I], w.w2 + (long)j * H * I, cnt, I, H);
+    }
   }
   if (par.exchange) exchange_rows(c, par, H, c.yr.data(), c.y.data(), true);
 
@@ -170,20 +196,9 @@ void moe_forward(Backend& be, T* out, const T* x, int N, const MoeWeights<T>& w,
   // other weights are not renormalized).
   be.combine(out, c.y.data(), c.slot_sel.data(), c.topk_w.data(), N, k, H);
   reduce_partial(par, out, size_t(N) * H);
-
-  c.stats = router_stats(c.probs.data(), c.logits.data(), c.topk_idx.data(), N, E, k);
-  if (o.reduce_stats) {
-    std::vector<double> v = c.stats.pack();
-    o.reduce_stats(v.data(), v.size());
-    c.stats.unpack(v, E);
-  }
-  c.aux_loss = aux_loss_value(c.stats, E, k, o.aux);
-  c.z_loss = z_loss_value(c.stats);
-  double ent = 0;
-  for (long i = 0; i < (long)N * E; i++)
-    if (c.probs[i] > 0) ent -= c.probs[i] * std::log((double)c.probs[i]);
-  c.entropy = N ? ent / N : 0.0;
+  finish_stats(c, N, E, k, o);
 }
+
 
 template <class T>
 void moe_backward(Backend& be, T* dx, const MoeGrads<T>& g, const T* dout, const T* x, int N, const MoeWeights<T>& w,

@@ -1,10 +1,15 @@
 #pragma once
-// One MoE FFN layer: router -> dispatch -> experts (SwiGLU, expert(x) = w2(silu(w1 x) * w3 x)) ->
-// weighted combine. Dropped assignments contribute nothing (the token keeps its residual path).
+// The one MoE block, for training, eval and the engine: router -> dispatch -> experts (SwiGLU,
+// expert(x) = w2(silu(w1 x) * w3 x)) -> weighted combine. Dropped assignments contribute nothing
+// (the token keeps its residual path). The token dispatcher has three variants (MoeParallel):
+// local (every expert here), held experts (this rank computes experts [e_begin, +held) of the
+// tokens it holds; a group sums the partial outputs: TP/EDP training, TP/EP inference) and
+// all-to-all (tokens travel to the experts' owners: EP/ETP training).
 #include <cstdint>
 #include <functional>
 #include <vector>
 
+#include "core/weight.h"
 #include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/router.h"
@@ -47,6 +52,11 @@ struct MoeWeights {
   const T* w1 = nullptr;      // [held, I, H] gate projections, expert e at w1 + (e - e_begin)*I*H
   const T* w3 = nullptr;      // [E, I, H] up projections
   const T* w2 = nullptr;      // [E, H, I] down projections
+  // Inference: typed weights (f32, bf16, fp8) of the held experts, [held] each; when set they are
+  // used instead of w1/w3/w2 (float only; one grouped call, no activations kept for backward).
+  const QWeight* const* q1 = nullptr;
+  const QWeight* const* q3 = nullptr;
+  const QWeight* const* q2 = nullptr;
 };
 
 template <class T>

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <vector>
 
 #include <fmt/format.h>
@@ -133,15 +133,12 @@ class CpuBackend final : public TypedOps<MoeOps> {
   // The team is set per calling thread (OpenMP's ICV): the engine thread's steps set their own.
   void step_begin(int rows) override {
     if (team_ == 0) team_ = sky::num_threads();
-    step_threads_ = governor_.begin(rows, team_);
+    step_threads_ = fixed_team_ ? team_ : governor_.begin(rows, team_);
     omp_set_num_threads(step_threads_);
     step_t0_ = std::chrono::steady_clock::now();
-    step_cpu0_ = cpu_seconds();
   }
   void step_end() override {
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0_).count();
-    const double share = wall > 0 ? (cpu_seconds() - step_cpu0_) / (wall * step_threads_) : 1.0;
-    governor_.end(wall, share);
+    governor_.end(std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0_).count());
     omp_set_num_threads(team_);
   }
   int num_threads() const override { return sky::num_threads(); }
@@ -282,16 +279,14 @@ class CpuBackend final : public TypedOps<MoeOps> {
 
  private:
   int team_ = 0;  // the configured team (set_threads), 0 until known
+  // SKYMOE_FIXED_TEAM=1: every step on the full team (benchmarks of the kernels alone).
+  const bool fixed_team_ = [] {
+    const char* v = std::getenv("SKYMOE_FIXED_TEAM");
+    return v && *v && *v != '0';
+  }();
   StepGovernor governor_;
   int step_threads_ = 1;
   std::chrono::steady_clock::time_point step_t0_;
-  double step_cpu0_ = 0;
-  // CPU time of the whole process (every thread): spinning and working count, waiting for a core does not.
-  static double cpu_seconds() {
-    timespec ts{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-  }
 };
 
 }  // namespace
