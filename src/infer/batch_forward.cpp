@@ -5,7 +5,6 @@
 
 #include "core/error.h"
 #include "infer/tp.h"
-#include "moe/router.h"
 #include "backend/backend.h"
 #include "model/transformer.h"
 
@@ -80,8 +79,7 @@ static void ffn(const InferModel& m, int l, const float* in, float* out, int n, 
   w.q1 = s.w1.data();
   w.q3 = s.w3.data();
   w.q2 = s.w2.data();
-  if (s.moe_opts.router.num_experts != c.num_experts) s.moe_opts = moe_options(c, 0.0, DropPolicy::Prob, AuxLossType::None);
-  moe_forward(be, out, in, n, w, s.moe_opts, s.moe);
+  moe_forward(be, out, in, n, w, moe_options(c, 0.0, DropPolicy::Prob, AuxLossType::None), s.moe);
 }
 
 void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,

@@ -40,7 +40,6 @@ struct BatchScratch {
   std::vector<int32_t> pos;
   std::vector<AttnSeq> attn;
   std::vector<const QWeight*> w1, w3, w2;  // the held experts of the layer being run
-  MoeOptions moe_opts;  // the config's router, dropless, no aux loss (set on first use)
   MoeCache<float> moe;
 };
 

@@ -397,6 +397,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   int hang_rank = -1, hang_step = -1;
   if (const char* h = std::getenv("SKYMOE_TEST_HANG")) std::sscanf(h, "%d:%d", &hang_rank, &hang_step);
   std::vector<double> red;
+  // Tied embeddings under a pipeline split: the embedding both end stages hold (null otherwise).
+  const ParamSpec* tied_embed = mesh.tied_group ? m.layout.find(tensor_name(ParamKind::Embed)) : nullptr;
   for (int64_t step = step0 + 1; step <= o.steps; step++) {
     if (comm.rank() == hang_rank && step == hang_step) std::this_thread::sleep_for(std::chrono::hours(1));
     auto t0 = std::chrono::steady_clock::now();
@@ -451,18 +453,15 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
 
     // A tied model split into stages: the embedding's gradient is the sum of the first stage's
     // (lookups) and the last stage's (LM head); both then take the same update. The norm counts it once.
-    const ParamSpec* tied_copy = mesh.holds_tied_copy() ? m.layout.find(tensor_name(ParamKind::Embed)) : nullptr;
-    if (mesh.tied_group) {
-      const ParamSpec* e = m.layout.find(tensor_name(ParamKind::Embed));
-      mesh.tied_group->all_reduce_sum(grads.data() + e->offset, e->numel());
-    }
+    if (tied_embed) mesh.tied_group->all_reduce_sum(grads.data() + tied_embed->offset, tied_embed->numel());
     // Sum the replicas' gradients, clip by the global norm, update the owned ranges, and (ZeRO-1)
     // share the updated parameters.
     double sq = 0;
     for (Region& r : regions) {
       r.reduce(grads.data());
       if (r.counts_in_norm()) sq += sum_squares(m.layout, grads.data(), r.norm_begin(), r.norm_end(),
-                                                mesh.tp > 1 && mesh.tp_rank > 0, be, tied_copy);
+                                                mesh.tp > 1 && mesh.tp_rank > 0, be,
+                                                mesh.holds_tied_copy() ? tied_embed : nullptr);
     }
     comm.all_reduce_sum(&sq, 1);
     s.grad_norm = std::sqrt(sq);
