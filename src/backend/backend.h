@@ -107,7 +107,9 @@ class Backend {
                                int O, bool exact = false) = 0;
   virtual void matmul_backward(double* dx, double* dw, const double* dy, const double* x, const double* w, int N,
                                int I, int O, bool exact = false) = 0;
-  // y[N, O] = x[N, I] W^T over a typed weight (inference: f32, bf16, fp8 with scales).
+  // y[N, O] = x[N, I] W^T over a typed weight (f32, bf16, fp8 with scales): the decoder's linear
+  // layers, training's (f32 views of the master weights: then the result is matmul's, at the training
+  // precision, within rounding) and the engine's.
   virtual void linear(float* y, const float* x, const QWeight& w, int N) = 0;
   // Several products of the same x (the q, k and v projections) in one call.
   virtual void linear_multi(const float* x, int N, const LinearOut* outs, int count) = 0;

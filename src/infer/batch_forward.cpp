@@ -10,56 +10,23 @@
 
 namespace sky {
 
-void SeqKV::init(const ModelConfig& c, int cap, bool half) {
-  capacity = cap;
-  len = 0;
-  bf16 = half;
-  const size_t n = size_t(c.num_layers) * cap * c.kv_dim();
-  k.assign(bf16 ? 0 : n, 0.0f);
-  v.assign(bf16 ? 0 : n, 0.0f);
-  kh.assign(bf16 ? n : 0, 0);
-  vh.assign(bf16 ? n : 0, 0);
-}
-
-void SeqKV::put(const ModelConfig& c, int layer, int pos, const float* keys, const float* values, int n) {
-  const size_t at = (size_t(layer) * capacity + pos) * c.kv_dim(), count = size_t(n) * c.kv_dim();
-  if (bf16) {
-    convert_from_f32(DType::BF16, keys, kh.data() + at, count);
-    convert_from_f32(DType::BF16, values, vh.data() + at, count);
-  } else {
-    std::memcpy(k.data() + at, keys, sizeof(float) * count);
-    std::memcpy(v.data() + at, values, sizeof(float) * count);
-  }
-}
-
-KvView SeqKV::view(const ModelConfig& c, int layer) const {
-  const size_t at = size_t(layer) * capacity * c.kv_dim();
-  if (bf16) return {nullptr, nullptr, kh.data() + at, vh.data() + at};
-  return {k.data() + at, v.data() + at, nullptr, nullptr};
-}
-
 template <class V>
 static void grow(V& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-static void ffn(const InferModel& m, int l, const float* in, float* out, int n, BatchScratch& s) {
+// The decoder's view of layer l: the engine's typed weights (held experts only).
+static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   const ModelConfig& c = m.cfg;
   const InferLayer& L = m.layers[l];
-  Backend& be = *m.be;
-  const int H = c.hidden_size;
+  LayerWeights w;
+  w.attn_norm = L.attn_norm.data();
+  w.ffn_norm = L.ffn_norm.data();
+  w.wq = &L.wq, w.wk = &L.wk, w.wv = &L.wv, w.wo = &L.wo;
   if (!c.layer_is_moe(l)) {
-    const int I = c.intermediate_size;
-    grow(s.h1, size_t(n) * I);
-    grow(s.h3, size_t(n) * I);
-    const LinearOut gate_up[] = {{s.h1.data(), &L.gate}, {s.h3.data(), &L.up}};
-    be.linear_multi(in, n, gate_up, 2);
-    be.swiglu(s.h1.data(), s.h1.data(), s.h3.data(), long(n) * I);
-    be.linear(out, s.h1.data(), L.down, n);
-    return;
+    w.gate = &L.gate, w.up = &L.up, w.down = &L.down;
+    return w;
   }
-  // The MoE block training runs, over this rank's held experts' typed weights (dropless, no aux
-  // loss); under tensor/expert parallelism the caller sums the ranks' partial outputs.
   const int e0 = m.shard.experts.begin, held = m.shard.experts.size;
   s.w1.resize(held);
   s.w3.resize(held);
@@ -69,24 +36,24 @@ static void ffn(const InferModel& m, int l, const float* in, float* out, int n, 
     s.w3[j] = &L.w3[e0 + j];
     s.w2[j] = &L.w2[e0 + j];
   }
-  MoeWeights<float> w;
-  w.H = H;
-  w.I = c.moe_intermediate_size;
-  w.E = c.num_experts;
-  w.e_begin = e0;
-  w.e_count = held;
-  w.router = L.router.data();
-  w.q1 = s.w1.data();
-  w.q3 = s.w3.data();
-  w.q2 = s.w2.data();
-  moe_forward(be, out, in, n, w, moe_options(c, 0.0, DropPolicy::Prob, AuxLossType::None), s.moe);
+  MoeWeights<float>& e = w.moe;
+  e.H = c.hidden_size;
+  e.I = c.moe_intermediate_size;
+  e.E = c.num_experts;
+  e.e_begin = e0;
+  e.e_count = held;
+  e.router = L.router.data();
+  e.q1 = s.w1.data();
+  e.q3 = s.w3.data();
+  e.q2 = s.w2.data();
+  return w;
 }
 
 void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,
                    float* all_logits) {
   const ModelConfig& c = m.cfg;
   Backend& be = *m.be;
-  const int H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size;
+  const int H = c.hidden_size, V = c.vocab_size;
   const float eps = float(c.rms_norm_eps);
   int n = 0;
   for (const auto& r : rows) {
@@ -105,14 +72,10 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     Backend& be;
     ~StepEnd() { be.step_end(); }
   } step_end{be};
-  for (auto* b : {&s.x, &s.ln, &s.tmp}) grow(*b, size_t(n) * H);
-  grow(s.q, size_t(n) * qd);
-  grow(s.ctx, size_t(n) * qd);
-  grow(s.k, size_t(n) * kvd);
-  grow(s.v, size_t(n) * kvd);
+  grow(s.x, size_t(n) * H);
+  grow(s.ln, size_t(n) * H);
   grow(s.rstd, n);
   grow(s.pos, n);
-  grow(s.attn, rows.size());
   {
     int r0 = 0;
     for (const auto& r : rows)
@@ -121,29 +84,26 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
         std::memcpy(s.x.data() + size_t(r0) * H, m.embed.data() + size_t(r.tokens[i]) * H, sizeof(float) * H);
       }
   }
-  for (int l = 0; l < c.num_layers; l++) {
-    const InferLayer& L = m.layers[l];
-    be.rmsnorm(s.ln.data(), s.rstd.data(), s.x.data(), L.attn_norm.data(), n, H, eps);
-    const LinearOut qkv[] = {{s.q.data(), &L.wq}, {s.k.data(), &L.wk}, {s.v.data(), &L.wv}};
-    be.linear_multi(s.ln.data(), n, qkv, 3);
-    be.rope(s.q.data(), s.pos.data(), n, c.num_heads, m.rope);
-    be.rope(s.k.data(), s.pos.data(), n, c.num_kv_heads, m.rope);
-    int r0 = 0;
-    for (size_t i = 0; i < rows.size(); i++) {
-      const BatchRow& r = rows[i];
-      r.kv->put(c, l, r.kv->len, s.k.data() + size_t(r0) * kvd, s.v.data() + size_t(r0) * kvd, r.n);
-      s.attn[i] = {s.ctx.data() + size_t(r0) * qd, s.q.data() + size_t(r0) * qd, r.kv->view(c, l), r.kv->len, r.n};
-      r0 += r.n;
-    }
-    be.attention_kv(s.attn.data(), int(rows.size()), c.num_heads, c.num_kv_heads, c.head_dim);
-    be.linear(s.tmp.data(), s.ctx.data(), L.wo, n);
-    if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's heads
-    be.add(s.x.data(), s.tmp.data(), size_t(n) * H);
-    be.rmsnorm(s.ln.data(), s.rstd.data(), s.x.data(), L.ffn_norm.data(), n, H, eps);
-    ffn(m, l, s.ln.data(), s.tmp.data(), n, s);
-    if (m.tp) m.tp->sum(s.tmp.data(), size_t(n) * H);  // every rank's FFN width or experts
-    be.add(s.x.data(), s.tmp.data(), size_t(n) * H);
-  }
+  LayerShape d;
+  d.H = H;
+  d.nh = c.num_heads;
+  d.nkv = c.num_kv_heads;
+  d.hd = c.head_dim;
+  d.I = c.intermediate_size;
+  d.eps = eps;
+  d.rope = &m.rope;
+  RowBatch rb;
+  rb.N = n;
+  rb.pos = s.pos.data();
+  rb.seqs = &rows;
+  // Dropless, no aux loss; the held-experts dispatcher leaves the ranks' partial outputs to the
+  // group's sum, as the attention heads and the dense FFN width.
+  const MoeOptions moe = moe_options(c, 0.0, DropPolicy::Prob, AuxLossType::None);
+  PartialSum sums;
+  if (m.tp) sums.sum = [&m](float* x, size_t count) { m.tp->sum(x, count); };
+  sums.moe = true;
+  for (int l = 0; l < c.num_layers; l++)
+    layer_forward(be, layer_weights(m, l, s), d, l, s.layer, s.x.data(), s.x.data(), rb, moe, sums);
   for (const auto& r : rows) r.kv->len += r.n;
   if (!m.shard.head) return;  // a tensor-parallel rank other than 0: rank 0 alone computes logits
   if (all_logits) {

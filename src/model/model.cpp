@@ -14,9 +14,63 @@ namespace sky {
 
 namespace fs = std::filesystem;
 
+static QWeight f32_view(const float* w, int O, int I) {
+  QWeight q;
+  q.O = O;
+  q.I = I;
+  q.data = w;
+  return q;
+}
+
 void Model::bind() {
   w = param_view<float>(layout, shard.layer_begin, shard.num_layers(), params.data());
   rope = RopeTable(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta);
+  const LayerShape d = layer_shape();
+  const int nl = shard.num_layers();
+  handles_.assign(size_t(nl) * 7, QWeight{});  // wq wk wv wo gate up down; sized once: pointers stay valid
+  layer_weights.assign(nl, LayerWeights{});
+  for (int l = 0; l < nl; l++) {
+    const LayerView<float>& V = w.layers[l];
+    LayerWeights& L = layer_weights[l];
+    QWeight* h = handles_.data() + size_t(l) * 7;
+    L.attn_norm = V.attn_norm;
+    L.ffn_norm = V.ffn_norm;
+    h[0] = f32_view(V.wq, d.qd(), d.H);
+    h[1] = f32_view(V.wk, d.kvd(), d.H);
+    h[2] = f32_view(V.wv, d.kvd(), d.H);
+    h[3] = f32_view(V.wo, d.H, d.qd());
+    L.wq = &h[0], L.wk = &h[1], L.wv = &h[2], L.wo = &h[3];
+    if (cfg.layer_is_moe(shard.layer_begin + l)) {
+      MoeWeights<float>& e = L.moe;
+      e.H = d.H;
+      e.I = shard.expert_ffn.size;  // the expert width held
+      e.E = cfg.num_experts;
+      e.e_begin = shard.experts.begin;
+      e.e_count = shard.experts.size;
+      e.router = V.router;
+      e.w1 = V.w1;
+      e.w3 = V.w3;
+      e.w2 = V.w2;
+    } else {
+      h[4] = f32_view(V.w_gate, d.I, d.H);
+      h[5] = f32_view(V.w_up, d.I, d.H);
+      h[6] = f32_view(V.w_down, d.H, d.I);
+      L.gate = &h[4], L.up = &h[5], L.down = &h[6];
+    }
+  }
+  lm_head = w.lm_head ? f32_view(w.lm_head, cfg.vocab_size, cfg.hidden_size) : QWeight{};
+}
+
+LayerShape Model::layer_shape() const {
+  LayerShape d;
+  d.H = cfg.hidden_size;
+  d.nh = shard.q_heads.size;
+  d.nkv = shard.kv_heads.size;
+  d.hd = cfg.head_dim;
+  d.I = shard.ffn.size;
+  d.eps = float(cfg.rms_norm_eps);
+  d.rope = &rope;
+  return d;
 }
 
 Model Model::random(const ModelConfig& cfg, uint64_t seed) { return random(cfg, seed, Shard::full(cfg)); }

@@ -6,6 +6,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/decoder.h"
 #include "model/params.h"
 #include "backend/backend.h"
 #include "core/rope_table.h"
@@ -20,6 +21,11 @@ struct Model {
   ParamView<float> w;  // named views into params
   RopeTable rope;      // cos/sin for positions [0, max_position_embeddings)
   Backend* be = &backend();  // where forward/backward compute (--device)
+  // The decoder's view of each held layer: f32 handles over `params` (rebuilt by bind()).
+  std::vector<LayerWeights> layer_weights;
+  QWeight lm_head;  // over w.lm_head (the embedding when tied); empty without the head
+
+  LayerShape layer_shape() const;  // this shard's sizes
 
   Model() = default;
   Model(const Model&) = delete;  // views point into params
@@ -43,7 +49,10 @@ struct Model {
   // Only a whole model can be saved.
   void save(const std::string& dir, DType dtype = DType::F32, size_t max_shard_bytes = size_t(2) << 30) const;
 
-  void bind();  // recompute `w` (after params moved) and the RoPE table
+  void bind();  // recompute `w`, the handles (after params moved) and the RoPE table
+
+ private:
+  std::vector<QWeight> handles_;  // the matrices layer_weights point at
 };
 
 // Loads tensors named by `layout` from an HF directory into `out` (f32), checking names, shapes

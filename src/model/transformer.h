@@ -1,7 +1,7 @@
 #pragma once
-// The decoder forward pass over a batch (training and eval); generation runs infer/batch_forward.
-// Training forward saves what the backward pass needs in Activations, which are sized once per
-// (B, T) and reused.
+// Training and eval over a batch of B sequences of T tokens: embedding, the decoder layers
+// (model/decoder.h, the same layer the engine runs), final norm, logits, cross-entropy, and the
+// backward of all of it. Forward saves what backward needs in Activations, reused across steps.
 //
 // The batch functions run whatever shard of the model `m` holds (model/shard.h): a pipeline stage
 // without the embedding starts from acts.resid[0] filled by the caller, one without the LM head
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/decoder.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 
@@ -22,12 +23,6 @@ RouterOptions router_options(const ModelConfig& cfg);
 // Router options from the config plus the training-time choices (capacity, policy, aux type).
 MoeOptions moe_options(const ModelConfig& cfg, double capacity_factor = 0.0, DropPolicy policy = DropPolicy::Prob,
                        AuxLossType aux = AuxLossType::Skywork);
-
-struct LayerActs {
-  std::vector<float> ln1, rstd1, q, k, v, att, ctx, mid, ln2, rstd2;  // mid: residual after attention
-  std::vector<float> h1, h3, act;  // dense FFN
-  MoeCache<float> moe;
-};
 
 // What a forward pass reports about one MoE layer (kept even when its activations are not).
 struct MoeLayerStats {
@@ -48,8 +43,9 @@ struct Activations {
   std::vector<LayerActs> layers;
   std::vector<MoeLayerStats> moe_stats;  // [local layer], MoE models only
   std::vector<float> lnf, rstdf, logits, losses;
-  // Gradient scratch for backward (sized on first use).
-  std::vector<float> d_logits, d_lnf, d_x, d_mid, d_ln, d_q, d_k, d_v, d_ctx, d_h1, d_h3, d_act;
+  // Gradient scratch for backward (sized on first use); d_x: of the residual stream at the current depth.
+  std::vector<float> d_logits, d_lnf, d_x;
+  LayerGradScratch grad;
   void resize(const Model& m, int B, int T);
   LayerActs& layer(int l) { return l < int(recompute.size()) && recompute[l] ? *scratch : layers[l]; }
 };

@@ -187,9 +187,22 @@ class CpuBackend final : public TypedOps<MoeOps> {
                        int O, bool exact) override {
     sky::matmul_backward(dx, dw, dy, x, w, N, I, O, exact);
   }
-  void linear(float* y, const float* x, const QWeight& w, int N) override { qmatmul(y, x, w, N); }
+  // F32 weights over many rows (training batches, long prefills) are a GEMM: the training matmul, at
+  // its precision. The streaming kernels win where the weight bytes dominate (decode).
+  static bool as_gemm(const QWeight& w, int N) {
+    return w.dtype == DType::F32 && (N >= 64 || sky::matmul_precision() == MatmulPrecision::BF16);
+  }
+  void linear(float* y, const float* x, const QWeight& w, int N) override {
+    if (as_gemm(w, N))
+      matmul_forward(y, x, static_cast<const float*>(w.data), N, w.I, w.O);
+    else
+      qmatmul(y, x, w, N);
+  }
   void linear_multi(const float* x, int N, const LinearOut* outs, int count) override {
-    qmatmul_multi(x, N, outs, count);
+    bool gemm = true;
+    for (int j = 0; j < count; j++) gemm = gemm && as_gemm(*outs[j].w, N);
+    if (!gemm) return qmatmul_multi(x, N, outs, count);
+    for (int j = 0; j < count; j++) linear(outs[j].y, x, *outs[j].w, N);
   }
   void grouped_swiglu(float* y, float* h1, float* h3, const float* xg, const int32_t* offsets, int E,
                       const QWeight* const* w1, const QWeight* const* w3, const QWeight* const* w2, int H,

@@ -1,0 +1,158 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/config.h"
+
+namespace sky {
+
+void SeqKV::init(const ModelConfig& c, int cap, bool half) {
+  capacity = cap;
+  len = 0;
+  bf16 = half;
+  kv_dim = c.kv_dim();
+  const size_t n = size_t(c.num_layers) * cap * kv_dim;
+  k.assign(bf16 ? 0 : n, 0.0f);
+  v.assign(bf16 ? 0 : n, 0.0f);
+  kh.assign(bf16 ? n : 0, 0);
+  vh.assign(bf16 ? n : 0, 0);
+}
+
+void SeqKV::put(int layer, int pos, const float* keys, const float* values, int n) {
+  const size_t at = (size_t(layer) * capacity + pos) * kv_dim, count = size_t(n) * kv_dim;
+  if (bf16) {
+    convert_from_f32(DType::BF16, keys, kh.data() + at, count);
+    convert_from_f32(DType::BF16, values, vh.data() + at, count);
+  } else {
+    std::memcpy(k.data() + at, keys, sizeof(float) * count);
+    std::memcpy(v.data() + at, values, sizeof(float) * count);
+  }
+}
+
+KvView SeqKV::view(int layer) const {
+  const size_t at = size_t(layer) * capacity * kv_dim;
+  if (bf16) return {nullptr, nullptr, kh.data() + at, vh.data() + at};
+  return {k.data() + at, v.data() + at, nullptr, nullptr};
+}
+
+template <class V>
+static void grow(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+static void zero(std::vector<float>& v, size_t n) {
+  grow(v, n);
+  std::fill(v.begin(), v.begin() + n, 0.0f);
+}
+
+// Backward reads the f32 master weight behind a handle.
+static const float* f32(const QWeight* w) {
+  SKY_CHECK(w->dtype == DType::F32, "backward needs f32 weights, got {}", dtype_name(w->dtype));
+  return static_cast<const float*>(w->data);
+}
+
+// Attention of the batch's rows: per training sequence (probabilities kept for backward), or
+// each engine sequence's new rows over its KV cache (their keys and values appended first).
+static void attend(Backend& be, const LayerShape& d, int layer, LayerActs& A, const RowBatch& rb) {
+  if (!rb.seqs) {
+    grow(A.att, size_t(rb.B) * d.nh * rb.T * rb.T);
+    be.attention(A.ctx.data(), A.att.data(), A.q.data(), A.k.data(), A.v.data(), rb.B, rb.T, d.nh, d.nkv, d.hd);
+    return;
+  }
+  const std::vector<BatchRow>& seqs = *rb.seqs;
+  grow(A.attn, seqs.size());
+  size_t r0 = 0;
+  for (size_t i = 0; i < seqs.size(); i++) {
+    SeqKV& kv = *seqs[i].kv;
+    kv.put(layer, kv.len, A.k.data() + r0 * d.kvd(), A.v.data() + r0 * d.kvd(), seqs[i].n);
+    A.attn[i] = {A.ctx.data() + r0 * d.qd(), A.q.data() + r0 * d.qd(), kv.view(layer), kv.len, seqs[i].n};
+    r0 += size_t(seqs[i].n);
+  }
+  be.attention_kv(A.attn.data(), int(seqs.size()), d.nh, d.nkv, d.hd);
+}
+
+void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int layer, LayerActs& A, const float* x,
+                   float* y, const RowBatch& rb, const MoeOptions& moe, const PartialSum& tp) {
+  const int N = rb.N;
+  const size_t NH = size_t(N) * d.H;
+  for (auto* b : {&A.ln1, &A.mid, &A.ln2}) grow(*b, NH);
+  grow(A.rstd1, N);
+  grow(A.rstd2, N);
+  grow(A.q, size_t(N) * d.qd());
+  grow(A.ctx, size_t(N) * d.qd());
+  grow(A.k, size_t(N) * d.kvd());
+  grow(A.v, size_t(N) * d.kvd());
+
+  be.rmsnorm(A.ln1.data(), A.rstd1.data(), x, W.attn_norm, N, d.H, d.eps);
+  const LinearOut qkv[] = {{A.q.data(), W.wq}, {A.k.data(), W.wk}, {A.v.data(), W.wv}};
+  be.linear_multi(A.ln1.data(), N, qkv, 3);
+  be.rope(A.q.data(), rb.pos, N, d.nh, *d.rope);
+  be.rope(A.k.data(), rb.pos, N, d.nkv, *d.rope);
+  attend(be, d, layer, A, rb);
+  be.linear(A.mid.data(), A.ctx.data(), *W.wo, N);
+  tp(A.mid.data(), NH);  // every rank's heads
+  be.add(A.mid.data(), x, NH);
+  be.rmsnorm(A.ln2.data(), A.rstd2.data(), A.mid.data(), W.ffn_norm, N, d.H, d.eps);
+  if (W.is_moe()) {
+    moe_forward(be, y, A.ln2.data(), N, W.moe, moe, A.moe);
+    if (tp.moe) tp(y, NH);  // every rank's experts or expert blocks
+  } else {
+    const size_t NI = size_t(N) * d.I;
+    for (auto* b : {&A.h1, &A.h3, &A.act}) grow(*b, NI);
+    const LinearOut gate_up[] = {{A.h1.data(), W.gate}, {A.h3.data(), W.up}};
+    be.linear_multi(A.ln2.data(), N, gate_up, 2);
+    be.swiglu(A.act.data(), A.h1.data(), A.h3.data(), long(NI));
+    be.linear(y, A.act.data(), *W.down, N);
+    tp(y, NH);  // every rank's FFN width
+  }
+  be.add(y, A.mid.data(), NH);
+}
+
+void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& G, const LayerShape& d,
+                    const LayerActs& A, const float* x, float* d_x, const RowBatch& rb, const MoeOptions& moe,
+                    double aux_coef, double z_coef, const PartialSum& tp, LayerGradScratch& S) {
+  SKY_CHECK(!rb.seqs, "layer_backward: a training batch has no KV caches");
+  const int N = rb.N;
+  const size_t NH = size_t(N) * d.H;
+  // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
+  grow(S.d_mid, NH);
+  std::copy(d_x, d_x + NH, S.d_mid.begin());
+  zero(S.d_ln, NH);
+  if (W.is_moe()) {
+    const MoeGrads<float> mg{G.router, G.w1, G.w3, G.w2};
+    moe_backward(be, S.d_ln.data(), mg, d_x, A.ln2.data(), N, W.moe, moe, A.moe, aux_coef, z_coef);
+    if (tp.moe) tp(S.d_ln.data(), NH);
+  } else {
+    const size_t NI = size_t(N) * d.I;
+    zero(S.d_h1, NI);
+    zero(S.d_h3, NI);
+    zero(S.d_act, NI);
+    be.matmul_backward(S.d_act.data(), G.w_down, d_x, A.act.data(), f32(W.down), N, d.I, d.H);
+    be.swiglu_backward(S.d_h1.data(), S.d_h3.data(), S.d_act.data(), A.h1.data(), A.h3.data(), long(NI));
+    be.matmul_backward(S.d_ln.data(), G.w_gate, S.d_h1.data(), A.ln2.data(), f32(W.gate), N, d.H, d.I);
+    be.matmul_backward(S.d_ln.data(), G.w_up, S.d_h3.data(), A.ln2.data(), f32(W.up), N, d.H, d.I);
+    tp(S.d_ln.data(), NH);
+  }
+  be.rmsnorm_backward(S.d_mid.data(), G.ffn_norm, S.d_ln.data(), A.mid.data(), W.ffn_norm, A.rstd2.data(), N, d.H);
+  // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
+  std::copy(S.d_mid.begin(), S.d_mid.begin() + NH, d_x);
+  zero(S.d_ctx, size_t(N) * d.qd());
+  be.matmul_backward(S.d_ctx.data(), G.wo, S.d_mid.data(), A.ctx.data(), f32(W.wo), N, d.qd(), d.H);
+  zero(S.d_q, size_t(N) * d.qd());
+  zero(S.d_k, size_t(N) * d.kvd());
+  zero(S.d_v, size_t(N) * d.kvd());
+  be.attention_backward(S.d_q.data(), S.d_k.data(), S.d_v.data(), S.d_ctx.data(), A.q.data(), A.k.data(), A.v.data(),
+                        A.att.data(), rb.B, rb.T, d.nh, d.nkv, d.hd);
+  be.rope_backward(S.d_q.data(), rb.pos, N, d.nh, *d.rope);
+  be.rope_backward(S.d_k.data(), rb.pos, N, d.nkv, *d.rope);
+  zero(S.d_ln, NH);
+  be.matmul_backward(S.d_ln.data(), G.wq, S.d_q.data(), A.ln1.data(), f32(W.wq), N, d.H, d.qd());
+  be.matmul_backward(S.d_ln.data(), G.wk, S.d_k.data(), A.ln1.data(), f32(W.wk), N, d.H, d.kvd());
+  be.matmul_backward(S.d_ln.data(), G.wv, S.d_v.data(), A.ln1.data(), f32(W.wv), N, d.H, d.kvd());
+  tp(S.d_ln.data(), NH);
+  be.rmsnorm_backward(d_x, G.attn_norm, S.d_ln.data(), x, W.attn_norm, A.rstd1.data(), N, d.H);
+}
+
+}  // namespace sky

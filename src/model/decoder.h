@@ -1,0 +1,108 @@
+#pragma once
+// The one decoder layer, run by training, eval and the engine (prefill and decode) alike:
+//   mid = x + o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x),   y = mid + ffn(rmsnorm(mid))
+// where ffn is a dense SwiGLU or the MoE block (moe/moe_layer.h), as the config says per layer.
+// It runs a batch of row segments: training and eval give B sequences of T rows from position 0
+// and keep every activation for backward; the engine gives each running sequence's new rows,
+// which attend over that sequence's KV cache. Weights are handles (core/weight.h): training's are
+// f32 views of its master weights, the engine's whatever it loaded (f32, bf16, fp8).
+// Backward (training only) sits beside the forward.
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/rope_table.h"
+#include "core/weight.h"
+#include "model/params.h"
+#include "moe/moe_layer.h"
+
+namespace sky {
+
+// One layer's weights as the decoder reads them (views; Model or InferModel owns the bytes).
+struct LayerWeights {
+  const float* attn_norm = nullptr;
+  const float* ffn_norm = nullptr;
+  const QWeight *wq = nullptr, *wk = nullptr, *wv = nullptr, *wo = nullptr;
+  const QWeight *gate = nullptr, *up = nullptr, *down = nullptr;  // dense FFN (null in an MoE layer)
+  MoeWeights<float> moe;                                          // router and held experts (MoE layer)
+  bool is_moe() const { return moe.router != nullptr; }
+};
+
+// The sizes this process runs (a tensor-parallel rank holds fewer heads and a narrower FFN).
+struct LayerShape {
+  int H = 0, nh = 0, nkv = 0, hd = 0;
+  int I = 0;  // dense FFN width held
+  float eps = 1e-6f;
+  const RopeTable* rope = nullptr;
+  int qd() const { return nh * hd; }
+  int kvd() const { return nkv * hd; }
+};
+
+// A sequence's KV cache: [layer][position][kv_dim] for keys and values, f32 or (half the memory
+// and the bytes attention reads) bf16.
+struct SeqKV {
+  int capacity = 0;  // positions
+  int len = 0;       // positions filled
+  bool bf16 = false;
+  int kv_dim = 0;
+  std::vector<float> k, v;       // f32 cache
+  std::vector<uint16_t> kh, vh;  // bf16 cache
+  void init(const ModelConfig& c, int capacity, bool bf16 = false);
+  // Stores n positions' keys and values (f32 rows of kv_dim) at pos of a layer.
+  void put(int layer, int pos, const float* keys, const float* values, int n);
+  // The layer's cache from position 0, as attention reads it.
+  KvView view(int layer) const;
+};
+
+struct BatchRow {  // the new tokens of one sequence in an engine step
+  SeqKV* kv;
+  const int32_t* tokens;
+  int n;
+};
+
+// The rows of one forward pass, in order.
+struct RowBatch {
+  int N = 0;                     // rows
+  const int32_t* pos = nullptr;  // [N] position of each row
+  int B = 0, T = 0;              // training/eval: B sequences of T rows each, from position 0
+  const std::vector<BatchRow>* seqs = nullptr;  // engine: each sequence's new rows, over its KV cache
+};
+
+// Adds up a tensor-parallel group's partial outputs (after attention and the dense FFN; after the
+// MoE block too when its dispatcher does not do it itself). Empty: one process.
+struct PartialSum {
+  std::function<void(float*, size_t)> sum;
+  bool moe = false;
+  void operator()(float* x, size_t n) const {
+    if (sum) sum(x, n);
+  }
+};
+
+// What a layer's forward keeps for backward (training) or reuses as scratch (engine). Buffers grow
+// on first use and are reused: no allocation per step once the shapes have been seen.
+struct LayerActs {
+  std::vector<float> ln1, rstd1, q, k, v, att, ctx, mid, ln2, rstd2;  // mid: residual after attention
+  std::vector<float> h1, h3, act;  // dense FFN
+  std::vector<AttnSeq> attn;       // engine: one attention row segment per sequence
+  MoeCache<float> moe;
+};
+
+// y [N, H] = layer(x [N, H]); y may be x (the engine runs in place). `layer` is the global index
+// (the KV cache's layer).
+void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int layer, LayerActs& A, const float* x,
+                   float* y, const RowBatch& rb, const MoeOptions& moe, const PartialSum& tp);
+
+// Gradient scratch of layer_backward (grown on first use).
+struct LayerGradScratch {
+  std::vector<float> d_mid, d_ln, d_q, d_k, d_v, d_ctx, d_h1, d_h3, d_act;
+};
+
+// Backward of layer_forward (a training batch, activations in A): d_x holds the gradient of y on
+// entry and of x on exit; weight gradients accumulate into G. aux_coef and z_coef weight the MoE
+// layer's auxiliary and z losses.
+void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& G, const LayerShape& d,
+                    const LayerActs& A, const float* x, float* d_x, const RowBatch& rb, const MoeOptions& moe,
+                    double aux_coef, double z_coef, const PartialSum& tp, LayerGradScratch& S);
+
+}  // namespace sky
