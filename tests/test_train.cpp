@@ -700,6 +700,29 @@ const char* kTinyFlags = "--config tiny --seq-len 4 --batch-size 2 --quiet";
 
 }  // namespace
 
+// The CPU backend may run a training step on one thread or two (its step governor drops to one
+// while another process holds a core), so a run must give the same bits whatever the team: the
+// products are cut into blocks by shape, not by thread. 512 rows a step: every product has several blocks.
+TEST(Determinism, SameBitsOnOneThreadOrTwo) {
+  const std::string dir = skytest::temp_dir("team");
+  write_token_file(dir + "/train.bin", random_tokens(8000, 256, 5));
+  TrainOptions o = tiny_options(dir + "/train.bin");
+  o.seq_len = 64;
+  o.batch_size = 8;
+  o.steps = 3;
+  o.capacity_factor = 1.0;
+  o.threads = 1;
+  const TrainResult one = train(o);
+  o.threads = 2;
+  const TrainResult two = train(o);
+  ASSERT_EQ(one.log.size(), two.log.size());
+  for (size_t s = 0; s < one.log.size(); s++) {
+    EXPECT_EQ(one.log[s].loss, two.log[s].loss) << "step " << s + 1;
+    EXPECT_EQ(one.log[s].grad_norm, two.log[s].grad_norm) << "step " << s + 1;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(BadInput, DataLengthNotAMultipleOf4) {
   const std::string dir = skytest::temp_dir("bad-len"), data = dir + "/odd.bin";
   std::ofstream(data, std::ios::binary) << std::string(4 * 30 + 3, '\1');

@@ -68,9 +68,10 @@ class Backend {
   // Read bandwidth of the backend's memory (GB/s) over `bytes`, best of `reps`: the roofline that
   // memory-bound benchmarks quote beside their figures.
   virtual double memory_bandwidth_gbs(size_t bytes, int reps) = 0;
-  // The engine's step boundaries (one batch_forward; `rows` sizes it), so a backend can adapt to
-  // the machine it finds between steps: the CPU backend shrinks its team while another process
-  // holds one of its cores. Inference only: the team size never changes a result there.
+  // Step boundaries (an engine forward, a training step; `rows` sizes it), so a backend can adapt
+  // to the machine it finds between steps: the CPU backend shrinks its team while another process
+  // holds one of its cores. The team size never changes a result (training's products are blocked
+  // by shape, not by thread). Use StepScope.
   virtual void step_begin(int rows) {}
   virtual void step_end() {}
 
@@ -169,5 +170,17 @@ std::vector<std::string> device_names();
 
 // "f32" | "bf16" (for flags); anything else: error naming the value.
 MatmulPrecision parse_matmul_precision(const std::string& s);
+
+// Brackets one step: step_begin now, step_end on every way out (errors included).
+class StepScope {
+ public:
+  StepScope(Backend& be, int rows) : be_(be) { be_.step_begin(rows); }
+  ~StepScope() { be_.step_end(); }
+  StepScope(const StepScope&) = delete;
+  StepScope& operator=(const StepScope&) = delete;
+
+ private:
+  Backend& be_;
+};
 
 }  // namespace sky

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -45,6 +46,7 @@ int bench_train(Backend& be, const std::string& preset, int seq, int batch, int 
   for (int s = 0; s < warmup + steps; s++) {
     for (size_t i = 0; i < in.size(); i++) in[i] = int32_t(rng.below(cfg.vocab_size));
     for (size_t i = 0; i < in.size(); i++) tgt[i] = i + 1 < in.size() ? in[i + 1] : in[0];
+    std::optional<StepScope> scope(std::in_place, be, batch * seq);  // as the trainer's steps
     auto t0 = Clock::now();
     be.zero(grads.data(), grads.size());
     forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
@@ -57,6 +59,7 @@ int bench_train(Backend& be, const std::string& preset, int seq, int batch, int 
     opt.update(m.params.data(), grads.data(), 1e-4, s + 1, clip_scale(norm, 1.0));
     double o = since(t2);
     double all = since(t0);
+    scope.reset();
     if (s >= warmup) {
       t_fwd.push_back(f);
       t_bwd.push_back(b);

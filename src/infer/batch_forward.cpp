@@ -67,11 +67,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     n += r.n;
   }
   if (m.tp) m.tp->announce(rows);  // rank 0 tells the other ranks what to run
-  be.step_begin(n);
-  struct StepEnd {  // every way out of the step, errors included
-    Backend& be;
-    ~StepEnd() { be.step_end(); }
-  } step_end{be};
+  const StepScope step(be, n);
   grow(s.x, size_t(n) * H);
   grow(s.ln, size_t(n) * H);
   grow(s.rstd, n);

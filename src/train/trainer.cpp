@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -406,6 +407,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     s.step = step;
     s.alpha = alpha.alpha;
     LossWeights lw{alpha.alpha, o.z_loss};
+    std::optional<StepScope> scope(std::in_place, be, int(std::min<int64_t>(int64_t(B) * S * o.grad_accum, 1 << 30)));
     be.zero(grads.data(), grads.size());
     st.reset(Lm ? nl : 0, E);
     for (int micro = 0; micro < o.grad_accum; micro++) {
@@ -474,6 +476,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
       if (r.zero) r.gather(m.params.data() + r.own_begin, m.params.data());
     }
     alpha.update(s.drop_rate);
+    scope.reset();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t toks = int64_t(B) * S * o.grad_accum;
     s.tokens_per_s = toks / secs;

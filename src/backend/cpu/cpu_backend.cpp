@@ -133,7 +133,9 @@ class CpuBackend final : public TypedOps<MoeOps> {
   // The team is set per calling thread (OpenMP's ICV): the engine thread's steps set their own.
   void step_begin(int rows) override {
     if (team_ == 0) team_ = sky::num_threads();
-    step_threads_ = fixed_team_ ? team_ : governor_.begin(rows, team_);
+    // The bf16 GEMM's team-independence is untested on CPUs without AVX512-BF16: it keeps the full team.
+    const bool fixed = fixed_team_ || sky::matmul_precision() == MatmulPrecision::BF16;
+    step_threads_ = fixed ? team_ : governor_.begin(rows, team_);
     omp_set_num_threads(step_threads_);
     step_t0_ = std::chrono::steady_clock::now();
   }
