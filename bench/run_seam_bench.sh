@@ -11,7 +11,7 @@ export OMP_NUM_THREADS=$threads
 lscpu | grep -E '^Model name|^Flags' | sed 's/^Flags:.*\(avx512_bf16\).*/ISA: AVX-512 with AVX512-BF16/; s/^Flags:.*avx2.*/ISA: AVX2 (no AVX512-BF16)/' | head -2
 has_bf16=$(grep -c avx512_bf16 /proc/cpuinfo || true)
 infer() { $1 bench infer --preset bench-moe --dtype fp8 --prompt 128 --decode 48 --batches 16,64 --batch-steps 8 --threads "$threads" --json 2>/dev/null; }
-train() { $1 bench train --preset train-moe --threads "$threads" --steps 3 --warmup-steps 1 --precision "$2" --json 2>/dev/null; }
+train() { $1 bench train --preset train-moe --threads "$threads" --steps ${3:-3} --warmup-steps 1 --precision "$2" --json 2>/dev/null; }
 summ() {  # infer json -> prefill, decode at batch 1, 16 and 64 (tokens/s)
   python3 -c '
 import json, sys
@@ -21,7 +21,7 @@ print("prefill %.1f  decode1 %.2f  b16 %.1f  b64 %.1f" % (j["prefill_tokens_per_
 }
 tps() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"],1))'; }
 # Three rounds, the order alternating, so a drift of the machine's bandwidth favours neither.
-for round in 1 2 3; do
+for round in $(seq "${ROUNDS:-3}"); do
   echo "== round $round (idle cores)"
   for b in $([ $((round % 2)) = 1 ] && echo "$old $new" || echo "$new $old"); do
     tag=$([ "$b" = "$old" ] && echo old || echo new)
@@ -36,5 +36,7 @@ spin=$!
 trap 'kill $spin 2>/dev/null' EXIT
 echo "infer old (busy): $(infer "$old" | summ)"
 echo "infer new (busy): $(infer "$new" | summ)"
-echo "train f32 new (busy): $(train "$new" f32 | tps)"
+# 6 timed steps: the step governor tries one thread on the third step of a size and keeps the faster.
+echo "train f32 old (busy): $(train "$old" f32 6 | tps)"
+echo "train f32 new (busy): $(train "$new" f32 6 | tps)"
 kill $spin

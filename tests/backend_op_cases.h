@@ -177,6 +177,52 @@ void unpermute_add(Prepared& p, const Dims& d) {
   p.rtol = kRtol<T>, p.bytes = (R + 2.0 * d.N) * d.H * sizeof(T);
 }
 
+// Router options from a case's variant: lnorm (logit normalization, lambda 1.3), sigmoid scores,
+// no-renorm, scaled (routed scaling factor 2.5).
+inline sky::RouterOptions router_options(const Dims& d) {
+  auto has = [&](const char* f) { return d.opt.find(f) != std::string::npos; };
+  sky::RouterOptions o;
+  o.num_experts = d.E;
+  o.top_k = d.k;
+  o.logits_norm = has("lnorm");
+  o.lambda = o.logits_norm ? 1.3 : 1.0;
+  o.sigmoid = has("sigmoid");
+  o.renormalize = !has("no-renorm");
+  o.scale = has("scaled") ? 2.5 : 1.0;
+  return o;
+}
+
+template <class T>
+void router(Prepared& p, const Dims& d) {
+  const sky::RouterOptions o = router_options(d);
+  const size_t NE = size_t(d.N) * d.E, Nk = size_t(d.N) * d.k;
+  const T* logits = p.rnd<T>(NE, 2.0);
+  T *probs = p.rnd<T>(NE), *w = p.rnd<T>(Nk), *idx_t = p.rnd<T>(Nk);
+  int32_t* idx = p.zeros<int32_t>(Nk);
+  p.run = [=](Backend& b) {
+    b.router(probs, idx, w, logits, d.N, o);
+    for (size_t i = 0; i < Nk; i++) idx_t[i] = T(idx[i]);  // compared as values: a different pick differs by >= 1
+  };
+  p.out("probs", probs, NE), p.out("topk_w", w, Nk), p.out("topk_idx", idx_t, Nk);
+  p.rtol = kRtol<T>, p.flops = 8.0 * NE;
+}
+
+template <class T>
+void router_backward(Prepared& p, const Dims& d) {
+  const sky::RouterOptions o = router_options(d);
+  const size_t NE = size_t(d.N) * d.E, Nk = size_t(d.N) * d.k;
+  const T* logits = p.rnd<T>(NE, 2.0);
+  T *probs = p.zeros<T>(NE), *w = p.zeros<T>(Nk);
+  int32_t* idx = p.zeros<int32_t>(Nk);
+  sky::backend("ref").router(probs, idx, w, logits, d.N, o);  // the forward the gradient belongs to
+  const T* dprobs = d.opt.find("no-dprobs") != std::string::npos ? nullptr : p.rnd<T>(NE);
+  const T* dw = d.opt.find("no-dw") != std::string::npos ? nullptr : p.rnd<T>(Nk);
+  T* dlogits = p.rnd<T>(NE);
+  p.run = [=](Backend& b) { b.router_backward(dlogits, dprobs, dw, logits, probs, idx, d.N, o); };
+  p.out("dlogits", dlogits, NE);
+  p.rtol = kRtol<T>, p.flops = 12.0 * NE;
+}
+
 template <class T>
 void matmul(Prepared& p, const Dims& d) {
   const T *x = p.rnd<T>(size_t(d.N) * d.I), *w = p.rnd<T>(size_t(d.O) * d.I, 1 / std::sqrt(double(d.I)));
@@ -474,6 +520,16 @@ inline const std::vector<OpCase>& op_cases() {
     const std::vector<Dims> ce = {{.N = 1, .V = 37}, {.N = 17, .V = 37}, {.N = 5, .V = 1000}, {.N = 40, .V = 1000}};
     const std::vector<Dims> ce_bench = {{.N = 512, .V = 32000}}, ce_ref = {{.N = 16, .V = 32000}};
     const std::vector<std::string> served = {"bf16", "fp8-row"};  // the weight types inference runs
+    const std::vector<Dims> route = {{.N = 1, .k = 2, .E = 4},
+                                     {.N = 17, .k = 2, .E = 5, .opt = "lnorm"},
+                                     {.N = 13, .k = 2, .E = 16, .opt = "lnorm scaled"},
+                                     {.N = 9, .k = 8, .E = 64, .opt = "sigmoid no-renorm scaled"},
+                                     {.N = 5, .k = 3, .E = 7, .opt = "sigmoid lnorm"},
+                                     {.N = 3, .k = 1, .E = 1, .opt = "lnorm"}};
+    const std::vector<Dims> route_bench = {{.N = 512, .k = 2, .E = 16, .opt = "lnorm"},
+                                           {.N = 512, .k = 8, .E = 128, .opt = "no-renorm"}};
+    const std::vector<Dims> route_back =
+        with(with(route, {.N = 11, .k = 2, .E = 6, .opt = "lnorm no-dprobs"}), {.N = 11, .k = 3, .E = 6, .opt = "no-dw"});
 
     return std::vector<OpCase>{
         {"zero", false, flat, flat_bench, {}, [](Prepared& p, const Dims& d) {
@@ -506,6 +562,10 @@ inline const std::vector<OpCase>& op_cases() {
         {"combine_backward", true, moe, moe_bench, {}, combine_backward<double>},
         {"unpermute_add", false, moe, moe_bench, {}, unpermute_add<float>},
         {"unpermute_add", true, moe, moe_bench, {}, unpermute_add<double>},
+        {"router", false, route, route_bench, {}, router<float>},
+        {"router", true, route, route_bench, {}, router<double>},
+        {"router_backward", false, route_back, route_bench, {}, router_backward<float>},
+        {"router_backward", true, route_back, route_bench, {}, router_backward<double>},
         {"matmul", false, with(mm, {.N = 17, .I = 33, .O = 5, .opt = "exact"}), mm_bench, mm_ref, matmul<float>},
         {"matmul", true, mm, mm_bench, mm_ref, matmul<double>},
         {"matmul_backward", false,

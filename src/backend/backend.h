@@ -48,6 +48,20 @@ struct LinearOut {
   const QWeight* w;
 };
 
+// The MoE router after the gate matmul (DESIGN.md section 2): optional gating logit normalization
+// (Skywork eq. 6, unbiased std), scores (softmax, or per-expert sigmoid as DeepSeek-V3), top-k,
+// top-k weights renormalized (or not: Qwen2-MoE, OLMoE, DeepSeek-V2 leave them as scores) and
+// multiplied by a routed scaling factor.
+struct RouterOptions {
+  int num_experts = 0;
+  int top_k = 2;
+  bool logits_norm = false;
+  double lambda = 1.0;       // moe_gate_norm_std
+  bool sigmoid = false;      // scores = sigmoid(z~) per expert (else softmax over the experts)
+  bool renormalize = true;   // top-k weights = scores / their sum (norm_topk_prob)
+  double scale = 1.0;        // routed_scaling_factor, applied to the top-k weights
+};
+
 // Precision of the float matmuls of training (forward and backward). BF16 rounds both operands to
 // bf16 and sums in f32 (weights, gradients and optimizer state stay f32).
 enum class MatmulPrecision { F32, BF16 };
@@ -97,6 +111,19 @@ class Backend {
   // Backward of the permute: dx[n, :] += sum_s drows[sel[n, s], :] (sel < 0 skipped).
   virtual void unpermute_add(float* dx, const float* drows, const int32_t* sel, long N, int k, int H) = 0;
   virtual void unpermute_add(double* dx, const double* drows, const int32_t* sel, long N, int k, int H) = 0;
+  // The router, in fp32 (double overload for the tests) whatever the weights' dtype: logits [N, E] ->
+  // probs [N, E] (the scores), topk_idx [N, k] by descending score (ties: the lower expert first),
+  // topk_w [N, k] = scale * g_j / (sum of the selected g) (scale * g_j without renormalization).
+  virtual void router(float* probs, int32_t* topk_idx, float* topk_w, const float* logits, int N,
+                      const RouterOptions& o) = 0;
+  virtual void router(double* probs, int32_t* topk_idx, double* topk_w, const double* logits, int N,
+                      const RouterOptions& o) = 0;
+  // dlogits [N, E] += the gradient from dprobs [N, E] (reaching the scores directly: the aux loss)
+  // and dtopk_w [N, k]; either may be null. The logit normalization's mean and std are differentiated.
+  virtual void router_backward(float* dlogits, const float* dprobs, const float* dtopk_w, const float* logits,
+                               const float* probs, const int32_t* topk_idx, int N, const RouterOptions& o) = 0;
+  virtual void router_backward(double* dlogits, const double* dprobs, const double* dtopk_w, const double* logits,
+                               const double* probs, const int32_t* topk_idx, int N, const RouterOptions& o) = 0;
 
   // ---- linear layers
   // y[N, O] = x[N, I] w[O, I]^T over f32 weights (training). `exact`: always full f32, whatever

@@ -1,7 +1,7 @@
 #pragma once
 // The data-movement ops the MoE block runs in float and in double (backend.h's double overloads):
 // a backend writes each once, as a static member template of `Ops` (gather_rows, combine,
-// combine_backward, unpermute_add), and derives from TypedOps<Ops>, which gives both overloads.
+// combine_backward, unpermute_add, router, router_backward), and derives from TypedOps<Ops>, which gives both overloads.
 #include "backend/backend.h"
 
 namespace sky {
@@ -34,6 +34,20 @@ class TypedOps : public Backend {
   }
   void unpermute_add(double* dx, const double* drows, const int32_t* sel, long N, int k, int H) override {
     Ops::unpermute_add(dx, drows, sel, N, k, H);
+  }
+  void router(float* probs, int32_t* idx, float* w, const float* logits, int N, const RouterOptions& o) override {
+    Ops::router(probs, idx, w, logits, N, o);
+  }
+  void router(double* probs, int32_t* idx, double* w, const double* logits, int N, const RouterOptions& o) override {
+    Ops::router(probs, idx, w, logits, N, o);
+  }
+  void router_backward(float* dlogits, const float* dprobs, const float* dw, const float* logits, const float* probs,
+                       const int32_t* idx, int N, const RouterOptions& o) override {
+    Ops::router_backward(dlogits, dprobs, dw, logits, probs, idx, N, o);
+  }
+  void router_backward(double* dlogits, const double* dprobs, const double* dw, const double* logits,
+                       const double* probs, const int32_t* idx, int N, const RouterOptions& o) override {
+    Ops::router_backward(dlogits, dprobs, dw, logits, probs, idx, N, o);
   }
 };
 

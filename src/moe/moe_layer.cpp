@@ -142,7 +142,7 @@ void moe_forward(Backend& be, T* out, const T* x, int N, const MoeWeights<T>& w,
   c.topk_idx.resize((long)N * k);
   c.topk_w.resize((long)N * k);
   be.matmul(c.logits.data(), x, w.router, N, H, E, /*exact=*/true);
-  router_forward(c.probs.data(), c.topk_idx.data(), c.topk_w.data(), c.logits.data(), N, o.router);
+  be.router(c.probs.data(), c.topk_idx.data(), c.topk_w.data(), c.logits.data(), N, o.router);
   make_dispatch_into(c.disp, c.topk_idx.data(), c.probs.data(), N, E, k, o.capacity_factor, o.policy);
   const Dispatch& d = c.disp;
   select_rows(c, N, w, par);
@@ -270,7 +270,7 @@ void moe_backward(Backend& be, T* dx, const MoeGrads<T>& g, const T* dout, const
     dprobs = c.dprobs.data();
   }
   c.dlogits.assign((long)N * E, T(0));
-  router_backward(c.dlogits.data(), dprobs, c.dtopk_w.data(), c.logits.data(), c.probs.data(), c.topk_idx.data(),
+  be.router_backward(c.dlogits.data(), dprobs, c.dtopk_w.data(), c.logits.data(), c.probs.data(), c.topk_idx.data(),
                   N, o.router);
   if (z_coef != 0) z_loss_backward_tokens(c.dlogits.data(), z_coef, c.logits.data(), N, E, c.stats.tokens);
   be.matmul_backward(dx, g.router, c.dlogits.data(), x, w.router, N, H, E, /*exact=*/true);

@@ -9,14 +9,13 @@
 #include <functional>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/weight.h"
 #include "moe/aux_loss.h"
 #include "moe/dispatch.h"
-#include "moe/router.h"
 
 namespace sky {
 
-class Backend;
 class Communicator;
 
 // How one rank takes part in an MoE layer whose experts are spread over several ranks (DESIGN.md

@@ -22,6 +22,7 @@
 #include "backend/cpu/qmatmul.h"
 #include "backend/cpu/rmsnorm.h"
 #include "backend/cpu/rope.h"
+#include "backend/cpu/router.h"
 #include "backend/cpu/step_governor.h"
 #include "backend/cpu/swiglu.h"
 #include "backend/cpu/threads.h"
@@ -61,6 +62,15 @@ void split_rows(const std::vector<int>& tokens, int O, F&& run) {
 
 // Permute, combine and unpermute, once for float and double (backend/typed_ops.h).
 struct MoeOps {
+  template <class T>
+  static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o) {
+    router_forward(probs, idx, w, logits, N, o);
+  }
+  template <class T>
+  static void router_backward(T* dlogits, const T* dprobs, const T* dw, const T* logits, const T* probs,
+                              const int32_t* idx, int N, const RouterOptions& o) {
+    sky::router_backward(dlogits, dprobs, dw, logits, probs, idx, N, o);
+  }
   template <class T>
   static void gather_rows(T* out, const T* in, const int32_t* rows, long R, int H) {
 #pragma omp parallel for schedule(static) if (R * H > 65536)

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "backend/backend.h"
@@ -66,6 +67,100 @@ struct MoeOps {
           if (sel[n * k + j] >= 0) s += drows[long(sel[n * k + j]) * H + h];
         dx[n * H + h] = T(s);
       }
+  }
+
+  // The router in double throughout: scores recomputed from the logits, top-k by a stable sort,
+  // the normalization's backward through its explicit Jacobian (E x E per token).
+  static std::vector<double> scores(const double* zt, int E, const RouterOptions& o) {
+    std::vector<double> g(E);
+    if (o.sigmoid) {
+      for (int e = 0; e < E; e++) g[e] = 1 / (1 + std::exp(-zt[e]));
+      return g;
+    }
+    const double mx = *std::max_element(zt, zt + E);
+    double sum = 0;
+    for (int e = 0; e < E; e++) sum += g[e] = std::exp(zt[e] - mx);
+    for (double& v : g) v /= sum;
+    return g;
+  }
+  // z~ = lambda (z - mean) / std (unbiased), 0 when the std is 0; else z~ = z.
+  template <class T>
+  static std::vector<double> normalized(const T* z, int E, const RouterOptions& o, double* mean = nullptr,
+                                        double* sd = nullptr) {
+    std::vector<double> zt(z, z + E);
+    double mu = 0, ss = 0;
+    for (double v : zt) mu += v / E;
+    for (double v : zt) ss += (v - mu) * (v - mu);
+    const double dev = E > 1 ? std::sqrt(ss / (E - 1)) : 0.0;
+    if (mean) *mean = mu, *sd = dev;
+    if (o.logits_norm)
+      for (double& v : zt) v = dev > 0 ? o.lambda * (v - mu) / dev : 0.0;
+    return zt;
+  }
+  template <class T>
+  static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o) {
+    const int E = o.num_experts, k = o.top_k;
+    SKY_CHECK(E >= 1 && k >= 1 && k <= E, "router: need 1 <= top_k ({}) <= num_experts ({})", k, E);
+    std::vector<int> order(E);
+    for (long n = 0; n < N; n++) {
+      const std::vector<double> g = scores(normalized(logits + n * E, E, o).data(), E, o);
+      for (int e = 0; e < E; e++) probs[n * E + e] = T(g[e]);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return g[a] > g[b]; });
+      double S = 0;
+      for (int s = 0; s < k; s++) S += g[order[s]];
+      for (int s = 0; s < k; s++) {
+        idx[n * k + s] = order[s];
+        w[n * k + s] = T(o.scale * g[order[s]] / (o.renormalize ? S : 1.0));
+      }
+    }
+  }
+  template <class T>
+  static void router_backward(T* dlogits, const T* dprobs, const T* dw, const T* logits, const T*, const int32_t* idx,
+                              int N, const RouterOptions& o) {
+    const int E = o.num_experts, k = o.top_k;
+    for (long n = 0; n < N; n++) {
+      double mu, sd;
+      const std::vector<double> zt = normalized(logits + n * E, E, o, &mu, &sd);
+      const std::vector<double> g = scores(zt.data(), E, o);
+      // d loss / d score
+      std::vector<double> dg(E, 0.0);
+      if (dprobs)
+        for (int e = 0; e < E; e++) dg[e] = dprobs[n * E + e];
+      if (dw) {
+        double S = 0;
+        for (int s = 0; s < k; s++) S += g[idx[n * k + s]];
+        for (int s = 0; s < k; s++) {  // w_s = scale g_{j_s} / S: d w_s / d g_i = scale (delta_{i j_s} / S - g_{j_s} / S^2)
+          const int j = idx[n * k + s];
+          const double d = dw[n * k + s] * o.scale;
+          if (!o.renormalize) {
+            dg[j] += d;
+            continue;
+          }
+          dg[j] += d / S;
+          for (int t = 0; t < k; t++) dg[idx[n * k + t]] -= d * g[j] / (S * S);
+        }
+      }
+      // d loss / d z~: softmax J_ij = g_i (delta_ij - g_j); sigmoid g_i (1 - g_i) on the diagonal.
+      std::vector<double> dzt(E, 0.0);
+      for (int j = 0; j < E; j++)
+        for (int i = 0; i < E; i++)
+          dzt[j] += o.sigmoid ? (i == j ? dg[i] * g[i] * (1 - g[i]) : 0.0) : dg[i] * g[i] * ((i == j) - g[j]);
+      // d loss / d z: d z~_i / d z_j = lambda ((delta_ij - 1/E) / sd - (z_i - mu)(z_j - mu) / ((E - 1) sd^3)).
+      for (int j = 0; j < E; j++) {
+        double d = 0;
+        if (!o.logits_norm) {
+          d = dzt[j];
+        } else if (sd > 0) {
+          const double uj = logits[n * E + j] - mu;
+          for (int i = 0; i < E; i++) {
+            const double ui = logits[n * E + i] - mu;
+            d += dzt[i] * o.lambda * (((i == j) - 1.0 / E) / sd - ui * uj / ((E - 1) * sd * sd * sd));
+          }
+        }
+        dlogits[n * E + j] = T(dlogits[n * E + j] + d);
+      }
+    }
   }
 };
 

@@ -1,4 +1,4 @@
-#include "moe/router.h"
+#include "backend/cpu/router.h"
 
 #include <cmath>
 
