@@ -687,7 +687,7 @@ TEST_F(CliBadInput, ConfigTopKAboveExperts) {
 
 TEST_F(CliBadInput, ConfigMalformedJson) {
   write_bytes(model_ + "/config.json", "{\"model_type\": \"llama\", \"vocab_size\": 61,");
-  expect_clean_failure(eval(), {"config.json", "malformed JSON"});
+  expect_clean_failure(eval(), {"config.json", "not valid JSON"});
 }
 
 TEST_F(CliBadInput, TokenIdAtOrAboveVocab) {

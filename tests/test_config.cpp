@@ -1,9 +1,18 @@
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/safetensors.h"
+#include "io/token_data.h"
 #include "model/config.h"
 #include "ref.h"
 
@@ -85,6 +94,45 @@ TEST(Config, BadValuesAreNamed) {
   expect_error(j, "num_experts");
 }
 
+// Hard limits checked right after parsing, before any work: sizes near 2^30 once wrapped the
+// parameter total into a heap overflow in init/train --config, and 2e9 layers took 25 s and 8 GB.
+TEST(Config, SizesAreBoundedBeforeAnyWork) {
+  auto j = skywork_json();
+  j["hidden_size"] = 1 << 30;
+  j["num_attention_heads"] = 1 << 20;
+  expect_error(j, "hidden_size = 1073741824 exceeds the limit");
+  j = skywork_json();
+  j["num_hidden_layers"] = 2000000000;
+  expect_error(j, "num_hidden_layers = 2000000000 exceeds the limit");
+  j = skywork_json();
+  j["num_experts"] = {2000000000};
+  expect_error(j, "num_experts = 2000000000 exceeds the limit");
+  j = skywork_json();  // every size within its limit, the product not
+  j["vocab_size"] = 1 << 24;
+  j["hidden_size"] = 1 << 17;
+  j["num_attention_heads"] = j["num_key_value_heads"] = 1024;
+  j["intermediate_size"] = 1 << 20;
+  j["num_hidden_layers"] = 4096;
+  expect_error(j, "parameters exceeds the limit");
+  j = skywork_json();
+  j["max_position_embeddings"] = 1 << 24;  // x head dim 128
+  expect_error(j, "RoPE table");
+}
+
+// Nesting is bounded while parsing: 100k levels once overflowed the stack (an error message
+// dumped the value recursively).
+TEST(Config, DeepNestingIsRefused) {
+  auto dir = skytest::temp_dir("cfg-deep");
+  std::string deep = R"({"model_type": "llama", "vocab_size": )" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  std::ofstream(dir + "/config.json") << deep;
+  try {
+    ModelConfig::load_file(dir);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than 64 levels"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Config, FileErrors) {
   auto dir = skytest::temp_dir("cfg");
   std::ofstream(dir + "/config.json") << "{ not json";
@@ -92,7 +140,7 @@ TEST(Config, FileErrors) {
     ModelConfig::load_file(dir);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("malformed JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not valid JSON"), std::string::npos) << e.what();
   }
   EXPECT_THROW(ModelConfig::load_file(dir + "/missing.json"), Error);
   EXPECT_THROW(ModelConfig::resolve("no-such-preset-or-file"), Error);
@@ -211,4 +259,30 @@ TEST(Config, NestedValueIsDescribedNotPrinted) {
   j = skywork_json();
   j["hidden_size"] = json::parse(R"({"a": {"b": [1, 2, 3]}})");
   expect_error(j, "an object of 1 keys");
+}
+
+// A FIFO in place of a config, weights or token file once hung the reader forever (opening it
+// blocks until a writer comes, before any regular-file check). Each reader must refuse it at once.
+TEST(Config, FifoInsteadOfAFileIsRefused) {
+  const auto dir = skytest::temp_dir("fifo");
+  auto check = [&](const std::string& path, const std::function<void()>& load) {
+    ASSERT_EQ(mkfifo(path.c_str(), 0600), 0) << path;
+    auto result = std::async(std::launch::async, [&] {
+      try {
+        load();
+        return std::string("no error");
+      } catch (const Error& e) {
+        return std::string(e.what());
+      }
+    });
+    if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      ADD_FAILURE() << path << ": still blocked after 10 s";
+      ::close(::open(path.c_str(), O_WRONLY));  // a writer lets the reader go
+    }
+    const std::string msg = result.get();
+    EXPECT_NE(msg.find("not a regular file"), std::string::npos) << path << ": " << msg;
+  };
+  check(dir + "/config.json", [&] { ModelConfig::load_file(dir); });
+  check(dir + "/model.safetensors", [&] { SafetensorsReader::open(dir + "/model.safetensors"); });
+  check(dir + "/tokens.bin", [&] { TokenFile::open(dir + "/tokens.bin", 256); });
 }

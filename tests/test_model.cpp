@@ -1,6 +1,7 @@
 // Whole-model checks: the engine's forward pass against the independent float64 reference
 // (tests/model_ref.cpp), KV-cache generation against the batch forward, save/load round trips.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -204,4 +205,19 @@ TEST(Model, OutOfVocabTokenIsAnError) {
   std::vector<int32_t> t = {1, 2, c.vocab_size};
   Activations A;
   EXPECT_THROW(forward(m, A, t.data(), nullptr, 1, 3, moe_options(c)), Error);
+}
+
+// A config within every size limit can still need more memory than the machine has: that is an
+// error naming both figures, before the allocation (which overcommit would grant, and the random
+// init would then fault in until the OOM killer struck).
+TEST(Model, RefusesParametersBeyondMemory) {
+  const ModelConfig c = ModelConfig::preset("skywork-moe-146b");  // 146B parameters, ~544 GiB in f32
+  const double have = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  if (have > 600.0 * (1 << 30)) GTEST_SKIP() << "this machine could hold it";
+  try {
+    Model::random(c, 1);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("GiB; this machine has"), std::string::npos) << e.what();
+  }
 }

@@ -314,6 +314,14 @@ TEST(SafetensorsBad, HeaderNotJson) {
   expect_bad_file("", "", {"not valid JSON"});
 }
 
+// Nesting is bounded while parsing: a header nested 100k levels deep once overflowed the stack when
+// an error message dumped it.
+TEST(SafetensorsBad, DeepNesting) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_bad_file(R"({"__metadata__": )" + deep + "}", "", {"nested deeper than 64 levels"});
+  expect_bad_file(R"({"a": )" + deep + "}", "", {"nested deeper than 64 levels"});
+}
+
 TEST(SafetensorsBad, HeaderNotObject) {
   expect_bad_file("[1, 2]", "", {"not a JSON object"});
   expect_bad_file(R"({"a": 5})", "", {"'a'", "not an object"});

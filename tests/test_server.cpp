@@ -578,6 +578,9 @@ TEST(Server, BadRequestsGetJsonErrors) {
       {C.c_str(), R"({"prompt": "hi", "model": 7})", 400, "model", "invalid_type"},
       {C.c_str(), "{\"prompt\": \"bad \xff\xfe bytes\"}", 400, "", "invalid_json"},
       {C.c_str(), R"({"prompt": "lone \ud800 surrogate"})", 400, "", "invalid_json"},
+      // Once 500 (the number's overflow escaped the parse-error handler); clients retry a 5xx.
+      {C.c_str(), R"({"prompt": "hi", "max_tokens": 1e999})", 400, "", "invalid_json"},
+      {C.c_str(), "{\"prompt\": " + std::string(5000, '[') + std::string(5000, ']') + "}", 400, "", "invalid_json"},
       {C.c_str(), json{{"prompt", long_prompt}}.dump(), 400, "prompt", "context_length_exceeded"},
       {C.c_str(), R"({"prompt": [1, 320]})", 400, "prompt", "invalid_value"},  // vocabulary: 320
       {C.c_str(), R"({"prompt": [1, -1]})", 400, "prompt", "invalid_value"},

@@ -467,6 +467,42 @@ TrainOptions resume_options(const std::string& data, const std::string& out) {
 
 }  // namespace
 
+// trainer_state.json is outside input: each of these once crashed, read past a buffer or was taken
+// as it came (an empty or short alpha, a data epoch of -1 = the batcher's "no permutation yet",
+// a negative or 1e300 step, a `latest` naming a directory outside the run).
+TEST(Resume, CorruptTrainerStateIsNamed) {
+  const std::string dir = skytest::temp_dir("resume-bad");
+  write_token_file(dir + "/train.bin", random_tokens(81, 256, 31));
+  TrainOptions o = resume_options(dir + "/train.bin", dir + "/run");
+  o.steps = 2;
+  o.save_every = 2;
+  train(o);
+  const std::string ckpt = resolve_checkpoint(dir + "/run"), sp = ckpt + "/trainer_state.json";
+  const json good = json::parse(std::ifstream(sp));
+  TrainOptions res = o;
+  res.steps = 4;
+  res.resume = dir + "/run";
+  auto expect = [&](const std::function<void(json&)>& edit, const std::string& needle) {
+    json st = good;
+    edit(st);
+    std::ofstream(sp) << st.dump();
+    const std::string msg = error_of([&] { train(res); });
+    EXPECT_TRUE(contains(msg, needle) && contains(msg, "trainer_state.json")) << needle << ": " << msg;
+  };
+  expect([](json& j) { j["alpha"] = json::array(); }, "'alpha' holds 0 values, expected 2");
+  expect([](json& j) { j["alpha"] = {0.01}; }, "'alpha' holds 1 values");
+  expect([](json& j) { j["alpha"] = {0.01, -1.0}; }, "'alpha' holds -1");
+  expect([](json& j) { j["data"]["epoch"] = -1; }, "'epoch' must be a count, got -1");
+  expect([](json& j) { j["step"] = -3; }, "'step' must be a non-negative integer, got -3");
+  expect([](json& j) { j["step"] = 1e300; }, "'step' must be a non-negative integer");
+  expect([](json& j) { j.erase("alpha"); }, "alpha");
+  std::ofstream(sp) << good.dump();
+  std::ofstream(dir + "/run/latest") << "../../etc\n";
+  const std::string msg = error_of([&] { train(res); });
+  EXPECT_TRUE(contains(msg, "not a checkpoint directory of this run")) << msg;
+  fs::remove_all(dir);
+}
+
 TEST(Resume, ContinuesBitForBit) {
   const std::string dir = skytest::temp_dir("resume");
   // 10 windows of 9 tokens; 4 windows per step, so the 6 steps cross two epoch boundaries (a new

@@ -7,6 +7,9 @@
 #include <limits>
 #include <random>
 
+#include "core/error.h"
+#include "io/json_input.h"
+
 namespace sky {
 
 using json = nlohmann::json;
@@ -28,9 +31,9 @@ std::string dump_json(const json& j) { return j.dump(-1, ' ', false, json::error
 json parse_json_body(const std::string& body) {
   json j;
   try {
-    j = json::parse(body);
-  } catch (const json::parse_error& e) {
-    // nlohmann rejects ill-formed UTF-8 and unpaired surrogate escapes inside strings here too.
+    j = parse_json(body, "request body");
+  } catch (const Error& e) {
+    // Also ill-formed UTF-8, unpaired surrogate escapes, numbers out of range (1e999), deep nesting.
     throw ApiError(400, fmt::format("We could not parse the JSON body of your request: {}", e.what()), "",
                    "invalid_json");
   }

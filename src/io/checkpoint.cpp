@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json_input.h"
 #include "io/safetensors.h"
 
 namespace sky {
@@ -60,22 +61,18 @@ std::string resolve_checkpoint(const std::string& path) {
   SKY_CHECK(f.good(), "--resume: '{}' holds neither trainer_state.json nor a 'latest' file", path);
   std::string name;
   std::getline(f, name);
+  // A checkpoint's own name, nothing that leads out of the run directory.
+  SKY_CHECK(!name.empty() && name.find('/') == std::string::npos && name[0] != '.',
+            "--resume: '{}' names '{}', not a checkpoint directory of this run", latest.string(), name);
   fs::path dir = fs::path(path) / name;
-  SKY_CHECK(!name.empty() && fs::exists(dir / "trainer_state.json"),
+  SKY_CHECK(fs::exists(dir / "trainer_state.json"),
             "--resume: '{}' names checkpoint '{}', which is missing or incomplete", latest.string(), name);
   return dir.string();
 }
 
 nlohmann::json load_checkpoint_state(const std::string& dir, float* m, float* v, size_t total) {
   const std::string sp = (fs::path(dir) / "trainer_state.json").string();
-  std::ifstream f(sp);
-  SKY_CHECK(f.good(), "cannot read '{}'", sp);
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: malformed JSON: {}", sp, e.what());
-  }
+  const nlohmann::json state = read_json_file(sp);
   SafetensorsReader r = SafetensorsReader::open((fs::path(dir) / "optimizer.safetensors").string());
   for (auto [name, dst] : {std::pair{"adam.m", m}, std::pair{"adam.v", v}}) {
     Tensor t = r.get_checked(name, {int64_t(total)});

@@ -17,6 +17,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/json_input.h"
 #include "io/atomic_file.h"
 
 // Alignment: the data section starts right after the header, and tensors are packed back to back,
@@ -43,7 +44,7 @@ struct Mapping {
 };
 
 Mapping map_file(const std::string& file) {
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block: the S_ISREG check refuses it
   if (fd < 0) fail("cannot open safetensors file {}: {}", file, std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -140,15 +141,9 @@ Header parse_header(const std::string& file, const Mapping& m) {
   auto on_event = [&](int depth, json::parse_event_t ev, json& parsed) {
     if (ev == json::parse_event_t::key && depth == 1 && !keys.insert(parsed.get<std::string>()).second)
       fail("{}: header lists '{}' twice", file, parsed.get<std::string>());
-    return true;
   };
-  json j;
   const char* h = reinterpret_cast<const char*>(p + 8);
-  try {
-    j = json::parse(h, h + n, on_event);
-  } catch (const json::exception& e) {
-    fail("{}: header is not valid JSON: {}", file, e.what());
-  }
+  const json j = parse_json(h, h + n, file + " header", on_event);
   if (!j.is_object()) fail("{}: header is not a JSON object", file);
 
   const uint64_t data_begin = 8 + n, data_size = m.size - data_begin;
@@ -179,18 +174,6 @@ Header parse_header(const std::string& file, const Mapping& m) {
            b.offset - data_begin + b.nbytes);
   }
   return out;
-}
-
-json read_json_file(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail("cannot open {}: {}", file, std::strerror(errno));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail("cannot read {}", file);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", file, e.what());
-  }
 }
 
 }  // namespace

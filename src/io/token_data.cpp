@@ -23,7 +23,7 @@ static_assert(std::endian::native == std::endian::little, "token files are read 
 
 TokenFile TokenFile::open(const std::string& path, int64_t vocab_size) {
   SKY_CHECK(vocab_size > 0, "token file {}: vocab size {} must be positive", path, vocab_size);
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block: the S_ISREG check refuses it
   SKY_CHECK(fd >= 0, "token file {}: cannot open: {}", path, std::strerror(errno));
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -143,10 +143,21 @@ void to_json(nlohmann::json& j, const DataPosition& p) {
   j = nlohmann::json{{"order", p.order}, {"epoch", p.epoch}, {"index", p.index}, {"seed", p.seed}};
 }
 
+// A count read from a checkpoint: a non-negative integer below 2^53 (-1 would wrap to the batcher's
+// "no permutation yet" marker).
+static uint64_t count_field(const nlohmann::json& j, const char* name) {
+  const nlohmann::json& v = j.at(name);
+  const bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+  SKY_CHECK(ok && v.get<uint64_t>() < (uint64_t(1) << 53), "data position: '{}' must be a count, got {}", name,
+            v.is_primitive() ? v.dump() : std::string(v.type_name()));
+  return v.get<uint64_t>();
+}
+
 void from_json(const nlohmann::json& j, DataPosition& p) {
   j.at("order").get_to(p.order);
-  j.at("epoch").get_to(p.epoch);
-  j.at("index").get_to(p.index);
+  p.epoch = count_field(j, "epoch");
+  p.index = count_field(j, "index");
+  SKY_CHECK(j.at("seed").is_number_integer(), "data position: 'seed' must be an integer");
   j.at("seed").get_to(p.seed);
 }
 

@@ -2,12 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/json_input.h"
 
 namespace sky {
 
@@ -64,6 +66,30 @@ int64_t ModelConfig::active_param_count() const {
 }
 
 void ModelConfig::validate() const {
+  // Hard limits, far above any released model, checked first: no size computed from a config can
+  // then overflow (the parameter count is summed in 64 bits), and a hostile config fails here, not
+  // after minutes of work or a wrapped allocation.
+  auto at_most = [](const char* field, int64_t v, int64_t hi) {
+    SKY_CHECK(v <= hi, "config: {} = {} exceeds the limit of {}", field, v, hi);
+  };
+  at_most("vocab_size", vocab_size, int64_t(1) << 24);
+  at_most("hidden_size", hidden_size, int64_t(1) << 17);
+  at_most("num_hidden_layers", num_layers, int64_t(1) << 12);
+  at_most("num_attention_heads", num_heads, int64_t(1) << 12);
+  at_most("intermediate_size", intermediate_size, int64_t(1) << 20);
+  at_most("moe_intermediate_size", moe_intermediate_size, int64_t(1) << 20);
+  at_most("num_experts", num_experts, int64_t(1) << 14);
+  at_most("max_position_embeddings", max_position_embeddings, int64_t(1) << 24);
+  {
+    const double H = hidden_size, L = num_layers, E = std::max(num_experts, 0);
+    const double per_layer = 4.0 * H * H + 3.0 * H * std::max<double>(intermediate_size, E * moe_intermediate_size) + E * H;
+    const double params = 2.0 * double(vocab_size) * H + L * per_layer;
+    SKY_CHECK(params <= double(int64_t(1) << 42), "config: about {:.3g} parameters exceeds the limit of {:.3g}", params,
+              double(int64_t(1) << 42));
+    SKY_CHECK(double(max_position_embeddings) * H / std::max(num_heads, 1) <= double(int64_t(1) << 30),
+              "config: max_position_embeddings {} x head dimension {} exceeds the RoPE table limit of 2^30 values",
+              max_position_embeddings, hidden_size / std::max(num_heads, 1));
+  }
   auto pos = [](const char* field, int64_t v) {
     SKY_CHECK(v > 0, "config: {} must be positive, got {}", field, v);
   };
@@ -306,15 +332,7 @@ ModelConfig ModelConfig::load_file(const std::string& path) {
   fs::path p = path;
   std::error_code ec;
   if (fs::is_directory(p, ec)) p /= "config.json";
-  std::ifstream f(p);
-  SKY_CHECK(f.good(), "cannot read config file '{}'", p.string());
-  json j;
-  try {
-    j = json::parse(f);
-  } catch (const json::exception& e) {
-    fail("{}: malformed JSON: {}", p.string(), e.what());
-  }
-  return from_hf_json(j, p.string());
+  return from_hf_json(read_json_file(p.string()), p.string());
 }
 
 static ModelConfig make(const char* type, int vocab, int hidden, int layers, int heads, int kv, int inter,

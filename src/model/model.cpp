@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -81,6 +83,11 @@ Model Model::allocate(const ModelConfig& cfg, const Shard& shard) {
   m.cfg = cfg;
   m.shard = shard;
   m.layout = ParamLayout::build(cfg, shard);
+  const double need = double(m.layout.total) * sizeof(float),
+               have = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  SKY_CHECK(have <= 0 || need <= have,
+            "the model's {} f32 parameters need {:.1f} GiB; this machine has {:.1f} GiB of memory", m.layout.total,
+            need / (1 << 30), have / (1 << 30));
   m.params = FloatBuf(m.layout.total);
   m.bind();
   return m;
