@@ -9,11 +9,13 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/matmul.h"  // the CPU backend's bf16 GEMM switch
@@ -503,6 +505,31 @@ TEST(Resume, CorruptTrainerStateIsNamed) {
   fs::remove_all(dir);
 }
 
+// Re-saving a step once removed its directory before the new one was renamed in: a crash (or a
+// reader) in between found no checkpoint under that name. A watcher checks it is never missing.
+TEST(Resume, ResaveNeverLeavesTheStepMissing) {
+  const std::string dir = skytest::temp_dir("resave");
+  const Model m = Model::random(ModelConfig::preset("tiny"), 1);
+  std::vector<float> moments(m.layout.total, 0.0f);
+  const CheckpointData d{&m, moments.data(), moments.data(), json{{"step", 1}}};
+  const std::string state = save_checkpoint(dir, 1, d, 0) + "/trainer_state.json";
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> looks{0}, missing{0};
+  std::thread watch([&] {
+    for (; !done; looks++)
+      if (!fs::exists(state)) missing++;
+  });
+  for (int i = 0; i < 30; i++) save_checkpoint(dir, 1, d, 0);
+  done = true;
+  watch.join();
+  EXPECT_EQ(missing, 0) << "of " << looks << " looks";
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(dir)) left.push_back(e.path().filename().string());
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"latest", "step-00000001"}));  // nothing left over
+  fs::remove_all(dir);
+}
+
 TEST(Resume, ContinuesBitForBit) {
   const std::string dir = skytest::temp_dir("resume");
   // 10 windows of 9 tokens; 4 windows per step, so the 6 steps cross two epoch boundaries (a new
@@ -756,6 +783,20 @@ TEST(Determinism, SameBitsOnOneThreadOrTwo) {
     EXPECT_EQ(one.log[s].loss, two.log[s].loss) << "step " << s + 1;
     EXPECT_EQ(one.log[s].grad_norm, two.log[s].grad_norm) << "step " << s + 1;
   }
+  fs::remove_all(dir);
+}
+
+// --resume once made you repeat --seq-len and --batch-size (the checkpoint knows them): without
+// them the resumed run stopped on a settings mismatch.
+TEST(Resume, ShapeComesFromTheCheckpoint) {
+  const std::string dir = skytest::temp_dir("resume-shape");
+  write_token_file(dir + "/train.bin", random_tokens(400, 256, 3));
+  const std::string base = "train --config tiny --quiet --data " + dir + "/train.bin --out " + dir + "/run";
+  CliResult a = run_cli(base + " --seq-len 8 --batch-size 3 --grad-accum 2 --steps 2");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  CliResult b = run_cli(base + " --steps 3 --resume " + dir + "/run");
+  EXPECT_EQ(b.rc, 0) << b.out;
+  EXPECT_TRUE(contains(b.out, "trained to step 3")) << b.out;
   fs::remove_all(dir);
 }
 

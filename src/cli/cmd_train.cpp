@@ -3,9 +3,13 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "io/checkpoint.h"
+#include "io/json_input.h"
 #include "train/trainer.h"
 
 namespace sky::cli {
+
+using json = nlohmann::json;
 
 int cmd_train(int argc, char** argv) {
   CLI::App app{"Train a dense or MoE model (Skywork router techniques, adaptive aux loss). One process by default;\n"
@@ -79,6 +83,22 @@ int cmd_train(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--tp-shares", tp_shares, "relative share of heads and FFN width per TP rank, e.g. 5,5,4");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  // A resumed run's shape is in its checkpoint: flags not given take it from there.
+  if (!o.resume.empty()) {
+    const json sig = read_json_file(resolve_checkpoint(o.resume) + "/trainer_state.json").value("signature", json());
+    auto adopt = [&](const char* flag, const char* key, auto& value) {
+      if (app.get_option(flag)->count() > 0 || !sig.contains(key)) return;
+      try {
+        value = sig[key].get<std::decay_t<decltype(value)>>();
+      } catch (const json::exception& e) {
+        fail("--resume {}: trainer_state.json: signature.{}: {}", o.resume, key, e.what());
+      }
+    };
+    adopt("--seq-len", "seq_len", o.seq_len);
+    adopt("--batch-size", "batch_size", o.batch_size);
+    adopt("--grad-accum", "grad_accum", o.grad_accum);
+    adopt("--data-order", "data_order", order);
+  }
   o.precision = parse_matmul_precision(precision);
   o.schedule.cosine = lr_schedule == "cosine";
   o.aux = aux == "skywork" ? AuxLossType::Skywork : aux == "switch" ? AuxLossType::Switch : AuxLossType::None;

@@ -1,6 +1,8 @@
 #include "io/checkpoint.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <stdio.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -35,9 +37,19 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, const Chec
   write_safetensors((tmp_dir / "optimizer.safetensors").string(),
                     {{"adam.m", flat_view(d.adam_m, total)}, {"adam.v", flat_view(d.adam_v, total)}});
   write_text_atomic((tmp_dir / "trainer_state.json").string(), d.state.dump(2) + "\n");
-  // Replace an existing checkpoint of the same step only after the new one is complete.
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);
-  fs::rename(tmp_dir, final_dir);
+  // The step's name holds a complete checkpoint at every moment: an existing one (a re-save) is
+  // swapped with the new one in one atomic exchange and only then removed.
+  if (!fs::exists(final_dir)) {
+    fs::rename(tmp_dir, final_dir);
+  } else if (::renameat2(AT_FDCWD, tmp_dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(tmp_dir);
+  } else {  // a filesystem without the exchange: the old one moves aside first (a crash leaves it there)
+    const fs::path old_dir = fs::path(out_dir) / (".old-" + name);
+    fs::remove_all(old_dir);
+    fs::rename(final_dir, old_dir);
+    fs::rename(tmp_dir, final_dir);
+    fs::remove_all(old_dir);
+  }
   write_text_atomic((fs::path(out_dir) / "latest").string(), name + "\n");
   if (keep > 0) {
     std::vector<std::string> steps;
