@@ -82,6 +82,31 @@ TEST(CharCoverage, FitsTheCharacterBudget) {
   EXPECT_LE(c, 2000.0 / 2004.0);  // at most 'a' and 'b' required (one short of the budget of 3)
 }
 
+// A vocabulary too small even at the lowest coverage SentencePiece accepts once failed inside its
+// trainer with an internal error (tokenize --vocab-size 512 on the fortunes); the count it needs is
+// now known up front, for a message that names the vocabulary size to use.
+TEST(CharCoverage, TooSmallEvenAtTheLowestCoverageSaysWhatItNeeds) {
+  const std::string d = skytest::temp_dir("char-cov-small");
+  {
+    std::ofstream f(d + "/t");
+    for (int rep = 0; rep < 10; rep++)
+      for (uint32_t cp = 0x4e00; cp < 0x4e00 + 100; cp++)  // 100 characters, equally frequent
+        f << char(0xE0 | (cp >> 12)) << char(0x80 | ((cp >> 6) & 0x3F)) << char(0x80 | (cp & 0x3F));
+  }
+  int needed = 0;
+  EXPECT_EQ(coverage_for_vocab({d + "/t"}, 10, 0.9995, &needed), kMinCoverage);
+  EXPECT_EQ(needed, 99);  // 98 characters reach 0.98, plus one for rounding
+  try {
+    coverage_for_vocab({d + "/t"}, 10);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs 99 characters"), std::string::npos) << e.what();
+  }
+  needed = 0;
+  coverage_for_vocab({d + "/t"}, 200, 0.9995, &needed);
+  EXPECT_EQ(needed, 0);  // fits
+}
+
 TEST(PrintableText, DropsControlsAndEscapesKeepsText) {
   EXPECT_EQ(printable_text("a\x1b[33mb\x1b[m\tc\n\bd"), "ab\tc\nd");
   EXPECT_EQ(printable_text("\xe4\xba\xba x"), "\xe4\xba\xba x");  // whole characters pass

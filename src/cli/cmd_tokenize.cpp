@@ -66,7 +66,14 @@ int cmd_tokenize(int argc, char** argv) {
     TokenizerTrainOptions topt;
     topt.model_type = model_type;
     topt.input_sentence_size = max_sentences;
-    topt.character_coverage = coverage > 0 ? coverage : coverage_for_vocab(in.files, std::max(1, (vocab - 259) / 2));
+    int needed = 0;  // characters that need their own piece even at the lowest coverage
+    topt.character_coverage =
+        coverage > 0 ? coverage : coverage_for_vocab(in.files, std::max(1, (vocab - 259) / 2), 0.9995, &needed);
+    // Characters may fill half of what the 259 byte and control pieces leave.
+    SKY_CHECK(needed == 0,
+              "--vocab-size {} is too small for this text: even at character coverage {} (the lowest SentencePiece "
+              "accepts) {} distinct characters need a piece of their own; use --vocab-size {} or more",
+              vocab, kMinCoverage, needed, 259 + 2 * needed);
     if (fs::path p = fs::path(train_path).parent_path(); !p.empty()) fs::create_directories(p);
     auto t0 = std::chrono::steady_clock::now();
     tok = Tokenizer::train(in.files, train_path, vocab, topt);

@@ -10,7 +10,7 @@
 
 namespace sky {
 
-double coverage_for_vocab(const std::vector<std::string>& text_files, int max_chars, double cap) {
+double coverage_for_vocab(const std::vector<std::string>& text_files, int max_chars, double cap, int* needed) {
   SKY_CHECK(max_chars > 0, "character coverage: max_chars must be positive, got {}", max_chars);
   std::unordered_map<uint32_t, uint64_t> counts;
   uint64_t total = 0;
@@ -46,6 +46,17 @@ double coverage_for_vocab(const std::vector<std::string>& text_files, int max_ch
   // coverage; stopping one character short of max_chars leaves room for rounding.
   uint64_t covered = 0;
   for (int i = 0; i < max_chars - 1; i++) covered += sorted[i];
+  if (double(covered) / double(total) < kMinCoverage) {
+    int n = 0;
+    for (uint64_t c = 0; double(c) / double(total) < kMinCoverage; n++) c += sorted[n];
+    if (needed) {
+      *needed = n + 1;  // the same room for rounding as above
+      return kMinCoverage;
+    }
+    fail("even at character coverage {} (the lowest SentencePiece accepts) this text needs {} characters with "
+         "their own piece, more than the {} there is room for",
+         kMinCoverage, n + 1, max_chars);
+  }
   return std::clamp(double(covered) / double(total), kMinCoverage, cap);
 }
 

@@ -13,8 +13,10 @@ constexpr double kMinCoverage = 0.98;
 
 // The largest coverage (at most `cap`) at which no more than `max_chars` distinct characters are
 // required, from character counts over `text_files` (spaces counted as one character, line breaks
-// not, as SentencePiece sees its input lines). Never below kMinCoverage: a vocabulary too small
-// even for that still fails in training, with SentencePiece's message.
-double coverage_for_vocab(const std::vector<std::string>& text_files, int max_chars, double cap = 0.9995);
+// not, as SentencePiece sees its input lines). Never below kMinCoverage: when even that needs more
+// than max_chars characters, the count it needs goes to *needed (or, without `needed`, an error
+// says it) -- before SentencePiece's internal error would.
+double coverage_for_vocab(const std::vector<std::string>& text_files, int max_chars, double cap = 0.9995,
+                          int* needed = nullptr);
 
 }  // namespace sky
