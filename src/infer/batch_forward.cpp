@@ -10,11 +10,6 @@
 
 namespace sky {
 
-template <class V>
-static void grow(V& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
 // The decoder's view of layer l: the engine's typed weights (held experts only).
 static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   const ModelConfig& c = m.cfg;

@@ -37,12 +37,7 @@ KvView SeqKV::view(int layer) const {
   return {k.data() + at, v.data() + at, nullptr, nullptr};
 }
 
-template <class V>
-static void grow(V& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
-static void zero(std::vector<float>& v, size_t n) {
+void zero_prefix(std::vector<float>& v, size_t n) {
   grow(v, n);
   std::fill(v.begin(), v.begin() + n, 0.0f);
 }
@@ -119,16 +114,16 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
   // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
   grow(S.d_mid, NH);
   std::copy(d_x, d_x + NH, S.d_mid.begin());
-  zero(S.d_ln, NH);
+  zero_prefix(S.d_ln, NH);
   if (W.is_moe()) {
     const MoeGrads<float> mg{G.router, G.w1, G.w3, G.w2};
     moe_backward(be, S.d_ln.data(), mg, d_x, A.ln2.data(), N, W.moe, moe, A.moe, aux_coef, z_coef);
     if (tp.moe) tp(S.d_ln.data(), NH);
   } else {
     const size_t NI = size_t(N) * d.I;
-    zero(S.d_h1, NI);
-    zero(S.d_h3, NI);
-    zero(S.d_act, NI);
+    zero_prefix(S.d_h1, NI);
+    zero_prefix(S.d_h3, NI);
+    zero_prefix(S.d_act, NI);
     be.matmul_backward(S.d_act.data(), G.w_down, d_x, A.act.data(), f32(W.down), N, d.I, d.H);
     be.swiglu_backward(S.d_h1.data(), S.d_h3.data(), S.d_act.data(), A.h1.data(), A.h3.data(), long(NI));
     be.matmul_backward(S.d_ln.data(), G.w_gate, S.d_h1.data(), A.ln2.data(), f32(W.gate), N, d.H, d.I);
@@ -138,16 +133,16 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
   be.rmsnorm_backward(S.d_mid.data(), G.ffn_norm, S.d_ln.data(), A.mid.data(), W.ffn_norm, A.rstd2.data(), N, d.H);
   // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
   std::copy(S.d_mid.begin(), S.d_mid.begin() + NH, d_x);
-  zero(S.d_ctx, size_t(N) * d.qd());
+  zero_prefix(S.d_ctx, size_t(N) * d.qd());
   be.matmul_backward(S.d_ctx.data(), G.wo, S.d_mid.data(), A.ctx.data(), f32(W.wo), N, d.qd(), d.H);
-  zero(S.d_q, size_t(N) * d.qd());
-  zero(S.d_k, size_t(N) * d.kvd());
-  zero(S.d_v, size_t(N) * d.kvd());
+  zero_prefix(S.d_q, size_t(N) * d.qd());
+  zero_prefix(S.d_k, size_t(N) * d.kvd());
+  zero_prefix(S.d_v, size_t(N) * d.kvd());
   be.attention_backward(S.d_q.data(), S.d_k.data(), S.d_v.data(), S.d_ctx.data(), A.q.data(), A.k.data(), A.v.data(),
                         A.att.data(), rb.B, rb.T, d.nh, d.nkv, d.hd);
   be.rope_backward(S.d_q.data(), rb.pos, N, d.nh, *d.rope);
   be.rope_backward(S.d_k.data(), rb.pos, N, d.nkv, *d.rope);
-  zero(S.d_ln, NH);
+  zero_prefix(S.d_ln, NH);
   be.matmul_backward(S.d_ln.data(), G.wq, S.d_q.data(), A.ln1.data(), f32(W.wq), N, d.H, d.qd());
   be.matmul_backward(S.d_ln.data(), G.wk, S.d_k.data(), A.ln1.data(), f32(W.wk), N, d.H, d.kvd());
   be.matmul_backward(S.d_ln.data(), G.wv, S.d_v.data(), A.ln1.data(), f32(W.wv), N, d.H, d.kvd());

@@ -19,6 +19,14 @@
 
 namespace sky {
 
+// Scratch vectors grow on first use and are then reused: no allocation per step once a shape has
+// been seen. zero_prefix also zeroes the first n values (for gradients that accumulate).
+template <class V>
+void grow(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+void zero_prefix(std::vector<float>& v, size_t n);
+
 // One layer's weights as the decoder reads them (views; Model or InferModel owns the bytes).
 struct LayerWeights {
   const float* attn_norm = nullptr;

@@ -110,12 +110,6 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
   return sum / N;
 }
 
-static void grow(std::vector<float>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
-static void zero(std::vector<float>& v, size_t n) { std::fill(v.begin(), v.begin() + n, 0.0f); }
-
 void backward(const Model& m, Activations& A, float* grads, const MoeOptions& moe, const LossWeights& lw,
               double scale, double global_tokens, Communicator* tp, const float* d_top) {
   const LayerShape d = m.layer_shape();
@@ -128,13 +122,12 @@ void backward(const Model& m, Activations& A, float* grads, const MoeOptions& mo
 
   if (m.shard.head) {
     // Loss = mean over the global batch's positions, times the accumulation scale.
-    grow(A.d_logits, size_t(N) * V);
     std::vector<float> dloss(N, float(scale / (global_tokens > 0 ? global_tokens : N)));
-    zero(A.d_logits, size_t(N) * V);
+    zero_prefix(A.d_logits, size_t(N) * V);
     be.cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, V);
-    zero(A.d_lnf, NH);
+    zero_prefix(A.d_lnf, NH);
     be.matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, d.H, V);
-    zero(A.d_x, NH);
+    zero_prefix(A.d_x, NH);
     be.rmsnorm_backward(A.d_x.data(), G.final_norm, A.d_lnf.data(), A.resid[nl].data(), m.w.final_norm, A.rstdf.data(),
                         N, d.H);
   } else {
