@@ -67,6 +67,14 @@ int cmd_serve(int argc, char** argv) {
                                            "finish_reason \"length\" (0 = none)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--read-timeout", o.read_timeout_s,
+                 "seconds a request's head and body may take to arrive, from its first byte (408 after)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-connections", o.max_connections,
+                 "open connections; when full, the one slowest to send its request is dropped")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 1 << 20));
   app.add_option("--model-name", o.model_name, "model id in /v1/models and requests (default: the directory's name)");
   app.add_option("--queue-limit", o.queue_limit, "requests waiting for their first token; 503 beyond")
       ->capture_default_str()

@@ -61,6 +61,7 @@ void Engine::finish(Seq& s, const char* reason, int32_t token) {
 
 bool Engine::step() {
   std::vector<int64_t> cancels;
+  std::vector<std::unique_ptr<Seq>> dropped;  // finished after the lock: callbacks may take theirs
   {
     // Admit waiting requests in arrival order while they fit; reserve their whole KV cache.
     std::lock_guard<std::mutex> g(mu_);
@@ -68,7 +69,7 @@ bool Engine::step() {
     for (int64_t id : cancels)
       for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
         if ((*it)->id == id) {
-          finish(**it, "cancelled", -1);
+          dropped.push_back(std::move(*it));
           waiting_.erase(it);
           break;
         }
@@ -82,6 +83,7 @@ bool Engine::step() {
       waiting_.pop_front();
     }
   }
+  for (auto& s : dropped) finish(*s, "cancelled", -1);
   for (int64_t id : cancels)
     for (auto& s : active_)
       if (s->id == id) s->cancelled = true;

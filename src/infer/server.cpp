@@ -1,7 +1,6 @@
 #include "infer/server.h"
 
 #include <fmt/format.h>
-#include <httplib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +15,7 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 #include "infer/api.h"
+#include "infer/http_front.h"
 #include "infer/metrics.h"
 #include "infer/output_text.h"
 
@@ -34,39 +34,42 @@ int64_t unix_now() {
 
 std::string sse(const json& j) { return "data: " + dump_json(j) + "\n\n"; }
 
-void send_json(httplib::Response& res, int status, const json& j) {
-  res.status = status;
-  res.set_content(dump_json(j), "application/json");
+void send_json(http::Exchange& ex, int status, const json& j, const http::Headers& extra = {}) {
+  ex.respond(status, "application/json", dump_json(j), extra);
 }
 
-void send_error(httplib::Response& res, const ApiError& e) {
-  if (e.status == 503) res.set_header("Retry-After", "1");
-  send_json(res, e.status, error_body(e));
+void send_error(http::Exchange& ex, const ApiError& e, http::Headers extra = {}) {
+  if (e.status == 503) extra.emplace_back("Retry-After", "1");
+  send_json(ex, e.status, error_body(e), extra);
 }
 
-// One generation request as both sides see it.
+// One generation request as both sides see it. The engine thread turns its tokens into response
+// bytes on the spot; nothing waits on it.
 struct Job {
-  struct Piece {
-    std::string text;
-    std::vector<int32_t> ids;  // only when the server has no tokenizer
-  };
-  Job(const Tokenizer* tok, std::vector<std::string> stops, bool chat) : out(tok, std::move(stops), chat) {}
+  Job(const Tokenizer* tok, std::vector<std::string> stops, bool chat, std::shared_ptr<http::Exchange> ex)
+      : out(tok, std::move(stops), chat), ex(std::move(ex)) {}
 
   // Fixed before submit.
   Clock::time_point start = Clock::now();
+  Clock::time_point deadline = Clock::time_point::max();
   int prompt_tokens = 0;
   bool want_ids = false;
+  bool stream = false, include_usage = false;
+  ResponseMeta meta;
   int64_t id = -1;  // the engine's id, set right after submit (under the jobs mutex)
 
   // Engine thread only.
   OutputText out;
   bool seen_event = false;
 
-  // Shared; guarded by mu.
+  // Shared; guarded by mu (which also orders what goes to the exchange).
   std::mutex mu;
-  std::condition_variable cv;
-  std::deque<Piece> pieces;  // produced, not yet taken by the handler
-  bool done = false;
+  const std::shared_ptr<http::Exchange> ex;
+  bool started = false;      // streaming: the first chunk is out
+  std::string text;          // not streaming: the answer so far
+  std::vector<int32_t> ids;  // not streaming, no tokenizer
+  bool done = false;         // the engine (or stop()) ended it
+  bool answered = false;     // its last bytes are with the exchange
   std::string finish;        // the engine's reason, or "stop" after a stop string, or "error"
   std::string cancel_reason; // set when the server cancelled it: timeout | disconnect | shutdown
   int generated = 0;
@@ -79,15 +82,6 @@ struct Job {
     return cancel_reason == "timeout" ? "length" : cancel_reason == "shutdown" ? "shutdown" : "cancelled";
   }
 };
-
-// Per worker thread: httplib runs pre-routing, the handler, a streaming body and the logger of one
-// request on the same thread, which is how the logger learns the request's start and token counts.
-struct RequestRecord {
-  bool active = false;
-  Clock::time_point start;
-  std::shared_ptr<Job> job;
-};
-thread_local RequestRecord tl_record;
 
 const char* endpoint_label(const std::string& path) {
   for (const char* p : {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
@@ -113,18 +107,17 @@ struct Server::Impl {
   ApiLimits limits;
   Engine engine;
   Metrics metrics;
-  httplib::Server http;
   int port = -1;
   const int64_t created = unix_now();
   const uint64_t id_base = std::random_device{}() * 0x9E3779B97F4A7C15ull;
   std::atomic<uint64_t> id_counter{0};
 
-  // Requests in flight (for shutdown) and the queue-limit count.
+  // Requests in flight (for shutdown and deadlines) and the queue-limit count.
   std::mutex jobs_mu;
   std::condition_variable jobs_cv;
   std::set<std::shared_ptr<Job>> jobs;
   std::atomic<int> queued{0};
-  std::atomic<bool> stopping{false}, run_active{false};
+  std::atomic<bool> stopping{false};
 
   // Engine thread.
   std::thread engine_thread;
@@ -133,17 +126,21 @@ struct Server::Impl {
   bool wake = false, engine_stop = false;
   std::atomic<bool> healthy{true};
   mutable std::mutex error_mu;
-  mutable std::condition_variable error_cv;
   std::string last_error;
-  uint64_t failed_steps = 0;
   std::atomic<bool> fatal{false};  // a collective failed: no step can run any more
   std::thread stopper;             // stops the server after a fatal failure
+  // Requests the engine ended with "error": answered once the failure's message is recorded.
+  std::vector<std::shared_ptr<Job>> errored;
+
+  std::unique_ptr<http::Front> front;  // last: its handler threads use everything above
 
   Impl(const InferModel& m, std::optional<Tokenizer> t, ServerOptions opts)
       : model(m), tok(std::move(t)), o(std::move(opts)), engine(m, {o.max_batch, o.kv_budget_tokens}) {
     SKY_CHECK(o.max_tokens_limit >= 1, "max tokens limit must be >= 1, got {}", o.max_tokens_limit);
     SKY_CHECK(o.queue_limit >= 1, "queue limit must be >= 1, got {}", o.queue_limit);
     SKY_CHECK(o.timeout_s >= 0, "timeout must be >= 0 seconds, got {}", o.timeout_s);
+    SKY_CHECK(o.read_timeout_s > 0, "read timeout must be > 0 seconds, got {}", o.read_timeout_s);
+    SKY_CHECK(o.max_connections >= 16, "max connections must be >= 16, got {}", o.max_connections);
     SKY_CHECK(o.max_body_bytes > 0, "max body bytes must be positive");
     if (tok)
       SKY_CHECK(tok->vocab_size() <= m.cfg.vocab_size,
@@ -158,7 +155,6 @@ struct Server::Impl {
     limits.max_prompt_tokens = o.max_prompt_tokens > 0 ? std::min(o.max_prompt_tokens, limits.context - 1) : limits.context - 1;
     limits.max_tokens_limit = o.max_tokens_limit;
     limits.add_bos = o.add_bos;
-    routes();
   }
 
   // ---- engine side ------------------------------------------------------------------------------
@@ -185,6 +181,7 @@ struct Server::Impl {
           if (engine_stop) return;
           lk.unlock();
           engine.fail_all("error");
+          answer_errored();
           continue;
         }
         if (!busy) {
@@ -216,29 +213,27 @@ struct Server::Impl {
         {
           std::lock_guard<std::mutex> g(error_mu);
           last_error = e.what();
-          failed_steps++;
         }
-        error_cv.notify_all();
         fmt::print(stderr, "serve: engine step failed: {}\n", e.what());
         busy = true;
       }
+      answer_errored();
     }
   }
 
   // Engine thread: another rank is gone. Every request gets 503 and the server stops.
   void fail(const std::string& what) {
     fmt::print(stderr, "serve: {}: stopping\n", what);
+    {
+      std::lock_guard<std::mutex> g(error_mu);
+      last_error = what;
+    }
     fatal = true;
     healthy = false;
     metrics.engine_error();
     engine.fail_all("error");  // the waiting ones; the step already failed those it ran
-    {
-      std::lock_guard<std::mutex> g(error_mu);
-      last_error = what;
-      failed_steps++;
-    }
-    error_cv.notify_all();
-    stopper = std::thread([this] { stop(); });  // stop() waits for handlers; not on this thread
+    answer_errored();
+    stopper = std::thread([this] { stop(); });  // stop() waits for answers; not on this thread
   }
 
   void stop_engine() {
@@ -251,56 +246,65 @@ struct Server::Impl {
     if (stopper.joinable()) stopper.join();
   }
 
+  void answer_errored() {
+    std::vector<std::shared_ptr<Job>> v;
+    v.swap(errored);
+    for (auto& j : v) {
+      std::lock_guard<std::mutex> g(j->mu);
+      answer(*j);
+    }
+  }
+
   // Engine thread: one token (or the end) of `j`. Never throws; false cancels the request.
-  bool on_event(Job& j, const TokenEvent& ev) noexcept {
+  bool on_event(const std::shared_ptr<Job>& jp, const TokenEvent& ev) noexcept {
+    Job& j = *jp;
     try {
       if (!j.seen_event) {
         j.seen_event = true;
         queued--;
         if (ev.token >= 0) metrics.first_token(since(j.start));
       }
-      Job::Piece p;
+      std::string text;
       const bool eos = ev.done && ev.finish_reason == "stop";  // the eos token itself shows nothing
-      if (ev.token >= 0 && !eos) {
-        p.text = j.out.push(ev.token);
-        if (j.want_ids) p.ids.push_back(ev.token);
-      }
-      if (ev.done || j.out.stopped()) p.text += j.out.finish();
-      uint64_t failed = 0;
-      if (ev.done && ev.finish_reason == "error") {
-        // Called from the failing step before its exception reaches engine_loop: mark the
-        // server unhealthy now, so nobody who sees this request fail finds /health still "ok".
-        healthy = false;
-        std::lock_guard<std::mutex> g(error_mu);
-        failed = failed_steps + 1;
-      }
+      const bool with_token = ev.token >= 0 && !eos;
+      if (with_token) text = j.out.push(ev.token);
+      if (ev.done || j.out.stopped()) text += j.out.finish();
+      if (ev.done && ev.finish_reason == "error") healthy = false;  // before anyone sees the 500
       std::lock_guard<std::mutex> g(j.mu);
       if (j.done) return false;
-      if (!p.text.empty() || !p.ids.empty()) j.pieces.push_back(std::move(p));
       j.generated = ev.generated;
+      j.ex->completion_tokens = ev.generated;
+      std::vector<int32_t> ids;
+      if (with_token && j.want_ids) ids.push_back(ev.token);
+      if (j.stream) {
+        if (!text.empty() || !ids.empty()) j.ex->send(sse(chunk_body(j.meta, text, j.want_ids ? &ids : nullptr, "")));
+      } else {
+        j.text += text;
+        j.ids.insert(j.ids.end(), ids.begin(), ids.end());
+      }
       if (ev.done) {
         j.done = true;
         j.finish = j.out.stopped() ? "stop" : ev.finish_reason;
-        j.failed_step = failed;
+        if (j.finish == "error")
+          errored.push_back(jp);  // the failure's message is recorded after this step
+        else
+          answer(j);
       }
-      j.cv.notify_all();
-      return !j.out.stopped();
+      return !j.out.stopped() && !j.ex->gone();
     } catch (...) {
       std::lock_guard<std::mutex> g(j.mu);
-      j.done = true;
-      j.finish = "error";
-      j.cv.notify_all();
+      if (!j.done) {
+        j.done = true;
+        j.finish = "error";
+        errored.push_back(jp);
+      }
       return false;
     }
   }
 
   // ---- request side -----------------------------------------------------------------------------
 
-  std::shared_ptr<Job> submit(const GenRequest& r) {
-    auto j = std::make_shared<Job>(limits.tok, r.stop, r.chat);
-    j->start = tl_record.active ? tl_record.start : Clock::now();
-    j->prompt_tokens = int(r.prompt.size());
-    j->want_ids = !tok;
+  void submit(const std::shared_ptr<Job>& j, const GenRequest& r) {
     std::lock_guard<std::mutex> g(jobs_mu);
     if (stopping) throw ApiError(503, "The server is shutting down.", "", "shutting_down");
     if (queued >= o.queue_limit)
@@ -308,7 +312,7 @@ struct Server::Impl {
                      "", "overloaded");
     queued++;
     try {
-      j->id = engine.submit(r.prompt, r.gen, [this, j](const TokenEvent& ev) { return on_event(*j, ev); });
+      j->id = engine.submit(r.prompt, r.gen, [this, j](const TokenEvent& ev) { return on_event(j, ev); });
     } catch (const Error& e) {
       queued--;
       throw ApiError(400, e.what());
@@ -318,7 +322,6 @@ struct Server::Impl {
     }
     jobs.insert(j);
     wake_engine();
-    return j;
   }
 
   // Cancels `j` once, for `reason`; the engine delivers its end at the next step.
@@ -333,49 +336,34 @@ struct Server::Impl {
     wake_engine();
   }
 
-  // The end of a request's life on the HTTP side: cancel it if still running, forget it.
-  void release(const std::shared_ptr<Job>& j) {
-    bool done;
-    {
-      std::lock_guard<std::mutex> g(j->mu);
-      done = j->done;
-    }
-    if (!done) cancel(*j, "disconnect");
+  // Front thread, every tick: requests past their deadline are cancelled; the engine ends them
+  // with what they have.
+  void check_deadlines() {
+    const auto now = Clock::now();
+    std::vector<std::shared_ptr<Job>> late;
     {
       std::lock_guard<std::mutex> g(jobs_mu);
-      jobs.erase(j);
+      for (const auto& j : jobs)
+        if (now >= j->deadline) late.push_back(j);
     }
-    jobs_cv.notify_all();
+    for (auto& j : late) cancel(*j, "timeout");
   }
 
-  // Releases its job when the last owner (handler scope, or the streaming response) lets go.
-  struct JobGuard {
-    Impl* s;
-    std::shared_ptr<Job> j;
-    JobGuard(Impl* s, std::shared_ptr<Job> j) : s(s), j(std::move(j)) {}
-    JobGuard(const JobGuard&) = delete;
-    JobGuard& operator=(const JobGuard&) = delete;
-    ~JobGuard() { s->release(j); }
-  };
-
-  Clock::time_point deadline(const Job& j) const {
+  Clock::time_point deadline_of(Clock::time_point start) const {
     // Beyond ~30 years the arithmetic could overflow; such a timeout means "none" anyway.
     if (o.timeout_s <= 0 || o.timeout_s > 1e9) return Clock::time_point::max();
-    return j.start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.timeout_s));
+    return start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.timeout_s));
   }
 
-  // The failure's message; engine_loop records it just after the request learns it failed.
-  std::string engine_error_message(uint64_t failed_step) const {
-    std::unique_lock<std::mutex> lk(error_mu);
-    error_cv.wait_for(lk, std::chrono::seconds(1), [&] { return failed_steps >= failed_step; });
-    return "The engine failed while generating" + (last_error.empty() ? std::string(".") : ": " + last_error);
-  }
-
-  // Maps an ended request that produced no response body to its error, if it is one.
-  std::optional<ApiError> end_error(const std::string& reason, uint64_t failed_step) const {
+  // Maps an ended request to its error, if it is one.
+  std::optional<ApiError> end_error(const std::string& reason) const {
     if (reason == "error") {
-      std::string msg = engine_error_message(failed_step);  // waits until the failure is recorded
-      if (fatal)  // set before the record: another rank failed, nothing can run any more
+      std::string msg;
+      {
+        std::lock_guard<std::mutex> g(error_mu);
+        msg = "The engine failed while generating" + (last_error.empty() ? std::string(".") : ": " + last_error);
+      }
+      if (fatal)  // another rank failed, nothing can run any more
         return ApiError(503, "A tensor-parallel rank failed; the server is stopping. " + msg, "", "worker_failed");
       return ApiError(500, msg, "", "engine_error");
     }
@@ -383,155 +371,77 @@ struct Server::Impl {
     return std::nullopt;
   }
 
-  ResponseMeta meta(bool chat) {
-    return {fmt::format("{}-{:016x}", chat ? "chatcmpl" : "cmpl", id_base + id_counter++), o.model_name, unix_now(), chat};
-  }
-
-  void respond(httplib::Response& res, Job& j, const ResponseMeta& m) {
-    const auto dl = deadline(j);
-    std::unique_lock<std::mutex> lk(j.mu);
-    while (!j.done) {
-      if (j.cancel_reason.empty() && dl != Clock::time_point::max()) {
-        if (j.cv.wait_until(lk, dl) == std::cv_status::timeout && !j.done) {
-          lk.unlock();
-          cancel(j, "timeout");
-          lk.lock();
-        }
-      } else {
-        j.cv.wait(lk);
-      }
-    }
+  // The last bytes of an ended request (under j.mu), then it is forgotten.
+  void answer(Job& j) {
+    if (j.answered) return;
+    j.answered = true;
     const std::string reason = j.reason();
-    const uint64_t failed_step = j.failed_step;
-    lk.unlock();
-    if (auto e = end_error(reason, failed_step)) throw *e;
-    lk.lock();
-    std::string text;
-    std::vector<int32_t> ids;
-    for (const auto& p : j.pieces) {
-      text += p.text;
-      ids.insert(ids.end(), p.ids.begin(), p.ids.end());
-    }
-    send_json(res, 200, completion_body(m, text, j.want_ids ? &ids : nullptr, reason, j.prompt_tokens, j.generated));
-  }
-
-  struct StreamState {
-    std::shared_ptr<Job> job;
-    std::shared_ptr<JobGuard> guard;  // released with the response, however the stream ends
-    ResponseMeta meta;
-    bool include_usage = false, started = false;
-  };
-
-  // One call of the chunked content provider: waits briefly for tokens, writes them as SSE events.
-  bool pump(StreamState& st, httplib::DataSink& sink) {
-    Job& j = *st.job;
-    std::string out;
-    if (!st.started) {
-      st.started = true;
-      if (st.meta.chat) out += sse(chunk_body(st.meta, "", nullptr, "", true));
-    }
-    std::deque<Job::Piece> pieces;
-    bool done;
-    std::string reason;
-    uint64_t failed_step = 0;
-    {
-      std::unique_lock<std::mutex> lk(j.mu);
-      j.cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return !j.pieces.empty() || j.done; });
-      pieces.swap(j.pieces);
-      done = j.done;
-      if (done) reason = j.reason(), failed_step = j.failed_step;
-    }
-    for (const auto& p : pieces) out += sse(chunk_body(st.meta, p.text, j.want_ids ? &p.ids : nullptr, ""));
-    if (done) {
-      if (auto e = end_error(reason, failed_step)) {
-        out += sse(error_body(*e));
+    const auto err = end_error(reason);
+    http::Exchange& ex = *j.ex;
+    if (j.stream) {
+      std::string out;
+      if (err) {
+        out += sse(error_body(*err));
       } else {
-        out += sse(chunk_body(st.meta, "", nullptr, reason));
-        if (st.include_usage) {
-          json u = chunk_body(st.meta, "", nullptr, reason);
+        out += sse(chunk_body(j.meta, "", nullptr, reason));
+        if (j.include_usage) {
+          json u = chunk_body(j.meta, "", nullptr, reason);
           u["choices"] = json::array();
           u["usage"] = usage_json(j.prompt_tokens, j.generated);
           out += sse(u);
         }
       }
       out += "data: [DONE]\n\n";
+      ex.send(out);
+      ex.end_stream();
+    } else if (err) {
+      send_error(ex, *err);
+    } else {
+      send_json(ex, 200,
+                completion_body(j.meta, j.text, j.want_ids ? &j.ids : nullptr, reason, j.prompt_tokens, j.generated));
     }
-    if (!out.empty() && !sink.write(out.data(), out.size())) {
-      cancel(j, "disconnect");
-      return false;
+    std::shared_ptr<Job> keep;
+    {
+      std::lock_guard<std::mutex> g(jobs_mu);
+      for (auto it = jobs.begin(); it != jobs.end(); ++it)
+        if (it->get() == &j) {
+          keep = *it;  // destroyed after the lock: j.mu is still held by our caller
+          jobs.erase(it);
+          break;
+        }
     }
-    if (done) {
-      sink.done();
-      return true;
-    }
-    // Nothing to write: a peer that closed shows up as a socket that reads EOF.
-    if (out.empty() && !sink.is_writable()) {
-      cancel(j, "disconnect");
-      return false;
-    }
-    if (Clock::now() >= deadline(j)) cancel(j, "timeout");  // its end arrives within a step
-    return true;
+    jobs_cv.notify_all();
   }
 
-  void stream(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<JobGuard> guard, const ResponseMeta& m,
-              bool include_usage) {
-    auto st = std::make_shared<StreamState>();
-    st->job = std::move(job);
-    st->guard = std::move(guard);
-    st->meta = m;
-    st->include_usage = include_usage;
-    res.set_header("Cache-Control", "no-cache");
-    res.set_header("X-Accel-Buffering", "no");  // proxies: do not buffer the stream
-    res.set_chunked_content_provider("text/event-stream", [this, st](size_t, httplib::DataSink& sink) {
-      // Runs outside httplib's handler try-block: an exception here would end the process.
-      try {
-        return pump(*st, sink);
-      } catch (...) {
-        cancel(*st->job, "disconnect");
-        return false;
+  ResponseMeta meta(bool chat) {
+    return {fmt::format("{}-{:016x}", chat ? "chatcmpl" : "cmpl", id_base + id_counter++), o.model_name, unix_now(), chat};
+  }
+
+  void generate(const std::shared_ptr<http::Exchange>& ex, bool chat) {
+    const json body = parse_json_body(ex->request().body);
+    const GenRequest r = chat ? parse_chat_request(body, limits) : parse_completion_request(body, limits);
+    auto j = std::make_shared<Job>(limits.tok, r.stop, r.chat, ex);
+    j->start = ex->start();
+    j->deadline = deadline_of(j->start);
+    j->prompt_tokens = int(r.prompt.size());
+    j->want_ids = !tok;
+    j->stream = r.stream;
+    j->include_usage = r.include_usage;
+    j->meta = meta(chat);
+    ex->prompt_tokens = j->prompt_tokens;
+    {
+      // Held across submit so the engine's first event waits until the stream has begun.
+      std::lock_guard<std::mutex> g(j->mu);
+      submit(j, r);
+      if (r.stream) {
+        ex->begin_stream("text/event-stream", {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+        if (chat) ex->send(sse(chunk_body(j->meta, "", nullptr, "", true)));
       }
-    });
-  }
-
-  // The body, read here rather than by httplib so a chunked upload is held to the size limit too.
-  std::string read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
-    std::string body;
-    bool too_big = false;
-    const bool ok = reader([&](const char* d, size_t n) {
-      if (body.size() + n > o.max_body_bytes) {
-        too_big = true;
-        return false;
-      }
-      body.append(d, n);
-      return true;
-    });
-    if (too_big || res.status == 413) throw ApiError(413, too_large_message(), "", "request_too_large");
-    if (!ok) throw ApiError(400, "The request body could not be read.", "", "invalid_body");
-    return body;
-  }
-
-  std::string too_large_message() const {
-    return fmt::format("The request body exceeds the server's limit of {} bytes.", o.max_body_bytes);
-  }
-
-  void generate(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader, bool chat) {
-    try {
-      const json body = parse_json_body(read_body(req, res, reader));
-      const GenRequest r = chat ? parse_chat_request(body, limits) : parse_completion_request(body, limits);
-      auto job = submit(r);
-      tl_record.job = job;
-      auto guard = std::make_shared<JobGuard>(this, job);
-      if (r.stream)
-        stream(res, job, std::move(guard), meta(chat), r.include_usage);
-      else
-        respond(res, *job, meta(chat));
-    } catch (const ApiError& e) {
-      send_error(res, e);
-    } catch (const Error& e) {
-      send_error(res, ApiError(400, e.what()));
-    } catch (const std::exception& e) {
-      send_error(res, ApiError(500, fmt::format("Internal error: {}", e.what()), "", "internal_error"));
     }
+    std::weak_ptr<Job> wj = j;
+    ex->on_gone([this, wj] {
+      if (auto jj = wj.lock()) cancel(*jj, "disconnect");
+    });
   }
 
   json model_json() const {
@@ -548,101 +458,60 @@ struct Server::Impl {
     return s;
   }
 
-  void routes() {
-    http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r, const httplib::ContentReader& c) {
-      generate(q, r, c, false);
-    });
-    http.Post("/v1/chat/completions",
-              [this](const httplib::Request& q, httplib::Response& r, const httplib::ContentReader& c) {
-                generate(q, r, c, true);
-              });
-    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
-      send_json(r, 200, {{"object", "list"}, {"data", json::array({model_json()})}});
-    });
-    http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
-      if (q.matches[1] == o.model_name)
-        send_json(r, 200, model_json());
-      else
-        send_error(r, ApiError(404, fmt::format("The model '{}' does not exist; this server serves '{}'.",
-                                                std::string(q.matches[1]), o.model_name),
-                               "model", "model_not_found"));
-    });
-    http.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
-      if (stopping) {
-        send_json(r, 503, {{"status", "shutting_down"}});
-      } else if (!healthy) {
-        std::lock_guard<std::mutex> g(error_mu);
-        send_json(r, 503, {{"status", "error"}, {"message", last_error}});
-      } else {
-        send_json(r, 200, {{"status", "ok"}});
-      }
-    });
-    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
-      r.set_content(metrics.render(state()), "text/plain; version=0.0.4; charset=utf-8");
-    });
-
-    // Statuses httplib sets itself (unknown route, oversized body, malformed request line) get the
-    // same JSON error body as everything else; an unknown method on a known path becomes 405.
-    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
-                                                                       httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours already
-      ApiError e(res.status, fmt::format("Request failed with HTTP status {}.", res.status));
-      if (res.status == 404) {
-        if (const char* allow = allowed_methods(req.path); *allow) {
-          res.set_header("Allow", allow);
-          e = ApiError(405, fmt::format("Method {} is not allowed on {} (allowed: {}).", req.method, req.path, allow), "",
-                       "method_not_allowed");
+  // A handler thread: one complete request. Answers now, or (generation) hands it to the engine.
+  void handle(const std::shared_ptr<http::Exchange>& ex) {
+    const http::Request& q = ex->request();
+    const std::string& path = q.path;
+    const bool get = q.method == "GET" || q.method == "HEAD";
+    try {
+      if ((path == "/v1/completions" || path == "/v1/chat/completions") && q.method == "POST") {
+        generate(ex, path == "/v1/chat/completions");
+      } else if (path == "/v1/models" && get) {
+        send_json(*ex, 200, {{"object", "list"}, {"data", json::array({model_json()})}});
+      } else if (path.rfind("/v1/models/", 0) == 0 && get) {
+        const std::string id = http::percent_decode(path.substr(11));
+        if (id != o.model_name)
+          throw ApiError(404, fmt::format("The model '{}' does not exist; this server serves '{}'.", id, o.model_name),
+                         "model", "model_not_found");
+        send_json(*ex, 200, model_json());
+      } else if (path == "/health" && get) {
+        if (stopping) {
+          send_json(*ex, 503, {{"status", "shutting_down"}});
+        } else if (!healthy) {
+          std::lock_guard<std::mutex> g(error_mu);
+          send_json(*ex, 503, {{"status", "error"}, {"message", last_error}});
         } else {
-          e = ApiError(404, fmt::format("Invalid URL ({} {}).", req.method, req.path), "", "not_found");
+          send_json(*ex, 200, {{"status", "ok"}});
         }
-      } else if (res.status == 413) {
-        e = ApiError(413, too_large_message(), "", "request_too_large");
-      } else if (res.status == 400) {
-        e = ApiError(400, "Malformed HTTP request.", "", "bad_request");
+      } else if (path == "/metrics" && get) {
+        ex->respond(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render(state()));
+      } else if (const char* allow = allowed_methods(path); *allow) {
+        send_error(*ex,
+                   ApiError(405, fmt::format("Method {} is not allowed on {} (allowed: {}).", q.method, path, allow), "",
+                            "method_not_allowed"),
+                   {{"Allow", allow}});
+      } else {
+        throw ApiError(404, fmt::format("Invalid URL ({} {}).", q.method, path), "", "not_found");
       }
-      send_error(res, e);
-      return httplib::Server::HandlerResponse::Handled;
-    }));
-    http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-      std::string what = "unknown exception";
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        what = e.what();
-      } catch (...) {
-      }
-      send_error(res, ApiError(500, "Internal error: " + what, "", "internal_error"));
-    });
-    http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
-      tl_record = {true, Clock::now(), nullptr};
-      return httplib::Server::HandlerResponse::Unhandled;
-    });
-    http.set_logger([this](const httplib::Request& req, const httplib::Response& res) { log(req, res); });
-
-    http.set_payload_max_length(o.max_body_bytes);
-    http.set_tcp_nodelay(true);  // stream tokens as they come, not when Nagle decides
-    // A waiting or streaming request holds a worker for its whole life.
-    const int workers = std::clamp(o.max_batch + o.queue_limit + 4, 8, 512);
-    http.new_task_queue = [workers] { return new httplib::ThreadPool(size_t(workers)); };
+    } catch (const ApiError& e) {
+      send_error(*ex, e);
+    } catch (const Error& e) {
+      send_error(*ex, ApiError(400, e.what()));
+    } catch (const std::exception& e) {
+      send_error(*ex, ApiError(500, fmt::format("Internal error: {}", e.what()), "", "internal_error"));
+    }
   }
 
-  void log(const httplib::Request& req, const httplib::Response& res) {
+  void log(const http::Exchange& ex, int status, double secs) {
     try {
-      RequestRecord rec = std::exchange(tl_record, RequestRecord{});
-      const double secs = rec.active ? since(rec.start) : 0.0;
-      int pt = 0, ct = 0;
-      if (rec.job) {
-        std::lock_guard<std::mutex> g(rec.job->mu);
-        pt = rec.job->prompt_tokens;
-        ct = rec.job->generated;
-      }
-      const std::string ep = endpoint_label(req.path);
-      metrics.request(ep, res.status, secs, ep == "/v1/completions" || ep == "/v1/chat/completions");
-      if (o.log_requests)
-        fmt::print(stderr, "{} {} {} prompt_tokens={} completion_tokens={} {:.3f}s\n", req.method, req.path, res.status,
-                   pt, ct, secs);
+      const http::Request& q = ex.request();
+      const std::string ep = endpoint_label(q.path);
+      metrics.request(ep, status, secs, ep == "/v1/completions" || ep == "/v1/chat/completions");
+      if (o.log_requests)  // the target is outside input: escaped, so it cannot forge log lines
+        fmt::print(stderr, "{} {} {} prompt_tokens={} completion_tokens={} {:.3f}s\n", http::log_safe(q.method),
+                   http::log_safe(q.target), status, ex.prompt_tokens.load(), ex.completion_tokens.load(), secs);
     } catch (...) {
-      // Logging must never take a request (or the worker thread) down.
+      // Logging must never take a request (or the front) down.
     }
   }
 
@@ -650,23 +519,27 @@ struct Server::Impl {
 
   int bind() {
     if (port >= 0) return port;
-    if (o.port == 0) {
-      port = http.bind_to_any_port(o.host);
-      SKY_CHECK(port > 0, "cannot listen on {} (not a local address?)", o.host);
-    } else {
-      SKY_CHECK(http.bind_to_port(o.host, o.port), "cannot listen on {}:{} (port in use, or not a local address?)",
-                o.host, o.port);
-      port = o.port;
-    }
+    http::FrontOptions fo;
+    fo.host = o.host;
+    fo.port = o.port;
+    fo.limits.max_body_bytes = o.max_body_bytes;
+    fo.max_connections = o.max_connections;
+    fo.read_timeout_s = o.read_timeout_s;
+    fo.tick = [this] { check_deadlines(); };
+    fo.error_body = [](int status, const std::string& msg, const char* code) {
+      return dump_json(error_body(ApiError(status, msg, "", code)));
+    };
+    front = std::make_unique<http::Front>(
+        std::move(fo), [this](std::shared_ptr<http::Exchange> ex) { handle(ex); },
+        [this](const http::Exchange& ex, int status, double secs) { log(ex, status, secs); });
+    port = front->bind();
     engine_thread = std::thread([this] { engine_loop(); });
     return port;
   }
 
   void run() {
     bind();
-    run_active = true;
-    if (!stopping) http.listen_after_bind();
-    run_active = false;
+    front->run();
     stop();
     stop_engine();
   }
@@ -685,18 +558,15 @@ struct Server::Impl {
       if (!j->done) {
         j->done = true;
         j->finish = "cancelled";
-        j->cv.notify_all();
       }
+      answer(*j);
     }
     {
-      // Let cancelled requests deliver their last response or stream event before the listener
-      // closes (a closing server also cuts streams short); bounded, so stop() always returns.
       std::unique_lock<std::mutex> lk(jobs_mu);
       jobs_cv.wait_for(lk, std::chrono::seconds(2), [&] { return jobs.empty(); });
     }
-    // run() may be between its stopping check and httplib's start: wait so stop() is not lost.
-    while (run_active && !http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    http.stop();
+    // The front gives those last answers up to 2 s to reach their clients, then closes.
+    if (front) front->stop(2.0);
   }
 };
 

@@ -1,15 +1,16 @@
 #pragma once
 // `skymoe serve`: an OpenAI-compatible HTTP server over the continuous-batching Engine.
 //
-// Threads: httplib's worker pool parses requests and waits on them; one engine thread runs
-// Engine::step() in a loop and sleeps on a condition variable while there is nothing to do. Tokens
-// reach a request's handler through its Job, a mutex-guarded queue the engine's callback fills.
+// Threads: one front thread multiplexes every connection (infer/http_front.h: reading, writing,
+// deadlines); a few handler threads parse complete requests and submit them; one engine thread
+// runs Engine::step() in a loop, sleeps on a condition variable while there is nothing to do, and
+// turns each token into response bytes for the front on the spot. No thread waits on a client.
 //
 // Choices (docs/serving.md has the user-facing version):
 //  - per-request timeout: the request is cancelled and answers with what it produced so far and
 //    finish_reason "length", streaming or not (a stream has already sent its 200).
-//  - a streaming client that goes away (write fails, or the socket reads EOF while waiting) has
-//    its request cancelled at the next engine step.
+//  - a client that goes away (reset, closed or half-closed connection, or output it does not read)
+//    has its request cancelled at the next engine step.
 //  - stop(): new requests get 503, running ones are cancelled (503 JSON, or an error event that
 //    ends the stream), then the listener closes; run() returns after joining the engine thread.
 //  - a failed engine step fails the requests it was running (500) and makes /health answer 503
@@ -40,6 +41,8 @@ struct ServerOptions {
   int max_tokens_limit = 4096;        // cap on a request's max_tokens
   size_t max_body_bytes = size_t(1) << 20;
   double timeout_s = 600;             // per request; 0 = none
+  double read_timeout_s = 30;         // a request's head and body must arrive within this (408)
+  int max_connections = 4096;         // open connections; a full table drops its slowest reader
   int queue_limit = 64;               // requests waiting for their first token; more get 503
   bool add_bos = true;                // text prompts start with the tokenizer's bos
   bool log_requests = true;           // one line per request on stderr
