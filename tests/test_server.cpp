@@ -112,7 +112,7 @@ struct Running {
     o.host = "127.0.0.1";
     o.port = 0;
     o.model_name = "tiny-test";
-    o.log_requests = false;
+    if (!o.log_line) o.log_requests = false;  // quiet unless a test collects the lines
     std::optional<Tokenizer> t;
     if (with_tokenizer) t = fx().tok;
     srv = std::make_unique<Server>(m ? *m : fx().im, t, o);
@@ -752,6 +752,44 @@ TEST(Server, NoTokenizerTakesTokenIds) {
   for (const auto& c : parse_sse(st.body).chunks)
     for (int32_t t : c["choices"][0].value("token_ids", std::vector<int32_t>{})) streamed.push_back(t);
   EXPECT_EQ(streamed, ids);
+}
+
+// A client that sends its request and half-closes is gone: its generation never runs (cpp-httplib
+// generated the whole answer for nobody).
+TEST(Server, HalfClosedClientGetsNoGeneration) {
+  ServerOptions o;
+  o.before_step = [] { std::this_thread::sleep_for(3ms); };
+  Running s(o);
+  {
+    RawConn conn(s.port, "/v1/completions", completion("the quick brown fox", 400).dump());
+    shutdown(conn.fd, SHUT_WR);
+    std::this_thread::sleep_for(300ms);
+  }
+  EXPECT_TRUE(eventually([&] { return s.srv->engine_stats().active == 0 && s.srv->engine_stats().waiting == 0; }));
+  EXPECT_LT(s.srv->engine_stats().generated_tokens, 100);
+  EXPECT_EQ(s.post("/v1/completions", completion("hello world", 3)).status, 200);
+}
+
+// Request targets are outside input: one request is one log line, whatever its bytes.
+TEST(Server, LogLinesCannotBeForged) {
+  ServerOptions o;
+  std::mutex mu;
+  std::string logged;
+  o.log_line = [&](const std::string& l) {
+    std::lock_guard<std::mutex> g(mu);
+    logged += l;
+  };
+  Running s(o);
+  EXPECT_EQ(s.get("/v1/models/x%0aPOST%20/v1/completions%20200%0d%0a").status, 404);
+  EXPECT_EQ(s.get("/health%0aGET").status, 404);
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard<std::mutex> g(mu);
+    return std::count(logged.begin(), logged.end(), '\n') >= 2;
+  }));
+  std::lock_guard<std::mutex> g(mu);
+  EXPECT_EQ(std::count(logged.begin(), logged.end(), '\n'), 2) << logged;
+  EXPECT_EQ(logged.find("\nPOST"), std::string::npos) << logged;
+  EXPECT_EQ(logged.find('\r'), std::string::npos) << logged;
 }
 
 TEST(Server, StopCancelsRunningRequestsAndExits) {

@@ -289,6 +289,9 @@ struct FrontShared {
   std::deque<std::shared_ptr<Exchange>> work;
   bool stop_workers = false;
 
+  ~FrontShared() {
+    if (event_fd >= 0) ::close(event_fd);  // here, not in ~Front: exchanges may outlive the front
+  }
   void notify() const {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(event_fd, &one, sizeof one);
@@ -460,7 +463,6 @@ Front::~Front() {
     if (c) ::close(c->fd);
   if (listen_fd_ >= 0) ::close(listen_fd_);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
-  ::close(shared_->event_fd);
 }
 
 int Front::bind() {

@@ -507,9 +507,15 @@ struct Server::Impl {
       const http::Request& q = ex.request();
       const std::string ep = endpoint_label(q.path);
       metrics.request(ep, status, secs, ep == "/v1/completions" || ep == "/v1/chat/completions");
-      if (o.log_requests)  // the target is outside input: escaped, so it cannot forge log lines
-        fmt::print(stderr, "{} {} {} prompt_tokens={} completion_tokens={} {:.3f}s\n", http::log_safe(q.method),
-                   http::log_safe(q.target), status, ex.prompt_tokens.load(), ex.completion_tokens.load(), secs);
+      if (!o.log_requests) return;
+      // The target is outside input: escaped, so it cannot forge log lines.
+      const std::string line =
+          fmt::format("{} {} {} prompt_tokens={} completion_tokens={} {:.3f}s\n", http::log_safe(q.method),
+                      http::log_safe(q.target), status, ex.prompt_tokens.load(), ex.completion_tokens.load(), secs);
+      if (o.log_line)
+        o.log_line(line);
+      else
+        fmt::print(stderr, "{}", line);
     } catch (...) {
       // Logging must never take a request (or the front) down.
     }

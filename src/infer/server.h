@@ -46,6 +46,7 @@ struct ServerOptions {
   int queue_limit = 64;               // requests waiting for their first token; more get 503
   bool add_bos = true;                // text prompts start with the tokenizer's bos
   bool log_requests = true;           // one line per request on stderr
+  std::function<void(const std::string&)> log_line;  // where those lines go instead (tests)
   std::string tokenizer_hint;         // appended to "this model has no tokenizer" errors
   // Tests: runs on the engine thread before every step (e.g. sleeps, to make generation slow).
   std::function<void()> before_step;
