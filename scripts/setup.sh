@@ -7,7 +7,7 @@ PKGS=(
   libhwy-dev               # portable runtime-dispatched SIMD
   nlohmann-json3-dev       # config.json / safetensors headers / JSON output
   libcli11-dev             # command-line parsing
-  libcpp-httplib-dev       # HTTP server
+  libcpp-httplib-dev       # HTTP client of the server tests
   libsentencepiece-dev sentencepiece  # tokenizer
   libfmt-dev               # formatting
   libgtest-dev libgmock-dev googletest  # unit tests
