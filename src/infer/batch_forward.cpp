@@ -18,6 +18,8 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   w.attn_norm = L.attn_norm.data();
   w.ffn_norm = L.ffn_norm.data();
   w.wq = &L.wq, w.wk = &L.wk, w.wv = &L.wv, w.wo = &L.wo;
+  if (!L.bq.empty()) w.bq = L.bq.data(), w.bk = L.bk.data(), w.bv = L.bv.data();
+  if (!L.q_norm.empty()) w.q_norm = L.q_norm.data(), w.k_norm = L.k_norm.data();
   if (!c.layer_is_moe(l)) {
     w.gate = &L.gate, w.up = &L.up, w.down = &L.down;
     return w;
@@ -41,6 +43,8 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   e.q1 = s.w1.data();
   e.q3 = s.w3.data();
   e.q2 = s.w2.data();
+  if (L.sh_down.data) w.sh_gate = &L.sh_gate, w.sh_up = &L.sh_up, w.sh_down = &L.sh_down;
+  if (L.sh_router.data) w.sh_router = &L.sh_router;
   return w;
 }
 
@@ -81,6 +85,8 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   d.nkv = c.num_kv_heads;
   d.hd = c.head_dim;
   d.I = c.intermediate_size;
+  d.S = c.shared_expert_size;
+  d.qk_norm = c.qk_norm;
   d.eps = eps;
   d.rope = &m.rope;
   RowBatch rb;
