@@ -404,13 +404,29 @@ static ModelConfig make(const char* type, int vocab, int hidden, int layers, int
 }
 
 std::vector<std::string> ModelConfig::preset_names() {
-  return {"tiny", "tiny-dense", "bench-moe", "train-moe", "train-dense", "skywork-moe-146b", "skywork-13b"};
+  return {"tiny",         "tiny-dense",       "bench-moe",   "bench-qwen3moe", "bench-olmoe", "train-moe",
+          "train-dense",  "skywork-moe-146b", "skywork-13b"};
 }
 
 ModelConfig ModelConfig::preset(const std::string& name) {
   if (name == "tiny") return make("skywork_moe", 256, 64, 2, 4, 2, 96, 4, 2, 512, true);
   if (name == "tiny-dense") return make("llama", 256, 64, 2, 4, 2, 96, 0, 2, 512, false);
   if (name == "bench-moe") return make("skywork_moe", 32000, 1024, 8, 16, 16, 2816, 16, 2, 4096, true);
+  // Qwen3-30B-A3B and OLMoE-1B-7B scaled to bench-moe's hidden size and depth: many small experts,
+  // top-8 (Qwen3: 128 of width 384 with per-head q/k norms and GQA; OLMoE: 64 of width 512).
+  if (name == "bench-qwen3moe") {
+    ModelConfig c = make("qwen3_moe", 32000, 1024, 8, 16, 4, 3072, 128, 8, 4096, false);
+    c.moe_intermediate_size = 384;
+    c.qk_norm = QkNorm::PerHead;
+    return c;
+  }
+  if (name == "bench-olmoe") {
+    ModelConfig c = make("olmoe", 32000, 1024, 8, 16, 16, 1024, 64, 8, 4096, false);
+    c.moe_intermediate_size = 512;
+    c.qk_norm = QkNorm::Whole;
+    c.norm_topk_prob = false;
+    return c;
+  }
   if (name == "train-moe") return make("skywork_moe", 8192, 512, 8, 8, 8, 1408, 16, 2, 4096, true);
   if (name == "train-dense") return make("llama", 8192, 512, 8, 8, 8, 1408, 0, 2, 4096, false);
   if (name == "skywork-moe-146b") return make("skywork_moe", 65532, 4608, 52, 36, 36, 12288, 16, 2, 8192, true);
