@@ -5,6 +5,8 @@
 // engine failures, the queue limit and shutdown (in-process and SIGTERM to the real binary).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+
+#include <csignal>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -101,6 +103,8 @@ struct Cleanup : ::testing::Environment {
   }
 };
 const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+// A client writing into a connection the server closed after an error gets EPIPE, not death.
+const auto kNoSigpipe = std::signal(SIGPIPE, SIG_IGN);
 
 // ---- a server on its own thread ------------------------------------------------------------------
 

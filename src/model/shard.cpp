@@ -43,6 +43,10 @@ std::vector<Range> to_ranges(const std::vector<int>& sizes) {
   return r;
 }
 
+bool tensor_parallel_supported(const ModelConfig& c) {
+  return c.qk_norm == QkNorm::None && c.shared_expert_size == 0 && !c.qkv_bias;
+}
+
 Shard Shard::full(const ModelConfig& c) {
   Shard s;
   s.layer_begin = 0;
@@ -75,11 +79,9 @@ ModelConfig shard_config(const ModelConfig& c, const Shard& s) {
 void split_attention(const ModelConfig& c, int tp, const std::vector<int>& shares_in, int index, Shard& s) {
   SKY_CHECK(shares_in.empty() || int(shares_in.size()) == tp, "--tp-shares has {} values for --tp {}",
             shares_in.size(), tp);
-  // Not split yet: an OLMoE norm spans every head; a shared expert (and the biases beside it) would
-  // be computed whole on every rank and summed tp times.
-  SKY_CHECK(tp == 1 || (c.qk_norm != QkNorm::Whole && c.shared_expert_size == 0 && !c.qkv_bias),
-            "tensor parallelism does not support {} models yet (q/k biases, whole-projection q/k norms and shared "
-            "experts are not split); use expert parallelism or one process",
+  SKY_CHECK(tp == 1 || tensor_parallel_supported(c),
+            "tensor parallelism does not support {} models yet (q/k biases, q/k norms and shared experts are not "
+            "split); use expert parallelism or one process",
             c.model_type);
   std::vector<int> shares = shares_in.empty() ? std::vector<int>(size_t(tp), 1) : shares_in;
   SKY_CHECK(index >= 0 && index < tp, "tensor-parallel index {} outside [0, {})", index, tp);
