@@ -49,13 +49,15 @@ struct Job {
   struct Piece {
     std::string text;
     std::vector<int32_t> ids;  // only when the server has no tokenizer
+    std::vector<ShownLogprob> logprobs;  // of the tokens whose text this piece completes
   };
-  Job(const Tokenizer* tok, std::vector<std::string> stops, bool chat) : out(tok, std::move(stops), chat) {}
+  Job(const Tokenizer* tok, const GenRequest& r) : out(tok, r.stop, r.chat, r.echo ? r.prompt : std::vector<int32_t>{}) {}
 
   // Fixed before submit.
   Clock::time_point start = Clock::now();
   int prompt_tokens = 0;
   bool want_ids = false;
+  bool logprobs = false;  // the response carries per-token log-probabilities
   int64_t id = -1;  // the engine's id, set right after submit (under the jobs mutex)
 
   // Engine thread only.
@@ -260,12 +262,17 @@ struct Server::Impl {
         if (ev.token >= 0) metrics.first_token(since(j.start));
       }
       Job::Piece p;
+      if (!ev.prompt_logprobs.empty()) j.out.prompt_logprobs(ev.prompt_logprobs);
       const bool eos = ev.done && ev.finish_reason == "stop";  // the eos token itself shows nothing
+      const TokenLogprob* lp = ev.logprob ? &*ev.logprob : nullptr;
       if (ev.token >= 0 && !eos) {
-        p.text = j.out.push(ev.token);
+        p.text = j.out.push(ev.token, lp);
         if (j.want_ids) p.ids.push_back(ev.token);
+      } else if (lp) {
+        j.out.push_hidden(*lp);  // but its log-probability is listed
       }
       if (ev.done || j.out.stopped()) p.text += j.out.finish();
+      p.logprobs = j.out.take_logprobs();
       uint64_t failed = 0;
       if (ev.done && ev.finish_reason == "error") {
         // Called from the failing step before its exception reaches engine_loop: mark the
@@ -276,7 +283,7 @@ struct Server::Impl {
       }
       std::lock_guard<std::mutex> g(j.mu);
       if (j.done) return false;
-      if (!p.text.empty() || !p.ids.empty()) j.pieces.push_back(std::move(p));
+      if (!p.text.empty() || !p.ids.empty() || !p.logprobs.empty()) j.pieces.push_back(std::move(p));
       j.generated = ev.generated;
       if (ev.done) {
         j.done = true;
@@ -297,10 +304,11 @@ struct Server::Impl {
   // ---- request side -----------------------------------------------------------------------------
 
   std::shared_ptr<Job> submit(const GenRequest& r) {
-    auto j = std::make_shared<Job>(limits.tok, r.stop, r.chat);
+    auto j = std::make_shared<Job>(limits.tok, r);
     j->start = tl_record.active ? tl_record.start : Clock::now();
     j->prompt_tokens = int(r.prompt.size());
     j->want_ids = !tok;
+    j->logprobs = r.logprobs;
     std::lock_guard<std::mutex> g(jobs_mu);
     if (stopping) throw ApiError(503, "The server is shutting down.", "", "shutting_down");
     if (queued >= o.queue_limit)
@@ -408,11 +416,14 @@ struct Server::Impl {
     lk.lock();
     std::string text;
     std::vector<int32_t> ids;
+    std::vector<ShownLogprob> lps;
     for (const auto& p : j.pieces) {
       text += p.text;
       ids.insert(ids.end(), p.ids.begin(), p.ids.end());
+      lps.insert(lps.end(), p.logprobs.begin(), p.logprobs.end());
     }
-    send_json(res, 200, completion_body(m, text, j.want_ids ? &ids : nullptr, reason, j.prompt_tokens, j.generated));
+    const json lp = j.logprobs ? logprobs_json(m.chat, limits.tok, lps) : json(nullptr);
+    send_json(res, 200, completion_body(m, text, j.want_ids ? &ids : nullptr, reason, j.prompt_tokens, j.generated, lp));
   }
 
   struct StreamState {
@@ -441,7 +452,10 @@ struct Server::Impl {
       done = j.done;
       if (done) reason = j.reason(), failed_step = j.failed_step;
     }
-    for (const auto& p : pieces) out += sse(chunk_body(st.meta, p.text, j.want_ids ? &p.ids : nullptr, ""));
+    for (const auto& p : pieces) {
+      const json lp = j.logprobs ? logprobs_json(st.meta.chat, limits.tok, p.logprobs) : json(nullptr);
+      out += sse(chunk_body(st.meta, p.text, j.want_ids ? &p.ids : nullptr, "", false, lp));
+    }
     if (done) {
       if (auto e = end_error(reason, failed_step)) {
         out += sse(error_body(*e));
