@@ -926,7 +926,7 @@ TEST(Server, BinaryServesOnTheRefBackend) { check_binary_serves({"--device", "re
 // ---- prompt length, before tokenizing ---------------------------------------------------------------
 
 // A text prompt that is too long for sure is refused before the tokenizer sees it (SentencePiece
-// costs ~200 bytes per byte of text while encoding, memory the allocator then keeps); one that is
+// costs 100-200 bytes per byte of text while encoding, memory the allocator then keeps); one that is
 // too long only once encoded is still refused, with its exact count.
 TEST(ServerApi, TooLongTextIsRefusedBeforeTokenizing) {
   ApiLimits lim;

@@ -211,7 +211,7 @@ std::vector<int32_t> encode_text(const std::string& text, const ApiLimits& lim, 
   std::vector<int32_t> ids;
   if (lim.add_bos && lim.tok->bos_id() >= 0) ids.push_back(lim.tok->bos_id());
   // Refused before encoding when surely too long: SentencePiece keeps a record per piece while it
-  // encodes, ~200 bytes for each byte of text, and the allocator keeps that memory afterwards.
+  // encodes, 100-200 bytes for each byte of text, and the allocator keeps that memory afterwards.
   // Past this check the text is at most max_prompt_tokens longest pieces, so encoding is bounded.
   const int64_t least = int64_t(ids.size()) + lim.tok->min_tokens(text);
   if (least > lim.max_prompt_tokens)
