@@ -48,8 +48,26 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   return w;
 }
 
+// RowLogits: the head over every row but the last of each marked sequence, kBlock rows at a time.
+static void head_rows(const InferModel& m, const std::vector<BatchRow>& rows, const RowLogits& rl, BatchScratch& s) {
+  constexpr int kBlock = 32;
+  const int H = m.cfg.hidden_size, V = m.cfg.vocab_size;
+  grow(s.row_logits, size_t(kBlock) * V);
+  int r0 = 0;
+  for (size_t i = 0; i < rows.size(); r0 += rows[i].n, i++) {
+    if (i >= rl.want.size() || !rl.want[i]) continue;
+    for (int j = 0; j < rows[i].n - 1; j += kBlock) {
+      const int b = std::min(kBlock, rows[i].n - 1 - j);
+      m.be->rmsnorm(s.ln.data(), s.rstd.data(), s.x.data() + size_t(r0 + j) * H, m.final_norm.data(), b, H,
+                    float(m.cfg.rms_norm_eps));
+      m.be->linear(s.row_logits.data(), s.ln.data(), m.lm_head, b);
+      for (int k = 0; k < b; k++) rl.fn(int(i), j + k, s.row_logits.data() + size_t(k) * V);
+    }
+  }
+}
+
 void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,
-                   float* all_logits) {
+                   float* all_logits, const RowLogits* row_logits) {
   const ModelConfig& c = m.cfg;
   Backend& be = *m.be;
   const int H = c.hidden_size, V = c.vocab_size;
@@ -103,6 +121,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     layer_forward(be, layer_weights(m, l, s), d, l, s.layer, s.x.data(), s.x.data(), rb, moe, sums);
   for (const auto& r : rows) r.kv->len += r.n;
   if (!m.shard.head) return;  // a tensor-parallel rank other than 0: rank 0 alone computes logits
+  if (row_logits) head_rows(m, rows, *row_logits, s);
   if (all_logits) {
     be.rmsnorm(s.ln.data(), s.rstd.data(), s.x.data(), m.final_norm.data(), n, H, eps);
     be.linear(all_logits, s.ln.data(), m.lm_head, n);

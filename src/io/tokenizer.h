@@ -54,6 +54,15 @@ class Tokenizer {
   int unk_id() const;
   int pad_id() const;  // -1 when the model has none
   bool adds_dummy_prefix() const { return dummy_prefix_; }
+  // A lower bound on encode(text).size(), found without encoding (a server refuses a prompt that
+  // is too long for sure before paying for its tokenization), or 0 when this tokenizer allows
+  // none. Sound when normalization never merges input: no precompiled character map (identity
+  // normalization) and byte fallback (unknown characters spelled in bytes, not merged into one
+  // unk). Then every token covers at most max_piece_bytes() bytes of the input, so there are at
+  // least bytes / max_piece_bytes() tokens; with remove_extra_whitespaces runs of spaces fold into
+  // one, so spaces are not counted. Most SentencePiece models (Llama's, ours) qualify.
+  int64_t min_tokens(std::string_view text) const;
+  int max_piece_bytes() const { return max_piece_bytes_; }  // 0: min_tokens gives no bound
   const std::string& path() const { return path_; }
 
  private:
@@ -61,6 +70,8 @@ class Tokenizer {
   std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;
   std::string path_;
   bool dummy_prefix_ = false;
+  int max_piece_bytes_ = 0;
+  bool folds_spaces_ = false;
 };
 
 // Generation output one token at a time: push() returns the text that is complete so far (whole
