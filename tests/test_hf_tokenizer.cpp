@@ -497,3 +497,43 @@ TEST(HfTokenizer, TokenizeCommandTakesTokenizerJson) {
 }
 
 }  // namespace
+
+namespace {
+
+// A tiny random model whose vocabulary holds the qwen2 fixture's ids, with the fixture's
+// tokenizer.json and tokenizer_config.json in its directory.
+std::string model_with_tokenizer_json() {
+  const std::string root = skytest::temp_dir("hf-model");
+  std::string out;
+  EXPECT_EQ(skytest::shell(fmt::format("{} init --preset tiny --out {}/base 2>&1", SKYMOE_BIN, root), &out), 0) << out;
+  json cfg = json::parse(read_file(root + "/base/config.json"));
+  cfg["vocab_size"] = 1024;
+  write_file(root + "/config.json", cfg.dump());
+  EXPECT_EQ(skytest::shell(fmt::format("{} init --config {}/config.json --out {}/m 2>&1", SKYMOE_BIN, root, root), &out),
+            0)
+      << out;
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(kData + "/qwen2/" + f, root + "/m/" + f);
+  return root + "/m";
+}
+
+TEST(HfTokenizerCli, GenerateFindsTokenizerJsonAndExportRefusesIt) {
+  const std::string model = model_with_tokenizer_json();
+  std::string out;
+  int rc = skytest::shell(
+      fmt::format("{} generate --model {} --prompt 'hello world' --max-tokens 3 --json 2>&1", SKYMOE_BIN, model), &out);
+  ASSERT_EQ(rc, 0) << out;
+  json j = json::parse(out.substr(out.find('{')));
+  auto prompt = j["prompt_ids"].get<std::vector<int32_t>>();
+  auto want = fixture("qwen2").tok.encode("hello world");
+  ASSERT_GE(prompt.size(), want.size());
+  EXPECT_EQ(std::vector<int32_t>(prompt.end() - std::ptrdiff_t(want.size()), prompt.end()), want);
+
+  rc = skytest::shell(fmt::format("{} export gguf --model {} --out {}/m.gguf 2>&1", SKYMOE_BIN, model, model), &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find(model + "/tokenizer.json"), std::string::npos) << out;
+  EXPECT_NE(out.find("--no-tokenizer"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(model + "/m.gguf"));
+}
+
+}  // namespace
