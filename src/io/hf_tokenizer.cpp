@@ -278,8 +278,6 @@ struct Merge {
   int32_t rank, id;
 };
 
-}  // namespace
-
 // Buffers for one encode() call, reused across its pieces (so a warm call allocates little), and
 // the regex match states, which must not be shared between threads.
 struct Scratch {
@@ -287,9 +285,10 @@ struct Scratch {
   std::vector<std::vector<Range>> ranges;                // by pre-tokenizer step
   std::vector<std::string> bufs;                         // by pre-tokenizer step
   std::string norm, mapped, word;
-  std::vector<int32_t> syms, new_ids;
-  std::vector<int32_t> ranks;
+  std::vector<int32_t> syms, new_ids, ranks;             // the BPE merge of one piece
 };
+
+}  // namespace
 
 struct HfTokenizer::Impl {
   std::string path;

@@ -12,7 +12,8 @@
 //   model          BPE: merges as "a b" strings or [a, b] pairs, unk_token, fuse_unk, byte_fallback,
 //                  ignore_merges, continuing_subword_prefix, end_of_word_suffix (not dropout > 0)
 //   decoder        ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence
-//   post_processor read past: encode() adds no bos/eos (the callers add what they need)
+//   post_processor read past: encode() adds no bos/eos (the callers add what they need);
+//                  truncation and padding are read past too (the engine bounds lengths itself)
 //   added_tokens   special, normalized, lstrip, rstrip, single_word
 //
 // Regexes run on PCRE2 (Oniguruma in the library), Unicode normalization on utf8proc; both follow
