@@ -20,12 +20,16 @@ bool stable_char(NormalForm form, char32_t c) {
   if (c < 0x80) return true;
   if (form == NormalForm::NFKC || form == NormalForm::NFKD) return false;
   if (form == NormalForm::NFD) return (c < 0xC0) || (c >= 0x4E00 && c <= 0x9FFF);
-  // NFC: Latin-1 to spacing modifiers (combining marks start at U+0300), CJK punctuation without its
-  // combining tone marks, kana without the voicing marks, CJK ideographs, Hangul syllables (a
-  // following trailing jamo is not stable, so it sends the text through utf8proc), emoji.
-  return c < 0x300 || (c >= 0x3000 && c <= 0x3029) || (c >= 0x3041 && c <= 0x3096) || (c >= 0x30A1 && c <= 0x30FA) ||
-         (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0xAC00 && c <= 0xD7A3) || (c >= 0x1F300 && c <= 0x1F5FF) ||
-         (c >= 0x1F900 && c <= 0x1F9FF);
+  // NFC: Latin-1 to spacing modifiers (combining marks start at U+0300), Cyrillic without its
+  // combining marks, general punctuation but the two quads (they decompose to spaces), CJK
+  // punctuation without its combining tone marks, kana without the voicing marks, CJK ideographs,
+  // Hangul syllables (a following trailing jamo is not stable, so it sends the text through
+  // utf8proc), variation selectors, full- and half-width forms, emoji.
+  return c < 0x300 || (c >= 0x400 && c <= 0x482) || (c >= 0x48A && c <= 0x4FF) || (c >= 0x2002 && c <= 0x206F) ||
+         (c >= 0x3000 && c <= 0x3029) || (c >= 0x3041 && c <= 0x3096) || (c >= 0x30A1 && c <= 0x30FA) ||
+         (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0xAC00 && c <= 0xD7A3) ||
+         (c >= 0xFE00 && c <= 0xFE0F) || (c >= 0xFF01 && c <= 0xFFDC) || (c >= 0x1F300 && c <= 0x1F6FF) ||
+         (c >= 0x1F900 && c <= 0x1FAFF);
 }
 
 }  // namespace
