@@ -256,6 +256,30 @@ TEST(HfTokenizer, PiecesTypesAndDummyPrefix) {
   EXPECT_THROW(q.id_to_piece(-1), Error);
 }
 
+TEST(HfTokenizer, MaxPieceBytesBoundsTokenCounts) {
+  auto bound = [](const std::string& name) {
+    return HfTokenizer::load(kData + "/" + name + "/tokenizer.json")->max_piece_bytes();
+  };
+  // Unbounded: removed text (splits), spaces taken by <mask> (gpt2), fused unknowns (unkfuse).
+  EXPECT_EQ(bound("splits"), SIZE_MAX);
+  EXPECT_EQ(bound("gpt2"), SIZE_MAX);
+  EXPECT_EQ(bound("unkfuse"), SIZE_MAX);
+  for (const char* name : {"qwen2", "llama3", "deepseek", "mixtral", "llama2"}) {
+    const Fixture& f = fixture(name);
+    const size_t b = bound(name);
+    ASSERT_LT(b, size_t(1000)) << name;
+    // Every text has at least bytes / bound ids (held-out text, edge cases, long runs).
+    std::vector<std::string> texts = {f.text, std::string(5000, ' '), std::string(3000, 'a')};
+    for (const Case& c : f.cases) texts.push_back(c.text);
+    for (const std::string& t : texts) EXPECT_GE(f.tok.encode(t).size() * b, t.size()) << name << ": " << t;
+  }
+  // Qwen2 normalizes with NFC, which can shrink text by 3.
+  size_t longest = 0;
+  const Tokenizer& q = fixture("qwen2").tok;
+  for (int32_t id = 0; id < q.vocab_size(); id++) longest = std::max(longest, q.decode_piece(id).size());
+  EXPECT_EQ(bound("qwen2"), 3 * std::max<size_t>(longest, std::string("<|endoftext|>").size()));
+}
+
 TEST(HfTokenizer, InvalidUtf8ReadsAsReplacementCharacter) {
   const Tokenizer& q = fixture("qwen2").tok;
   // Each byte that does not start a well-formed character: a cut-short one is two here.

@@ -398,6 +398,7 @@ struct HfTokenizer::Impl {
   void merge_all(Scratch& sc) const;
   const Merge* merge(int32_t a, int32_t b) const { return merges.get(a, b); }
   std::string decode_alone(const std::string& piece, bool special_token) const;
+  size_t input_bound() const;
 
   void check_id(int32_t id) const {
     SKY_CHECK(id >= 0 && size_t(id) < pieces.size(), "tokenizer {}: id {} is outside the vocab of {}", path, id,
@@ -687,10 +688,8 @@ void HfTokenizer::Impl::finish(const std::string& dir) {
     else if (types[size_t(t.id)] == Tokenizer::PieceType::Unused) types[size_t(t.id)] = Tokenizer::PieceType::Normal;
   }
   decoded.resize(n);
-  for (size_t id = 0; id < n; id++) {
-    decoded[id] = decode_alone(pieces[id], special[id]);
-    max_piece = std::max(max_piece, decoded[id].size());
-  }
+  for (size_t id = 0; id < n; id++) decoded[id] = decode_alone(pieces[id], special[id]);
+  max_piece = input_bound();
 
   // ignore_merges compares whole pieces with the vocab; after ByteLevel they are raw bytes here.
   if (ignore_merges && std::any_of(pre.begin(), pre.end(), [](const PreStep& s) { return s.kind == PreStep::ByteLevel; })) {
@@ -798,6 +797,38 @@ std::string HfTokenizer::Impl::decode_alone(const std::string& piece, bool speci
     }
   }
   return s;
+}
+
+// The most bytes of input text one id can stand for, so that a caller can bound a text's token
+// count by its size before encoding it; SIZE_MAX where nothing bounds it (text a Split removes,
+// white space an lstrip/rstrip token takes, unknown characters dropped or fused into one id).
+size_t HfTokenizer::Impl::input_bound() const {
+  constexpr size_t kNone = SIZE_MAX;
+  for (const PreStep& p : pre)
+    if (p.kind == PreStep::Split && p.behavior == Behavior::Removed) return kNone;
+  for (const AddedToken& t : added)
+    if (t.lstrip || t.rstrip) return kNone;
+  const bool byte_level = std::any_of(pre.begin(), pre.end(), [](const PreStep& p) { return p.kind == PreStep::ByteLevel; });
+  const bool every_char = (byte_level && *std::min_element(byte_char.begin(), byte_char.end()) >= 0) ||
+                          (byte_fallback && *std::min_element(byte_piece.begin(), byte_piece.end()) >= 0);
+  if (!every_char && (unk < 0 || fuse_unk)) return kNone;
+  // Normalized text per id: a piece's decoded bytes (the text it matched), an added token's text,
+  // one character (4 bytes) for an unknown one.
+  size_t bytes = 4;
+  for (const std::string& d : decoded) bytes = std::max(bytes, d.size());
+  for (const AddedToken& t : added) bytes = std::max({bytes, t.content.size(), t.match.size()});
+  // Normalizers that can shorten the text: composition (Hangul jamo 9 bytes to 3), compatibility
+  // forms (a 4-byte letter to 1 byte), a Replace with shorter content.
+  for (const NormStep& n : norm) {
+    size_t f = 1;
+    if (n.kind == NormStep::Unicode) f = n.form == NormalForm::NFKC || n.form == NormalForm::NFKD ? 4 : 3;
+    if (n.kind == NormStep::Replace) {
+      if (n.pattern.regex >= 0 || n.text.empty()) return kNone;
+      f = (n.pattern.literal.size() + n.text.size() - 1) / n.text.size();
+    }
+    if (f > 1) bytes = bytes > kNone / f ? kNone : bytes * f;
+  }
+  return bytes;
 }
 
 // ---- encoding --------------------------------------------------------------------------------

@@ -58,8 +58,10 @@ class HfTokenizer {
   // Whether the decoder drops the space the encoder put before the text (Metaspace with a prepend
   // scheme, or Strip after Fuse): StreamDecoder then drops it from the first piece, as decode() does.
   bool adds_dummy_prefix() const;
-  // The longest text, in bytes, one id decodes to (a bound for sizing, not counting the spaces an
-  // lstrip/rstrip added token swallows or a fused run of unknown characters).
+  // The most bytes of input text one id can stand for (its normalized text, times what the
+  // normalizers can shrink text by), so that bytes / max_piece_bytes() bounds a text's token count
+  // from below before encoding it. SIZE_MAX when nothing bounds it: a Split that removes text, an
+  // lstrip/rstrip added token, unknown characters dropped or fused into one <unk>.
   size_t max_piece_bytes() const;
   const std::string& path() const;
 
