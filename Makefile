@@ -6,7 +6,7 @@ CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 .PHONY: setup build test test-mpi test-all quickstart clean bench
 
 setup:
-	bash scripts/setup.sh
+	BUILD=$(BUILD) bash scripts/setup.sh
 
 build:
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null

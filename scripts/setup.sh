@@ -16,6 +16,7 @@ PKGS=(
   libbenchmark-dev         # micro-benchmarks
   libopenmpi-dev openmpi-bin  # distributed training between CPU processes
   fortunes fortunes-zh     # embedded default corpus for the quickstart job
+  python3-venv             # a venv (with its own pip) for the openai client test, below
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -28,4 +29,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 else
   echo "setup: all packages present"
+fi
+
+# The client test (tests/openai_client_test.py, CTest label client) runs the official openai
+# package, pinned in tests/openai_client_requirements.txt, from a venv under the build directory:
+# Debian's python3 refuses `pip install` outside one, and the engine itself never needs Python.
+# Installed again only when the pins change. Without network the test is skipped, not failed.
+cd "$(dirname "$0")/.."
+venv="${BUILD:-build}/pyenv"
+req=tests/openai_client_requirements.txt
+if [ -x "$venv/bin/python3" ] && cmp -s "$req" "$venv/requirements.txt"; then
+  echo "setup: openai client present in $venv"
+elif python3 -m venv "$venv" && "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r "$req"; then
+  cp "$req" "$venv/requirements.txt"
+  echo "setup: openai client installed in $venv"
+else
+  echo "setup: WARNING: could not install the openai client into $venv; the client test will be skipped" >&2
 fi

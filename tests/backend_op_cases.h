@@ -542,6 +542,29 @@ inline const std::vector<OpCase>& op_cases() {
            p.run = [=](Backend& b) { b.add(y, x, d.N); };
            p.out("y", y, d.N), p.bytes = 12.0 * d.N;
          }},
+        {"add_bias", false, norm, norm_bench, {}, [](Prepared& p, const Dims& d) {
+           float *y = p.rnd<float>(size_t(d.N) * d.H), *b = p.rnd<float>(d.H);
+           p.run = [=](Backend& be) { be.add_bias(y, b, d.N, d.H); };
+           p.out("y", y, size_t(d.N) * d.H), p.bytes = 8.0 * d.N * d.H;
+         }},
+        {"bias_backward", false, norm, norm_bench, {}, [](Prepared& p, const Dims& d) {
+           float *db = p.rnd<float>(d.H), *dy = p.rnd<float>(size_t(d.N) * d.H);
+           p.run = [=](Backend& be) { be.bias_backward(db, dy, d.N, d.H); };
+           p.out("db", db, d.H), p.bytes = 4.0 * d.N * d.H;
+         }},
+        {"gated_add", false, norm, norm_bench, {}, [](Prepared& p, const Dims& d) {
+           float *y = p.rnd<float>(size_t(d.N) * d.H), *x = p.rnd<float>(size_t(d.N) * d.H);
+           const float* g = p.rnd<float>(d.N, 3.0);
+           p.run = [=](Backend& be) { be.gated_add(y, x, g, d.N, d.H); };
+           p.out("y", y, size_t(d.N) * d.H), p.bytes = 12.0 * d.N * d.H;
+         }},
+        {"gated_add_backward", false, norm, norm_bench, {}, [](Prepared& p, const Dims& d) {
+           const float *dy = p.rnd<float>(size_t(d.N) * d.H), *x = p.rnd<float>(size_t(d.N) * d.H);
+           const float* g = p.rnd<float>(d.N, 3.0);
+           float *dx = p.rnd<float>(size_t(d.N) * d.H), *dg = p.rnd<float>(d.N);
+           p.run = [=](Backend& be) { be.gated_add_backward(dx, dg, dy, x, g, d.N, d.H); };
+           p.out("dx", dx, size_t(d.N) * d.H), p.out("dg", dg, d.N), p.bytes = 12.0 * d.N * d.H;
+         }},
         {"scale", false, flat, flat_bench, {}, [](Prepared& p, const Dims& d) {
            float* x = p.rnd<float>(d.N);
            p.run = [=](Backend& b) { b.scale(x, d.N, 0.37f); };

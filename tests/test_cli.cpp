@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/dtype.h"
 #include "core/rng.h"
@@ -347,6 +348,41 @@ TEST_F(Cli, EvalFp8PerTensorScales) {
   ModelConfig c = skywork_cfg();
   Written w = write_model_dir(path("fp8"), c, skywork_json(), 14, fp8_rule, 2);
   check_eval(path("fp8"), c, w.params, 2, 6, 2);
+}
+
+// --per-token: one JSON line per scored position, the target's log-probability under the float64
+// reference, before the summary; their mean negative is the loss.
+TEST_F(Cli, EvalPerTokenLogprobs) {
+  ModelConfig c = llama_cfg();
+  Written w = write_model_dir(path("llama"), c, llama_json(), 16, all_f32);
+  const int B = 2, S = 5;
+  auto toks = write_tokens(path("t.bin"), size_t(B) * S + 1, c.vocab_size, 3);
+  RunResult r = run({"eval", "--model", path("llama"), "--data", path("t.bin"), "--seq-len", std::to_string(S),
+                     "--batch-size", std::to_string(B), "--per-token", "--json"});
+  ASSERT_EQ(r.code, 0) << r.describe();
+  std::vector<json> lines;
+  std::istringstream in(r.out);
+  for (std::string l; std::getline(in, l);) lines.push_back(json::parse(l));
+  ASSERT_EQ(lines.size(), size_t(B) * S + 1);
+  std::vector<int32_t> ids;
+  for (int b = 0; b < B; b++)
+    for (int s = 0; s < S; s++) ids.push_back(int32_t(toks[size_t(b) * S + s]));
+  skytest::RefOut ref = skytest::ref_forward(c, w.params, ids, B, S);
+  double sum = 0;
+  for (int i = 0; i < B * S; i++) {
+    const json& l = lines[i];
+    EXPECT_EQ(l["batch"], 0);
+    EXPECT_EQ(l["row"], i / S);
+    EXPECT_EQ(l["pos"], i % S);
+    const int32_t target = int32_t(toks[size_t(i) + 1]);
+    EXPECT_EQ(l["target"], target);
+    const double* x = ref.logits.data() + size_t(i) * c.vocab_size;
+    double mx = *std::max_element(x, x + c.vocab_size), z = 0;
+    for (int k = 0; k < c.vocab_size; k++) z += std::exp(x[k] - mx);
+    EXPECT_NEAR(l["logprob"].get<double>(), x[target] - mx - std::log(z), 1e-4) << i;
+    sum -= l["logprob"].get<double>();
+  }
+  EXPECT_NEAR(lines.back()["loss"].get<double>(), sum / (B * S), 1e-5);
 }
 
 // --batches 0 (the default) evaluates every full batch: floor((n - 1) / (B*S)).

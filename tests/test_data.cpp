@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sentencepiece_trainer.h>
+
 #include <set>
 
 #include "core/error.h"
@@ -154,6 +156,65 @@ TEST(Tokenizer, UnigramTrains) {
   Tokenizer u = Tokenizer::train({t.corpus}, skytest::temp_dir("data-uni") + "/u", 400, opt);
   std::string s = "the router 路由器 🙂";
   EXPECT_EQ(u.decode(u.encode(s)), s);
+}
+
+// min_tokens (a server's early refusal of a too-long prompt) never claims more tokens than
+// encode() gives: on text of every kind, for both model types, and where the bound is tight.
+TEST(Tokenizer, MinTokensIsALowerBound) {
+  const auto& t = trained();
+  TokenizerTrainOptions uni;
+  uni.model_type = "unigram";
+  const std::string dir = skytest::temp_dir("data-minuni");
+  Tokenizer u = Tokenizer::train({t.corpus}, dir + "/u", 400, uni);
+  Rng rng(3);
+  std::string noise;  // arbitrary bytes: malformed UTF-8 becomes U+FFFD, unknown characters bytes
+  for (int i = 0; i < 3000; i++) noise += char(rng.below(256));
+  std::string longest_piece;
+  for (int id = 0; id < t.tok.vocab_size(); id++)
+    if (t.tok.decode_piece(id).size() > longest_piece.size()) longest_piece = t.tok.decode_piece(id);
+  std::string repeated;  // the longest piece over and over: close to one token per max_piece_bytes
+  for (int i = 0; i < 200; i++) repeated += longest_piece;
+  const std::vector<std::string> texts = {read_bytes(t.corpus), noise, std::string(5000, ' '), "a" + std::string(999, ' ') + "b",
+                                          "混合专家模型的路由器 🙂🚀 龘", repeated, "x", ""};
+  for (const Tokenizer* tok : std::vector<const Tokenizer*>{&t.tok, &u}) {
+    EXPECT_GE(tok->max_piece_bytes(), 4);
+    for (const auto& s : texts) {
+      SCOPED_TRACE(s.substr(0, 40));
+      EXPECT_LE(tok->min_tokens(s), int64_t(tok->encode(s).size()));
+    }
+    EXPECT_GT(tok->min_tokens(read_bytes(t.corpus)), 0);
+  }
+  EXPECT_EQ(t.tok.max_piece_bytes(), int(std::max<size_t>(4, longest_piece.size())));
+  // Tight for text made of the longest piece (a useful bound, not just a safe one).
+  EXPECT_GE(2 * t.tok.min_tokens(repeated), int64_t(t.tok.encode(repeated).size()));
+  fs::remove_all(dir);
+}
+
+// Models whose normalization merges input: NFKC (a precompiled character map) gets no bound at all;
+// identity with remove_extra_whitespaces does not count spaces, which fold into one.
+TEST(Tokenizer, MinTokensFollowsTheNormalizer) {
+  const auto& t = trained();
+  const std::string dir = skytest::temp_dir("data-minnorm");
+  auto train = [&](const std::string& name, const std::string& extra) {
+    const std::string args = "--input=" + t.corpus + " --model_prefix=" + dir + "/" + name +
+                             " --vocab_size=400 --character_coverage=0.99 --hard_vocab_limit=false --minloglevel=2 --num_threads=1 " + extra;
+    auto st = sentencepiece::SentencePieceTrainer::Train(args);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return Tokenizer::load(dir + "/" + name + ".model");
+  };
+  Tokenizer nfkc = train("nfkc", "--normalization_rule_name=nmt_nfkc --byte_fallback=true");
+  EXPECT_EQ(nfkc.max_piece_bytes(), 0);
+  EXPECT_EQ(nfkc.min_tokens(std::string(100000, 'a')), 0);
+  // NFKC is why: this control character is deleted, so a million of them are no tokens at all.
+  EXPECT_TRUE(nfkc.encode(std::string(1000, '\x01')).empty());
+  Tokenizer no_bytes = train("nobytes", "--normalization_rule_name=identity --byte_fallback=false");
+  EXPECT_EQ(no_bytes.max_piece_bytes(), 0);  // unknown characters merge into one unk
+  Tokenizer folding = train("fold", "--normalization_rule_name=identity --byte_fallback=true --remove_extra_whitespaces=true");
+  ASSERT_GT(folding.max_piece_bytes(), 0);
+  const std::string spaced = "a" + std::string(100000, ' ') + "b";
+  EXPECT_LE(folding.min_tokens(spaced), int64_t(folding.encode(spaced).size()));
+  EXPECT_EQ(folding.min_tokens(spaced), 1);  // "a" and "b", ceil(2 / max_piece_bytes)
+  fs::remove_all(dir);
 }
 
 TEST(Tokenizer, StreamDecoderMatchesDecode) {

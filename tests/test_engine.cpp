@@ -291,3 +291,161 @@ TEST(Engine, CallbackCancelsAndRepetitionPenaltyChangesOutput) {
   EXPECT_FLOAT_EQ(lg[1], -4.0f);
   EXPECT_FLOAT_EQ(lg[2], 1.0f);
 }
+
+// ---- log-probabilities ------------------------------------------------------------------------------
+
+// log_softmax of one row, in double: the yardstick for the engine's log-probabilities.
+static std::vector<double> log_softmax(const float* x, int V) {
+  double mx = x[0], sum = 0;
+  for (int i = 1; i < V; i++) mx = std::max(mx, double(x[i]));
+  for (int i = 0; i < V; i++) sum += std::exp(double(x[i]) - mx);
+  std::vector<double> out(V);
+  for (int i = 0; i < V; i++) out[i] = double(x[i]) - mx - std::log(sum);
+  return out;
+}
+
+TEST(Engine, ScoreTokenSortsAndNormalizes) {
+  const std::vector<float> lg = {1.0f, 3.0f, 3.0f, 0.0f, -100.0f};
+  TokenLogprob t = score_token(lg.data(), 5, 3, 3);
+  auto ls = log_softmax(lg.data(), 5);
+  EXPECT_EQ(t.token, 3);
+  EXPECT_NEAR(t.logprob, ls[3], 1e-12);
+  ASSERT_EQ(t.top.size(), 3u);
+  EXPECT_EQ(t.top[0].token, 1);  // a tie goes to the lower id
+  EXPECT_EQ(t.top[1].token, 2);
+  EXPECT_EQ(t.top[2].token, 0);
+  double total = 0;
+  for (double l : ls) total += std::exp(l);
+  EXPECT_NEAR(total, 1.0, 1e-12);
+  EXPECT_EQ(score_token(lg.data(), 5, 0, 0).top.size(), 0u);
+  EXPECT_EQ(score_token(lg.data(), 5, 0, 50).top.size(), 5u);  // k beyond the vocabulary
+  EXPECT_THROW(score_token(lg.data(), 5, 5, 1), Error);
+}
+
+// The engine's log-probabilities of prompt and generated tokens are log_softmax of the training
+// forward's logits on the same ids (an independent path), whatever the sampling settings; a request
+// without them in the same steps is unaffected.
+TEST(Engine, LogprobsMatchTheTrainingForward) {
+  ModelConfig c = small_moe();
+  Model m = scaled_model(c, 12);
+  InferModel im = InferModel::from_model(m, DType::F32);
+  const int V = c.vocab_size, K = 5, N = 6;
+  const auto prompt = toks(70, V, 13);  // more rows than one block of the LM head
+  GenParams p;
+  p.max_tokens = N;
+  p.stop_at_eos = false;
+  p.logprobs = p.prompt_logprobs = true;
+  p.top_logprobs = K;
+  p.sampling.temperature = 0.9;  // sampled and penalized: the scores are still of the raw logits
+  p.sampling.seed = 5;
+  p.repetition_penalty = 1.5;
+  GenParams greedy;
+  greedy.max_tokens = N;
+  greedy.stop_at_eos = false;
+  greedy.logprobs = true;
+  greedy.top_logprobs = 3;
+  GenParams plain = greedy;
+  plain.logprobs = false;
+  const auto other = toks(40, V, 14);
+
+  Engine e(im, {4, 4096});
+  std::vector<TokenLogprob> prompt_lp, lp, greedy_lp;
+  std::vector<int32_t> gen, greedy_gen, plain_gen;
+  int prompt_events = 0;
+  e.submit(prompt, p, [&](const TokenEvent& ev) {
+    if (!ev.prompt_logprobs.empty()) prompt_events++, prompt_lp = ev.prompt_logprobs;
+    if (ev.token >= 0) {
+      gen.push_back(ev.token);
+      EXPECT_TRUE(ev.logprob.has_value());
+      if (ev.logprob) lp.push_back(*ev.logprob);
+    }
+    return true;
+  });
+  e.submit(other, greedy, [&](const TokenEvent& ev) {
+    EXPECT_TRUE(ev.prompt_logprobs.empty());
+    if (ev.token >= 0) greedy_gen.push_back(ev.token), greedy_lp.push_back(*ev.logprob);
+    return true;
+  });
+  e.submit(other, plain, [&](const TokenEvent& ev) {
+    EXPECT_FALSE(ev.logprob.has_value());
+    if (ev.token >= 0) plain_gen.push_back(ev.token);
+    return true;
+  });
+  e.run_until_idle();
+  EXPECT_EQ(prompt_events, 1);
+  ASSERT_EQ(prompt_lp.size(), prompt.size());
+  ASSERT_EQ(gen.size(), size_t(N));
+  ASSERT_EQ(lp.size(), size_t(N));
+  EXPECT_EQ(greedy_gen, plain_gen);
+  Engine alone(im, {1, 4096});
+  EXPECT_EQ(run(alone, {other}, plain)[0], plain_gen);
+
+  // Row i of the forward over prompt + generated predicts token i + 1.
+  auto reference = [&](const std::vector<int32_t>& ids) {
+    Activations A;
+    forward(m, A, ids.data(), nullptr, 1, int(ids.size()), moe_options(c));
+    std::vector<std::vector<double>> ls;
+    for (size_t i = 0; i < ids.size(); i++) ls.push_back(log_softmax(A.logits.data() + i * V, V));
+    return ls;
+  };
+  auto check = [&](const TokenLogprob& got, const std::vector<double>& ls, int32_t token, int k) {
+    EXPECT_TRUE(got.scored);
+    EXPECT_EQ(got.token, token);
+    EXPECT_NEAR(got.logprob, ls[token], 1e-4);
+    ASSERT_EQ(got.top.size(), size_t(k));
+    EXPECT_NEAR(got.top[0].logprob, *std::max_element(ls.begin(), ls.end()), 1e-4);
+    for (int j = 0; j < k; j++) {
+      EXPECT_NEAR(got.top[j].logprob, ls[got.top[j].token], 1e-4);
+      if (j) {
+        EXPECT_GE(got.top[j - 1].logprob, got.top[j].logprob);
+      }
+    }
+  };
+  std::vector<int32_t> seq = prompt;
+  seq.insert(seq.end(), gen.begin(), gen.end() - 1);
+  auto ls = reference(seq);
+  EXPECT_FALSE(prompt_lp[0].scored);  // nothing predicts the first token
+  EXPECT_EQ(prompt_lp[0].token, prompt[0]);
+  for (size_t j = 1; j < prompt.size(); j++) check(prompt_lp[j], ls[j - 1], prompt[j], K);
+  for (int i = 0; i < N; i++) check(lp[i], ls[prompt.size() - 1 + i], gen[i], K);
+
+  std::vector<int32_t> gseq = other;
+  gseq.insert(gseq.end(), greedy_gen.begin(), greedy_gen.end() - 1);
+  auto gls = reference(gseq);
+  for (int i = 0; i < N; i++) {
+    check(greedy_lp[i], gls[other.size() - 1 + i], greedy_gen[i], 3);
+    EXPECT_EQ(greedy_lp[i].top[0].token, greedy_gen[i]);  // greedy picks the top token
+  }
+}
+
+// max_tokens 0: the prompt is run for its log-probabilities, nothing is generated.
+TEST(Engine, MaxTokensZeroScoresThePromptOnly) {
+  ModelConfig c = small_moe();
+  Model m = scaled_model(c, 15);
+  InferModel im = InferModel::from_model(m, DType::F32);
+  GenParams p;
+  p.max_tokens = 0;
+  p.prompt_logprobs = true;
+  p.top_logprobs = 2;
+  Engine e(im, {2, 64});
+  const auto prompt = toks(30, c.vocab_size, 16);
+  std::vector<TokenEvent> evs;
+  e.submit(prompt, p, [&](const TokenEvent& ev) {
+    evs.push_back(ev);
+    return true;
+  });
+  e.run_until_idle();
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_TRUE(evs[0].done);
+  EXPECT_EQ(evs[0].finish_reason, "length");
+  EXPECT_EQ(evs[0].token, -1);
+  EXPECT_EQ(evs[0].generated, 0);
+  EXPECT_EQ(evs[0].prompt_logprobs.size(), prompt.size());
+  EXPECT_EQ(e.stats().generated_tokens, 0);
+  EXPECT_EQ(e.stats().kv_used_tokens, 0);
+  p.top_logprobs = kMaxTopLogprobs + 1;
+  EXPECT_THROW(e.submit(prompt, p, nullptr), Error);
+  p.top_logprobs = 0;
+  p.max_tokens = -1;
+  EXPECT_THROW(e.submit(prompt, p, nullptr), Error);
+}

@@ -271,8 +271,14 @@ TEST(HfTokenizer, MaxPieceBytesBoundsTokenCounts) {
     // Every text has at least bytes / bound ids (held-out text, edge cases, long runs).
     std::vector<std::string> texts = {f.text, std::string(5000, ' '), std::string(3000, 'a')};
     for (const Case& c : f.cases) texts.push_back(c.text);
-    for (const std::string& t : texts) EXPECT_GE(f.tok.encode(t).size() * b, t.size()) << name << ": " << t;
+    for (const std::string& t : texts) {
+      EXPECT_GE(f.tok.encode(t).size() * b, t.size()) << name << ": " << t;
+      EXPECT_LE(f.tok.min_tokens(t), int64_t(f.tok.encode(t).size())) << name << ": " << t;
+    }
+    EXPECT_EQ(f.tok.max_piece_bytes(), int(b));
+    EXPECT_GT(f.tok.min_tokens(f.text), 0) << name;
   }
+  EXPECT_EQ(fixture("gpt2").tok.min_tokens(std::string(10000, 'a')), 0);  // no bound: no claim
   // Qwen2 normalizes with NFC, which can shrink text by 3.
   size_t longest = 0;
   const Tokenizer& q = fixture("qwen2").tok;

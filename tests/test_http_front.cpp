@@ -242,13 +242,14 @@ TEST(HttpFront, HalfClosedOrVanishedClientIsGone) {
   while (t.gone == 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(5ms);
   EXPECT_EQ(t.gone, 1);
   close(fd);
-  // A request followed at once by a half-close is never handed to the handler.
-  const int before = t.handled;
+  // A request followed at once by a half-close is never handed to the handler, or (when the request
+  // was read before the FIN arrived) its handler learns at once that the client is gone.
+  const int before = t.handled, gone_before = t.gone;
   fd = connect_to(t.port);
   send_all(fd, "GET /stream HTTP/1.1\r\n\r\n");
   shutdown(fd, SHUT_WR);
-  std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(t.handled, before);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_TRUE(t.handled == before || t.gone == gone_before + 1) << t.handled << " " << t.gone;
   close(fd);
 }
 

@@ -5,6 +5,8 @@
 // engine failures, the queue limit and shutdown (in-process and SIGTERM to the real binary).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+
+#include <csignal>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -29,6 +31,7 @@
 #include "io/tokenizer.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "model/transformer.h"
 #include "ref.h"
 
 extern char** environ;
@@ -101,6 +104,8 @@ struct Cleanup : ::testing::Environment {
   }
 };
 const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+// A client writing into a connection the server closed after an error gets EPIPE, not death.
+const auto kNoSigpipe = std::signal(SIGPIPE, SIG_IGN);
 
 // ---- a server on its own thread ------------------------------------------------------------------
 
@@ -300,6 +305,50 @@ Direct direct(const std::vector<int32_t>& prompt, int max_tokens) {
 
 json completion(const std::string& prompt, int max_tokens, bool stream = false) {
   return {{"model", "tiny-test"}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}, {"stream", stream}};
+}
+
+// log_softmax of the training forward's logits over `ids` (row i scores token i + 1): a path
+// independent of the engine, for the server's log-probabilities.
+std::vector<std::vector<double>> reference_logprobs(const std::vector<int32_t>& ids) {
+  static const Model m = Model::load(fx().dir);
+  Activations A;
+  forward(m, A, ids.data(), nullptr, 1, int(ids.size()), moe_options(m.cfg));
+  const int V = m.cfg.vocab_size;
+  std::vector<std::vector<double>> out;
+  for (size_t i = 0; i < ids.size(); i++) {
+    const float* x = A.logits.data() + i * V;
+    double mx = *std::max_element(x, x + V), sum = 0;
+    for (int k = 0; k < V; k++) sum += std::exp(double(x[k]) - mx);
+    std::vector<double> row(V);
+    for (int k = 0; k < V; k++) row[k] = double(x[k]) - mx - std::log(sum);
+    out.push_back(std::move(row));
+  }
+  return out;
+}
+
+// Greedy ids as the server's logprobs list them: the generated tokens, eos included.
+std::vector<int32_t> listed_ids(const Direct& d) {
+  std::vector<int32_t> ids = d.ids;
+  if (d.finish == "stop") ids.push_back(fx().im.cfg.eos_token_id);
+  return ids;
+}
+
+// Concatenates the per-chunk logprobs of a stream (completions' parallel arrays, or chat's content).
+json stream_logprobs(const Sse& s, bool chat) {
+  json all = chat ? json{{"content", json::array()}}
+                  : json{{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+                         {"text_offset", json::array()}};
+  for (const auto& c : s.chunks) {
+    if (!c.contains("choices") || c["choices"].empty() || c["choices"][0]["logprobs"].is_null()) continue;
+    const json& lp = c["choices"][0]["logprobs"];
+    for (auto& [k, v] : all.items())
+      for (const auto& e : lp[k]) v.push_back(e);
+  }
+  return all;
+}
+
+int64_t utf8_chars(const std::string& s) {
+  return std::count_if(s.begin(), s.end(), [](char c) { return (uint8_t(c) & 0xC0) != 0x80; });
 }
 
 const std::vector<std::string> kPrompts = {"the quick brown fox", "mixture of experts", "router and token", "hello world",
@@ -555,6 +604,8 @@ TEST(Server, BadRequestsGetJsonErrors) {
   };
   const std::string C = "/v1/completions", CH = "/v1/chat/completions";
   std::vector<int> long_prompt(100, 5);
+  std::string long_text;
+  while (long_text.size() < (60 << 10)) long_text += "the quick brown fox jumps over the lazy dog. ";
   const std::vector<Case> cases = {
       {C.c_str(), R"({"prompt": "hi", )", 400, "", "invalid_json"},
       {C.c_str(), "", 400, "", "invalid_json"},
@@ -586,7 +637,24 @@ TEST(Server, BadRequestsGetJsonErrors) {
       {C.c_str(), R"({"prompt": [1, -1]})", 400, "prompt", "invalid_value"},
       {C.c_str(), R"({"prompt": [1, 2.5]})", 400, "prompt", "invalid_type"},
       {C.c_str(), R"({"prompt": "hi", "n": 2})", 400, "n", "unsupported_parameter"},
-      {C.c_str(), R"({"prompt": "hi", "echo": true})", 400, "echo", "unsupported_parameter"},
+      {C.c_str(), R"({"prompt": "hi", "echo": "yes"})", 400, "echo", "invalid_type"},
+      {C.c_str(), R"({"prompt": "hi", "logprobs": -1})", 400, "logprobs", "invalid_value"},
+      {C.c_str(), R"({"prompt": "hi", "logprobs": 100})", 400, "logprobs", "invalid_value"},
+      {C.c_str(), R"({"prompt": "hi", "logprobs": "3"})", 400, "logprobs", "invalid_type"},
+      {C.c_str(), R"({"prompt": "hi", "logprobs": 2.5})", 400, "logprobs", "invalid_type"},
+      {C.c_str(), R"({"prompt": "hi", "logprobs": true})", 400, "logprobs", "invalid_type"},
+      {C.c_str(), R"({"prompt": "hi", "max_tokens": -1, "echo": true})", 400, "max_tokens", "invalid_value"},
+      // A text prompt far over the limit: refused as too long before it is tokenized.
+      {C.c_str(), json{{"prompt", long_text}}.dump(), 400, "prompt", "context_length_exceeded"},
+      {CH.c_str(), json{{"messages", {{{"role", "user"}, {"content", long_text}}}}}.dump(), 400, "messages",
+       "context_length_exceeded"},
+      {CH.c_str(), R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})", 400, "logprobs", "invalid_type"},
+      {CH.c_str(), R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", 400,
+       "top_logprobs", "invalid_value"},
+      {CH.c_str(), R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": -1})", 400,
+       "top_logprobs", "invalid_value"},
+      {CH.c_str(), R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", 400, "top_logprobs",
+       "invalid_value"},
       {C.c_str(), R"({"prompt": "hi", "stop": 5})", 400, "stop", "invalid_type"},
       {C.c_str(), R"({"prompt": "hi", "stop": [""]})", 400, "stop", "invalid_value"},
       {C.c_str(), R"({"prompt": "hi", "stream_options": {"include_usage": true}})", 400, "stream_options", "invalid_value"},
@@ -896,3 +964,265 @@ TEST(Server, BinaryServesAndExitsOnSigterm) { check_binary_serves({}); }
 
 // The reference backend serves too (the seam is complete), with the cpu engine's greedy text.
 TEST(Server, BinaryServesOnTheRefBackend) { check_binary_serves({"--device", "ref"}); }
+
+// ---- prompt length, before tokenizing ---------------------------------------------------------------
+
+// A text prompt that is too long for sure is refused before the tokenizer sees it (SentencePiece
+// costs 100-200 bytes per byte of text while encoding, memory the allocator then keeps); one that is
+// too long only once encoded is still refused, with its exact count.
+TEST(ServerApi, TooLongTextIsRefusedBeforeTokenizing) {
+  ApiLimits lim;
+  lim.model_name = "m";
+  lim.tok = &fx().tok;
+  lim.vocab_size = fx().im.cfg.vocab_size;
+  lim.context = 512;
+  lim.max_prompt_tokens = 100;
+  lim.max_tokens_limit = 100;
+  size_t encoded = 0;
+  lim.on_encode = [&](size_t n) { encoded += n; };
+  std::string huge;
+  while (huge.size() < (1 << 20)) huge += "the quick brown fox jumps over the lazy dog. ";
+  auto refused = [&](const json& body, bool chat, const char* param) {
+    try {
+      chat ? parse_chat_request(body, lim) : parse_completion_request(body, lim);
+      ADD_FAILURE() << "accepted";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_EQ(e.param, param);
+      EXPECT_EQ(e.code, "context_length_exceeded");
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  refused({{"prompt", huge}}, false, "prompt");
+  refused({{"prompt", json::array({huge})}}, false, "prompt");
+  refused({{"messages", {{{"role", "user"}, {"content", huge}}}}}, true, "messages");
+  EXPECT_EQ(encoded, 0u);
+  // Over the limit only once encoded (a few bytes per token): encoded, then refused.
+  const std::string over = huge.substr(0, 2 * size_t(lim.max_prompt_tokens));
+  ASSERT_LE(fx().tok.min_tokens(over) + 1, lim.max_prompt_tokens);
+  ASSERT_GT(with_bos(over).size(), size_t(lim.max_prompt_tokens));
+  const std::string msg = refused({{"prompt", over}}, false, "prompt");
+  EXPECT_NE(msg.find(std::to_string(with_bos(over).size()) + " tokens"), std::string::npos) << msg;
+  EXPECT_EQ(encoded, over.size());
+  EXPECT_EQ(parse_completion_request({{"prompt", "hello world"}}, lim).prompt, with_bos("hello world"));
+}
+
+// ---- log-probabilities and echo -------------------------------------------------------------------
+
+// Completions' logprobs: log_softmax of the model's logits (checked against the training forward),
+// the prompt's with echo, top alternatives that hold the greedy choice, OpenAI's legacy layout.
+TEST(Server, CompletionLogprobsMatchTheModel) {
+  Running s;
+  const std::string prompt = "the quick brown fox";
+  const auto ids = with_bos(prompt);
+  const size_t P = ids.size();
+  const Direct d = direct(ids, 10);
+  const auto gen = listed_ids(d);
+  std::vector<int32_t> all = ids;
+  all.insert(all.end(), gen.begin(), gen.end());
+  const auto ref = reference_logprobs(std::vector<int32_t>(all.begin(), all.end() - 1));
+
+  json req = completion(prompt, 10);
+  req["logprobs"] = 3;
+  req["echo"] = true;
+  auto r = s.post("/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json& c = r.j["choices"][0];
+  EXPECT_EQ(c["text"], prompt + d.text);
+  const json& lp = c["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), all.size());
+  ASSERT_EQ(lp["token_logprobs"].size(), all.size());
+  ASSERT_EQ(lp["top_logprobs"].size(), all.size());
+  ASSERT_EQ(lp["text_offset"].size(), all.size());
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());  // nothing predicts the first token
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  std::string prompt_tokens;
+  for (size_t i = 0; i < P; i++) prompt_tokens += lp["tokens"][i].get<std::string>();
+  EXPECT_EQ(prompt_tokens, " " + prompt);  // bos shows nothing; the dummy prefix is the first piece's
+  EXPECT_EQ(lp["text_offset"][0], 0);
+  EXPECT_EQ(lp["text_offset"][P], utf8_chars(prompt));
+  for (size_t i = 1; i < all.size(); i++) {
+    SCOPED_TRACE(i);
+    const double got = lp["token_logprobs"][i];
+    EXPECT_NEAR(got, ref[i - 1][all[i]], 1e-4);
+    EXPECT_LE(lp["text_offset"][i - 1].get<int64_t>(), lp["text_offset"][i].get<int64_t>());
+    const json& top = lp["top_logprobs"][i];
+    ASSERT_TRUE(top.is_object());
+    EXPECT_LE(top.size(), 4u);  // 3 alternatives and the chosen token
+    ASSERT_TRUE(top.contains(lp["tokens"][i].get<std::string>())) << top;
+    double best = -1e300;
+    for (const auto& [k, v] : top.items()) best = std::max(best, v.get<double>());
+    EXPECT_NEAR(best, *std::max_element(ref[i - 1].begin(), ref[i - 1].end()), 1e-4);
+    if (i >= P) {
+      EXPECT_EQ(best, got);  // greedy: the chosen token is the likeliest
+    }
+  }
+  // Without echo: the generated tokens alone, the same numbers, offsets into the completion.
+  req["echo"] = false;
+  auto plain = s.post("/v1/completions", req);
+  ASSERT_EQ(plain.status, 200);
+  EXPECT_EQ(plain.j["choices"][0]["text"], d.text);
+  const json& pl = plain.j["choices"][0]["logprobs"];
+  ASSERT_EQ(pl["tokens"].size(), gen.size());
+  for (size_t i = 0; i < gen.size(); i++) {
+    EXPECT_EQ(pl["tokens"][i], lp["tokens"][P + i]);
+    EXPECT_EQ(pl["token_logprobs"][i], lp["token_logprobs"][P + i]);
+    EXPECT_EQ(pl["text_offset"][i].get<int64_t>(), lp["text_offset"][P + i].get<int64_t>() - utf8_chars(prompt));
+  }
+  // logprobs 0: the chosen token alone in each top list. No logprobs: null, as before.
+  req["logprobs"] = 0;
+  for (const auto& t : s.post("/v1/completions", req).j["choices"][0]["logprobs"]["top_logprobs"]) EXPECT_EQ(t.size(), 1u);
+  req.erase("logprobs");
+  EXPECT_TRUE(s.post("/v1/completions", req).j["choices"][0]["logprobs"].is_null());
+}
+
+// lm-evaluation-harness's local-completions loglikelihood request, as it sends it
+// (lm_eval/models/openai_completions.py): token ids in a batch of one, echo, logprobs 1,
+// max_tokens 1; it sums token_logprobs[ctxlen:-1] and calls the continuation greedy when each of
+// its tokens tops its top_logprobs.
+TEST(Server, LmEvalLoglikelihoodRequest) {
+  Running s;
+  const auto ctx = with_bos("the quick brown"), whole = with_bos("the quick brown fox jumps");
+  ASSERT_TRUE(std::equal(ctx.begin(), ctx.end(), whole.begin()));
+  const size_t ctxlen = ctx.size();
+  json req = {{"model", "tiny-test"}, {"prompt", json::array({whole})}, {"temperature", 0}, {"max_tokens", 1},
+              {"logprobs", 1}, {"seed", 1234}, {"echo", true}};
+  auto r = s.post("/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json& lp = r.j["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["token_logprobs"].size(), whole.size() + 1);
+  const auto ref = reference_logprobs(whole);
+  double sum = 0, want = 0;
+  bool greedy = true, want_greedy = true;
+  for (size_t i = ctxlen; i < whole.size(); i++) {
+    sum += lp["token_logprobs"][i].get<double>();
+    want += ref[i - 1][whole[i]];
+    double best = -1e300;
+    for (const auto& [k, v] : lp["top_logprobs"][i].items()) best = std::max(best, v.get<double>());
+    greedy = greedy && lp["token_logprobs"][i].get<double>() == best;
+    want_greedy = want_greedy && ref[i - 1][whole[i]] == *std::max_element(ref[i - 1].begin(), ref[i - 1].end());
+  }
+  EXPECT_NEAR(sum, want, 1e-4);
+  EXPECT_EQ(greedy, want_greedy);
+  // max_tokens 0 with echo: the prompt alone, as OpenAI allows.
+  req["max_tokens"] = 0;
+  auto z = s.post("/v1/completions", req);
+  ASSERT_EQ(z.status, 200) << z.body;
+  const json& zc = z.j["choices"][0];
+  EXPECT_EQ(zc["text"], "the quick brown fox jumps");
+  EXPECT_EQ(zc["finish_reason"], "length");
+  EXPECT_EQ(z.j["usage"]["completion_tokens"], 0);
+  ASSERT_EQ(zc["logprobs"]["token_logprobs"].size(), whole.size());
+  for (size_t i = 1; i < whole.size(); i++) EXPECT_EQ(zc["logprobs"]["token_logprobs"][i], lp["token_logprobs"][i]);
+  req["stream"] = true;
+  Sse sse = parse_sse(s.post("/v1/completions", req).body);
+  EXPECT_EQ(stream_text(sse, false), "the quick brown fox jumps");
+  EXPECT_EQ(stream_logprobs(sse, false), zc["logprobs"]);
+  // Without echo, 0 tokens is still an error.
+  req.erase("echo");
+  req["stream"] = false;
+  EXPECT_EQ(s.post("/v1/completions", req).j["error"]["param"], "max_tokens");
+}
+
+// A stream carries each token's log-probabilities in the chunk that carries its text; together
+// they are the non-streaming response's. A stop string drops the tokens it cut off.
+TEST(Server, StreamedLogprobsAndStopStrings) {
+  Running s;
+  json req = completion("lazy dog jumps", 40);
+  req["logprobs"] = 2;
+  req["echo"] = true;
+  auto plain = s.post("/v1/completions", req);
+  ASSERT_EQ(plain.status, 200);
+  req["stream"] = true;
+  Sse sse = parse_sse(s.post("/v1/completions", req).body);
+  EXPECT_EQ(stream_text(sse, false), plain.j["choices"][0]["text"]);
+  EXPECT_EQ(stream_logprobs(sse, false), plain.j["choices"][0]["logprobs"]);
+
+  const std::string text = plain.j["choices"][0]["text"].get<std::string>().substr(std::string("lazy dog jumps").size());
+  std::string stop;
+  for (size_t i = text.size() / 3; i + 2 < text.size() && stop.empty(); i++)
+    if (std::isalpha(uint8_t(text[i])) && std::isalpha(uint8_t(text[i + 1]))) stop = text.substr(i, 2);
+  ASSERT_FALSE(stop.empty()) << text;
+  req["echo"] = false;
+  req["stream"] = false;
+  const json full = s.post("/v1/completions", req).j["choices"][0]["logprobs"];
+  req["stop"] = stop;
+  for (bool stream : {false, true}) {
+    req["stream"] = stream;
+    auto r = s.post("/v1/completions", req);
+    Sse st = stream ? parse_sse(r.body) : Sse{};
+    const std::string got = stream ? stream_text(st, false) : r.j["choices"][0]["text"].get<std::string>();
+    const json lp = stream ? stream_logprobs(st, false) : r.j["choices"][0]["logprobs"];
+    EXPECT_EQ(got, text.substr(0, text.find(stop)));
+    // Exactly the tokens that start inside the text are listed: the uncut run's, up to the first
+    // one that starts at or after the cut.
+    const size_t n = lp["tokens"].size();
+    ASSERT_GT(n, 0u);
+    ASSERT_LT(n, full["tokens"].size());
+    for (size_t i = 0; i < n; i++) {
+      EXPECT_EQ(lp["tokens"][i], full["tokens"][i]);
+      EXPECT_EQ(lp["text_offset"][i], full["text_offset"][i]);
+      EXPECT_EQ(lp["token_logprobs"][i], full["token_logprobs"][i]);
+    }
+    EXPECT_LT(full["text_offset"][n - 1].get<int64_t>(), utf8_chars(got));
+    EXPECT_GE(full["text_offset"][n].get<int64_t>(), utf8_chars(got));
+  }
+}
+
+// Chat: logprobs true and top_logprobs k, in chat's layout, the same in a stream.
+TEST(Server, ChatLogprobs) {
+  Running s;
+  json req = {{"model", "tiny-test"}, {"messages", {{{"role", "user"}, {"content", "hello world"}}}}, {"max_tokens", 12},
+              {"temperature", 0}, {"logprobs", true}, {"top_logprobs", 2}};
+  auto r = s.post("/v1/chat/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string content = r.j["choices"][0]["message"]["content"];
+  const json& lp = r.j["choices"][0]["logprobs"]["content"];
+  const auto prompt = with_bos("User: hello world\nAssistant:");
+  const Direct d = direct(prompt, 12);
+  const auto gen = listed_ids(d);
+  std::vector<int32_t> all = prompt;
+  all.insert(all.end(), gen.begin(), gen.end());
+  const auto ref = reference_logprobs(std::vector<int32_t>(all.begin(), all.end() - 1));
+  ASSERT_FALSE(lp.empty());
+  ASSERT_LE(lp.size(), gen.size());
+  std::string bytes;
+  for (size_t i = 0; i < lp.size(); i++) {
+    SCOPED_TRACE(i);
+    const json& e = lp[i];
+    EXPECT_NEAR(e["logprob"].get<double>(), ref[prompt.size() - 1 + i][gen[i]], 1e-4);
+    for (int b : e["bytes"]) bytes += char(b);
+    ASSERT_EQ(e["top_logprobs"].size(), 2u);
+    EXPECT_EQ(e["top_logprobs"][0]["token"], e["token"]);  // greedy
+    EXPECT_EQ(e["top_logprobs"][0]["logprob"], e["logprob"]);
+    EXPECT_GE(e["top_logprobs"][0]["logprob"].get<double>(), e["top_logprobs"][1]["logprob"].get<double>());
+    EXPECT_TRUE(e["top_logprobs"][1]["bytes"].is_array());
+  }
+  // The tokens' bytes spell the reply (whose leading space chat drops), up to a cut stop string.
+  if (!bytes.empty() && bytes[0] == ' ') bytes.erase(0, 1);
+  EXPECT_EQ(valid_utf8(bytes).rfind(content, 0), 0u) << bytes;
+  req["stream"] = true;
+  Sse sse = parse_sse(s.post("/v1/chat/completions", req).body);
+  EXPECT_EQ(stream_text(sse, true), content);
+  EXPECT_EQ(stream_logprobs(sse, true), r.j["choices"][0]["logprobs"]);
+  req.erase("logprobs");
+  req.erase("top_logprobs");
+  req["stream"] = false;
+  EXPECT_TRUE(s.post("/v1/chat/completions", req).j["choices"][0]["logprobs"].is_null());
+}
+
+// Without a tokenizer, tokens read "token_id:N" (there is no text to show).
+TEST(Server, LogprobsWithoutTokenizer) {
+  Running s({}, false);
+  const auto prompt = with_bos("hello world");
+  auto r = s.post("/v1/completions", json{{"prompt", prompt}, {"max_tokens", 3}, {"temperature", 0}, {"logprobs", 1},
+                                          {"echo", true}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json& lp = r.j["choices"][0]["logprobs"];
+  const Direct d = direct(prompt, 3);
+  const auto gen = listed_ids(d);
+  ASSERT_EQ(lp["tokens"].size(), prompt.size() + gen.size());
+  for (size_t i = 0; i < prompt.size(); i++) EXPECT_EQ(lp["tokens"][i], "token_id:" + std::to_string(prompt[i]));
+  for (size_t i = 0; i < gen.size(); i++) EXPECT_EQ(lp["tokens"][prompt.size() + i], "token_id:" + std::to_string(gen[i]));
+}

@@ -95,6 +95,14 @@ class Backend {
   virtual void scale(float* p, size_t n, float s) = 0;       // p *= s
   // Sum of squares in double, summed in an order that does not depend on the thread count.
   virtual double sum_squares(const float* p, size_t n) = 0;
+  // y[n, :] += b (a bias over N rows of D); backward: db += sum over n of dy[n, :].
+  virtual void add_bias(float* y, const float* b, int N, int D) = 0;
+  virtual void bias_backward(float* db, const float* dy, int N, int D) = 0;
+  // y[n, :] += sigmoid(g[n]) * x[n, :] (Qwen2-MoE's gated shared expert). Backward writes
+  // dx[n, :] = sigmoid(g[n]) * dy[n, :] and dg[n] = sigmoid'(g[n]) * dot(dy[n, :], x[n, :]).
+  virtual void gated_add(float* y, const float* x, const float* g, int N, int H) = 0;
+  virtual void gated_add_backward(float* dx, float* dg, const float* dy, const float* x, const float* g, int N,
+                                  int H) = 0;
   // Permute by expert: out[r, :] = in[rows[r], :] for r < R.
   virtual void gather_rows(float* out, const float* in, const int32_t* rows, long R, int H) = 0;
   virtual void gather_rows(double* out, const double* in, const int32_t* rows, long R, int H) = 0;

@@ -20,7 +20,7 @@ int cmd_eval(int argc, char** argv) {
   app.name("skymoe eval");
   std::string model, data, device = "cpu";
   int seq = 0, batch = 1, batches = 0, threads = 0;
-  bool json_out = false;
+  bool json_out = false, per_token = false;
   app.add_option("--model", model, "model directory (HF layout)")->required();
   app.add_option("--data", data, "token file (uint32 little-endian)")->required();
   app.add_option("--seq-len", seq, "sequence length S")->required()->check(positive_int());
@@ -30,6 +30,9 @@ int cmd_eval(int argc, char** argv) {
   app.add_option("--threads", threads, "threads (0 = all cores)");
   add_device_flag(app, device);
   app.add_flag("--json", json_out, "print one JSON object: loss, tokens, batches, perplexity, seconds");
+  app.add_flag("--per-token", per_token,
+               "also print each target's log-probability, one JSON line per position before the summary: "
+               "{\"batch\", \"row\", \"pos\" (of the input, 0-based), \"target\" (the id scored), \"logprob\"}");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   Backend& be = backend(device);
   be.set_threads(threads);
@@ -52,6 +55,15 @@ int cmd_eval(int argc, char** argv) {
   for (uint64_t k = 0; k < nb; k++) {
     sequential_batch(f, f.all(), batch, seq, k, in.data(), tgt.data());
     sum += forward(m, acts, in.data(), tgt.data(), batch, seq, moe);
+    // The position's cross-entropy is minus the target's log-probability (what a server's
+    // echo + logprobs reports for the same ids, so the two can be compared token by token).
+    if (per_token)
+      for (int b = 0; b < batch; b++)
+        for (int t = 0; t < seq; t++) {
+          const size_t i = size_t(b) * seq + t;
+          fmt::print("{}\n", nlohmann::json{{"batch", k}, {"row", b}, {"pos", t}, {"target", tgt[i]},
+                                            {"logprob", -double(acts.losses[i])}}.dump());
+        }
     if (!json_out && nb > 1 && isatty(2)) fmt::print(stderr, "\reval batch {}/{}  loss {:.4f}", k + 1, nb, sum / (k + 1));
   }
   if (!json_out && nb > 1 && isatty(2)) fmt::print(stderr, "\n");

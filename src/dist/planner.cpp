@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "model/shard.h"
 
 namespace sky {
 
@@ -608,10 +609,12 @@ PlanResult plan(const PlanRequest& r) {
   if (pp) pps = {*pp};
   else
     for (int p = 1; p <= std::min(c.num_layers, cl.devices); p++) pps.push_back(p);
+  SKY_CHECK(!r.tp || *r.tp == 1 || tensor_parallel_supported(c),
+            "--tp {}: tensor parallelism does not support {} models yet", *r.tp, c.model_type);
   if (r.tp) tps = {*r.tp};
   else
     for (int t = 1; t <= std::min({cl.devices_per_node, c.num_heads, cl.devices}); t++)
-      if (cl.devices_per_node % t == 0) tps.push_back(t);
+      if (cl.devices_per_node % t == 0 && (t == 1 || tensor_parallel_supported(c))) tps.push_back(t);
   std::vector<ExpertLayout> exps;
   if (r.experts) exps = {*r.experts};
   else if (c.has_moe()) exps = {ExpertLayout::None, ExpertLayout::EP, ExpertLayout::ETP, ExpertLayout::EDP};

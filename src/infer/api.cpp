@@ -133,14 +133,11 @@ void reject_unsupported(const json& body, bool chat) {
     if (!v->empty()) unsupported("logit_bias", "not supported");
   }
   if (chat) {
-    if (get_bool(body, "logprobs", false)) unsupported("logprobs", "not supported");
     for (const char* p : {"tools", "tool_choice", "functions", "function_call"})
       if (field(body, p)) unsupported(p, "tool calling is not supported");
     if (const json* v = field(body, "response_format"))
       if (!(v->is_object() && v->value("type", json()) == "text")) unsupported("response_format", "only {\"type\": \"text\"}");
   } else {
-    if (get_bool(body, "echo", false)) unsupported("echo", "echoing the prompt is not supported");
-    if (get_int(body, "logprobs", 0, 0, 5) != 0) unsupported("logprobs", "not supported");
     if (const json* v = field(body, "suffix")) {
       if (!v->is_string()) wrong_type("suffix", "a string", *v);
       if (!v->get_ref<const std::string&>().empty()) unsupported("suffix", "insertion is not supported");
@@ -148,7 +145,28 @@ void reject_unsupported(const json& body, bool chat) {
   }
 }
 
-// Everything but the prompt: model, sampling, stream flags, stop strings.
+// Completions: "echo" and "logprobs" (null or the number of alternatives). Chat: "logprobs" (a
+// boolean) and "top_logprobs", which needs it, as OpenAI has them.
+void parse_logprobs(const json& body, GenRequest& r) {
+  if (r.chat) {
+    r.logprobs = get_bool(body, "logprobs", false);
+    if (field(body, "top_logprobs")) {
+      r.top_logprobs = int(get_int(body, "top_logprobs", 0, 0, kMaxTopLogprobs));
+      if (!r.logprobs) bad_value("top_logprobs", "only allowed when 'logprobs' is true");
+    }
+  } else {
+    r.echo = get_bool(body, "echo", false);
+    if (field(body, "logprobs")) {
+      r.logprobs = true;
+      r.top_logprobs = int(get_int(body, "logprobs", 0, 0, kMaxTopLogprobs));
+    }
+  }
+  r.gen.logprobs = r.logprobs;
+  r.gen.prompt_logprobs = r.logprobs && r.echo;
+  r.gen.top_logprobs = r.top_logprobs;
+}
+
+// Everything but the prompt: model, sampling, stream flags, stop strings, log-probabilities.
 void parse_common(const json& body, const ApiLimits& lim, GenRequest& r) {
   if (const json* v = field(body, "model")) {
     if (!v->is_string()) wrong_type("model", "a string", *v);
@@ -179,6 +197,7 @@ void parse_common(const json& body, const ApiLimits& lim, GenRequest& r) {
   if (r.gen.repetition_penalty <= 0) bad_value("repetition_penalty", "must be > 0");
   r.stop = get_stops(body);
   if (!r.stop.empty() && !lim.tok) bad_value("stop", "stop strings need a tokenizer, and this model has none");
+  parse_logprobs(body, r);
 }
 
 [[noreturn]] void no_tokenizer(const ApiLimits& lim, const char* param) {
@@ -191,6 +210,15 @@ std::vector<int32_t> encode_text(const std::string& text, const ApiLimits& lim, 
   if (!lim.tok) no_tokenizer(lim, param);
   std::vector<int32_t> ids;
   if (lim.add_bos && lim.tok->bos_id() >= 0) ids.push_back(lim.tok->bos_id());
+  // Refused before encoding when surely too long: SentencePiece keeps a record per piece while it
+  // encodes, 100-200 bytes for each byte of text, and the allocator keeps that memory afterwards.
+  // Past this check the text is at most max_prompt_tokens longest pieces, so encoding is bounded.
+  const int64_t least = int64_t(ids.size()) + lim.tok->min_tokens(text);
+  if (least > lim.max_prompt_tokens)
+    throw ApiError(400, fmt::format("The {} has at least {} tokens ({} bytes of text); this server accepts at most {}.",
+                                    param, least, text.size(), lim.max_prompt_tokens),
+                   param, "context_length_exceeded");
+  if (lim.on_encode) lim.on_encode(text.size());
   auto t = lim.tok->encode(text);
   ids.insert(ids.end(), t.begin(), t.end());
   return ids;
@@ -265,6 +293,7 @@ std::vector<ChatMessage> parse_messages(const json& body) {
 }
 
 // max_tokens against the limit and the context left after the prompt. `def` applies when absent.
+// 0 only with echo: the prompt's text and log-probabilities alone, as OpenAI allows.
 void set_max_tokens(const json& body, const char* name, const ApiLimits& lim, GenRequest& r, int def, const char* what) {
   const int P = int(r.prompt.size());
   if (P > lim.max_prompt_tokens)
@@ -275,7 +304,7 @@ void set_max_tokens(const json& body, const char* name, const ApiLimits& lim, Ge
     r.gen.max_tokens = std::max(1, std::min({def, lim.max_tokens_limit, room}));
     return;
   }
-  r.gen.max_tokens = int(get_int(body, name, 0, 1, lim.max_tokens_limit));
+  r.gen.max_tokens = int(get_int(body, name, 0, r.echo ? 0 : 1, lim.max_tokens_limit));
   if (r.gen.max_tokens > room)
     throw ApiError(400, fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens "
                                     "({} in the {}, {} for the completion).",
@@ -328,14 +357,14 @@ static json envelope(const ResponseMeta& m, const char* object, json choice) {
 }
 
 json completion_body(const ResponseMeta& m, const std::string& text, const std::vector<int32_t>* ids,
-                     const std::string& finish_reason, int prompt_tokens, int completion_tokens) {
+                     const std::string& finish_reason, int prompt_tokens, int completion_tokens, const json& logprobs) {
   json c = {{"index", 0}};
   if (m.chat)
     c["message"] = {{"role", "assistant"}, {"content", text}};
   else
     c["text"] = text;
   if (ids) c["token_ids"] = *ids;
-  c["logprobs"] = nullptr;
+  c["logprobs"] = logprobs;
   c["finish_reason"] = finish_reason;
   json j = envelope(m, m.chat ? "chat.completion" : "text_completion", std::move(c));
   j["usage"] = usage_json(prompt_tokens, completion_tokens);
@@ -343,7 +372,7 @@ json completion_body(const ResponseMeta& m, const std::string& text, const std::
 }
 
 json chunk_body(const ResponseMeta& m, const std::string& text, const std::vector<int32_t>* ids,
-                const std::string& finish_reason, bool role) {
+                const std::string& finish_reason, bool role, const json& logprobs) {
   json c = {{"index", 0}};
   if (m.chat) {
     json delta = json::object();
@@ -354,9 +383,72 @@ json chunk_body(const ResponseMeta& m, const std::string& text, const std::vecto
     c["text"] = text;
   }
   if (ids) c["token_ids"] = *ids;
-  c["logprobs"] = nullptr;
+  c["logprobs"] = logprobs;
   c["finish_reason"] = finish_reason.empty() ? json(nullptr) : json(finish_reason);
   return envelope(m, m.chat ? "chat.completion.chunk" : "text_completion", std::move(c));
+}
+
+namespace {
+
+// The bytes a token stands for, or nullopt when there is no tokenizer or the id has no piece (a
+// model vocabulary padded beyond the tokenizer's).
+std::optional<std::string> token_bytes(const Tokenizer* tok, int32_t id) {
+  if (!tok || id < 0 || id >= tok->vocab_size()) return std::nullopt;
+  return tok->decode_piece(id);
+}
+
+std::string token_text(const Tokenizer* tok, int32_t id) {
+  auto b = token_bytes(tok, id);
+  if (!b) return fmt::format("token_id:{}", id);
+  if (is_valid_utf8(*b)) return *b;
+  std::string s = "bytes:";
+  for (unsigned char c : *b) s += fmt::format("\\x{:02x}", c);
+  return s;
+}
+
+json bytes_json(const Tokenizer* tok, int32_t id) {
+  auto b = token_bytes(tok, id);
+  if (!b) return nullptr;
+  json a = json::array();
+  for (unsigned char c : *b) a.push_back(int(c));
+  return a;
+}
+
+}  // namespace
+
+json logprobs_json(bool chat, const Tokenizer* tok, const std::vector<ShownLogprob>& lps) {
+  if (chat) {
+    json content = json::array();
+    for (const auto& s : lps) {
+      json top = json::array();
+      for (const auto& t : s.lp.top)
+        top.push_back({{"token", token_text(tok, t.token)}, {"logprob", t.logprob}, {"bytes", bytes_json(tok, t.token)}});
+      content.push_back({{"token", token_text(tok, s.lp.token)},
+                         {"logprob", s.lp.logprob},
+                         {"bytes", bytes_json(tok, s.lp.token)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}};
+  }
+  json tokens = json::array(), logprobs = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& s : lps) {
+    tokens.push_back(token_text(tok, s.lp.token));
+    offsets.push_back(s.text_offset);
+    if (!s.lp.scored) {
+      logprobs.push_back(nullptr);
+      tops.push_back(nullptr);
+      continue;
+    }
+    logprobs.push_back(s.lp.logprob);
+    // The alternatives and the chosen token, as OpenAI lists them; two tokens with the same text
+    // share a key, which keeps the likelier one.
+    json top = json::object();
+    for (const auto& t : s.lp.top) top.emplace(token_text(tok, t.token), t.logprob);
+    top.emplace(token_text(tok, s.lp.token), s.lp.logprob);
+    tops.push_back(std::move(top));
+  }
+  return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(logprobs)}, {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
 }
 
 }  // namespace sky

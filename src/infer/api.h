@@ -3,12 +3,14 @@
 // for base models, and the response and stream-chunk bodies. Every problem with a request becomes
 // an ApiError carrying the HTTP status and the fields of OpenAI's {"error": {...}} body.
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "infer/engine.h"
+#include "infer/output_text.h"
 #include "io/tokenizer.h"
 
 namespace sky {
@@ -35,10 +37,17 @@ struct ApiLimits {
   int max_prompt_tokens = 0;  // <= context - 1
   int max_tokens_limit = 0;
   bool add_bos = true;        // text prompts start with the tokenizer's bos
+  // Tests: sees the size of every text handed to the tokenizer.
+  std::function<void(size_t bytes)> on_encode;
 };
 
 struct GenRequest {
   bool chat = false, stream = false, include_usage = false;
+  // echo: the completion's text starts with the prompt's (and, with logprobs, its log-probabilities
+  // start with the prompt tokens'). logprobs: per-token log-probabilities in the response, with
+  // top_logprobs alternatives (completions' "logprobs": N, chat's "logprobs" + "top_logprobs").
+  bool echo = false, logprobs = false;
+  int top_logprobs = 0;
   std::vector<int32_t> prompt;
   GenParams gen;
   std::vector<std::string> stop;  // text-level; chat adds kChatStop
@@ -62,12 +71,22 @@ struct ResponseMeta {
   int64_t created = 0;
   bool chat = false;
 };
+// `logprobs` is the choice's "logprobs" field: null, or what logprobs_json made.
 nlohmann::json usage_json(int prompt_tokens, int completion_tokens);
 nlohmann::json completion_body(const ResponseMeta& m, const std::string& text, const std::vector<int32_t>* ids,
-                               const std::string& finish_reason, int prompt_tokens, int completion_tokens);
+                               const std::string& finish_reason, int prompt_tokens, int completion_tokens,
+                               const nlohmann::json& logprobs = nullptr);
 // One streamed chunk: a text delta, or (finish_reason non-empty) the closing chunk. role: chat's
 // first chunk, which announces the assistant.
 nlohmann::json chunk_body(const ResponseMeta& m, const std::string& text, const std::vector<int32_t>* ids,
-                          const std::string& finish_reason, bool role = false);
+                          const std::string& finish_reason, bool role = false, const nlohmann::json& logprobs = nullptr);
+
+// Per-token log-probabilities in OpenAI's shapes. Completions (legacy): {"tokens", "token_logprobs",
+// "top_logprobs" (a {token: logprob} object holding the top alternatives and the chosen token),
+// "text_offset"}, null entries for an unscored first prompt token. Chat: {"content": [{"token",
+// "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}. A token's text is its
+// characters; a piece holding part of a UTF-8 character reads "bytes:\xNN" (OpenAI's form),
+// and without a tokenizer every token reads "token_id:N" (vLLM's).
+nlohmann::json logprobs_json(bool chat, const Tokenizer* tok, const std::vector<ShownLogprob>& lps);
 
 }  // namespace sky

@@ -18,6 +18,8 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   w.attn_norm = L.attn_norm.data();
   w.ffn_norm = L.ffn_norm.data();
   w.wq = &L.wq, w.wk = &L.wk, w.wv = &L.wv, w.wo = &L.wo;
+  if (!L.bq.empty()) w.bq = L.bq.data(), w.bk = L.bk.data(), w.bv = L.bv.data();
+  if (!L.q_norm.empty()) w.q_norm = L.q_norm.data(), w.k_norm = L.k_norm.data();
   if (!c.layer_is_moe(l)) {
     w.gate = &L.gate, w.up = &L.up, w.down = &L.down;
     return w;
@@ -41,11 +43,31 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   e.q1 = s.w1.data();
   e.q3 = s.w3.data();
   e.q2 = s.w2.data();
+  if (L.sh_down.data) w.sh_gate = &L.sh_gate, w.sh_up = &L.sh_up, w.sh_down = &L.sh_down;
+  if (L.sh_router.data) w.sh_router = &L.sh_router;
   return w;
 }
 
+// RowLogits: the head over every row but the last of each marked sequence, kBlock rows at a time.
+static void head_rows(const InferModel& m, const std::vector<BatchRow>& rows, const RowLogits& rl, BatchScratch& s) {
+  constexpr int kBlock = 32;
+  const int H = m.cfg.hidden_size, V = m.cfg.vocab_size;
+  grow(s.row_logits, size_t(kBlock) * V);
+  int r0 = 0;
+  for (size_t i = 0; i < rows.size(); r0 += rows[i].n, i++) {
+    if (i >= rl.want.size() || !rl.want[i]) continue;
+    for (int j = 0; j < rows[i].n - 1; j += kBlock) {
+      const int b = std::min(kBlock, rows[i].n - 1 - j);
+      m.be->rmsnorm(s.ln.data(), s.rstd.data(), s.x.data() + size_t(r0 + j) * H, m.final_norm.data(), b, H,
+                    float(m.cfg.rms_norm_eps));
+      m.be->linear(s.row_logits.data(), s.ln.data(), m.lm_head, b);
+      for (int k = 0; k < b; k++) rl.fn(int(i), j + k, s.row_logits.data() + size_t(k) * V);
+    }
+  }
+}
+
 void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float* logits, BatchScratch& s,
-                   float* all_logits) {
+                   float* all_logits, const RowLogits* row_logits) {
   const ModelConfig& c = m.cfg;
   Backend& be = *m.be;
   const int H = c.hidden_size, V = c.vocab_size;
@@ -81,6 +103,8 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   d.nkv = c.num_kv_heads;
   d.hd = c.head_dim;
   d.I = c.intermediate_size;
+  d.S = c.shared_expert_size;
+  d.qk_norm = c.qk_norm;
   d.eps = eps;
   d.rope = &m.rope;
   RowBatch rb;
@@ -97,6 +121,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     layer_forward(be, layer_weights(m, l, s), d, l, s.layer, s.x.data(), s.x.data(), rb, moe, sums);
   for (const auto& r : rows) r.kv->len += r.n;
   if (!m.shard.head) return;  // a tensor-parallel rank other than 0: rank 0 alone computes logits
+  if (row_logits) head_rows(m, rows, *row_logits, s);
   if (all_logits) {
     be.rmsnorm(s.ln.data(), s.rstd.data(), s.x.data(), m.final_norm.data(), n, H, eps);
     be.linear(all_logits, s.ln.data(), m.lm_head, n);

@@ -24,7 +24,9 @@ Engine::Engine(const InferModel& m, const EngineOptions& o) : m_(m), o_(o) {
 int64_t Engine::submit(std::vector<int32_t> prompt, const GenParams& p, TokenCallback cb) {
   const ModelConfig& c = m_.cfg;
   SKY_CHECK(!prompt.empty(), "the prompt is empty");
-  SKY_CHECK(p.max_tokens >= 1, "max_tokens must be >= 1, got {}", p.max_tokens);
+  SKY_CHECK(p.max_tokens >= 0, "max_tokens must be >= 0, got {}", p.max_tokens);
+  SKY_CHECK(p.top_logprobs >= 0 && p.top_logprobs <= kMaxTopLogprobs, "top_logprobs must be in [0, {}], got {}",
+            kMaxTopLogprobs, p.top_logprobs);
   for (size_t i = 0; i < prompt.size(); i++)
     SKY_CHECK(prompt[i] >= 0 && prompt[i] < c.vocab_size, "prompt token {} at position {} is outside the vocabulary [0, {})",
               prompt[i], i, c.vocab_size);
@@ -53,8 +55,22 @@ void Engine::cancel(int64_t id) {
   cancels_.push_back(id);
 }
 
-void Engine::finish(Seq& s, const char* reason, int32_t token) {
-  TokenEvent ev{s.id, token, true, reason, s.prompt_len, s.generated};
+TokenEvent Engine::event(Seq& s, int32_t token, bool done, const char* reason) {
+  TokenEvent ev;
+  ev.id = s.id;
+  ev.token = token;
+  ev.done = done;
+  ev.finish_reason = reason;
+  ev.prompt_tokens = s.prompt_len;
+  ev.generated = s.generated;
+  ev.prompt_logprobs = std::move(s.prompt_lp);  // once: moved-from leaves it empty
+  s.prompt_lp.clear();
+  return ev;
+}
+
+void Engine::finish(Seq& s, const char* reason, int32_t token, std::optional<TokenLogprob> lp) {
+  TokenEvent ev = event(s, token, true, reason);
+  ev.logprob = std::move(lp);
   if (s.cb) s.cb(ev);
   s.cb = nullptr;
 }
@@ -106,18 +122,32 @@ bool Engine::step() {
     return !waiting_.empty();
   }
 
-  std::vector<BatchRow> rows;
-  for (auto& s : active_) {
-    const int done = s->kv.len;
-    rows.push_back({&s->kv, s->tokens.data() + done, int(s->tokens.size()) - done});
-  }
   const int V = m_.cfg.vocab_size;
+  std::vector<BatchRow> rows;
+  RowLogits prompt_rows;
+  for (size_t i = 0; i < active_.size(); i++) {
+    Seq& s = *active_[i];
+    const int done = s.kv.len;
+    rows.push_back({&s.kv, s.tokens.data() + done, int(s.tokens.size()) - done});
+    if (s.params.prompt_logprobs && done == 0) {
+      // Position j predicts prompt token j + 1; the last position (the first generated token's)
+      // is scored with the sampled token below. Nothing predicts token 0.
+      prompt_rows.want.resize(active_.size());
+      prompt_rows.want[i] = 1;
+      s.prompt_lp.assign(size_t(s.prompt_len), {});
+      s.prompt_lp[0] = {s.tokens[0], 0.0, false, {}};
+    }
+  }
+  prompt_rows.fn = [&](int i, int j, const float* lg) {
+    Seq& s = *active_[size_t(i)];
+    s.prompt_lp[size_t(j) + 1] = score_token(lg, V, s.tokens[size_t(j) + 1], s.params.top_logprobs);
+  };
   logits_.resize(size_t(rows.size()) * V);
   int64_t prompt_toks = 0;
   for (auto& s : active_)
     if (s->kv.len == 0) prompt_toks += s->prompt_len;
   try {
-    batch_forward(m_, rows, logits_.data(), scratch_);
+    batch_forward(m_, rows, logits_.data(), scratch_, nullptr, prompt_rows.want.empty() ? nullptr : &prompt_rows);
   } catch (const std::exception& e) {
     for (auto& s : active_) finish(*s, "error", -1);
     active_.clear();
@@ -128,20 +158,29 @@ bool Engine::step() {
   int64_t produced = 0;
   for (size_t i = 0; i < active_.size(); i++) {
     Seq& s = *active_[i];
+    if (s.params.max_tokens == 0) {  // the prompt alone was asked for
+      finish(s, "length", -1);
+      continue;
+    }
     float* lg = logits_.data() + i * V;
     if (s.params.on_logits) s.params.on_logits(lg, V);
+    // Penalty and sampler change the row in place; log-probabilities are of the raw one.
+    if (s.params.logprobs) raw_.assign(lg, lg + V);
     apply_repetition_penalty(lg, V, s.tokens, s.params.repetition_penalty);
     const int32_t t = s.sampler->sample(lg, V);
+    std::optional<TokenLogprob> lp;
+    if (s.params.logprobs) lp = score_token(raw_.data(), V, t, s.params.top_logprobs);
     s.tokens.push_back(t);
     s.generated++;
     produced++;
     const bool eos = s.params.stop_at_eos && t == m_.cfg.eos_token_id;
     const bool length = s.generated >= s.params.max_tokens;
     if (eos || length) {
-      finish(s, eos ? "stop" : "length", t);
+      finish(s, eos ? "stop" : "length", t, std::move(lp));
       continue;
     }
-    TokenEvent ev{s.id, t, false, "", s.prompt_len, s.generated};
+    TokenEvent ev = event(s, t, false, "");
+    ev.logprob = std::move(lp);
     if (!s.cb(ev)) finish(s, "cancelled", -1);
   }
   const int batch = int(active_.size());

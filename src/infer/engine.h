@@ -9,22 +9,29 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "infer/batch_forward.h"
 #include "infer/infer_model.h"
+#include "infer/logprobs.h"
 #include "infer/sampler.h"
 
 namespace sky {
 
 struct GenParams {
-  int max_tokens = 64;
+  int max_tokens = 64;  // 0: only run the prompt (for its log-probabilities); ends with "length"
   SamplerOptions sampling;
   double repetition_penalty = 1.0;  // CTRL-style, over prompt and generated tokens; 1 = off
   bool stop_at_eos = true;
   // Optional: sees each step's raw logits [vocab] (before penalties and sampling); tests compare them.
   std::function<void(const float* logits, int vocab)> on_logits;
+  // Log-probabilities (infer/logprobs.h) of each generated token (logprobs) and of every prompt
+  // token (prompt_logprobs, which runs the LM head over all prompt rows), each with the
+  // top_logprobs most likely tokens at its position.
+  bool logprobs = false, prompt_logprobs = false;
+  int top_logprobs = 0;
 };
 
 struct TokenEvent {
@@ -33,6 +40,9 @@ struct TokenEvent {
   bool done = false;
   std::string finish_reason;  // "stop" (eos), "length", "cancelled", "error"
   int prompt_tokens = 0, generated = 0;
+  std::optional<TokenLogprob> logprob;        // of `token`, with GenParams::logprobs
+  std::vector<TokenLogprob> prompt_logprobs;  // with GenParams::prompt_logprobs, on the request's first
+                                              // event: one per prompt token, the first one unscored
 };
 
 // Called on the engine's thread; return false to cancel the request.
@@ -75,8 +85,10 @@ class Engine {
     TokenCallback cb;
     SeqKV kv;
     bool cancelled = false;
+    std::vector<TokenLogprob> prompt_lp;  // filled by the prefill, handed out with the first event
   };
-  void finish(Seq& s, const char* reason, int32_t token);
+  TokenEvent event(Seq& s, int32_t token, bool done, const char* reason);
+  void finish(Seq& s, const char* reason, int32_t token, std::optional<TokenLogprob> lp = {});
 
   const InferModel& m_;
   EngineOptions o_;
@@ -88,7 +100,7 @@ class Engine {
   int64_t kv_used_ = 0;
   EngineStats stats_;
   BatchScratch scratch_;
-  std::vector<float> logits_;
+  std::vector<float> logits_, raw_;
 };
 
 // Applies the repetition penalty to logits in place (positive logits divided, negative multiplied).

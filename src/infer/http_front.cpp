@@ -425,7 +425,11 @@ void Exchange::mark_gone() {
 struct Front::Conn {
   int fd = -1;
   uint64_t id = 0;
-  enum State { kHead, kBusy, kClosing } state = kHead;
+  // kLinger: an error answer is out and our side is shut; the client's unread request bytes are
+  // drained for a moment, so closing does not reset the connection before it reads the answer.
+  enum State { kHead, kBusy, kClosing, kLinger } state = kHead;
+  bool linger = false;
+  Clock::time_point linger_until{};
   std::string in, out;
   size_t out_off = 0;
   bool peer_closed = false, sent_continue = false;
@@ -614,7 +618,13 @@ void Front::loop_once(int timeout_ms) {
       flush(c);
       if (!conns_[size_t(fd)]) continue;
     }
-    if (c.state == Conn::kHead && (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) {
+    if (c.state == Conn::kLinger) {
+      char sink[16 << 10];
+      ssize_t n;
+      while ((n = ::recv(c.fd, sink, sizeof sink, 0)) > 0) {
+      }
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || (e & (EPOLLHUP | EPOLLRDHUP))) close_conn(c);
+    } else if (c.state == Conn::kHead && (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) {
       on_readable(c);
     } else if (e & (EPOLLRDHUP | EPOLLHUP)) {
       // Busy or closing: the client shut its side (half-close counts) or hung up: it is gone.
@@ -688,7 +698,7 @@ void Front::evict_one() {
 
 void Front::update_events(Conn& c) {
   uint32_t want = EPOLLRDHUP;
-  if (c.state == Conn::kHead) want |= EPOLLIN;
+  if (c.state == Conn::kHead || c.state == Conn::kLinger) want |= EPOLLIN;
   if (c.pending() > 0) want |= EPOLLOUT;
   if (want == c.events) return;
   epoll_event ev{};
@@ -775,6 +785,7 @@ void Front::fail(Conn& c, int status, const std::string& msg, const char* code) 
   if (log_) log_(*ex, status, secs(Clock::now() - c.request_start));
   c.in.clear();
   c.state = Conn::kClosing;
+  c.linger = true;
   flush(c);  // may close c
 }
 
@@ -794,7 +805,11 @@ void Front::flush(Conn& c) {
   if (c.pending() == 0) {
     c.out.clear();
     c.out_off = 0;
-    if (c.state == Conn::kClosing) {
+    if (c.state == Conn::kClosing && c.linger) {
+      ::shutdown(c.fd, SHUT_WR);
+      c.state = Conn::kLinger;
+      c.linger_until = Clock::now() + std::chrono::seconds(2);
+    } else if (c.state == Conn::kClosing) {
       close_conn(c);
       return;
     }
@@ -859,7 +874,8 @@ void Front::check_deadlines() {
   for (auto& slot : conns_) {
     if (!slot) continue;
     Conn& c = *slot;
-    if (c.pending() > 0 && now - c.write_stall > dur(o_.write_timeout_s)) {
+    if ((c.pending() > 0 && now - c.write_stall > dur(o_.write_timeout_s)) ||
+        (c.state == Conn::kLinger && now >= c.linger_until)) {
       close_conn(c);
       continue;
     }

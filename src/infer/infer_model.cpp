@@ -123,12 +123,12 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   // gate/up (w1/w3), columns of down (w2).
   const Range qrows{sh.q_heads.begin * hd, sh.q_heads.size * hd}, kvrows{sh.kv_heads.begin * hd, sh.kv_heads.size * hd};
   using K = ParamKind;
-  m.embed = f32_vec(r, tensor_name(K::Embed), {c.vocab_size, H});
+  m.embed = f32_vec(r, tensor_name(c, K::Embed), {c.vocab_size, H});
   bool mm = false;
   if (sh.head) {
-    m.final_norm = f32_vec(r, tensor_name(K::FinalNorm), {H});
+    m.final_norm = f32_vec(r, tensor_name(c, K::FinalNorm), {H});
     // Tied embeddings: the head is the embedding matrix (kept f32 beside it for lookups).
-    m.lm_head = load_linear(r, tensor_name(c.tie_word_embeddings ? K::Embed : K::Head), c.vocab_size, H, o, true, &mm);
+    m.lm_head = load_linear(r, tensor_name(c, c.tie_word_embeddings ? K::Embed : K::Head), c.vocab_size, H, o, true, &mm);
   }
   m.layers.resize(c.num_layers);
   std::atomic<bool> any_view{mm};
@@ -136,28 +136,49 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
       const int l = int(li);
       bool lm = false;
       InferLayer& L = m.layers[l];
-      L.attn_norm = f32_vec(r, tensor_name(K::AttnNorm, l), {H});
-      L.ffn_norm = f32_vec(r, tensor_name(K::FfnNorm, l), {H});
-      L.wq = load_linear(r, tensor_name(K::Wq, l), qd, H, o, false, &lm, qrows);
-      L.wk = load_linear(r, tensor_name(K::Wk, l), kvd, H, o, false, &lm, kvrows);
-      L.wv = load_linear(r, tensor_name(K::Wv, l), kvd, H, o, false, &lm, kvrows);
-      L.wo = load_linear(r, tensor_name(K::Wo, l), H, qd, o, false, &lm, {}, qrows);
+      L.attn_norm = f32_vec(r, tensor_name(c, K::AttnNorm, l), {H});
+      L.ffn_norm = f32_vec(r, tensor_name(c, K::FfnNorm, l), {H});
+      L.wq = load_linear(r, tensor_name(c, K::Wq, l), qd, H, o, false, &lm, qrows);
+      L.wk = load_linear(r, tensor_name(c, K::Wk, l), kvd, H, o, false, &lm, kvrows);
+      L.wv = load_linear(r, tensor_name(c, K::Wv, l), kvd, H, o, false, &lm, kvrows);
+      L.wo = load_linear(r, tensor_name(c, K::Wo, l), H, qd, o, false, &lm, {}, qrows);
+      if (c.qkv_bias) {  // tensor parallelism is refused for these families: whole vectors
+        L.bq = f32_vec(r, tensor_name(c, K::BiasQ, l), {qd});
+        L.bk = f32_vec(r, tensor_name(c, K::BiasK, l), {kvd});
+        L.bv = f32_vec(r, tensor_name(c, K::BiasV, l), {kvd});
+      }
+      if (c.qk_norm != QkNorm::None) {
+        const bool ph = c.qk_norm == QkNorm::PerHead;
+        L.q_norm = f32_vec(r, tensor_name(c, K::QNorm, l), {ph ? hd : qd});
+        L.k_norm = f32_vec(r, tensor_name(c, K::KNorm, l), {ph ? hd : kvd});
+      }
       if (c.layer_is_moe(l)) {
         const Range width = sh.expert_ffn;
-        L.router = f32_vec(r, tensor_name(K::Router, l), {c.num_experts, H});
+        L.router = f32_vec(r, tensor_name(c, K::Router, l), {c.num_experts, H});
+        if (c.shared_expert_size > 0) {
+          const int S = c.shared_expert_size;
+          L.sh_gate = load_linear(r, tensor_name(c, K::SharedGate, l), S, H, o, false, &lm);
+          L.sh_up = load_linear(r, tensor_name(c, K::SharedUp, l), S, H, o, false, &lm);
+          L.sh_down = load_linear(r, tensor_name(c, K::SharedDown, l), H, S, o, false, &lm);
+          if (c.shared_expert_gate) {
+            InferLoadOptions f32o = o;
+            f32o.dtype = "f32";  // one row: the router's precision, not worth quantizing
+            L.sh_router = load_linear(r, tensor_name(c, K::SharedRouter, l), 1, H, f32o, false, &lm);
+          }
+        }
         L.w1.resize(c.num_experts);
         L.w3.resize(c.num_experts);
         L.w2.resize(c.num_experts);
         for (int e = sh.experts.begin; e < sh.experts.end(); e++) {
-          L.w1[e] = load_linear(r, tensor_name(K::W1, l, e), EI, H, o, false, &lm, width);
-          L.w3[e] = load_linear(r, tensor_name(K::W3, l, e), EI, H, o, false, &lm, width);
-          L.w2[e] = load_linear(r, tensor_name(K::W2, l, e), H, EI, o, false, &lm, {}, width);
+          L.w1[e] = load_linear(r, tensor_name(c, K::W1, l, e), EI, H, o, false, &lm, width);
+          L.w3[e] = load_linear(r, tensor_name(c, K::W3, l, e), EI, H, o, false, &lm, width);
+          L.w2[e] = load_linear(r, tensor_name(c, K::W2, l, e), H, EI, o, false, &lm, {}, width);
         }
       } else {
         const Range width = sh.ffn;
-        L.gate = load_linear(r, tensor_name(K::Gate, l), I, H, o, false, &lm, width);
-        L.up = load_linear(r, tensor_name(K::Up, l), I, H, o, false, &lm, width);
-        L.down = load_linear(r, tensor_name(K::Down, l), H, I, o, false, &lm, {}, width);
+        L.gate = load_linear(r, tensor_name(c, K::Gate, l), I, H, o, false, &lm, width);
+        L.up = load_linear(r, tensor_name(c, K::Up, l), I, H, o, false, &lm, width);
+        L.down = load_linear(r, tensor_name(c, K::Down, l), H, I, o, false, &lm, {}, width);
       }
       if (lm) any_view = true;
   });
@@ -198,8 +219,21 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, s
     L.wk = lin(W.wk, kvd, H);
     L.wv = lin(W.wv, kvd, H);
     L.wo = lin(W.wo, H, qd);
+    if (W.bq) L.bq = vec(W.bq, qd), L.bk = vec(W.bk, kvd), L.bv = vec(W.bv, kvd);
+    if (W.q_norm) {
+      const bool ph = c.qk_norm == QkNorm::PerHead;
+      L.q_norm = vec(W.q_norm, ph ? c.head_dim : qd);
+      L.k_norm = vec(W.k_norm, ph ? c.head_dim : kvd);
+    }
     if (c.layer_is_moe(l)) {
       L.router = vec(W.router, size_t(c.num_experts) * H);
+      if (W.sh_down) {
+        const int S = c.shared_expert_size;
+        L.sh_gate = lin(W.sh_gate, S, H);
+        L.sh_up = lin(W.sh_up, S, H);
+        L.sh_down = lin(W.sh_down, H, S);
+      }
+      if (W.sh_router) L.sh_router = quantize_weight(W.sh_router, 1, H, DType::F32, per_row);
       L.w1.resize(c.num_experts);
       L.w3.resize(c.num_experts);
       L.w2.resize(c.num_experts);
@@ -227,7 +261,7 @@ double InferModel::decode_weight_bytes_per_token() const {
     if (!L.router.empty()) {
       // Under expert parallelism a token's top-k experts land on this rank in proportion to its experts.
       const int e0 = shard.experts.begin;
-      b += L.router.size() * 4.0;
+      b += L.router.size() * 4.0 + double(L.sh_gate.bytes() + L.sh_up.bytes() + L.sh_down.bytes() + L.sh_router.bytes());
       b += cfg.top_k * double(shard.experts.size) / cfg.num_experts *
            double(L.w1[e0].bytes() + L.w3[e0].bytes() + L.w2[e0].bytes());
     } else {
@@ -242,6 +276,8 @@ double InferModel::total_weight_bytes() const {
   for (const auto& L : layers) {
     b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
     b += L.router.size() * 4.0 + double(L.gate.bytes() + L.up.bytes() + L.down.bytes());
+    b += double(L.sh_gate.bytes() + L.sh_up.bytes() + L.sh_down.bytes() + L.sh_router.bytes());
+    b += (L.bq.size() + L.bk.size() + L.bv.size() + L.q_norm.size() + L.k_norm.size()) * 4.0;
     for (size_t e = 0; e < L.w1.size(); e++) b += double(L.w1[e].bytes() + L.w3[e].bytes() + L.w2[e].bytes());
   }
   return b;

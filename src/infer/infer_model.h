@@ -21,6 +21,8 @@ class TpGroup;
 struct InferLayer {
   std::vector<float> attn_norm, ffn_norm;
   QWeight wq, wk, wv, wo;
+  std::vector<float> bq, bk, bv, q_norm, k_norm;  // empty when the family has none
+  QWeight sh_gate, sh_up, sh_down, sh_router;     // shared expert (sh_router: its [1, H] gate, f32)
   std::vector<float> router;        // [E, H] f32
   std::vector<QWeight> w1, w3, w2;  // per expert (global id); empty for experts another rank holds
   QWeight gate, up, down;           // dense FFN

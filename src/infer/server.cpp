@@ -46,8 +46,8 @@ void send_error(http::Exchange& ex, const ApiError& e, http::Headers extra = {})
 // One generation request as both sides see it. The engine thread turns its tokens into response
 // bytes on the spot; nothing waits on it.
 struct Job {
-  Job(const Tokenizer* tok, std::vector<std::string> stops, bool chat, std::shared_ptr<http::Exchange> ex)
-      : out(tok, std::move(stops), chat), ex(std::move(ex)) {}
+  Job(const Tokenizer* tok, const GenRequest& r, std::shared_ptr<http::Exchange> ex)
+      : out(tok, r.stop, r.chat, r.echo ? r.prompt : std::vector<int32_t>{}), ex(std::move(ex)) {}
 
   // Fixed before submit.
   Clock::time_point start = Clock::now();
@@ -55,6 +55,7 @@ struct Job {
   int prompt_tokens = 0;
   bool want_ids = false;
   bool stream = false, include_usage = false;
+  bool logprobs = false;  // the response carries per-token log-probabilities
   ResponseMeta meta;
   int64_t id = -1;  // the engine's id, set right after submit (under the jobs mutex)
 
@@ -68,6 +69,7 @@ struct Job {
   bool started = false;      // streaming: the first chunk is out
   std::string text;          // not streaming: the answer so far
   std::vector<int32_t> ids;  // not streaming, no tokenizer
+  std::vector<ShownLogprob> lps;  // not streaming, with logprobs
   bool done = false;         // the engine (or stop()) ended it
   bool answered = false;     // its last bytes are with the exchange
   std::string finish;        // the engine's reason, or "stop" after a stop string, or "error"
@@ -265,10 +267,16 @@ struct Server::Impl {
         if (ev.token >= 0) metrics.first_token(since(j.start));
       }
       std::string text;
+      if (!ev.prompt_logprobs.empty()) j.out.prompt_logprobs(ev.prompt_logprobs);
       const bool eos = ev.done && ev.finish_reason == "stop";  // the eos token itself shows nothing
       const bool with_token = ev.token >= 0 && !eos;
-      if (with_token) text = j.out.push(ev.token);
+      const TokenLogprob* lp = ev.logprob ? &*ev.logprob : nullptr;
+      if (with_token)
+        text = j.out.push(ev.token, lp);
+      else if (lp)
+        j.out.push_hidden(*lp);  // but its log-probability is listed
       if (ev.done || j.out.stopped()) text += j.out.finish();
+      std::vector<ShownLogprob> lps = j.out.take_logprobs();
       if (ev.done && ev.finish_reason == "error") healthy = false;  // before anyone sees the 500
       std::lock_guard<std::mutex> g(j.mu);
       if (j.done) return false;
@@ -277,10 +285,14 @@ struct Server::Impl {
       std::vector<int32_t> ids;
       if (with_token && j.want_ids) ids.push_back(ev.token);
       if (j.stream) {
-        if (!text.empty() || !ids.empty()) j.ex->send(sse(chunk_body(j.meta, text, j.want_ids ? &ids : nullptr, "")));
+        if (!text.empty() || !ids.empty() || !lps.empty()) {
+          const json lpj = j.logprobs ? logprobs_json(j.meta.chat, limits.tok, lps) : json(nullptr);
+          j.ex->send(sse(chunk_body(j.meta, text, j.want_ids ? &ids : nullptr, "", false, lpj)));
+        }
       } else {
         j.text += text;
         j.ids.insert(j.ids.end(), ids.begin(), ids.end());
+        j.lps.insert(j.lps.end(), lps.begin(), lps.end());
       }
       if (ev.done) {
         j.done = true;
@@ -397,8 +409,9 @@ struct Server::Impl {
     } else if (err) {
       send_error(ex, *err);
     } else {
+      const json lpj = j.logprobs ? logprobs_json(j.meta.chat, limits.tok, j.lps) : json(nullptr);
       send_json(ex, 200,
-                completion_body(j.meta, j.text, j.want_ids ? &j.ids : nullptr, reason, j.prompt_tokens, j.generated));
+                completion_body(j.meta, j.text, j.want_ids ? &j.ids : nullptr, reason, j.prompt_tokens, j.generated, lpj));
     }
     std::shared_ptr<Job> keep;
     {
@@ -420,7 +433,8 @@ struct Server::Impl {
   void generate(const std::shared_ptr<http::Exchange>& ex, bool chat) {
     const json body = parse_json_body(ex->request().body);
     const GenRequest r = chat ? parse_chat_request(body, limits) : parse_completion_request(body, limits);
-    auto j = std::make_shared<Job>(limits.tok, r.stop, r.chat, ex);
+    auto j = std::make_shared<Job>(limits.tok, r, ex);
+    j->logprobs = r.logprobs;
     j->start = ex->start();
     j->deadline = deadline_of(j->start);
     j->prompt_tokens = int(r.prompt.size());

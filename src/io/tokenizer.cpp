@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <climits>
 #include <filesystem>
 #include <fstream>
@@ -104,6 +105,75 @@ class LineIterator : public sentencepiece::SentenceIterator {
   sentencepiece::util::Status status_;
 };
 
+// The few fields of SentencePiece's ModelProto that decide whether normalization can merge input,
+// read from its protobuf wire format (the generated header is not installed with the library).
+struct NormalizationFacts {
+  bool parsed = false;
+  bool charsmap = false;             // NormalizerSpec.precompiled_charsmap (2) non-empty: NFKC etc.
+  bool remove_extra_spaces = true;   // NormalizerSpec.remove_extra_whitespaces (4), default true
+  bool byte_fallback = false;        // TrainerSpec.byte_fallback (35), default false
+};
+
+// Calls f(field, varint, bytes) for each field of a message (bytes for length-delimited ones);
+// false on a malformed message or a wire type this reader does not know.
+template <class F>
+bool read_fields(std::string_view m, F f) {
+  size_t i = 0;
+  auto varint = [&](uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64 && i < m.size(); shift += 7) {
+      const uint8_t b = uint8_t(m[i++]);
+      v |= uint64_t(b & 0x7F) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  };
+  while (i < m.size()) {
+    uint64_t key, v = 0;
+    if (!varint(key)) return false;
+    std::string_view bytes;
+    switch (key & 7) {
+      case 0:
+        if (!varint(v)) return false;
+        break;
+      case 1:
+      case 5: {
+        const size_t n = (key & 7) == 1 ? 8 : 4;
+        if (m.size() - i < n) return false;
+        i += n;
+        break;
+      }
+      case 2:
+        if (!varint(v) || v > m.size() - i) return false;
+        bytes = m.substr(i, size_t(v));
+        i += size_t(v);
+        break;
+      default:
+        return false;
+    }
+    f(int(key >> 3), v, bytes);
+  }
+  return true;
+}
+
+NormalizationFacts normalization_facts(const std::string& proto) {
+  NormalizationFacts n;
+  bool ok = true;
+  n.parsed = read_fields(proto, [&](int field, uint64_t, std::string_view bytes) {
+    if (field == 2)
+      ok &= read_fields(bytes, [&](int f, uint64_t v, std::string_view) {
+        if (f == 35) n.byte_fallback = v != 0;
+      });
+    if (field == 3)
+      ok &= read_fields(bytes, [&](int f, uint64_t v, std::string_view b) {
+        if (f == 2) n.charsmap = !b.empty();
+        if (f == 4) n.remove_extra_spaces = v != 0;
+      });
+  });
+  n.parsed = n.parsed && ok;
+  return n;
+}
+
 }  // namespace
 
 Tokenizer Tokenizer::from_processor(std::shared_ptr<sentencepiece::SentencePieceProcessor> sp, std::string path) {
@@ -115,13 +185,36 @@ Tokenizer Tokenizer::from_processor(std::shared_ptr<sentencepiece::SentencePiece
   std::string s;
   for (int32_t id : t.encode("a")) s += t.decode_piece(id);
   t.dummy_prefix_ = s == " a";
+
+  // min_tokens: how many input bytes one token can cover at most. A piece covers its own text
+  // ("▁" standing for one space); a byte piece one byte, but the last byte of a character spelled
+  // in bytes carries the whole character (up to 4 bytes), hence the floor of 4.
+  const NormalizationFacts nf = normalization_facts(t.sp_->serialized_model_proto());
+  if (nf.parsed && !nf.charsmap && nf.byte_fallback) {
+    size_t longest = 4;
+    for (int id = 0; id < t.vocab_size(); id++) longest = std::max(longest, t.decode_piece(id).size());
+    t.max_piece_bytes_ = int(longest);
+    t.folds_spaces_ = nf.remove_extra_spaces;
+  }
   return t;
+}
+
+int64_t Tokenizer::min_tokens(std::string_view text) const {
+  if (max_piece_bytes_ == 0) return 0;
+  // Folded spaces: a run of them may shrink to the one "▁" of a piece, so only the other bytes,
+  // which normalization keeps one for one, are sure to need covering.
+  const int64_t bytes = folds_spaces_ ? int64_t(text.size() - std::count(text.begin(), text.end(), ' '))
+                                      : int64_t(text.size());
+  return (bytes + max_piece_bytes_ - 1) / max_piece_bytes_;
 }
 
 Tokenizer Tokenizer::from_hf(std::shared_ptr<const HfTokenizer> hf) {
   Tokenizer t;
   t.path_ = hf->path();
   t.dummy_prefix_ = hf->adds_dummy_prefix();
+  // min_tokens: the tokenizer.json's own bound on the input bytes of one id (0: none).
+  const size_t bound = hf->max_piece_bytes();
+  t.max_piece_bytes_ = bound <= size_t(INT_MAX) ? int(bound) : 0;
   t.hf_ = std::move(hf);
   return t;
 }

@@ -66,6 +66,17 @@ class Tokenizer {
   int unk_id() const;
   int pad_id() const;  // -1 when the model has none
   bool adds_dummy_prefix() const { return dummy_prefix_; }
+  // A lower bound on encode(text).size(), found without encoding (a server refuses a prompt that
+  // is too long for sure before paying for its tokenization), or 0 when this tokenizer allows
+  // none. Sound when normalization never merges input: no precompiled character map (identity
+  // normalization) and byte fallback (unknown characters spelled in bytes, not merged into one
+  // unk). Then every token covers at most max_piece_bytes() bytes of the input, so there are at
+  // least bytes / max_piece_bytes() tokens; with remove_extra_whitespaces runs of spaces fold into
+  // one, so spaces are not counted. Most SentencePiece models (Llama's, ours) qualify. For a
+  // tokenizer.json the bound is HfTokenizer::max_piece_bytes() (normalizers and added tokens
+  // accounted for); Qwen2, Llama 3, DeepSeek and Mixtral files have one.
+  int64_t min_tokens(std::string_view text) const;
+  int max_piece_bytes() const { return max_piece_bytes_; }  // 0: min_tokens gives no bound
   const std::string& path() const { return path_; }
   // Which implementation holds the vocabulary.
   enum class Kind { SentencePiece, HfBpe };
@@ -78,6 +89,8 @@ class Tokenizer {
   std::shared_ptr<const HfTokenizer> hf_;  // set instead of sp_ for a tokenizer.json
   std::string path_;
   bool dummy_prefix_ = false;
+  int max_piece_bytes_ = 0;
+  bool folds_spaces_ = false;
 };
 
 // The tokenizer file of a model directory: tokenizer.json when present (its ids are the ones the

@@ -43,24 +43,40 @@ std::string ModelConfig::ffn_summary() const {
 bool ModelConfig::has_moe() const { return num_moe_layers() > 0; }
 bool ModelConfig::has_dense() const { return num_moe_layers() < num_layers; }
 
+// Attention weights of one layer: projections, biases, q/k norms.
+static int64_t attention_params(const ModelConfig& c) {
+  const int64_t h = c.hidden_size;
+  int64_t n = h * c.q_dim() * 2 + h * c.kv_dim() * 2;
+  if (c.qkv_bias) n += c.q_dim() + 2 * c.kv_dim();
+  if (c.qk_norm == QkNorm::PerHead) n += 2 * c.head_dim;
+  if (c.qk_norm == QkNorm::Whole) n += c.q_dim() + c.kv_dim();
+  return n;
+}
+
+static int64_t shared_expert_params(const ModelConfig& c) {
+  return 3 * int64_t(c.hidden_size) * c.shared_expert_size + (c.shared_expert_gate ? c.hidden_size : 0);
+}
+
 int64_t ModelConfig::param_count() const {
   const int64_t h = hidden_size;
-  const int64_t attn = h * q_dim() * 2 + h * kv_dim() * 2;
+  const int64_t attn = attention_params(*this);
   int64_t total = int64_t(tie_word_embeddings ? 1 : 2) * vocab_size * h + h;
   for (int l = 0; l < num_layers; l++)
     total += attn + 2 * h +
-             (layer_is_moe(l) ? int64_t(num_experts) * (3 * h * moe_intermediate_size + h) : 3 * h * intermediate_size);
+             (layer_is_moe(l) ? int64_t(num_experts) * (3 * h * moe_intermediate_size + h) + shared_expert_params(*this)
+                              : 3 * h * intermediate_size);
   return total;
 }
 
 int64_t ModelConfig::active_param_count() const {
   const int64_t h = hidden_size;
-  const int64_t attn = h * q_dim() * 2 + h * kv_dim() * 2;
+  const int64_t attn = attention_params(*this);
   // One embedding row is read per token; the LM head is read whole.
   int64_t total = int64_t(vocab_size) * h + h + h;
   for (int l = 0; l < num_layers; l++)
     total += attn + 2 * h +
-             (layer_is_moe(l) ? int64_t(top_k) * 3 * h * moe_intermediate_size + int64_t(num_experts) * h
+             (layer_is_moe(l) ? int64_t(top_k) * 3 * h * moe_intermediate_size + int64_t(num_experts) * h +
+                                    shared_expert_params(*this)
                               : 3 * h * intermediate_size);
   return total;
 }
@@ -79,16 +95,20 @@ void ModelConfig::validate() const {
   at_most("intermediate_size", intermediate_size, int64_t(1) << 20);
   at_most("moe_intermediate_size", moe_intermediate_size, int64_t(1) << 20);
   at_most("num_experts", num_experts, int64_t(1) << 14);
+  at_most("shared_expert_intermediate_size", shared_expert_size, int64_t(1) << 20);
+  at_most("head_dim", head_dim, int64_t(1) << 12);
   at_most("max_position_embeddings", max_position_embeddings, int64_t(1) << 24);
   {
     const double H = hidden_size, L = num_layers, E = std::max(num_experts, 0);
-    const double per_layer = 4.0 * H * H + 3.0 * H * std::max<double>(intermediate_size, E * moe_intermediate_size) + E * H;
+    const double attn = 2.0 * H * (double(num_heads) + num_kv_heads) * std::max(head_dim, 1);
+    const double per_layer =
+        attn + 3.0 * H * std::max<double>(intermediate_size, E * moe_intermediate_size + shared_expert_size) + E * H;
     const double params = 2.0 * double(vocab_size) * H + L * per_layer;
     SKY_CHECK(params <= double(int64_t(1) << 42), "config: about {:.3g} parameters exceeds the limit of {:.3g}", params,
               double(int64_t(1) << 42));
-    SKY_CHECK(double(max_position_embeddings) * H / std::max(num_heads, 1) <= double(int64_t(1) << 30),
+    SKY_CHECK(double(max_position_embeddings) * head_dim <= double(int64_t(1) << 30),
               "config: max_position_embeddings {} x head dimension {} exceeds the RoPE table limit of 2^30 values",
-              max_position_embeddings, hidden_size / std::max(num_heads, 1));
+              max_position_embeddings, head_dim);
   }
   auto pos = [](const char* field, int64_t v) {
     SKY_CHECK(v > 0, "config: {} must be positive, got {}", field, v);
@@ -107,11 +127,9 @@ void ModelConfig::validate() const {
     SKY_CHECK(d >= 0 && d < num_layers, "config: mlp_only_layers holds layer {} outside [0, {})", d, num_layers);
   if (has_dense()) pos("intermediate_size", intermediate_size);
   if (has_moe()) pos("moe_intermediate_size", moe_intermediate_size);
-  SKY_CHECK(hidden_size % num_heads == 0,
-            "config: hidden_size {} is not divisible by num_attention_heads {}", hidden_size, num_heads);
-  SKY_CHECK(head_dim == hidden_size / num_heads, "config: head_dim {} != hidden_size / num_attention_heads = {}",
-            head_dim, hidden_size / num_heads);
+  pos("head_dim", head_dim);
   SKY_CHECK(head_dim % 2 == 0, "config: head dimension {} must be even for RoPE", head_dim);
+  SKY_CHECK(shared_expert_size >= 0, "config: shared_expert_intermediate_size must be >= 0, got {}", shared_expert_size);
   SKY_CHECK(num_kv_heads <= num_heads && num_heads % num_kv_heads == 0,
             "config: num_attention_heads {} is not a multiple of num_key_value_heads {}", num_heads, num_kv_heads);
   if (has_moe()) {
@@ -176,8 +194,11 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   ModelConfig c;
   c.model_type = j.value("model_type", std::string("llama"));
   const std::string& mt = c.model_type;
-  SKY_CHECK(mt == "llama" || mt == "skywork" || mt == "skywork_moe" || mt == "mixtral",
-            "{}: unsupported model_type '{}' (expected llama, skywork, skywork_moe or mixtral)", src, mt);
+  SKY_CHECK(mt == "llama" || mt == "skywork" || mt == "skywork_moe" || mt == "mixtral" || mt == "qwen2_moe" ||
+                mt == "qwen3_moe" || mt == "olmoe",
+            "{}: unsupported model_type '{}' (expected llama, skywork, skywork_moe, mixtral, qwen2_moe, qwen3_moe or "
+            "olmoe)",
+            src, mt);
   c.vocab_size = get_int(j, "vocab_size", src, true, 0);
   c.hidden_size = get_int(j, "hidden_size", src, true, 0);
   c.num_layers = get_int(j, "num_hidden_layers", src, true, 0);
@@ -193,9 +214,20 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   c.head_dim = c.hidden_size / c.num_heads;
   if (j.contains("head_dim") && !j["head_dim"].is_null()) {
     int hd = get_int(j, "head_dim", src, true, 0);
-    SKY_CHECK(hd == c.head_dim, "{}: head_dim {} != hidden_size / num_attention_heads = {} (not supported)",
-              src, hd, c.head_dim);
+    // Qwen3 sets it apart from hidden_size / heads; the others must agree.
+    SKY_CHECK(hd == c.head_dim || mt == "qwen3_moe",
+              "{}: head_dim {} != hidden_size / num_attention_heads = {} (not supported for {})", src, hd, c.head_dim, mt);
+    c.head_dim = hd;
   }
+  SKY_CHECK(mt == "qwen3_moe" || c.hidden_size % c.num_heads == 0,
+            "{}: hidden_size {} is not divisible by num_attention_heads {}", src, c.hidden_size, c.num_heads);
+  for (const char* key : {"use_sliding_window", "attention_bias", "mlp_bias"})
+    SKY_CHECK(!get_bool(j, key, src, false), "{}: '{}' true is not supported", src, key);
+  if (j.contains("clip_qkv") && !j["clip_qkv"].is_null()) fail("{}: clip_qkv is not supported", src);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) fail("{}: rope_scaling is not supported yet", src);
+  if (mt == "qwen2_moe") c.qkv_bias = true;
+  if (mt == "qwen3_moe") c.qk_norm = QkNorm::PerHead;
+  if (mt == "olmoe") c.qk_norm = QkNorm::Whole;
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (only silu)", src, short_dump(j["hidden_act"]));
@@ -215,6 +247,13 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   if (mt == "mixtral") {
     c.num_experts = get_int(j, "num_local_experts", src, true, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, 2);
+  } else if (mt == "qwen2_moe" || mt == "qwen3_moe" || mt == "olmoe") {
+    c.num_experts = get_int(j, "num_experts", src, true, 0);
+    c.top_k = get_int(j, "num_experts_per_tok", src, false, mt == "olmoe" ? 8 : 4);
+    if (mt == "qwen2_moe") {
+      c.shared_expert_size = get_int(j, "shared_expert_intermediate_size", src, false, 0);
+      c.shared_expert_gate = c.shared_expert_size > 0;
+    }
   } else if (mt == "skywork" || mt == "skywork_moe") {
     // Megatron-DeepSpeed's convention: MoE slots are the layers l with (l + 1) % moe_expert_interval
     // == 0; num_experts lists one count for all of them or one per slot, and a count of 1 is a
@@ -268,7 +307,8 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
               short_dump(sf));
     c.router_sigmoid = sf == "sigmoid";
   }
-  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, true);
+  // Skywork and Mixtral always renormalize; the Qwen and OLMoE configs say (transformers' default: no).
+  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, !c.mlp_expert_names());
   c.routed_scaling_factor = get_num(j, "routed_scaling_factor", src, 1.0);
   try {
     c.validate();
@@ -281,9 +321,12 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
 json ModelConfig::to_hf_json() const {
   json j;
   j["model_type"] = model_type;
-  j["architectures"] = json::array({model_type == "mixtral" ? "MixtralForCausalLM"
-                                    : model_type == "llama" ? "LlamaForCausalLM"
-                                                            : "SkyworkForCausalLM"});
+  j["architectures"] = json::array({model_type == "mixtral"     ? "MixtralForCausalLM"
+                                    : model_type == "llama"     ? "LlamaForCausalLM"
+                                    : model_type == "qwen2_moe" ? "Qwen2MoeForCausalLM"
+                                    : model_type == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                                    : model_type == "olmoe"     ? "OlmoeForCausalLM"
+                                                                : "SkyworkForCausalLM"});
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
   j["num_hidden_layers"] = num_layers;
@@ -301,7 +344,8 @@ json ModelConfig::to_hf_json() const {
   if (has_moe() && moe_intermediate_size != intermediate_size) j["moe_intermediate_size"] = moe_intermediate_size;
   const bool skywork = model_type == "skywork" || model_type == "skywork_moe";
   if (has_moe() && router_sigmoid) j["scoring_func"] = "sigmoid";
-  if (has_moe() && !norm_topk_prob) j["norm_topk_prob"] = false;
+  if (has_moe() && (!norm_topk_prob || mlp_expert_names())) j["norm_topk_prob"] = norm_topk_prob;
+  if (head_dim * num_heads != hidden_size) j["head_dim"] = head_dim;
   if (has_moe() && routed_scaling_factor != 1.0) j["routed_scaling_factor"] = routed_scaling_factor;
   if (has_moe() && !skywork) {
     if (first_dense_layers > 0) j["first_k_dense_replace"] = first_dense_layers;
@@ -311,6 +355,11 @@ json ModelConfig::to_hf_json() const {
   if (model_type == "mixtral") {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
+  } else if (mlp_expert_names()) {
+    j["num_experts"] = num_experts;
+    j["num_experts_per_tok"] = top_k;
+    if (has_moe()) j["moe_intermediate_size"] = moe_intermediate_size;
+    if (shared_expert_size > 0) j["shared_expert_intermediate_size"] = shared_expert_size;
   } else if (skywork) {
     // One count per MoE slot (1: a dense layer) when some slot is dense, else the one count.
     json counts = json::array();
@@ -355,13 +404,29 @@ static ModelConfig make(const char* type, int vocab, int hidden, int layers, int
 }
 
 std::vector<std::string> ModelConfig::preset_names() {
-  return {"tiny", "tiny-dense", "bench-moe", "train-moe", "train-dense", "skywork-moe-146b", "skywork-13b"};
+  return {"tiny",         "tiny-dense",       "bench-moe",   "bench-qwen3moe", "bench-olmoe", "train-moe",
+          "train-dense",  "skywork-moe-146b", "skywork-13b"};
 }
 
 ModelConfig ModelConfig::preset(const std::string& name) {
   if (name == "tiny") return make("skywork_moe", 256, 64, 2, 4, 2, 96, 4, 2, 512, true);
   if (name == "tiny-dense") return make("llama", 256, 64, 2, 4, 2, 96, 0, 2, 512, false);
   if (name == "bench-moe") return make("skywork_moe", 32000, 1024, 8, 16, 16, 2816, 16, 2, 4096, true);
+  // Qwen3-30B-A3B and OLMoE-1B-7B scaled to bench-moe's hidden size and depth: many small experts,
+  // top-8 (Qwen3: 128 of width 384 with per-head q/k norms and GQA; OLMoE: 64 of width 512).
+  if (name == "bench-qwen3moe") {
+    ModelConfig c = make("qwen3_moe", 32000, 1024, 8, 16, 4, 3072, 128, 8, 4096, false);
+    c.moe_intermediate_size = 384;
+    c.qk_norm = QkNorm::PerHead;
+    return c;
+  }
+  if (name == "bench-olmoe") {
+    ModelConfig c = make("olmoe", 32000, 1024, 8, 16, 16, 1024, 64, 8, 4096, false);
+    c.moe_intermediate_size = 512;
+    c.qk_norm = QkNorm::Whole;
+    c.norm_topk_prob = false;
+    return c;
+  }
   if (name == "train-moe") return make("skywork_moe", 8192, 512, 8, 8, 8, 1408, 16, 2, 4096, true);
   if (name == "train-dense") return make("llama", 8192, 512, 8, 8, 8, 1408, 0, 2, 4096, false);
   if (name == "skywork-moe-146b") return make("skywork_moe", 65532, 4608, 52, 36, 36, 12288, 16, 2, 8192, true);

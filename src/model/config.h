@@ -12,18 +12,29 @@
 namespace sky {
 
 enum class FfnKind : uint8_t { Dense, Moe };
+// RMSNorm of q and k after their projections, before RoPE: Qwen3-MoE normalizes each head
+// (weights [head_dim]), OLMoE the whole projection (weights [q_dim] and [kv_dim]).
+enum class QkNorm : uint8_t { None, PerHead, Whole };
 
 struct ModelConfig {
-  std::string model_type = "skywork_moe";  // llama | skywork | skywork_moe | mixtral
+  // llama | skywork | skywork_moe | mixtral | qwen2_moe | qwen3_moe | olmoe
+  std::string model_type = "skywork_moe";
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;
   int num_heads = 0;
   int num_kv_heads = 0;
-  int head_dim = 0;           // hidden_size / num_heads
+  int head_dim = 0;           // hidden_size / num_heads unless the config says (Qwen3)
+  bool qkv_bias = false;      // q/k/v projections have biases (Qwen2-MoE)
+  QkNorm qk_norm = QkNorm::None;
   int intermediate_size = 0;      // dense FFN width (HF intermediate_size)
   int moe_intermediate_size = 0;  // each expert's width (Skywork/Mixtral: their intermediate_size)
   int num_experts = 0;            // experts of every MoE layer; 0 = dense model
+  // Shared expert: a SwiGLU FFN of this width every token of an MoE layer goes through beside the
+  // routed experts (Qwen2-MoE's shared_expert_intermediate_size, DeepSeek's n_shared_experts x
+  // moe_intermediate_size); 0 = none. Qwen2-MoE scales its output by sigmoid(x . w) per token.
+  int shared_expert_size = 0;
+  bool shared_expert_gate = false;
   int top_k = 2;
   // Which layers are MoE (when num_experts > 0): layer l is MoE unless l < first_dense_layers,
   // (l + 1) % moe_layer_step != 0, or l is listed in dense_layers.
@@ -51,6 +62,9 @@ struct ModelConfig {
   // "dense layers 0,5 (width 5632); 6 MoE layers: 16 experts of width 1408, top-2".
   std::string ffn_summary() const;
   int ffn_width(int layer) const { return layer_is_moe(layer) ? moe_intermediate_size : intermediate_size; }
+  // Tensor names: Mixtral/Skywork's block_sparse_moe.{gate,experts.E.w1} or the mlp.{gate,
+  // experts.E.gate_proj} of Qwen-MoE and OLMoE.
+  bool mlp_expert_names() const { return model_type == "qwen2_moe" || model_type == "qwen3_moe" || model_type == "olmoe"; }
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }
 

@@ -48,6 +48,37 @@ static const float* f32(const QWeight* w) {
   return static_cast<const float*>(w->data);
 }
 
+// out [N, H] = down(silu(gate(x)) * up(x)) over width I (a dense FFN or a shared expert).
+static void swiglu_ffn(Backend& be, const QWeight& gate, const QWeight& up, const QWeight& down, int I, const float* x,
+                       int N, std::vector<float>& h1, std::vector<float>& h3, std::vector<float>& act, float* out) {
+  const size_t NI = size_t(N) * I;
+  for (auto* b : {&h1, &h3, &act}) grow(*b, NI);
+  const LinearOut gate_up[] = {{h1.data(), &gate}, {h3.data(), &up}};
+  be.linear_multi(x, N, gate_up, 2);
+  be.swiglu(act.data(), h1.data(), h3.data(), long(NI));
+  be.linear(out, act.data(), down, N);
+}
+
+// Backward of swiglu_ffn: d_x += d(x) from d_out; weight gradients accumulate.
+static void swiglu_ffn_backward(Backend& be, const QWeight& gate, const QWeight& up, const QWeight& down, float* g_gate,
+                                float* g_up, float* g_down, int I, int H, const float* x, int N, const float* h1,
+                                const float* h3, const float* act, const float* d_out, float* d_x, LayerGradScratch& S) {
+  const size_t NI = size_t(N) * I;
+  zero_prefix(S.d_h1, NI);
+  zero_prefix(S.d_h3, NI);
+  zero_prefix(S.d_act, NI);
+  be.matmul_backward(S.d_act.data(), g_down, d_out, act, f32(&down), N, I, H);
+  be.swiglu_backward(S.d_h1.data(), S.d_h3.data(), S.d_act.data(), h1, h3, long(NI));
+  be.matmul_backward(d_x, g_gate, S.d_h1.data(), x, f32(&gate), N, H, I);
+  be.matmul_backward(d_x, g_up, S.d_h3.data(), x, f32(&up), N, H, I);
+}
+
+// Rows and width of a q/k norm: each head, or the whole projection.
+static void norm_rows(const LayerShape& d, int N, int heads, int& rows, int& dim) {
+  rows = d.qk_norm == QkNorm::PerHead ? N * heads : N;
+  dim = d.qk_norm == QkNorm::PerHead ? d.hd : heads * d.hd;
+}
+
 // Attention of the batch's rows: per training sequence (probabilities kept for backward), or
 // each engine sequence's new rows over its KV cache (their keys and values appended first).
 static void attend(Backend& be, const LayerShape& d, int layer, LayerActs& A, const RowBatch& rb) {
@@ -81,8 +112,30 @@ void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int 
   grow(A.v, size_t(N) * d.kvd());
 
   be.rmsnorm(A.ln1.data(), A.rstd1.data(), x, W.attn_norm, N, d.H, d.eps);
-  const LinearOut qkv[] = {{A.q.data(), W.wq}, {A.k.data(), W.wk}, {A.v.data(), W.wv}};
+  // With q/k norms the projections land in q_raw/k_raw and the norms write q/k.
+  const bool qkn = d.qk_norm != QkNorm::None;
+  if (qkn) {
+    grow(A.q_raw, size_t(N) * d.qd());
+    grow(A.k_raw, size_t(N) * d.kvd());
+  }
+  float* qp = qkn ? A.q_raw.data() : A.q.data();
+  float* kp = qkn ? A.k_raw.data() : A.k.data();
+  const LinearOut qkv[] = {{qp, W.wq}, {kp, W.wk}, {A.v.data(), W.wv}};
   be.linear_multi(A.ln1.data(), N, qkv, 3);
+  if (W.bq) {
+    be.add_bias(qp, W.bq, N, d.qd());
+    be.add_bias(kp, W.bk, N, d.kvd());
+    be.add_bias(A.v.data(), W.bv, N, d.kvd());
+  }
+  if (qkn) {
+    int rows, dim;
+    norm_rows(d, N, d.nh, rows, dim);
+    grow(A.rstd_q, size_t(rows));
+    be.rmsnorm(A.q.data(), A.rstd_q.data(), qp, W.q_norm, rows, dim, d.eps);
+    norm_rows(d, N, d.nkv, rows, dim);
+    grow(A.rstd_k, size_t(rows));
+    be.rmsnorm(A.k.data(), A.rstd_k.data(), kp, W.k_norm, rows, dim, d.eps);
+  }
   be.rope(A.q.data(), rb.pos, N, d.nh, *d.rope);
   be.rope(A.k.data(), rb.pos, N, d.nkv, *d.rope);
   attend(be, d, layer, A, rb);
@@ -93,13 +146,20 @@ void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int 
   if (W.is_moe()) {
     moe_forward(be, y, A.ln2.data(), N, W.moe, moe, A.moe);
     if (tp.moe) tp(y, NH);  // every rank's experts or expert blocks
+    if (W.sh_down) {
+      grow(A.sh_out, NH);
+      swiglu_ffn(be, *W.sh_gate, *W.sh_up, *W.sh_down, d.S, A.ln2.data(), N, A.sh_h1, A.sh_h3, A.sh_act,
+                 A.sh_out.data());
+      if (W.sh_router) {
+        grow(A.sh_g, size_t(N));
+        be.linear(A.sh_g.data(), A.ln2.data(), *W.sh_router, N);
+        be.gated_add(y, A.sh_out.data(), A.sh_g.data(), N, d.H);
+      } else {
+        be.add(y, A.sh_out.data(), NH);
+      }
+    }
   } else {
-    const size_t NI = size_t(N) * d.I;
-    for (auto* b : {&A.h1, &A.h3, &A.act}) grow(*b, NI);
-    const LinearOut gate_up[] = {{A.h1.data(), W.gate}, {A.h3.data(), W.up}};
-    be.linear_multi(A.ln2.data(), N, gate_up, 2);
-    be.swiglu(A.act.data(), A.h1.data(), A.h3.data(), long(NI));
-    be.linear(y, A.act.data(), *W.down, N);
+    swiglu_ffn(be, *W.gate, *W.up, *W.down, d.I, A.ln2.data(), N, A.h1, A.h3, A.act, y);
     tp(y, NH);  // every rank's FFN width
   }
   be.add(y, A.mid.data(), NH);
@@ -119,15 +179,21 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
     const MoeGrads<float> mg{G.router, G.w1, G.w3, G.w2};
     moe_backward(be, S.d_ln.data(), mg, d_x, A.ln2.data(), N, W.moe, moe, A.moe, aux_coef, z_coef);
     if (tp.moe) tp(S.d_ln.data(), NH);
+    if (W.sh_down) {
+      const float* d_sh = d_x;
+      if (W.sh_router) {
+        grow(S.d_sh, NH);
+        grow(S.d_g, size_t(N));
+        be.gated_add_backward(S.d_sh.data(), S.d_g.data(), d_x, A.sh_out.data(), A.sh_g.data(), N, d.H);
+        be.matmul_backward(S.d_ln.data(), G.sh_router, S.d_g.data(), A.ln2.data(), f32(W.sh_router), N, d.H, 1);
+        d_sh = S.d_sh.data();
+      }
+      swiglu_ffn_backward(be, *W.sh_gate, *W.sh_up, *W.sh_down, G.sh_gate, G.sh_up, G.sh_down, d.S, d.H,
+                          A.ln2.data(), N, A.sh_h1.data(), A.sh_h3.data(), A.sh_act.data(), d_sh, S.d_ln.data(), S);
+    }
   } else {
-    const size_t NI = size_t(N) * d.I;
-    zero_prefix(S.d_h1, NI);
-    zero_prefix(S.d_h3, NI);
-    zero_prefix(S.d_act, NI);
-    be.matmul_backward(S.d_act.data(), G.w_down, d_x, A.act.data(), f32(W.down), N, d.I, d.H);
-    be.swiglu_backward(S.d_h1.data(), S.d_h3.data(), S.d_act.data(), A.h1.data(), A.h3.data(), long(NI));
-    be.matmul_backward(S.d_ln.data(), G.w_gate, S.d_h1.data(), A.ln2.data(), f32(W.gate), N, d.H, d.I);
-    be.matmul_backward(S.d_ln.data(), G.w_up, S.d_h3.data(), A.ln2.data(), f32(W.up), N, d.H, d.I);
+    swiglu_ffn_backward(be, *W.gate, *W.up, *W.down, G.w_gate, G.w_up, G.w_down, d.I, d.H, A.ln2.data(), N,
+                        A.h1.data(), A.h3.data(), A.act.data(), d_x, S.d_ln.data(), S);
     tp(S.d_ln.data(), NH);
   }
   be.rmsnorm_backward(S.d_mid.data(), G.ffn_norm, S.d_ln.data(), A.mid.data(), W.ffn_norm, A.rstd2.data(), N, d.H);
@@ -142,9 +208,28 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
                         A.att.data(), rb.B, rb.T, d.nh, d.nkv, d.hd);
   be.rope_backward(S.d_q.data(), rb.pos, N, d.nh, *d.rope);
   be.rope_backward(S.d_k.data(), rb.pos, N, d.nkv, *d.rope);
+  // Through the q/k norms to the projections' outputs.
+  const float* d_qp = S.d_q.data();
+  const float* d_kp = S.d_k.data();
+  if (d.qk_norm != QkNorm::None) {
+    int rows, dim;
+    zero_prefix(S.d_qraw, size_t(N) * d.qd());
+    zero_prefix(S.d_kraw, size_t(N) * d.kvd());
+    norm_rows(d, N, d.nh, rows, dim);
+    be.rmsnorm_backward(S.d_qraw.data(), G.q_norm, S.d_q.data(), A.q_raw.data(), W.q_norm, A.rstd_q.data(), rows, dim);
+    norm_rows(d, N, d.nkv, rows, dim);
+    be.rmsnorm_backward(S.d_kraw.data(), G.k_norm, S.d_k.data(), A.k_raw.data(), W.k_norm, A.rstd_k.data(), rows, dim);
+    d_qp = S.d_qraw.data();
+    d_kp = S.d_kraw.data();
+  }
+  if (W.bq) {
+    be.bias_backward(G.bq, d_qp, N, d.qd());
+    be.bias_backward(G.bk, d_kp, N, d.kvd());
+    be.bias_backward(G.bv, S.d_v.data(), N, d.kvd());
+  }
   zero_prefix(S.d_ln, NH);
-  be.matmul_backward(S.d_ln.data(), G.wq, S.d_q.data(), A.ln1.data(), f32(W.wq), N, d.H, d.qd());
-  be.matmul_backward(S.d_ln.data(), G.wk, S.d_k.data(), A.ln1.data(), f32(W.wk), N, d.H, d.kvd());
+  be.matmul_backward(S.d_ln.data(), G.wq, d_qp, A.ln1.data(), f32(W.wq), N, d.H, d.qd());
+  be.matmul_backward(S.d_ln.data(), G.wk, d_kp, A.ln1.data(), f32(W.wk), N, d.H, d.kvd());
   be.matmul_backward(S.d_ln.data(), G.wv, S.d_v.data(), A.ln1.data(), f32(W.wv), N, d.H, d.kvd());
   tp(S.d_ln.data(), NH);
   be.rmsnorm_backward(d_x, G.attn_norm, S.d_ln.data(), x, W.attn_norm, A.rstd1.data(), N, d.H);

@@ -32,8 +32,12 @@ struct LayerWeights {
   const float* attn_norm = nullptr;
   const float* ffn_norm = nullptr;
   const QWeight *wq = nullptr, *wk = nullptr, *wv = nullptr, *wo = nullptr;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr;  // q/k/v biases (null: none)
+  const float *q_norm = nullptr, *k_norm = nullptr;         // q/k RMSNorm weights (LayerShape::qk_norm)
   const QWeight *gate = nullptr, *up = nullptr, *down = nullptr;  // dense FFN (null in an MoE layer)
   MoeWeights<float> moe;                                          // router and held experts (MoE layer)
+  // Shared expert of an MoE layer (null: none) and its sigmoid gate [1, H] (null: ungated).
+  const QWeight *sh_gate = nullptr, *sh_up = nullptr, *sh_down = nullptr, *sh_router = nullptr;
   bool is_moe() const { return moe.router != nullptr; }
 };
 
@@ -41,6 +45,8 @@ struct LayerWeights {
 struct LayerShape {
   int H = 0, nh = 0, nkv = 0, hd = 0;
   int I = 0;  // dense FFN width held
+  int S = 0;  // shared expert width
+  QkNorm qk_norm = QkNorm::None;
   float eps = 1e-6f;
   const RopeTable* rope = nullptr;
   int qd() const { return nh * hd; }
@@ -92,6 +98,8 @@ struct PartialSum {
 struct LayerActs {
   std::vector<float> ln1, rstd1, q, k, v, att, ctx, mid, ln2, rstd2;  // mid: residual after attention
   std::vector<float> h1, h3, act;  // dense FFN
+  std::vector<float> q_raw, k_raw, rstd_q, rstd_k;          // q/k before their norms
+  std::vector<float> sh_h1, sh_h3, sh_act, sh_out, sh_g;    // shared expert
   std::vector<AttnSeq> attn;       // engine: one attention row segment per sequence
   MoeCache<float> moe;
 };
@@ -103,7 +111,7 @@ void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int 
 
 // Gradient scratch of layer_backward (grown on first use).
 struct LayerGradScratch {
-  std::vector<float> d_mid, d_ln, d_q, d_k, d_v, d_ctx, d_h1, d_h3, d_act;
+  std::vector<float> d_mid, d_ln, d_q, d_k, d_v, d_ctx, d_h1, d_h3, d_act, d_qraw, d_kraw, d_sh, d_g;
 };
 
 // Backward of layer_forward (a training batch, activations in A): d_x holds the gradient of y on

@@ -29,12 +29,14 @@ void Model::bind() {
   rope = RopeTable(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta);
   const LayerShape d = layer_shape();
   const int nl = shard.num_layers();
-  handles_.assign(size_t(nl) * 7, QWeight{});  // wq wk wv wo gate up down; sized once: pointers stay valid
+  // wq wk wv wo gate up down, shared gate up down router; sized once: pointers stay valid
+  constexpr size_t kHandles = 11;
+  handles_.assign(size_t(nl) * kHandles, QWeight{});
   layer_weights.assign(nl, LayerWeights{});
   for (int l = 0; l < nl; l++) {
     const LayerView<float>& V = w.layers[l];
     LayerWeights& L = layer_weights[l];
-    QWeight* h = handles_.data() + size_t(l) * 7;
+    QWeight* h = handles_.data() + size_t(l) * kHandles;
     L.attn_norm = V.attn_norm;
     L.ffn_norm = V.ffn_norm;
     h[0] = f32_view(V.wq, d.qd(), d.H);
@@ -42,6 +44,8 @@ void Model::bind() {
     h[2] = f32_view(V.wv, d.kvd(), d.H);
     h[3] = f32_view(V.wo, d.H, d.qd());
     L.wq = &h[0], L.wk = &h[1], L.wv = &h[2], L.wo = &h[3];
+    L.bq = V.bq, L.bk = V.bk, L.bv = V.bv;
+    L.q_norm = V.q_norm, L.k_norm = V.k_norm;
     if (cfg.layer_is_moe(shard.layer_begin + l)) {
       MoeWeights<float>& e = L.moe;
       e.H = d.H;
@@ -53,6 +57,16 @@ void Model::bind() {
       e.w1 = V.w1;
       e.w3 = V.w3;
       e.w2 = V.w2;
+      if (V.sh_down) {
+        h[7] = f32_view(V.sh_gate, d.S, d.H);
+        h[8] = f32_view(V.sh_up, d.S, d.H);
+        h[9] = f32_view(V.sh_down, d.H, d.S);
+        L.sh_gate = &h[7], L.sh_up = &h[8], L.sh_down = &h[9];
+      }
+      if (V.sh_router) {
+        h[10] = f32_view(V.sh_router, 1, d.H);
+        L.sh_router = &h[10];
+      }
     } else {
       h[4] = f32_view(V.w_gate, d.I, d.H);
       h[5] = f32_view(V.w_up, d.I, d.H);
@@ -70,6 +84,8 @@ LayerShape Model::layer_shape() const {
   d.nkv = shard.kv_heads.size;
   d.hd = cfg.head_dim;
   d.I = shard.ffn.size;
+  d.S = cfg.shared_expert_size;
+  d.qk_norm = cfg.qk_norm;
   d.eps = float(cfg.rms_norm_eps);
   d.rope = &rope;
   return d;
@@ -101,8 +117,9 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, const Shard& shard) {
   for (const ParamSpec& s : m.layout.specs) {
     const uint64_t si = uint64_t(s.index);
     float* dst = m.params.data() + s.offset;
-    if (s.shape.size() == 1) {
-      for (size_t i = 0; i < s.numel(); i++) dst[i] = 1.0f;
+    if (s.shape.size() == 1) {  // norm weights start at 1, biases at 0
+      const bool bias = s.kind == ParamKind::BiasQ || s.kind == ParamKind::BiasK || s.kind == ParamKind::BiasV;
+      std::fill_n(dst, s.numel(), bias ? 0.0f : 1.0f);
       continue;
     }
     const bool block = s.shape != s.full_shape;

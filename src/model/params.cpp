@@ -8,7 +8,9 @@
 
 namespace sky {
 
-std::string tensor_name(ParamKind kind, int l, int e) {
+std::string tensor_name(const ModelConfig& c, ParamKind kind, int l, int e) {
+  const bool mlp = c.mlp_expert_names();
+  const char* moe = mlp ? "mlp" : "block_sparse_moe";
   switch (kind) {
     case ParamKind::Embed: return "model.embed_tokens.weight";
     case ParamKind::FinalNorm: return "model.norm.weight";
@@ -18,14 +20,23 @@ std::string tensor_name(ParamKind kind, int l, int e) {
     case ParamKind::Wk: return fmt::format("model.layers.{}.self_attn.k_proj.weight", l);
     case ParamKind::Wv: return fmt::format("model.layers.{}.self_attn.v_proj.weight", l);
     case ParamKind::Wo: return fmt::format("model.layers.{}.self_attn.o_proj.weight", l);
+    case ParamKind::BiasQ: return fmt::format("model.layers.{}.self_attn.q_proj.bias", l);
+    case ParamKind::BiasK: return fmt::format("model.layers.{}.self_attn.k_proj.bias", l);
+    case ParamKind::BiasV: return fmt::format("model.layers.{}.self_attn.v_proj.bias", l);
+    case ParamKind::QNorm: return fmt::format("model.layers.{}.self_attn.q_norm.weight", l);
+    case ParamKind::KNorm: return fmt::format("model.layers.{}.self_attn.k_norm.weight", l);
     case ParamKind::FfnNorm: return fmt::format("model.layers.{}.post_attention_layernorm.weight", l);
     case ParamKind::Gate: return fmt::format("model.layers.{}.mlp.gate_proj.weight", l);
     case ParamKind::Up: return fmt::format("model.layers.{}.mlp.up_proj.weight", l);
     case ParamKind::Down: return fmt::format("model.layers.{}.mlp.down_proj.weight", l);
-    case ParamKind::Router: return fmt::format("model.layers.{}.block_sparse_moe.gate.weight", l);
-    case ParamKind::W1: return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.w1.weight", l, e);
-    case ParamKind::W3: return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.w3.weight", l, e);
-    case ParamKind::W2: return fmt::format("model.layers.{}.block_sparse_moe.experts.{}.w2.weight", l, e);
+    case ParamKind::Router: return fmt::format("model.layers.{}.{}.gate.weight", l, mlp ? "mlp" : "block_sparse_moe");
+    case ParamKind::W1: return fmt::format("model.layers.{}.{}.experts.{}.{}.weight", l, moe, e, mlp ? "gate_proj" : "w1");
+    case ParamKind::W3: return fmt::format("model.layers.{}.{}.experts.{}.{}.weight", l, moe, e, mlp ? "up_proj" : "w3");
+    case ParamKind::W2: return fmt::format("model.layers.{}.{}.experts.{}.{}.weight", l, moe, e, mlp ? "down_proj" : "w2");
+    case ParamKind::SharedGate: return fmt::format("model.layers.{}.mlp.shared_expert.gate_proj.weight", l);
+    case ParamKind::SharedUp: return fmt::format("model.layers.{}.mlp.shared_expert.up_proj.weight", l);
+    case ParamKind::SharedDown: return fmt::format("model.layers.{}.mlp.shared_expert.down_proj.weight", l);
+    case ParamKind::SharedRouter: return fmt::format("model.layers.{}.mlp.shared_expert_gate.weight", l);
   }
   fail("tensor_name: unknown parameter kind {}", int(kind));
 }
@@ -64,38 +75,56 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, hd = c.head_dim;
   // Tied embeddings: the part holding the LM head holds the embedding as its head (a pipeline's
   // last stage keeps a copy whose gradient the trainer sums with the first stage's).
-  whole(tensor_name(ParamKind::Embed), ParamKind::Embed, -1, {c.vocab_size, H},
+  whole(tensor_name(c, ParamKind::Embed), ParamKind::Embed, -1, {c.vocab_size, H},
         sh.embed || (c.tie_word_embeddings && sh.head));
   for (int l = 0; l < c.num_layers; l++) {
     const bool in = l >= sh.layer_begin && l < sh.layer_end;
     const int64_t q0 = sh.q_heads.begin * hd, qn = sh.q_heads.size * hd;
     const int64_t k0 = sh.kv_heads.begin * hd, kn = sh.kv_heads.size * hd;
-    whole(tensor_name(ParamKind::AttnNorm, l), ParamKind::AttnNorm, l, {H}, in);
-    add(tensor_name(ParamKind::Wq, l), ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
-    add(tensor_name(ParamKind::Wk, l), ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
-    add(tensor_name(ParamKind::Wv, l), ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
-    add(tensor_name(ParamKind::Wo, l), ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
-    whole(tensor_name(ParamKind::FfnNorm, l), ParamKind::FfnNorm, l, {H}, in);
+    whole(tensor_name(c, ParamKind::AttnNorm, l), ParamKind::AttnNorm, l, {H}, in);
+    add(tensor_name(c, ParamKind::Wq, l), ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
+    add(tensor_name(c, ParamKind::Wk, l), ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+    add(tensor_name(c, ParamKind::Wv, l), ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+    if (c.qkv_bias) {
+      add(tensor_name(c, ParamKind::BiasQ, l), ParamKind::BiasQ, l, -1, {c.q_dim()}, q0, qn, 0, 0, in);
+      add(tensor_name(c, ParamKind::BiasK, l), ParamKind::BiasK, l, -1, {c.kv_dim()}, k0, kn, 0, 0, in);
+      add(tensor_name(c, ParamKind::BiasV, l), ParamKind::BiasV, l, -1, {c.kv_dim()}, k0, kn, 0, 0, in);
+    }
+    if (c.qk_norm != QkNorm::None) {
+      const bool per_head = c.qk_norm == QkNorm::PerHead;
+      whole(tensor_name(c, ParamKind::QNorm, l), ParamKind::QNorm, l, {per_head ? hd : c.q_dim()}, in);
+      whole(tensor_name(c, ParamKind::KNorm, l), ParamKind::KNorm, l, {per_head ? hd : c.kv_dim()}, in);
+    }
+    add(tensor_name(c, ParamKind::Wo, l), ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
+    whole(tensor_name(c, ParamKind::FfnNorm, l), ParamKind::FfnNorm, l, {H}, in);
     if (c.layer_is_moe(l)) {
-      whole(tensor_name(ParamKind::Router, l), ParamKind::Router, l, {c.num_experts, H}, in);
+      whole(tensor_name(c, ParamKind::Router, l), ParamKind::Router, l, {c.num_experts, H}, in);
+      if (c.shared_expert_size > 0) {
+        const int64_t S = c.shared_expert_size;
+        whole(tensor_name(c, ParamKind::SharedGate, l), ParamKind::SharedGate, l, {S, H}, in);
+        whole(tensor_name(c, ParamKind::SharedUp, l), ParamKind::SharedUp, l, {S, H}, in);
+        whole(tensor_name(c, ParamKind::SharedDown, l), ParamKind::SharedDown, l, {H, S}, in);
+        if (c.shared_expert_gate)
+          whole(tensor_name(c, ParamKind::SharedRouter, l), ParamKind::SharedRouter, l, {1, H}, in);
+      }
       const Range& f = sh.expert_ffn;
       for (ParamKind kind : {ParamKind::W1, ParamKind::W3})
         for (int e = 0; e < c.num_experts; e++)
-          add(tensor_name(kind, l, e), kind, l, e, {EI, H}, f.begin, f.size, 0, H,
+          add(tensor_name(c, kind, l, e), kind, l, e, {EI, H}, f.begin, f.size, 0, H,
               in && e >= sh.experts.begin && e < sh.experts.end());
       for (int e = 0; e < c.num_experts; e++)
-        add(tensor_name(ParamKind::W2, l, e), ParamKind::W2, l, e, {H, EI}, 0, H, f.begin, f.size,
+        add(tensor_name(c, ParamKind::W2, l, e), ParamKind::W2, l, e, {H, EI}, 0, H, f.begin, f.size,
             in && e >= sh.experts.begin && e < sh.experts.end());
     } else {
       const Range& f = sh.ffn;
-      add(tensor_name(ParamKind::Gate, l), ParamKind::Gate, l, -1, {I, H}, f.begin, f.size, 0, H, in);
-      add(tensor_name(ParamKind::Up, l), ParamKind::Up, l, -1, {I, H}, f.begin, f.size, 0, H, in);
-      add(tensor_name(ParamKind::Down, l), ParamKind::Down, l, -1, {H, I}, 0, H, f.begin, f.size, in);
+      add(tensor_name(c, ParamKind::Gate, l), ParamKind::Gate, l, -1, {I, H}, f.begin, f.size, 0, H, in);
+      add(tensor_name(c, ParamKind::Up, l), ParamKind::Up, l, -1, {I, H}, f.begin, f.size, 0, H, in);
+      add(tensor_name(c, ParamKind::Down, l), ParamKind::Down, l, -1, {H, I}, 0, H, f.begin, f.size, in);
     }
   }
-  whole(tensor_name(ParamKind::FinalNorm), ParamKind::FinalNorm, -1, {H}, sh.head);
+  whole(tensor_name(c, ParamKind::FinalNorm), ParamKind::FinalNorm, -1, {H}, sh.head);
   // Tied embeddings: the LM head is the embedding matrix (param_view points lm_head at it).
-  if (!c.tie_word_embeddings) whole(tensor_name(ParamKind::Head), ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
+  if (!c.tie_word_embeddings) whole(tensor_name(c, ParamKind::Head), ParamKind::Head, -1, {c.vocab_size, H}, sh.head);
   for (auto& s : experts) L.specs.push_back(std::move(s));
   for (auto& s : L.specs) {
     s.offset = L.total;
@@ -142,6 +171,15 @@ ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_laye
       case ParamKind::W1: first(L.w1); break;
       case ParamKind::W3: first(L.w3); break;
       case ParamKind::W2: first(L.w2); break;
+      case ParamKind::BiasQ: L.bq = p; break;
+      case ParamKind::BiasK: L.bk = p; break;
+      case ParamKind::BiasV: L.bv = p; break;
+      case ParamKind::QNorm: L.q_norm = p; break;
+      case ParamKind::KNorm: L.k_norm = p; break;
+      case ParamKind::SharedGate: L.sh_gate = p; break;
+      case ParamKind::SharedUp: L.sh_up = p; break;
+      case ParamKind::SharedDown: L.sh_down = p; break;
+      case ParamKind::SharedRouter: L.sh_router = p; break;
       default: fail("param_view: unexpected parameter '{}'", s.name);
     }
   }
@@ -155,8 +193,8 @@ ParamView<T> param_view(const ModelConfig& c, T* base) {
 }
 
 void copy_block_from_full(const ParamSpec& s, const float* full, float* block) {
-  if (s.shape == s.full_shape) {
-    std::memcpy(block, full, s.numel() * sizeof(float));
+  if (s.shape == s.full_shape || s.shape.size() == 1) {  // a vector's block is a row range
+    std::memcpy(block, full + (s.shape.size() == 1 ? s.row0 : 0), s.numel() * sizeof(float));
     return;
   }
   const int64_t rows = s.shape[0], cols = s.shape[1], full_cols = s.full_shape[1];
@@ -165,8 +203,8 @@ void copy_block_from_full(const ParamSpec& s, const float* full, float* block) {
 }
 
 void copy_block_to_full(const ParamSpec& s, const float* block, float* full) {
-  if (s.shape == s.full_shape) {
-    std::memcpy(full, block, s.numel() * sizeof(float));
+  if (s.shape == s.full_shape || s.shape.size() == 1) {
+    std::memcpy(full + (s.shape.size() == 1 ? s.row0 : 0), block, s.numel() * sizeof(float));
     return;
   }
   const int64_t rows = s.shape[0], cols = s.shape[1], full_cols = s.full_shape[1];

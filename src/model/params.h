@@ -14,7 +14,13 @@
 
 namespace sky {
 
-enum class ParamKind { Embed, AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down, Router, W1, W3, W2, FinalNorm, Head };
+enum class ParamKind {
+  Embed, AttnNorm, Wq, Wk, Wv, Wo, FfnNorm, Gate, Up, Down, Router, W1, W3, W2, FinalNorm, Head,
+  BiasQ, BiasK, BiasV,                  // q/k/v biases (Qwen2-MoE)
+  QNorm, KNorm,                         // q/k RMSNorm weights (Qwen3-MoE per head, OLMoE whole)
+  SharedGate, SharedUp, SharedDown,     // the shared expert's SwiGLU
+  SharedRouter                          // its sigmoid gate [1, H] (Qwen2-MoE)
+};
 
 struct ParamSpec {
   std::string name;  // HF tensor name, e.g. model.layers.0.self_attn.q_proj.weight
@@ -33,7 +39,8 @@ struct ParamSpec {
   // parameters are replicated on every tensor-parallel rank.
   bool tp_split() const {
     return kind == ParamKind::Wq || kind == ParamKind::Wk || kind == ParamKind::Wv || kind == ParamKind::Wo ||
-           kind == ParamKind::Gate || kind == ParamKind::Up || kind == ParamKind::Down;
+           kind == ParamKind::Gate || kind == ParamKind::Up || kind == ParamKind::Down || kind == ParamKind::BiasQ ||
+           kind == ParamKind::BiasK || kind == ParamKind::BiasV;
   }
 };
 
@@ -53,6 +60,8 @@ struct LayerView {
   T *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
   T *w_gate, *w_up, *w_down;    // dense FFN (null in an MoE layer)
   T *router, *w1, *w3, *w2;     // MoE (null in a dense layer)
+  T *bq, *bk, *bv, *q_norm, *k_norm;                    // null unless the family has them
+  T *sh_gate, *sh_up, *sh_down, *sh_router;             // shared expert (MoE layers)
 };
 
 template <class T>
@@ -72,9 +81,10 @@ ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_laye
 void copy_block_from_full(const ParamSpec& s, const float* full, float* block);
 void copy_block_to_full(const ParamSpec& s, const float* block, float* full);
 
-// The one table of tensor names (the HF Llama / Mixtral / Skywork layout): the name of parameter
-// `kind` of a layer (and an expert), e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight.
-// Training, checkpoints, inference loading and quantization all name tensors through it.
-std::string tensor_name(ParamKind kind, int layer = -1, int expert = -1);
+// The one table of tensor names (the HF layouts): the name of parameter `kind` of a layer (and an
+// expert), e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight (Mixtral, Skywork) or
+// model.layers.3.mlp.experts.5.gate_proj.weight (Qwen-MoE, OLMoE). Training, checkpoints,
+// inference loading and quantization all name tensors through it.
+std::string tensor_name(const ModelConfig& c, ParamKind kind, int layer = -1, int expert = -1);
 
 }  // namespace sky

@@ -1,12 +1,14 @@
 #include "model/quantize.h"
 
 #include <filesystem>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/params.h"
 #include "core/weight.h"
 
 namespace sky {
@@ -17,12 +19,23 @@ static bool ends_with(const std::string& s, const std::string& t) {
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
 }
 
-bool is_quantizable_linear(const std::string& name) {
-  if (!ends_with(name, ".weight")) return false;
-  for (const char* k : {".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.",
-                        ".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."})
-    if (name.find(k) != std::string::npos) return true;
-  return name.find(".block_sparse_moe.experts.") != std::string::npos;
+std::set<std::string> quantizable_linears(const ModelConfig& c) {
+  // The projections of attention, FFNs and experts, by the tensor table; routers, norms, biases, the
+  // shared expert's one-row gate and the embedding stay as they are.
+  std::set<std::string> names;
+  for (const ParamSpec& s : ParamLayout::build(c).specs) {
+    switch (s.kind) {
+      case ParamKind::Wq: case ParamKind::Wk: case ParamKind::Wv: case ParamKind::Wo:
+      case ParamKind::Gate: case ParamKind::Up: case ParamKind::Down:
+      case ParamKind::W1: case ParamKind::W3: case ParamKind::W2:
+      case ParamKind::SharedGate: case ParamKind::SharedUp: case ParamKind::SharedDown:
+        names.insert(s.name);
+        break;
+      default:
+        break;
+    }
+  }
+  return names;
 }
 
 // The tensor as f32, with any existing weight_scale applied (so FP8 inputs re-quantize correctly).
@@ -44,6 +57,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   SKY_CHECK(fs::absolute(in_dir) != fs::absolute(out_dir), "--out must differ from --model ({})", in_dir);
   ModelConfig cfg = ModelConfig::load_file(in_dir);  // validates the config before any work
   SafetensorsReader r = SafetensorsReader::open(in_dir);
+  const std::set<std::string> linears = quantizable_linears(cfg);
   QuantizeReport rep;
   NamedTensors out;
   for (const std::string& name : r.names()) {
@@ -51,7 +65,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
     const TensorInfo& ti = r.info(name);
     rep.bytes_in += double(ti.nbytes);
     const bool head_fp8 = name == "lm_head.weight" && o.lm_head_fp8 && o.to == "fp8";
-    if ((is_quantizable_linear(name) || head_fp8) && ti.shape.size() == 2) {
+    if ((linears.count(name) || head_fp8) && ti.shape.size() == 2) {
       Tensor w = dequantized(r, name);
       const int O = int(ti.shape[0]), I = int(ti.shape[1]);
       if (o.to == "bf16") {

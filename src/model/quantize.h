@@ -3,7 +3,10 @@
 // (a `.weight_scale` F32 tensor beside each weight: shape [] per-tensor, [O, 1] per-channel — the
 // layout of Skywork's FP8 release and vLLM) or BF16. Router, norms and embeddings stay as they are;
 // the LM head goes to BF16 (or, on request, FP8 like the linear layers).
+#include <set>
 #include <string>
+
+#include "model/config.h"
 
 namespace sky {
 
@@ -21,7 +24,7 @@ struct QuantizeReport {
 
 QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string& out_dir, const QuantizeOptions& o);
 
-// True for the tensors that quantize: attention projections, dense FFN and expert matrices.
-bool is_quantizable_linear(const std::string& name);
+// The tensors that quantize: attention projections, dense FFN, expert and shared-expert matrices.
+std::set<std::string> quantizable_linears(const ModelConfig& c);
 
 }  // namespace sky

@@ -43,6 +43,10 @@ std::vector<Range> to_ranges(const std::vector<int>& sizes) {
   return r;
 }
 
+bool tensor_parallel_supported(const ModelConfig& c) {
+  return c.qk_norm == QkNorm::None && c.shared_expert_size == 0 && !c.qkv_bias;
+}
+
 Shard Shard::full(const ModelConfig& c) {
   Shard s;
   s.layer_begin = 0;
@@ -75,6 +79,10 @@ ModelConfig shard_config(const ModelConfig& c, const Shard& s) {
 void split_attention(const ModelConfig& c, int tp, const std::vector<int>& shares_in, int index, Shard& s) {
   SKY_CHECK(shares_in.empty() || int(shares_in.size()) == tp, "--tp-shares has {} values for --tp {}",
             shares_in.size(), tp);
+  SKY_CHECK(tp == 1 || tensor_parallel_supported(c),
+            "tensor parallelism does not support {} models yet (q/k biases, q/k norms and shared experts are not "
+            "split); use expert parallelism or one process",
+            c.model_type);
   std::vector<int> shares = shares_in.empty() ? std::vector<int>(size_t(tp), 1) : shares_in;
   SKY_CHECK(index >= 0 && index < tp, "tensor-parallel index {} outside [0, {})", index, tp);
   SKY_CHECK(c.num_kv_heads >= tp,

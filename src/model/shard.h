@@ -11,6 +11,11 @@
 
 namespace sky {
 
+// Whether tensor parallelism can split this model: not yet for q/k biases, q/k norms (a per-head
+// norm's weight gradient would need a sum over the group; a whole-projection norm spans every
+// head) or shared experts (computed whole on every rank and summed tp times).
+bool tensor_parallel_supported(const ModelConfig& c);
+
 struct Range {
   int begin = 0, size = 0;
   int end() const { return begin + size; }

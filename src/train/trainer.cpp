@@ -412,7 +412,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   if (const char* h = std::getenv("SKYMOE_TEST_HANG")) std::sscanf(h, "%d:%d", &hang_rank, &hang_step);
   std::vector<double> red;
   // Tied embeddings under a pipeline split: the embedding both end stages hold (null otherwise).
-  const ParamSpec* tied_embed = mesh.tied_group ? m.layout.find(tensor_name(ParamKind::Embed)) : nullptr;
+  const ParamSpec* tied_embed = mesh.tied_group ? m.layout.find(tensor_name(m.cfg, ParamKind::Embed)) : nullptr;
   for (int64_t step = step0 + 1; step <= o.steps; step++) {
     if (comm.rank() == hang_rank && step == hang_step) std::this_thread::sleep_for(std::chrono::hours(1));
     auto t0 = std::chrono::steady_clock::now();

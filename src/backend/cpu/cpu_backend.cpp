@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -166,6 +167,41 @@ class CpuBackend final : public TypedOps<MoeOps> {
   void scale(float* p, size_t n, float s) override {
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) p[i] *= s;
+  }
+  void add_bias(float* y, const float* b, int N, int D) override {
+#pragma omp parallel for schedule(static) if (size_t(N) * D > 65536)
+    for (int n = 0; n < N; n++)
+      for (int i = 0; i < D; i++) y[size_t(n) * D + i] += b[i];
+  }
+  void bias_backward(float* db, const float* dy, int N, int D) override {
+    // Row order fixed per column: the same bits on any thread count.
+#pragma omp parallel for schedule(static) if (size_t(N) * D > 65536)
+    for (int i = 0; i < D; i++) {
+      float s = 0;
+      for (int n = 0; n < N; n++) s += dy[size_t(n) * D + i];
+      db[i] += s;
+    }
+  }
+  void gated_add(float* y, const float* x, const float* g, int N, int H) override {
+#pragma omp parallel for schedule(static) if (size_t(N) * H > 65536)
+    for (int n = 0; n < N; n++) {
+      const float s = 1.0f / (1.0f + std::exp(-g[n]));
+      for (int i = 0; i < H; i++) y[size_t(n) * H + i] += s * x[size_t(n) * H + i];
+    }
+  }
+  void gated_add_backward(float* dx, float* dg, const float* dy, const float* x, const float* g, int N,
+                          int H) override {
+#pragma omp parallel for schedule(static) if (size_t(N) * H > 65536)
+    for (int n = 0; n < N; n++) {
+      const float s = 1.0f / (1.0f + std::exp(-g[n]));
+      const float* r = dy + size_t(n) * H;
+      double dot = 0;
+      for (int i = 0; i < H; i++) {
+        dot += double(r[i]) * x[size_t(n) * H + i];
+        dx[size_t(n) * H + i] = s * r[i];
+      }
+      dg[n] = float(dot * s * (1 - s));
+    }
   }
   double sum_squares(const float* g, size_t n) override {
     // Fixed blocks summed in a fixed order, not an OpenMP reduction: libgomp combines reduction

@@ -262,6 +262,35 @@ class RefBackend final : public TypedOps<MoeOps> {
   void scale(float* p, size_t n, float s) override {
     for (size_t i = 0; i < n; i++) p[i] *= s;
   }
+  void add_bias(float* y, const float* b, int N, int D) override {
+    for (int n = 0; n < N; n++)
+      for (int i = 0; i < D; i++) y[size_t(n) * D + i] = float(double(y[size_t(n) * D + i]) + b[i]);
+  }
+  void bias_backward(float* db, const float* dy, int N, int D) override {
+    for (int i = 0; i < D; i++) {
+      double s = db[i];
+      for (int n = 0; n < N; n++) s += dy[size_t(n) * D + i];
+      db[i] = float(s);
+    }
+  }
+  void gated_add(float* y, const float* x, const float* g, int N, int H) override {
+    for (int n = 0; n < N; n++) {
+      const double s = 1.0 / (1.0 + std::exp(-double(g[n])));
+      for (int i = 0; i < H; i++) y[size_t(n) * H + i] = float(y[size_t(n) * H + i] + s * x[size_t(n) * H + i]);
+    }
+  }
+  void gated_add_backward(float* dx, float* dg, const float* dy, const float* x, const float* g, int N,
+                          int H) override {
+    for (int n = 0; n < N; n++) {
+      const double s = 1.0 / (1.0 + std::exp(-double(g[n])));
+      double dot = 0;
+      for (int i = 0; i < H; i++) {
+        dot += double(dy[size_t(n) * H + i]) * x[size_t(n) * H + i];
+        dx[size_t(n) * H + i] = float(s * dy[size_t(n) * H + i]);
+      }
+      dg[n] = float(dot * s * (1 - s));
+    }
+  }
   double sum_squares(const float* p, size_t n) override {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += double(p[i]) * p[i];

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Makes the Hugging Face reference fixtures of tests/test_hf_families.cpp (run once; the output is
+committed, so CI needs no PyPI):
+
+  python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch transformers==4.57.1
+  /tmp/hf/bin/python tests/make_hf_fixtures.py tests/data/hf
+
+For each family a tiny random checkpoint is made by transformers' own model class and saved with
+save_pretrained (config.json + model.safetensors). Beside it, reference.safetensors holds:
+  ids           the token ids of one sequence (as f32)
+  logits        transformers' float32 logits of ids, [T, V]
+  loss          mean next-token cross-entropy over ids (no auxiliary loss)
+  greedy        8 tokens greedy generation adds after ids[:6] (as f32)
+  grad.<name>   d loss / d parameter, for every parameter
+"""
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+from transformers import OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+              bos_token_id=1, eos_token_id=2, torch_dtype="float32")
+
+FAMILIES = {
+    # Layer 1 dense (mlp_only_layers), layer 0 MoE with a gated shared expert; top-2 of 8, no renorm.
+    "qwen2_moe": Qwen2MoeConfig(**COMMON, intermediate_size=40, moe_intermediate_size=12,
+                                shared_expert_intermediate_size=20, num_experts=8, num_experts_per_tok=2,
+                                norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1]),
+    # head_dim 12 (q_dim 48 != hidden 32), per-head q/k norms; top-4 of 16, renormalized.
+    "qwen3_moe": Qwen3MoeConfig(**COMMON, head_dim=12, intermediate_size=40, moe_intermediate_size=8,
+                                num_experts=16, num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=1,
+                                mlp_only_layers=[]),
+    # q/k norms over the whole projection; top-3 of 8, no renorm.
+    "olmoe": OlmoeConfig(**COMMON, intermediate_size=12, num_experts=8, num_experts_per_tok=3, norm_topk_prob=False),
+}
+
+
+def make(name, cfg, out):
+    torch.manual_seed(1234)
+    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32).eval()
+    # Larger weights than the init: routing and attention then differ visibly between tokens.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1 + 0.2 * torch.randn_like(p)) if "norm" in pname else 0.3 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * (1.0 / p.shape[-1] ** 0.5))
+    d = os.path.join(out, name)
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True)
+
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, cfg.vocab_size, (1, 12), generator=g)
+    model.zero_grad()
+    logits = model(ids, output_router_logits=False).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
+    loss.backward()
+    with torch.no_grad():
+        gen = model.generate(ids[:, :6], max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = {"ids": ids[0].float(), "logits": logits.detach().float(), "loss": loss.detach().reshape(1),
+           "greedy": gen[0, 6:].float()}
+    for pname, p in model.named_parameters():
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)  # an expert no token chose
+        ref["grad." + pname] = grad.detach().float().contiguous()
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(d, "reference.safetensors"))
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, loss {loss.item():.4f}, "
+          f"greedy {gen[0, 6:].tolist()}")
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "data", "hf")
+    for name, cfg in FAMILIES.items():
+        make(name, cfg, out)
+
+
+if __name__ == "__main__":
+    main()
