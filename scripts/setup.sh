@@ -9,6 +9,8 @@ PKGS=(
   libcli11-dev             # command-line parsing
   libcpp-httplib-dev       # HTTP client of the server tests
   libsentencepiece-dev sentencepiece  # tokenizer
+  libpcre2-dev             # tokenizer.json pre-tokenizer regexes (Unicode classes, lookahead), JIT-compiled
+  libutf8proc-dev          # tokenizer.json Unicode normalizers (NFC for Qwen2); far smaller than ICU
   libfmt-dev               # formatting
   libgtest-dev libgmock-dev googletest  # unit tests
   libbenchmark-dev         # micro-benchmarks

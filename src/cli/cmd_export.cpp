@@ -30,11 +30,15 @@ int export_gguf_cmd(const std::string& model, const std::string& out, const std:
   std::unique_ptr<Tokenizer> tok;
   if (!no_tokenizer) {
     if (tokenizer.empty()) {
-      tokenizer = (fs::path(model) / "tokenizer.model").string();
-      SKY_CHECK(fs::exists(tokenizer, ec),
-                "no tokenizer: {} does not exist. Pass --tokenizer PATH (a SentencePiece .model), or --no-tokenizer "
-                "to export the weights alone (llama.cpp cannot run such a file by itself)",
-                tokenizer);
+      // GGUF holds a SentencePiece vocabulary, so tokenizer.model comes first here; a tokenizer.json
+      // alone is taken too, and the exporter says why it cannot write it.
+      const std::string sp = (fs::path(model) / "tokenizer.model").string();
+      const std::string hf = (fs::path(model) / "tokenizer.json").string();
+      tokenizer = fs::exists(sp, ec) ? sp : fs::exists(hf, ec) ? hf : "";
+      SKY_CHECK(!tokenizer.empty(),
+                "no tokenizer: {} does not exist (nor tokenizer.json). Pass --tokenizer PATH (a SentencePiece .model), "
+                "or --no-tokenizer to export the weights alone (llama.cpp cannot run such a file by itself)",
+                sp);
     }
     tok = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
   }
@@ -73,7 +77,8 @@ int cmd_export(int argc, char** argv) {
   g->add_option("--type", type, "weight matrices: f32 | f16 | q8_0 (norms and router stay f32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16", "q8_0"}));
-  g->add_option("--tokenizer", tokenizer, "SentencePiece tokenizer.model (default: MODEL/tokenizer.model)");
+  g->add_option("--tokenizer", tokenizer, "SentencePiece tokenizer.model (default: MODEL/tokenizer.model; a "
+                                          "tokenizer.json vocabulary cannot be written yet)");
   g->add_flag("--no-tokenizer", no_tokenizer, "export without a vocabulary (llama.cpp needs one to run)");
   g->add_option("--name", name, "general.name (default: the model directory's name)");
   g->add_option("--threads", threads, "threads for loading (0 = all cores)");

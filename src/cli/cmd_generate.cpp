@@ -27,7 +27,8 @@ int cmd_generate(int argc, char** argv) {
   auto* ids_opt = app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids, e.g. 1,5,9");
   auto* text_opt = app.add_option("--prompt", prompt_text, "prompt text (needs a tokenizer)");
   ids_opt->excludes(text_opt);
-  app.add_option("--tokenizer", tokenizer, "SentencePiece model (default: MODEL/tokenizer.model when present)");
+  app.add_option("--tokenizer", tokenizer, "tokenizer.json or SentencePiece .model (default: MODEL/tokenizer.json, "
+                                            "else MODEL/tokenizer.model, when present)");
   app.add_option("--max-tokens", gp.max_tokens, "tokens to generate")->capture_default_str()->check(positive_int());
   app.add_option("--temperature", gp.sampling.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
   app.add_option("--top-p", gp.sampling.top_p, "nucleus sampling mass")->capture_default_str();
@@ -57,11 +58,11 @@ int cmd_generate(int argc, char** argv) {
   gp.stop_at_eos = stop_eos;
 
   std::unique_ptr<Tokenizer> tok;
-  if (tokenizer.empty() && std::filesystem::exists(std::filesystem::path(model) / "tokenizer.model"))
-    tokenizer = (std::filesystem::path(model) / "tokenizer.model").string();
+  if (tokenizer.empty()) tokenizer = find_tokenizer(model);
   if (!tokenizer.empty()) tok = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
   SKY_CHECK(tok || (prompt_text.empty() && stops.empty()),
-            "--prompt and --stop need a tokenizer: pass --tokenizer or put tokenizer.model in {}", model);
+            "--prompt and --stop need a tokenizer: pass --tokenizer or put tokenizer.json or tokenizer.model in {}",
+            model);
 
   InferModel m = load_infer_model(model, {dtype, true, lm_head, kv_dtype}, tpf);
   m.be = &be;
@@ -104,7 +105,8 @@ int cmd_generate(int argc, char** argv) {
       if (out.empty()) ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       out.push_back(ev.token);
       if (dec) {
-        std::string piece = dec->push(ev.token);
+        // A model vocabulary padded beyond the tokenizer's (Qwen2's is) has ids with no text.
+        std::string piece = ev.token < tok->vocab_size() ? dec->push(ev.token) : std::string();
         text += piece;
         if (stream_text) { fmt::print("{}", piece); std::fflush(stdout); }
       } else if (!json_out) {

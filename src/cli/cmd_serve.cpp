@@ -40,7 +40,8 @@ int cmd_serve(int argc, char** argv) {
   bool no_bos = false, quiet = false;
   int64_t max_body = int64_t(o.max_body_bytes);
   app.add_option("--model", model, "model directory (HF layout)")->required();
-  app.add_option("--tokenizer", tokenizer, "SentencePiece model (default: <model>/tokenizer.model if present)");
+  app.add_option("--tokenizer", tokenizer, "tokenizer.json or SentencePiece .model (default: <model>/tokenizer.json, "
+                                            "else <model>/tokenizer.model, if present)");
   app.add_option("--host", o.host, "address to listen on")->capture_default_str();
   app.add_option("--port", o.port, "port (0 = pick a free one and print it)")->capture_default_str()->check(CLI::Range(0, 65535));
   app.add_option("--dtype", dtype, "weights: as stored, or converted on load")
@@ -132,11 +133,12 @@ int cmd_serve(int argc, char** argv) {
   }
   if (im.tp) o.idle = [&im] { im.tp->heartbeat(); };
   std::optional<Tokenizer> tok;
-  if (tokenizer.empty() && std::filesystem::exists(model + "/tokenizer.model")) tokenizer = model + "/tokenizer.model";
+  if (tokenizer.empty()) tokenizer = find_tokenizer(model);
   if (!tokenizer.empty()) {
     tok = Tokenizer::load(tokenizer);
   } else {
-    o.tokenizer_hint = fmt::format(" (no tokenizer.model in {}; start the server with --tokenizer PATH)", model);
+    o.tokenizer_hint =
+        fmt::format(" (no tokenizer.json or tokenizer.model in {}; start the server with --tokenizer PATH)", model);
     fmt::print(stderr, "serve: no tokenizer: text prompts and chat will be refused, token-id prompts work\n");
   }
   const std::string host = o.host;

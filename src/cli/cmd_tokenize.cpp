@@ -16,9 +16,10 @@ namespace fs = std::filesystem;
 
 int cmd_tokenize(int argc, char** argv) {
   CLI::App app{"Turn text files into a token file (flat little-endian uint32 ids, what `skymoe train --data` reads).\n"
-               "Use an existing SentencePiece model (--tokenizer, e.g. Skywork's tokenizer.model) or train one\n"
-               "on the same inputs first (--train-tokenizer PATH.model --vocab-size N). Each document ends with\n"
-               "the eos id (unless --no-eos) and may start with bos (--bos)."};
+               "Use an existing tokenizer (--tokenizer: a Hugging Face tokenizer.json with a BPE model, e.g.\n"
+               "Qwen2's or Llama 3's, a SentencePiece .model such as Skywork's, or a model directory holding\n"
+               "one) or train a SentencePiece model on the same inputs first (--train-tokenizer PATH.model\n"
+               "--vocab-size N). Each document ends with the eos id (unless --no-eos) and may start with bos (--bos)."};
   app.name("skymoe tokenize");
   std::vector<std::string> inputs;
   std::string out, tok_path, train_path, model_type = "bpe", sep = "percent";
@@ -29,7 +30,8 @@ int cmd_tokenize(int argc, char** argv) {
   app.add_option("--input", inputs, "text files, or directories (their files, sorted; binary files and duplicate "
                                     "symlinks skipped)")->required();
   app.add_option("--out", out, "output token file")->required();
-  app.add_option("--tokenizer", tok_path, "existing SentencePiece model to encode with");
+  app.add_option("--tokenizer", tok_path, "tokenizer to encode with: tokenizer.json, SentencePiece .model, or a model "
+                                         "directory (tokenizer.json first)");
   app.add_option("--train-tokenizer", train_path, "train a SentencePiece model on the inputs and write it here");
   app.add_option("--vocab-size", vocab, "vocabulary size of the trained tokenizer (with --train-tokenizer)");
   app.add_option("--model-type", model_type, "bpe | unigram (with --train-tokenizer)")->capture_default_str()
@@ -82,6 +84,8 @@ int cmd_tokenize(int argc, char** argv) {
                tok.path());
   } else {
     tok = Tokenizer::load(tok_path);
+    fmt::print(stderr, "tokenizer {}: {}, {} pieces\n", tok.path(),
+               tok.kind() == Tokenizer::Kind::HfBpe ? "Hugging Face BPE" : "SentencePiece", tok.vocab_size());
   }
 
   TokenizeOptions opt;

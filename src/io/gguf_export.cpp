@@ -300,6 +300,13 @@ class Exporter {
 
 static GgufExportReport run_export(ModelParts& parts, const Tokenizer* tok, const std::string& out_path,
                                    const GgufExportOptions& opt) {
+  // llama.cpp reads a SentencePiece vocabulary from scores ("llama"); a Hugging Face BPE needs its
+  // merges and a pre-tokenizer name llama.cpp knows ("gpt2" + tokenizer.ggml.pre), not written yet.
+  SKY_CHECK(!tok || tok->kind() == Tokenizer::Kind::SentencePiece,
+            "GGUF export: tokenizer {} is a Hugging Face tokenizer.json BPE; writing its vocabulary (merges and "
+            "llama.cpp's pre-tokenizer name) is not supported yet. Pass --tokenizer a SentencePiece .model, or "
+            "--no-tokenizer to export the weights alone",
+            tok->path());
   GgufExportReport rep;
   Exporter ex(parts, opt, rep);
   ex.metadata(tok);

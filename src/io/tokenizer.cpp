@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/hf_tokenizer.h"
 #include "io/token_data.h"
 
 namespace sky {
@@ -207,11 +208,50 @@ int64_t Tokenizer::min_tokens(std::string_view text) const {
   return (bytes + max_piece_bytes_ - 1) / max_piece_bytes_;
 }
 
+Tokenizer Tokenizer::from_hf(std::shared_ptr<const HfTokenizer> hf) {
+  Tokenizer t;
+  t.path_ = hf->path();
+  t.dummy_prefix_ = hf->adds_dummy_prefix();
+  // min_tokens: the tokenizer.json's own bound on the input bytes of one id (0: none).
+  const size_t bound = hf->max_piece_bytes();
+  t.max_piece_bytes_ = bound <= size_t(INT_MAX) ? int(bound) : 0;
+  t.hf_ = std::move(hf);
+  return t;
+}
+
+std::string find_tokenizer(const std::string& model_dir) {
+  std::error_code ec;
+  for (const char* name : {"tokenizer.json", "tokenizer.model"})
+    if (fs::path p = fs::path(model_dir) / name; fs::is_regular_file(p, ec)) return p.string();
+  return "";
+}
+
+namespace {
+
+// A .json name, or a file starting with '{' as every tokenizer.json does: a SentencePiece model is
+// a protobuf, whose first byte is a field tag (0x0A), never '{'.
+bool looks_like_json(const std::string& path) {
+  if (fs::path(path).extension() == ".json") return true;
+  std::ifstream in(path, std::ios::binary);
+  char c;
+  return in.get(c) && c == '{';
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::load(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    std::string file = find_tokenizer(path);
+    SKY_CHECK(!file.empty(), "tokenizer: {} is a directory without tokenizer.json or tokenizer.model", path);
+    return load(file);
+  }
   check_readable(path, "tokenizer");
+  if (looks_like_json(path)) return from_hf(HfTokenizer::load(path));
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   auto st = sp->Load(path);
-  SKY_CHECK(st.ok(), "tokenizer {}: not a valid SentencePiece model: {}", path, st.ToString());
+  SKY_CHECK(st.ok(), "tokenizer {}: neither a tokenizer.json nor a valid SentencePiece model: {}", path,
+            st.ToString());
   return from_processor(std::move(sp), path);
 }
 
@@ -280,6 +320,7 @@ Tokenizer Tokenizer::train(const std::vector<std::string>& text_files, const std
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  if (hf_) return hf_->encode(text);
   std::vector<int> ids;
   auto st = sp_->Encode(text, &ids);
   SKY_CHECK(st.ok(), "tokenizer {}: encode failed: {}", path_, st.ToString());
@@ -287,6 +328,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  if (hf_) return hf_->decode(ids);
   const int n = vocab_size();
   for (size_t i = 0; i < ids.size(); i++)
     SKY_CHECK(ids[i] >= 0 && ids[i] < n, "tokenizer {}: id {} at position {} is outside the vocab of {}", path_,
@@ -298,6 +340,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 std::string Tokenizer::decode_piece(int32_t id) const {
+  if (hf_) return hf_->decode_piece(id);
   const std::string& piece = id_to_piece(id);
   if (sp_->IsControl(id)) return "";
   if (sp_->IsUnknown(id)) return " \xe2\x81\x87 ";  // SentencePiece's default unk surface " ⁇ "
@@ -315,16 +358,19 @@ std::string Tokenizer::decode_piece(int32_t id) const {
 }
 
 const std::string& Tokenizer::id_to_piece(int32_t id) const {
+  if (hf_) return hf_->id_to_piece(id);
   SKY_CHECK(id >= 0 && id < vocab_size(), "tokenizer {}: id {} is outside the vocab of {}", path_, id, vocab_size());
   return sp_->IdToPiece(id);
 }
 
 float Tokenizer::score(int32_t id) const {
   id_to_piece(id);  // range check
+  if (hf_) return 0.0f;
   return sp_->GetScore(id);
 }
 
 Tokenizer::PieceType Tokenizer::piece_type(int32_t id) const {
+  if (hf_) return hf_->piece_type(id);
   id_to_piece(id);  // range check
   if (sp_->IsUnknown(id)) return PieceType::Unknown;
   if (sp_->IsControl(id)) return PieceType::Control;
@@ -333,11 +379,11 @@ Tokenizer::PieceType Tokenizer::piece_type(int32_t id) const {
   return PieceType::Normal;
 }
 
-int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int Tokenizer::bos_id() const { return sp_->bos_id(); }
-int Tokenizer::eos_id() const { return sp_->eos_id(); }
-int Tokenizer::unk_id() const { return sp_->unk_id(); }
-int Tokenizer::pad_id() const { return sp_->pad_id(); }
+int Tokenizer::vocab_size() const { return hf_ ? hf_->vocab_size() : sp_->GetPieceSize(); }
+int Tokenizer::bos_id() const { return hf_ ? hf_->bos_id() : sp_->bos_id(); }
+int Tokenizer::eos_id() const { return hf_ ? hf_->eos_id() : sp_->eos_id(); }
+int Tokenizer::unk_id() const { return hf_ ? hf_->unk_id() : sp_->unk_id(); }
+int Tokenizer::pad_id() const { return hf_ ? hf_->pad_id() : sp_->pad_id(); }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, bool at_start) : tok_(&tok), strip_space_(at_start) {}
 
@@ -345,7 +391,7 @@ std::string StreamDecoder::push(int32_t id) {
   std::string s = tok_->decode_piece(id);
   // Like decode(): the first visible piece loses the space the dummy prefix put in front of it.
   if (strip_space_ && !s.empty()) {
-    if (tok_->adds_dummy_prefix() && tok_->id_to_piece(id).starts_with(kSpaceSymbol)) s.erase(0, 1);
+    if (tok_->adds_dummy_prefix() && s[0] == ' ' && tok_->id_to_piece(id).starts_with(kSpaceSymbol)) s.erase(0, 1);
     strip_space_ = false;
   }
   pending_ += s;

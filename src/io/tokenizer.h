@@ -1,6 +1,8 @@
 #pragma once
-// SentencePiece tokenizers: load one (e.g. Skywork's tokenizer.model), train one on text files, and
-// turn text files into the uint32 token files of io/token_data.h.
+// Tokenizers: load a SentencePiece model (e.g. Skywork's tokenizer.model) or a Hugging Face
+// tokenizer.json with a BPE model (Qwen2, Llama 3, DeepSeek, Mixtral...; io/hf_tokenizer.h), train a
+// SentencePiece model on text files, and turn text files into the uint32 token files of
+// io/token_data.h.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -14,6 +16,8 @@ class SentencePieceProcessor;
 
 namespace sky {
 
+class HfTokenizer;
+
 struct TokenizerTrainOptions {
   std::string model_type = "bpe";     // "bpe" or "unigram"
   double character_coverage = 0.9995;  // rarer characters fall back to bytes (mixed CJK corpora)
@@ -26,7 +30,13 @@ struct TokenizerTrainOptions {
 
 class Tokenizer {
  public:
-  // Errors (sky::Error) name the path when it is missing or not a SentencePiece model.
+  // `path` is a tokenizer.json (Hugging Face, BPE model), a SentencePiece .model, or a model
+  // directory holding one of them (tokenizer.json is taken first, then tokenizer.model). A file is
+  // recognized by its content: JSON is a tokenizer.json. Errors (sky::Error) name the path when it
+  // is missing, unreadable, or neither kind, and a tokenizer.json component that is not supported.
+  // For a tokenizer.json, bos/eos/pad come from tokenizer_config.json next to it (bos_token... as a
+  // string or {"content": ...}; null: none), else from config.json there (bos_token_id...), else
+  // there are none (-1).
   static Tokenizer load(const std::string& path);
 
   // Trains on the lines of `text_files` (blank lines and lone "%" fortune separators skipped, very
@@ -43,7 +53,9 @@ class Tokenizer {
   // decode() plus the leading space the model's dummy prefix adds; StreamDecoder handles both.
   std::string decode_piece(int32_t id) const;
   const std::string& id_to_piece(int32_t id) const;
-  // SentencePiece's own score and kind of each piece, for exporting the vocabulary (GGUF).
+  // The score and kind of each piece, for exporting the vocabulary (GGUF). Scores are
+  // SentencePiece's; a Hugging Face BPE ranks merges, not pieces, and scores every piece 0. Its
+  // special added tokens are Control, <0xNN> pieces (with byte_fallback) Byte, ids no piece has Unused.
   enum class PieceType { Normal, Unknown, Control, Unused, Byte };
   float score(int32_t id) const;
   PieceType piece_type(int32_t id) const;
@@ -60,19 +72,30 @@ class Tokenizer {
   // normalization) and byte fallback (unknown characters spelled in bytes, not merged into one
   // unk). Then every token covers at most max_piece_bytes() bytes of the input, so there are at
   // least bytes / max_piece_bytes() tokens; with remove_extra_whitespaces runs of spaces fold into
-  // one, so spaces are not counted. Most SentencePiece models (Llama's, ours) qualify.
+  // one, so spaces are not counted. Most SentencePiece models (Llama's, ours) qualify. For a
+  // tokenizer.json the bound is HfTokenizer::max_piece_bytes() (normalizers and added tokens
+  // accounted for); Qwen2, Llama 3, DeepSeek and Mixtral files have one.
   int64_t min_tokens(std::string_view text) const;
   int max_piece_bytes() const { return max_piece_bytes_; }  // 0: min_tokens gives no bound
   const std::string& path() const { return path_; }
+  // Which implementation holds the vocabulary.
+  enum class Kind { SentencePiece, HfBpe };
+  Kind kind() const { return hf_ ? Kind::HfBpe : Kind::SentencePiece; }
 
  private:
   static Tokenizer from_processor(std::shared_ptr<sentencepiece::SentencePieceProcessor> sp, std::string path);
+  static Tokenizer from_hf(std::shared_ptr<const HfTokenizer> hf);
   std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;
+  std::shared_ptr<const HfTokenizer> hf_;  // set instead of sp_ for a tokenizer.json
   std::string path_;
   bool dummy_prefix_ = false;
   int max_piece_bytes_ = 0;
   bool folds_spaces_ = false;
 };
+
+// The tokenizer file of a model directory: tokenizer.json when present (its ids are the ones the
+// model's authors encoded with), else tokenizer.model, else "".
+std::string find_tokenizer(const std::string& model_dir);
 
 // Generation output one token at a time: push() returns the text that is complete so far (whole
 // UTF-8 characters only), holding back a partial character until its last byte arrives.

@@ -94,7 +94,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
                                 {"weight_scale", o.per_channel ? "per-channel" : "per-tensor"}};
   j["torch_dtype"] = o.to == "fp8" ? "float8_e4m3fn" : "bfloat16";
   write_text_atomic((fs::path(out_dir) / "config.json").string(), j.dump(2) + "\n");
-  for (const char* extra : {"tokenizer.model", "generation_config.json"})
+  for (const char* extra : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"})
     if (fs::exists(fs::path(in_dir) / extra))
       fs::copy_file(fs::path(in_dir) / extra, fs::path(out_dir) / extra, fs::copy_options::overwrite_existing);
   return rep;
