@@ -120,7 +120,14 @@ Tokenizer Tokenizer::from_processor(std::shared_ptr<sentencepiece::SentencePiece
 Tokenizer Tokenizer::load(const std::string& path) {
   check_readable(path, "tokenizer");
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
-  auto st = sp->Load(path);
+  // Most problems come back as a status, but the trie builder throws its own exception (a piece
+  // that starts with a NUL byte); either way the error names the file.
+  sentencepiece::util::Status st;
+  try {
+    st = sp->Load(path);
+  } catch (const std::exception& e) {
+    fail("tokenizer {}: not a valid SentencePiece model: {}", path, e.what());
+  }
   SKY_CHECK(st.ok(), "tokenizer {}: not a valid SentencePiece model: {}", path, st.ToString());
   return from_processor(std::move(sp), path);
 }
