@@ -89,6 +89,8 @@ TEST(Config, BadValuesAreNamed) {
   j = skywork_json();
   j["model_type"] = "gpt2";
   expect_error(j, "gpt2");
+  j["model_type"] = 7;  // once a JSON exception that named neither the file nor the field
+  expect_error(j, "model_type");
   j = skywork_json();
   j["num_experts"] = {16, 8};
   expect_error(j, "num_experts");
@@ -206,6 +208,8 @@ TEST(Config, SparseStepAndMlpOnlyLayers) {
   j["mlp_only_layers"] = {9};
   expect_error(j, "mlp_only_layers");
   j["mlp_only_layers"] = {"a"};
+  expect_error(j, "mlp_only_layers");
+  j["mlp_only_layers"] = {(int64_t(1) << 32) + 3};  // once wrapped to layer 3 and was taken
   expect_error(j, "mlp_only_layers");
   j.erase("mlp_only_layers");
   j["decoder_sparse_step"] = 0;
