@@ -195,6 +195,13 @@ TEST(Config, LeadingDenseLayersAndSeparateWidths) {
   EXPECT_EQ(c.active_param_count(), 50 * 16 + 16 + 16 + 6 * attn + 2 * 3 * 16 * 40 + 4 * (2 * 3 * 16 * 12 + 4 * 16));
   expect_round_trip(c);
   EXPECT_NE(c.ffn_summary().find("dense layers 0,1 (width 40)"), std::string::npos) << c.ffn_summary();
+  // Every layer dense: saved, it once came back as an all-MoE model (found by fuzz_config), so
+  // init wrote a model that did not load. It is a dense model.
+  j["first_k_dense_replace"] = 6;
+  c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_EQ(c.num_experts, 0);
+  EXPECT_EQ(c.ffn_summary(), "FFN width 40");
+  expect_round_trip(c);
 }
 
 TEST(Config, SparseStepAndMlpOnlyLayers) {

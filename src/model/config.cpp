@@ -283,6 +283,10 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   } catch (const Error& e) {
     fail("{}: {}", src, e.what());
   }
+  // Experts but no MoE layer (first_k_dense_replace covering every layer): a dense model, and
+  // written as one, or to_hf_json would leave out the keys that make its layers dense and the
+  // saved config would load as an MoE model.
+  if (!c.has_moe()) c.num_experts = 0, c.moe_intermediate_size = 0;
   return c;
 }
 
