@@ -4,7 +4,8 @@
 # (default 1800) or MAX_RUNS executions (default 1000000), whichever comes first, and prints a line
 # per target: executions, seconds, executions per second, and the result. The corpus each target
 # grows is kept in $FUZZ_BUILD/fuzz/long/<name> and carried into the next long run; the committed
-# seed corpus is only read. Needs the sanitizer build with fuzz targets: FUZZ_BUILD (default build-san, `make build-sanitize`).
+# seed corpus is only read. Needs the fuzz targets' build: FUZZ_BUILD (default build-san, made by
+# `make build-sanitize`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-1800}
@@ -24,10 +25,12 @@ for t in "${targets[@]}"; do
   work=$build/fuzz/long/$name
   mkdir -p "$work/corpus" "$work/artifacts"
   log=$work/last.log
+  dict=()
+  [ -f "fuzz/$name.dict" ] && dict=(-dict="fuzz/$name.dict")
   start=$(date +%s)
   UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} "$bin" -max_total_time="$seconds" -runs="$runs" -timeout=10 \
     -rss_limit_mb=2048 -malloc_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
-    "$work/corpus" "fuzz/corpus/$name" >"$log" 2>&1
+    "${dict[@]}" "$work/corpus" "fuzz/corpus/$name" >"$log" 2>&1
   rc=$?
   took=$(( $(date +%s) - start ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
