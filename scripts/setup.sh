@@ -14,6 +14,9 @@ PKGS=(
   libbenchmark-dev         # micro-benchmarks
   libopenmpi-dev openmpi-bin  # distributed training between CPU processes
   fortunes fortunes-zh     # embedded default corpus for the quickstart job
+  # The sanitizer build and fuzz targets (make test-sanitize / fuzz, run by CI): clang, its
+  # sanitizer and libFuzzer runtimes (libclang-rt-14-dev) and its OpenMP runtime (libomp-dev).
+  clang libclang-rt-14-dev libomp-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do
