@@ -17,6 +17,9 @@ PKGS=(
   libopenmpi-dev openmpi-bin  # distributed training between CPU processes
   fortunes fortunes-zh     # embedded default corpus for the quickstart job
   python3-venv             # a venv (with its own pip) for the openai client test, below
+  # The sanitizer build and fuzz targets (make test-sanitize / fuzz, run by CI): clang, its
+  # sanitizer and libFuzzer runtimes (libclang-rt-14-dev) and its OpenMP runtime (libomp-dev).
+  clang libclang-rt-14-dev libomp-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -89,6 +89,8 @@ TEST(Config, BadValuesAreNamed) {
   j = skywork_json();
   j["model_type"] = "gpt2";
   expect_error(j, "gpt2");
+  j["model_type"] = 7;  // once a JSON exception that named neither the file nor the field
+  expect_error(j, "model_type");
   j = skywork_json();
   j["num_experts"] = {16, 8};
   expect_error(j, "num_experts");
@@ -193,6 +195,13 @@ TEST(Config, LeadingDenseLayersAndSeparateWidths) {
   EXPECT_EQ(c.active_param_count(), 50 * 16 + 16 + 16 + 6 * attn + 2 * 3 * 16 * 40 + 4 * (2 * 3 * 16 * 12 + 4 * 16));
   expect_round_trip(c);
   EXPECT_NE(c.ffn_summary().find("dense layers 0,1 (width 40)"), std::string::npos) << c.ffn_summary();
+  // Every layer dense: saved, it once came back as an all-MoE model (found by fuzz_config), so
+  // init wrote a model that did not load. It is a dense model.
+  j["first_k_dense_replace"] = 6;
+  c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_EQ(c.num_experts, 0);
+  EXPECT_EQ(c.ffn_summary(), "FFN width 40");
+  expect_round_trip(c);
 }
 
 TEST(Config, SparseStepAndMlpOnlyLayers) {
@@ -206,6 +215,8 @@ TEST(Config, SparseStepAndMlpOnlyLayers) {
   j["mlp_only_layers"] = {9};
   expect_error(j, "mlp_only_layers");
   j["mlp_only_layers"] = {"a"};
+  expect_error(j, "mlp_only_layers");
+  j["mlp_only_layers"] = {(int64_t(1) << 32) + 3};  // once wrapped to layer 3 and was taken
   expect_error(j, "mlp_only_layers");
   j.erase("mlp_only_layers");
   j["decoder_sparse_step"] = 0;

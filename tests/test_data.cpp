@@ -247,6 +247,14 @@ TEST(Tokenizer, Errors) {
   expect_error([&] { Tokenizer::load(dir + "/missing.model"); }, {dir + "/missing.model"});
   write_text(dir + "/junk.model", "this is not a protobuf at all \xff\xfe");
   expect_error([&] { Tokenizer::load(dir + "/junk.model"); }, {dir + "/junk.model"});
+  // A piece that starts with a NUL byte (found by fuzz_tokenizer): SentencePiece's trie builder
+  // threw its own exception, which named no file and was not a sky::Error.
+  auto piece = [](const std::string& text, char type) {  // one ModelProto.pieces entry, encoded
+    const std::string p = std::string{'\x0a', char(text.size())} + text + std::string{'\x18', type};
+    return std::string{'\x0a', char(p.size())} + p;
+  };
+  write_text(dir + "/nul.model", piece("<unk>", 2) + piece(std::string("\0a", 2), 1));  // 2 UNKNOWN, 1 NORMAL
+  expect_error([&] { Tokenizer::load(dir + "/nul.model"); }, {dir + "/nul.model", "zero-length key"});
   expect_error([&] { Tokenizer::train({dir + "/nope.txt"}, dir + "/t", 400); }, {dir + "/nope.txt"});
   TokenizerTrainOptions opt;
   opt.model_type = "wordpiece";

@@ -470,7 +470,8 @@ TEST(AuxLoss, ForwardMatchesReference) {
 TEST(AuxLoss, BackwardMatchesFiniteDifferences) {
   uint64_t seed = 1300;
   for (int N : {1, 5, 13})
-    for (auto [E, k] : {std::pair{2, 1}, {4, 2}, {7, 3}}) {
+    for (auto [E_, k_] : {std::pair{2, 1}, {4, 2}, {7, 3}}) {
+      const int E = E_, k = k_;  // lambdas below capture these; clang 14 cannot capture a binding
       RefRouter r = ref_router(randn(N * E, seed++), N, E, k, false, 1.0);
       const double dL = 1.7;
       for (AuxLossType t : {AuxLossType::Skywork, AuxLossType::Switch}) {

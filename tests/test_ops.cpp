@@ -254,7 +254,8 @@ TEST(RMSNorm, Forward) {
 }
 
 TEST(RMSNorm, Backward) {
-  for (auto [N, H] : {std::pair{1, 5}, {3, 13}}) {
+  for (auto [N_, H_] : {std::pair{1, 5}, {3, 13}}) {
+    const int N = N_, H = H_;  // captured below; clang 14 cannot capture a structured binding
     Vec x = rnd(N * H), w = rnd(H), R = rnd(N * H);
     auto loss = [&] {
       Vec out(N * H);
@@ -404,7 +405,8 @@ TEST(Attention, Forward) {
 }
 
 TEST(Attention, Backward) {
-  for (auto [nh, nkv] : kHeads) {
+  for (auto [nh_, nkv_] : kHeads) {
+    const int nh = nh_, nkv = nkv_;  // captured below; clang 14 cannot capture a structured binding
     int B = 2, Tn = 5, hd = 4;
     size_t nq = (size_t)B * Tn * nh * hd, nk = (size_t)B * Tn * nkv * hd;
     Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), R = rnd(nq), att((size_t)B * nh * Tn * Tn);

@@ -370,6 +370,10 @@ TEST(SafetensorsBad, ByteSizeMismatch) {
   // numel * size overflowing 64 bits must not wrap to a small matching number.
   expect_bad_file(R"({"huge":{"dtype":"F32","shape":[4611686018427387904, 4],"data_offsets":[0,0]}})", "",
                   {"'huge'", "more than 2^64"});
+  // Empty, but Tensor::numel() multiplies in order: 2^62 * 2^62 overflowed int64 before the 0
+  // (undefined behaviour, found by fuzz_safetensors under UBSan); such a file was accepted.
+  expect_bad_file(R"({"empty":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],)"
+                  R"("data_offsets":[0,0]}})", "", {"'empty'", "more than 2^63 elements"});
 }
 
 TEST(SafetensorsBad, OverlappingTensors) {

@@ -498,6 +498,8 @@ TEST(Resume, CorruptTrainerStateIsNamed) {
   expect([](json& j) { j["step"] = -3; }, "'step' must be a non-negative integer, got -3");
   expect([](json& j) { j["step"] = 1e300; }, "'step' must be a non-negative integer");
   expect([](json& j) { j.erase("alpha"); }, "alpha");
+  // Not an object: the settings check's message once called value() on it, a JSON exception.
+  expect([](json& j) { j = json::array(); }, "not a JSON object");
   std::ofstream(sp) << good.dump();
   std::ofstream(dir + "/run/latest") << "../../etc\n";
   const std::string msg = error_of([&] { train(res); });
@@ -797,6 +799,37 @@ TEST(Resume, ShapeComesFromTheCheckpoint) {
   CliResult b = run_cli(base + " --steps 3 --resume " + dir + "/run");
   EXPECT_EQ(b.rc, 0) << b.out;
   EXPECT_TRUE(contains(b.out, "trained to step 3")) << b.out;
+  fs::remove_all(dir);
+}
+
+// The adopted shape was read with get<int>(): 2^32 + 8 wrapped to 8, 1e300 was an undefined
+// conversion, and a state that is not an object threw a JSON exception naming no file.
+TEST(Resume, CorruptSignatureIsNamed) {
+  const std::string dir = skytest::temp_dir("resume-sig");
+  write_token_file(dir + "/train.bin", random_tokens(400, 256, 3));
+  const std::string base = "train --config tiny --quiet --data " + dir + "/train.bin --out " + dir + "/run";
+  CliResult a = run_cli(base + " --seq-len 8 --batch-size 3 --steps 2");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  const std::string sp = resolve_checkpoint(dir + "/run") + "/trainer_state.json";
+  const json good = json::parse(std::ifstream(sp));
+  auto expect = [&](const json& st, const std::string& needle) {
+    std::ofstream(sp) << st.dump();
+    CliResult b = run_cli(base + " --steps 3 --resume " + dir + "/run");
+    EXPECT_NE(b.rc, 0);
+    EXPECT_TRUE(contains(b.out, needle) && contains(b.out, "trainer_state.json")) << needle << ": " << b.out;
+  };
+  json st = good;
+  st["signature"]["seq_len"] = (uint64_t(1) << 32) + 8;
+  expect(st, "signature.seq_len must be a positive integer, got 4294967304");
+  st["signature"]["seq_len"] = 1e300;
+  expect(st, "signature.seq_len must be a positive integer, got 1e+300");
+  st = good;
+  st["signature"]["batch_size"] = 0;
+  expect(st, "signature.batch_size must be a positive integer, got 0");
+  st = good;
+  st["signature"]["data_order"] = 3;
+  expect(st, "signature.data_order must be a string");
+  expect(json::array({1}), "not a JSON object");
   fs::remove_all(dir);
 }
 

@@ -85,19 +85,20 @@ int cmd_train(int argc, char** argv) {
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   // A resumed run's shape is in its checkpoint: flags not given take it from there.
   if (!o.resume.empty()) {
-    const json sig = read_json_file(resolve_checkpoint(o.resume) + "/trainer_state.json").value("signature", json());
-    auto adopt = [&](const char* flag, const char* key, auto& value) {
-      if (app.get_option(flag)->count() > 0 || !sig.contains(key)) return;
-      try {
-        value = sig[key].get<std::decay_t<decltype(value)>>();
-      } catch (const json::exception& e) {
-        fail("--resume {}: trainer_state.json: signature.{}: {}", o.resume, key, e.what());
-      }
+    const json state = read_json_file(resolve_checkpoint(o.resume) + "/trainer_state.json");
+    RunShape shape;
+    try {
+      shape = parse_run_shape(state);
+    } catch (const Error& e) {
+      fail("--resume {}: trainer_state.json: {}", o.resume, e.what());
+    }
+    auto adopt = [&](const char* flag, const auto& saved, auto& value) {
+      if (app.get_option(flag)->count() == 0 && saved) value = *saved;
     };
-    adopt("--seq-len", "seq_len", o.seq_len);
-    adopt("--batch-size", "batch_size", o.batch_size);
-    adopt("--grad-accum", "grad_accum", o.grad_accum);
-    adopt("--data-order", "data_order", order);
+    adopt("--seq-len", shape.seq_len, o.seq_len);
+    adopt("--batch-size", shape.batch_size, o.batch_size);
+    adopt("--grad-accum", shape.grad_accum, o.grad_accum);
+    adopt("--data-order", shape.data_order, order);
   }
   o.precision = parse_matmul_precision(precision);
   o.schedule.cosine = lr_schedule == "cosine";

@@ -137,11 +137,20 @@ float e5m2_to_f32(uint8_t v) {
   return s * decode_small(mag, 2, 15);
 }
 
+// `in` may be a memory-mapped safetensors tensor, aligned only to its byte offset in the file: 16-bit
+// values are read through memcpy (the same load instruction on x86; a uint16_t* read there would
+// be undefined).
+static uint16_t load_u16(const void* p, size_t i) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const char*>(p) + 2 * i, 2);
+  return v;
+}
+
 void convert_to_f32(DType src, const void* in, float* out, size_t n) {
   switch (src) {
     case DType::F32: std::memcpy(out, in, n * 4); return;
-    case DType::BF16: { auto p = (const uint16_t*)in; for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(p[i]); return; }
-    case DType::F16: { auto p = (const uint16_t*)in; for (size_t i = 0; i < n; i++) out[i] = f16_to_f32(p[i]); return; }
+    case DType::BF16: for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(load_u16(in, i)); return;
+    case DType::F16: for (size_t i = 0; i < n; i++) out[i] = f16_to_f32(load_u16(in, i)); return;
     case DType::F8_E4M3: { auto p = (const uint8_t*)in; for (size_t i = 0; i < n; i++) out[i] = e4m3_to_f32(p[i]); return; }
     case DType::F8_E5M2: { auto p = (const uint8_t*)in; for (size_t i = 0; i < n; i++) out[i] = e5m2_to_f32(p[i]); return; }
     default: fail("cannot convert dtype {} to F32", dtype_name(src));

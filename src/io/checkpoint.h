@@ -7,8 +7,11 @@
 // naming the newest checkpoint) is replaced atomically afterwards, so a killed run never leaves a
 // half-written latest checkpoint.
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "io/token_data.h"
 #include "model/model.h"
 
 namespace sky {
@@ -28,7 +31,23 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, const Chec
 std::string resolve_checkpoint(const std::string& path);
 
 // Loads a checkpoint's optimizer moments into m, v (sizes checked against `total`) and returns the
-// trainer state. The weights load through Model::load(dir).
+// trainer state (a JSON object). The weights load through Model::load(dir).
 nlohmann::json load_checkpoint_state(const std::string& dir, float* adam_m, float* adam_v, size_t total);
+
+// trainer_state.json is outside input: these read its fields, each checked, and throw sky::Error
+// naming the field (never a JSON exception, never a wrapped or truncated number).
+// What a resume restores besides the weights and moments; num_alpha = the model's MoE layers.
+struct TrainerState {
+  int64_t step = 0;
+  DataPosition data;
+  std::vector<double> alpha;  // finite, >= 0
+};
+TrainerState parse_trainer_state(const nlohmann::json& state, size_t num_alpha);
+// The run shape a resume adopts for flags not given, from "signature" (absent fields stay unset).
+struct RunShape {
+  std::optional<int> seq_len, batch_size, grad_accum;  // positive
+  std::optional<std::string> data_order;
+};
+RunShape parse_run_shape(const nlohmann::json& state);
 
 }  // namespace sky

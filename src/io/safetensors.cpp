@@ -69,14 +69,18 @@ struct Header {
   std::map<std::string, std::string> metadata;
 };
 
-// numel * elem_size, or false when that does not fit in 64 bits.
+// numel * elem_size, or false when that does not fit in 64 bits or the nonzero dimensions'
+// product does not fit in int64: a zero dimension makes the tensor empty, but Tensor::numel()
+// still multiplies every dimension in order, and [2^62, 2^62, 0] would overflow on the way.
 bool byte_size(const Shape& shape, size_t elem_size, uint64_t* out) {
-  uint64_t n = elem_size;
-  bool overflow = false;
+  int64_t numel = 1;
+  bool overflow = false, empty = false;
   for (int64_t d : shape) {
-    if (d == 0) { *out = 0; return true; }  // a zero dimension wins over any overflow
-    overflow |= __builtin_mul_overflow(n, uint64_t(d), &n);
+    if (d == 0) empty = true;
+    else overflow |= __builtin_mul_overflow(numel, d, &numel);
   }
+  uint64_t n = 0;
+  if (!empty) overflow |= __builtin_mul_overflow(uint64_t(numel), uint64_t(elem_size), &n);
   *out = n;
   return !overflow;
 }
@@ -122,7 +126,7 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
   if (!fits || expect != end - begin)
     fail("{}: tensor '{}': data_offsets {} span {} bytes, but shape {} of {} needs {}", file, name, jo.dump(),
          end - begin, shape_str(info.shape), dtype_name(info.dtype),
-         fits ? std::to_string(expect) : std::string("more than 2^64"));
+         fits ? std::to_string(expect) : std::string("more than 2^64 (or more than 2^63 elements)"));
   info.offset = data_begin + begin;
   info.nbytes = end - begin;
   return info;

@@ -249,7 +249,14 @@ Tokenizer Tokenizer::load(const std::string& path) {
   check_readable(path, "tokenizer");
   if (looks_like_json(path)) return from_hf(HfTokenizer::load(path));
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
-  auto st = sp->Load(path);
+  // Most problems come back as a status, but the trie builder throws its own exception (a piece
+  // that starts with a NUL byte); either way the error names the file.
+  sentencepiece::util::Status st;
+  try {
+    st = sp->Load(path);
+  } catch (const std::exception& e) {
+    fail("tokenizer {}: neither a tokenizer.json nor a valid SentencePiece model: {}", path, e.what());
+  }
   SKY_CHECK(st.ok(), "tokenizer {}: neither a tokenizer.json nor a valid SentencePiece model: {}", path,
             st.ToString());
   return from_processor(std::move(sp), path);

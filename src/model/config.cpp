@@ -192,7 +192,13 @@ static bool get_bool(const json& j, const char* key, const std::string& src, boo
 ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   SKY_CHECK(j.is_object(), "{}: expected a JSON object", src);
   ModelConfig c;
-  c.model_type = j.value("model_type", std::string("llama"));
+  if (j.contains("model_type") && !j["model_type"].is_null()) {
+    SKY_CHECK(j["model_type"].is_string(), "{}: field 'model_type' must be a string, got {}", src,
+              short_dump(j["model_type"]));
+    c.model_type = j["model_type"].get<std::string>();
+  } else {
+    c.model_type = "llama";
+  }
   const std::string& mt = c.model_type;
   SKY_CHECK(mt == "llama" || mt == "skywork" || mt == "skywork_moe" || mt == "mixtral" || mt == "qwen2_moe" ||
                 mt == "qwen3_moe" || mt == "olmoe",
@@ -240,8 +246,10 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
     SKY_CHECK(ml.is_array(), "{}: field 'mlp_only_layers' must be a list of layer indices, got {}", src,
               short_dump(ml));
     for (auto& v : ml) {
-      SKY_CHECK(v.is_number_integer(), "{}: field 'mlp_only_layers' holds {}, not a layer index", src, short_dump(v));
-      c.dense_layers.push_back(v.get<int>());
+      // Range-checked before the conversion to int: 2^32 + 3 would wrap into a valid layer.
+      SKY_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX,
+                "{}: field 'mlp_only_layers' holds {}, not a layer index", src, short_dump(v));
+      c.dense_layers.push_back(int(v.get<int64_t>()));
     }
   }
   if (mt == "mixtral") {
@@ -315,6 +323,10 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   } catch (const Error& e) {
     fail("{}: {}", src, e.what());
   }
+  // Experts but no MoE layer (first_k_dense_replace covering every layer): a dense model, and
+  // written as one, or to_hf_json would leave out the keys that make its layers dense and the
+  // saved config would load as an MoE model.
+  if (!c.has_moe()) c.num_experts = 0, c.moe_intermediate_size = 0;
   return c;
 }
 

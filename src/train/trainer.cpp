@@ -267,18 +267,10 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
               "--grad-accum, --data-order or data size differ): {} vs now {}",
               resume_dir, st.value("signature", json()).dump(), signature.dump());
     try {  // trainer_state.json is outside input: every field checked before it is used
-      const json& js = st.at("step");
-      SKY_CHECK(js.is_number_integer() && js.get<int64_t>() >= 0, "'step' must be a non-negative integer, got {}",
-                js.is_primitive() ? js.dump() : js.type_name());
-      step0 = js.get<int64_t>();
-      batcher.restore(st.at("data").get<DataPosition>());
-      std::vector<double> a = st.at("alpha").get<std::vector<double>>();
-      SKY_CHECK(a.size() == alpha.alpha.size(), "'alpha' holds {} values, expected {} (one per layer of an MoE model)", a.size(),
-                alpha.alpha.size());
-      for (double v : a) SKY_CHECK(std::isfinite(v) && v >= 0, "'alpha' holds {}", v);
-      alpha.alpha = std::move(a);
-    } catch (const json::exception& e) {
-      fail("--resume {}: trainer_state.json: {}", resume_dir, e.what());
+      TrainerState ts = parse_trainer_state(st, alpha.alpha.size());
+      step0 = ts.step;
+      batcher.restore(ts.data);
+      alpha.alpha = std::move(ts.alpha);
     } catch (const Error& e) {
       fail("--resume {}: trainer_state.json: {}", resume_dir, e.what());
     }

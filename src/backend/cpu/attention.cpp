@@ -113,8 +113,10 @@ static void attend_block(const AttnSeq& a, int h, int i0, int nb, int n_heads, i
   const int C = n_heads * hd, Ckv = n_kv * hd, group = n_heads / n_kv;
   const float scale = 1.0f / std::sqrt((float)hd);
   const int L = a.start + i0 + nb;  // keys the block's last row attends to
-  const float* kh = a.kv.k + (h / group) * hd;
-  const float* vh = a.kv.v + (h / group) * hd;
+  // The f32 cache's pointers only when there is one: a bf16 cache leaves k and v null, and an
+  // offset from null is undefined even unused (UBSan in the sanitizer build).
+  const float* kh = a.kv.kh ? nullptr : a.kv.k + (h / group) * hd;
+  const float* vh = a.kv.kh ? nullptr : a.kv.v + (h / group) * hd;
   int ldkv = Ckv;
   if (a.kv.kh) {  // bf16 cache: this head's keys and values widened once for the two GEMMs
     thread_local std::vector<float> wide;
