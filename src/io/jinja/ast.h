@@ -1,0 +1,87 @@
+#pragma once
+// The parsed template (internal to io/jinja): the lexer's tokens, expressions and statements.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/jinja/value.h"
+
+namespace sky::jinja {
+
+struct Token {
+  enum Type { Text, VarBegin, VarEnd, BlockBegin, BlockEnd, Name, Int, Float, Str, Op, Eof } type;
+  std::string s;  // Text, Name, Str (unescaped), Op
+  int64_t i = 0;
+  double f = 0;
+  int line = 1;
+};
+
+// Newlines normalized, one trailing newline dropped, whitespace control applied to the text
+// tokens; comments are gone.
+std::vector<Token> lex(std::string_view source, const std::string& name);
+
+struct Expr;
+using ExprP = std::unique_ptr<Expr>;
+
+struct Expr {
+  enum Kind {
+    Lit,     // lit
+    Name,    // name
+    List,    // kids: items (tuple: a Python tuple)
+    Tuple,
+    Dict,    // kids: key, value, key, value ...
+    Attr,    // kids[0].name
+    Item,    // kids[0][kids[1]]
+    Slice,   // kids[0][kids[1]:kids[2]:kids[3]], absent parts null
+    Call,    // kids[0](positional..., keyword...): the last names.size() kids are keywords
+    Filter,  // kids[0] | name(positional..., keyword...)
+    Test,    // kids[0] is [not] name(...)
+    Neg,
+    Pos,
+    Not,
+    And,
+    Or,
+    Bin,   // kids[0] <name> kids[1]: + - * / // % ** ~
+    Cmp,   // kids[0] names[0] kids[1] names[1] kids[2] ...: == != < > <= >= in notin
+    Cond,  // kids[0] if kids[1] else kids[2] (null: undefined)
+  } kind;
+  int line = 1;
+  Value lit;
+  std::string name;
+  std::vector<ExprP> kids;
+  std::vector<std::string> names;
+  bool negated = false;
+};
+
+struct Stmt;
+using Body = std::vector<std::unique_ptr<Stmt>>;
+
+struct Stmt {
+  enum Kind {
+    Text,      // text
+    Output,    // {{ exprs[0] }}
+    If,        // exprs: conditions; bodies: one per condition, then the else body
+    For,       // names: targets; exprs: [iterable, filter or null]; bodies: [body, else]
+    Set,       // names = exprs[0] (several names: unpacking)
+    SetAttr,   // names[0].text = exprs[0]
+    SetBlock,  // names[0] = rendered bodies[0]
+    Macro,     // text: name; names: parameters; exprs: their defaults (null: none); bodies[0]
+    Break,
+    Continue,
+  } kind;
+  int line = 1;
+  std::string text;
+  std::vector<ExprP> exprs;
+  std::vector<Body> bodies;
+  std::vector<std::string> names;
+  bool uses_loop = false;  // For: the body mentions `loop` (else the loop object is not built)
+};
+
+struct Program {
+  std::string name;
+  Body body;
+};
+
+Body parse(const std::vector<Token>& tokens, const std::string& name);
+
+}  // namespace sky::jinja
