@@ -374,4 +374,139 @@ TEST(ChatTemplateEncode, SpecialTokensInTheTextBecomeTheirIds) {
   EXPECT_NE(tok.encode(text), ids);
 }
 
+// ---- the commands -----------------------------------------------------------------------------------
+
+struct RunResult {
+  int code = -1;
+  std::string out, err;
+};
+
+RunResult run(const std::vector<std::string>& args) {
+  static const ModelDir io_dir;  // removed at exit
+  const std::string& io = io_dir.dir;
+  std::vector<std::string> full = {SKYMOE_BIN};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, (io + "/out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (io + "/err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  RunResult r;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return r;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) r.code = WEXITSTATUS(status);
+  r.out = slurp(io + "/out");
+  r.err = slurp(io + "/err");
+  return r;
+}
+
+// A model directory holding only tokenizer_config.json with a fixture's template and tokens.
+void config_from_fixture(const ModelDir& m, const ojson& c) {
+  json cfg = {{"chat_template", slurp(kData + "/" + c["template_file"].get<std::string>())}};
+  for (const char* k : {"bos_token", "eos_token"})
+    if (c["vars"].contains(k)) cfg[k] = c["vars"][k];
+  m.config(cfg);
+}
+
+TEST(ChatTemplateCli, PrintsThePromptExactly) {
+  for (const char* name : {"chatml/system_multi_turn", "mixtral/system_multi_turn", "deepseek/systems_and_history",
+                           "granite/one_turn", "llama3/no_system"}) {
+    const auto& c = fixture(name);
+    ModelDir m;
+    config_from_fixture(m, c);
+    spit(m.dir + "/messages.json", c["vars"]["messages"].dump());
+    std::vector<std::string> args = {"chat-template", "--model", m.dir, "--messages", m.dir + "/messages.json"};
+    if (c["vars"]["add_generation_prompt"].get<bool>()) args.push_back("--add-generation-prompt");
+    RunResult r = run(args);
+    EXPECT_EQ(r.code, 0) << name << ": " << r.err;
+    EXPECT_EQ(r.out, c["expected"].get<std::string>()) << name;  // no newline added
+  }
+}
+
+TEST(ChatTemplateCli, AnObjectCarriesToolsAndOtherVariables) {
+  const auto& c = fixture("chatml/tools");
+  ModelDir m;
+  config_from_fixture(m, c);
+  spit(m.dir + "/conv.json", ojson({{"messages", c["vars"]["messages"]}, {"tools", c["vars"]["tools"]}}).dump());
+  RunResult r = run({"chat-template", "--model", m.dir, "--messages", m.dir + "/conv.json", "--add-generation-prompt"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, c["expected"].get<std::string>());
+  r = run({"chat-template", "--model", m.dir, "--messages", m.dir + "/conv.json", "--stop-strings"});
+  EXPECT_EQ(r.out, "[\"<|im_end|>\"]\n");
+}
+
+TEST(ChatTemplateCli, FailuresExitNonZeroWithTheMessage) {
+  const auto& c = fixture("mixtral/roles_not_alternating");
+  ModelDir m;
+  config_from_fixture(m, c);
+  spit(m.dir + "/messages.json", c["vars"]["messages"].dump());
+  RunResult r = run({"chat-template", "--model", m.dir, "--messages", m.dir + "/messages.json"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  EXPECT_NE(r.err.find("line 12: " + c["message"].get<std::string>()), std::string::npos) << r.err;
+
+  spit(m.dir + "/messages.json", "{\"role\": \"user\"}");
+  r = run({"chat-template", "--model", m.dir, "--messages", m.dir + "/messages.json"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("an object with a \"messages\" array"), std::string::npos) << r.err;
+
+  spit(m.dir + "/tokenizer_config.json", "{\"chat_template\": \"x\",");
+  r = run({"chat-template", "--model", m.dir, "--messages", m.dir + "/messages.json"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(m.dir + "/tokenizer_config.json: not valid JSON"), std::string::npos) << r.err;
+
+  fs::remove(m.dir + "/tokenizer_config.json");
+  r = run({"chat-template", "--model", m.dir, "--messages", m.dir + "/messages.json"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("has no chat template"), std::string::npos) << r.err;
+
+  r = run({"chat-template", "--help"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("skymoe chat-template"), std::string::npos);
+}
+
+// generate --chat: the template's prompt (its "<s>" text as the bos id, no second bos) and a stop
+// at the template's end of turn.
+TEST(GenerateChat, UsesTheTemplateAndStopsAtItsEndOfTurn) {
+  const auto& tr = trained();
+  ModelDir m;
+  fs::copy_file(tr.dir + "/tokenizer.model", m.dir + "/tokenizer.model");
+  sky::ModelConfig cfg = sky::ModelConfig::preset("tiny");
+  cfg.vocab_size = tr.tok.vocab_size();
+  sky::Model::random(cfg, 3).save(m.dir);
+  // The turn ends with "e": almost every word of the corpus has one, so greedy text meets it soon.
+  const std::string tpl = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}{% if m.role == 'assistant' %}e{% endif %} {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+  m.config({{"chat_template", tpl}, {"bos_token", "<s>"}, {"eos_token", "</s>"}});
+  RunResult r = run({"generate", "--model", m.dir, "--chat", "--prompt", "hello world", "--max-tokens", "40", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(r.out);
+  ChatTemplate t(tpl, "t", toks("<s>", "</s>"));
+  EXPECT_EQ(t.stop_strings(), (std::vector<std::string>{"e", "</s>"}));
+  const auto want = t.encode(tr.tok, t.render(json::array({{{"role", "user"}, {"content", "hello world"}}}), true));
+  EXPECT_EQ(j["prompt_ids"].get<std::vector<int32_t>>(), want);
+  EXPECT_EQ(want[0], tr.tok.bos_id());
+  EXPECT_NE(want[1], tr.tok.bos_id());
+  EXPECT_EQ(j["finish_reason"], "stop") << r.out;
+  EXPECT_EQ(j["text"].get<std::string>().find('e'), std::string::npos) << r.out;
+  EXPECT_LT(j["generated_ids"].size(), 40u);
+
+  // Without a template: the plain "User: ...\nAssistant:" prompt, bos first.
+  fs::remove(m.dir + "/tokenizer_config.json");
+  r = run({"generate", "--model", m.dir, "--chat", "--system", "Be brief.", "--prompt", "hello", "--max-tokens", "4", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto plain = tr.tok.encode("System: Be brief.\nUser: hello\nAssistant:");
+  plain.insert(plain.begin(), cfg.bos_token_id);
+  EXPECT_EQ(json::parse(r.out)["prompt_ids"].get<std::vector<int32_t>>(), plain);
+
+  r = run({"generate", "--model", m.dir, "--chat", "--prompt-ids", "1,2", "--max-tokens", "4"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--chat takes --prompt TEXT"), std::string::npos) << r.err;
+}
+
 }  // namespace
