@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/rng.h"
+#include "infer/api.h"
 #include "io/chat_template.h"
 #include "io/jinja/template.h"
 #include "io/json_input.h"
@@ -372,6 +373,50 @@ TEST(ChatTemplateEncode, SpecialTokensInTheTextBecomeTheirIds) {
   EXPECT_EQ(t.stop_strings(), (std::vector<std::string>{"<|im_end|>", "</s>"}));
   // Without the template's special tokens the same text is ordinary pieces.
   EXPECT_NE(tok.encode(text), ids);
+}
+
+// What serve's chat endpoint gets from infer/api when the model has a template.
+TEST(ChatTemplateApi, ChatRequestsRenderThroughTheTemplate) {
+  const auto& tok = trained().tok;
+  sky::ChatTokens ct = toks("<s>", "</s>");
+  ct.added = {{"<|im_end|>", 299}};
+  ChatTemplate t("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}<|im_end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}",
+                 "t", ct);
+  sky::ApiLimits lim;
+  lim.model_name = "m";
+  lim.tok = &tok;
+  lim.vocab_size = 300;
+  lim.context = 4096;
+  lim.max_prompt_tokens = 4000;
+  lim.max_tokens_limit = 100;
+  lim.chat_template = &t;
+  const json body = {{"messages", {{{"role", "developer"}, {"content", "Be brief."}},
+                                   {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hi"}}, {{"type", "text"}, {"text", " there"}}}}}}},
+                     {"stop", "x"}};
+  const sky::GenRequest r = sky::parse_chat_request(body, lim);
+  // Roles and parts as the API normalizes them; the template's "<s>" is the only bos.
+  const json msgs = {{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Hi there"}}};
+  EXPECT_EQ(r.prompt, t.encode(tok, t.render(msgs, true)));
+  EXPECT_EQ(r.prompt[0], tok.bos_id());
+  EXPECT_NE(r.prompt[1], tok.bos_id());
+  EXPECT_EQ(r.stop, (std::vector<std::string>{"x", "<|im_end|>", "</s>"}));
+  EXPECT_EQ(r.stop_ids, (std::vector<int32_t>{299, tok.eos_id()}));
+
+  // A template that refuses the conversation: a 400 with its message (and no server path).
+  ChatTemplate strict("{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}", "/srv/m/t.jinja");
+  lim.chat_template = &strict;
+  try {
+    sky::parse_chat_request(body, lim);
+    ADD_FAILURE() << "accepted";
+  } catch (const sky::ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(std::string(e.what()).find("refused them (line 1): one message only"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("/srv/m"), std::string::npos) << e.what();
+  }
+  // Without a template: the plain one, unchanged.
+  lim.chat_template = nullptr;
+  EXPECT_EQ(sky::parse_chat_request(body, lim).stop, (std::vector<std::string>{"x", sky::kChatStop}));
 }
 
 // ---- the commands -----------------------------------------------------------------------------------

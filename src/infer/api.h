@@ -13,6 +13,8 @@
 
 namespace sky {
 
+class ChatTemplate;  // io/chat_template.h
+
 struct ApiError : std::runtime_error {
   int status;
   std::string type, param, code;  // param / code empty -> null in the body
@@ -35,13 +37,19 @@ struct ApiLimits {
   int max_prompt_tokens = 0;  // <= context - 1
   int max_tokens_limit = 0;
   bool add_bos = true;        // text prompts start with the tokenizer's bos
+  // The model's chat template; null: the plain template below. Chat prompts then come from the
+  // template (with its own bos; add_bos does not apply) and stop at its end of turn.
+  const ChatTemplate* chat_template = nullptr;
 };
 
 struct GenRequest {
   bool chat = false, stream = false, include_usage = false;
   std::vector<int32_t> prompt;
   GenParams gen;
-  std::vector<std::string> stop;  // text-level; chat adds kChatStop
+  std::vector<std::string> stop;  // text-level; chat adds kChatStop, or the template's stop strings
+  // Chat with a template: end-of-turn special tokens to stop at by id (a control token decodes to
+  // no text, so no stop string can see it); the token itself is not part of the reply.
+  std::vector<int32_t> stop_ids;
 };
 
 GenRequest parse_completion_request(const nlohmann::json& body, const ApiLimits& lim);
