@@ -138,6 +138,15 @@ SEMANTIC_CASES = [
     ("scope/set_attr_on_dict_fails", "{% set d = {} %}{% set d.a = 1 %}", {}),
     ("scope/block_set", "{% set s %}a{{ 1 + 1 }}b{% endset %}[{{ s }}]", {}),
     ("scope/tuple_set", "{% set a, b = 1, 'two' %}{{ b }}{{ a }}", {}),
+    # a frame's own variable hides the caller's before it is set (jinja2's idtracking)
+    ("frame/loop_before_top_level_set", "{% for i in [1] %}[{{ s }}]{% endfor %}{% set s = 2 %}{{ s }}", {"s": "ctx"}),
+    ("frame/read_first_resolves", "{{ s }}{% for i in [1] %}[{{ s }}]{% endfor %}{% set s = 2 %}{{ s }}", {"s": "ctx"}),
+    ("frame/set_in_if_resolves", "{% for i in [1] %}[{{ s }}]{% endfor %}{% if c %}{% set s = 2 %}{% else %}{% set s = 3 %}{% endif %}{{ s }}", {"s": "ctx", "c": True}),
+    ("frame/set_in_every_branch", "{% for i in [1] %}[{{ s }}]{% endfor %}{% if c %}{% set s = 2 %}{% elif d %}{% set s = 4 %}{% else %}{% set s = 3 %}{% endif %}{{ s }}", {"s": "ctx", "c": False, "d": True}),
+    ("frame/nested_loop_frame", "{% for i in [1] %}{% for j in [1] %}[{{ s }}]{% endfor %}{% set s = 2 %}{{ s }}{% endfor %}|{% for i in [1] %}{% for j in [1] %}[{{ s }}]{% endfor %}{% set s = 2 %}{% endfor %}{{ s }}", {"s": "ctx"}),
+    ("frame/macro_sees_top_level", "{% macro m() %}[{{ s }}]{% endmacro %}{{ m() }}{% set s = 2 %}{{ m() }}", {"s": "ctx"}),
+    ("frame/self_reference", "{% set s = s ~ '!' %}{% for i in [1] %}[{{ s }}]{% endfor %}", {"s": "ctx"}),
+    ("frame/block_set_does_not_leak", "{% set b %}{% set inner = 1 %}x{% endset %}{{ inner is defined }}{{ b }}", {}),
     # loops
     ("loop/vars", "{% for x in 'abc' %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }};{% endfor %}", {}),
     ("loop/filter", "{% for a in [1,2,3,4] if a is even %}{{ loop.index }}/{{ loop.length }}/{{ loop.last }}:{{ a }} {% endfor %}", {}),
@@ -176,9 +185,17 @@ SEMANTIC_CASES = [
     ("filter/attr_count", "{{ d|attr('k') }} {{ 'abc'|count }}", {"d": {"k": "v"}}),
     ("filter/items_of_undefined", "{{ u|items|list }}", {}),
     ("filter/unknown_fails", "{{ 'x'|nosuchfilter }}", {}),
+    ("filter/unknown_in_an_if_is_fine_until_run", "{% if false %}{{ 'x'|nosuchfilter }}{% endif %}{{ 'x' if true else 'y'|nosuchfilter }}ok", {}),
+    ("filter/unknown_in_loop_fails_at_load", "{% if false %}{% for i in [] %}{{ i|nosuchfilter }}{% endfor %}{% endif %}", {}),
+    ("filter/select_map_of_false", "{{ (not x)|select|list }}{{ 0|map('string')|list }}", {"x": 1}),
+    ("filter/round_int_stays_int", "{{ 3|round }} {{ true|round }} {{ 2|round(1, 'ceil') }}", {}),
+    ("filter/int_of_undefined_fails", "{{ u|int }}", {}),
+    ("filter/indent_of_non_string_fails", "{{ 5|indent }}", {}),
     # tests
     ("test/types", "{{ 'a' is string }}{{ 1 is number }}{{ true is number }}{{ true is integer }}{{ 1.5 is float }}{{ none is none }}{{ d is mapping }}{{ [] is sequence }}{{ 'a' is sequence }}{{ d is iterable }}{{ 3 is iterable }}{{ x is boolean }}{{ u is undefined }}", {"d": {}, "x": False}),
     ("test/compare", "{{ 4 is divisibleby 2 }}{{ 5 is divisibleby(2) }}{{ 3 is odd }}{{ 3 is even }}{{ 'a' is eq 'a' }}{{ 2 is gt 1 }}{{ 2 is le 1 }}{{ 'a' is in 'cat' }}{{ x is sameas none }}{{ x is true }}{{ x is false }}{{ 'abc' is lower }}{{ 'aBc' is upper }}", {"x": None}),
+    ("test/numeric_parity", "{{ 3.0 is odd }}{{ 4.0 is even }}{{ 7.5 is divisibleby 2.5 }}{{ u is sequence }}", {}),
+    ("test/unhashable_in_dict_fails", "{{ [1] in d }}", {"d": {}}),
     ("test/callable", "{{ range is callable }}{{ 'a'.strip is callable }}{{ 'a' is callable }}", {}),
     ("test/in", "{{ 'a' in 'cat' }} {{ 2 in [1,2] }} {{ 'k' in d }} {{ 'v' in d }} {{ 3 not in [1] }} {{ 'x' in u }}", {"d": {"k": "v"}}),
     # undefined

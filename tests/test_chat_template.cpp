@@ -132,6 +132,17 @@ TEST(Jinja, SetInsideALoopDoesNotLeakButANamespaceDoes) {
   EXPECT_EQ(render("{% if true %}{% set y = 3 %}{% endif %}{{ y }}"), "3");
 }
 
+// jinja2 decides per frame, before running, which names are the frame's own: one the top level
+// assigns (outside an if) before reading it is undefined until then, even inside an earlier loop
+// and even when the caller passed a value.
+TEST(Jinja, AFramesOwnNameHidesTheCallersUntilAssigned) {
+  const ojson v = {{"s", "ctx"}};
+  EXPECT_EQ(render("{% for i in [1] %}[{{ s }}]{% endfor %}{% set s = 2 %}{{ s }}", v), "[]2");
+  EXPECT_EQ(render("{{ s }}{% for i in [1] %}[{{ s }}]{% endfor %}{% set s = 2 %}", v), "ctx[ctx]");
+  EXPECT_EQ(render("{% for i in [1] %}[{{ s }}]{% endfor %}{% if true %}{% set s = 2 %}{% endif %}", v), "[ctx]");
+  EXPECT_EQ(render("{% macro m() %}[{{ s }}]{% endmacro %}{{ m() }}{% set s = 2 %}{{ m() }}", v), "[][2]");
+}
+
 TEST(Jinja, FiltersBindTighterThanOperators) {
   EXPECT_EQ(render("{{ -x|abs }}", {{"x", 4}}), "4");            // abs(-x)
   EXPECT_EQ(render("{{ 'a' ~ 'b'|upper }}"), "aB");
@@ -199,6 +210,10 @@ TEST(Jinja, RuntimeErrorsNameTheLine) {
   EXPECT_NE(error_of([] { render("{{ 'a' + 1 }}"); }).find("unsupported operand type(s) for +: 'str' and 'int'"),
             std::string::npos);
   EXPECT_NE(error_of([] { render("{{ 'x'|nosuch }}"); }).find("no filter named 'nosuch'"), std::string::npos);
+  // Outside an if, jinja2 refuses an unknown filter or test when loading; inside one, when run.
+  EXPECT_NE(error_of([] { Template("a\n{% for x in [] %}{{ x is nosuch }}{% endfor %}", "t"); }).find("t, line 2: no test named"),
+            std::string::npos);
+  EXPECT_EQ(render("{% if false %}{{ x|nosuch }}{% endif %}ok"), "ok");
 }
 
 // Hostile templates end in an error, not a crash or a hang.

@@ -75,13 +75,19 @@ struct Stmt {
   std::vector<Body> bodies;
   std::vector<std::string> names;
   bool uses_loop = false;  // For: the body mentions `loop` (else the loop object is not built)
+  // For, Macro, SetBlock: per body, the names that body's frame holds undefined until it assigns
+  // them, hiding any outer value (see scopes.cpp).
+  std::vector<std::vector<std::string>> fresh;
 };
 
 struct Program {
   std::string name;
   Body body;
+  std::vector<std::string> fresh;  // the same for the template's top level
 };
 
 Body parse(const std::vector<Token>& tokens, const std::string& name);
+// Fills the `fresh` lists of a parsed program (scopes.cpp).
+void analyze_scopes(Program& p);
 
 }  // namespace sky::jinja

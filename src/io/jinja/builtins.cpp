@@ -58,6 +58,8 @@ int64_t need_int(const Value& v, const char* what) {
   return v.as_int();
 }
 
+[[noreturn]] void bad_operands(const std::string& op, const Value& a, const Value& b);
+
 // ---- strings -----------------------------------------------------------------------------------
 
 char ascii_upper(char c) { return c >= 'a' && c <= 'z' ? char(c - 32) : c; }
@@ -546,6 +548,7 @@ Value f_int(const Value& v, Args& a) {
   if (base < 2 || base > 36) throw Problem("int() base must be >= 2 and <= 36");
   auto from_double = [&](double d) { return std::isfinite(d) && std::fabs(d) < 9.2e18 ? Value::integer(int64_t(d)) : def; };
   switch (v.kind) {
+    case Kind::Undefined: throw Problem(v.undefined_reason());  // int(Undefined) raises in jinja2
     case Kind::Int:
     case Kind::Bool: return Value::integer(v.as_int());
     case Kind::Float: return from_double(v.f);
@@ -563,6 +566,7 @@ Value f_int(const Value& v, Args& a) {
 Value f_float(const Value& v, Args& a) {
   Params p(a, "float", {"default"});
   const Value def = p.get(0, Value::number(0.0));
+  if (v.is(Kind::Undefined)) throw Problem(v.undefined_reason());
   if (v.numeric()) return Value::number(v.as_double());
   double d;
   if (v.is(Kind::String) && parse_float(v.str(), &d)) return Value::number(d);
@@ -574,8 +578,10 @@ Value f_indent(const Value& v, Args& a) {
   const Value w = p.get(0, Value::integer(4));
   const std::string pad = w.is(Kind::String) ? w.str() : std::string(size_t(std::max<int64_t>(0, need_int(w, "width"))), ' ');
   const bool first = truthy(p.get(1, Value::boolean(false))), blank = truthy(p.get(2, Value::boolean(false)));
+  if (v.is(Kind::Undefined)) throw Problem(v.undefined_reason());
+  if (!v.is(Kind::String)) bad_operands("+=", v, Value::string(""));  // jinja2 appends "\n" to the value itself
   // jinja2 appends a newline before splitting, so a trailing newline is not indented and is lost.
-  auto lines = splitlines(to_str(v) + "\n");
+  auto lines = splitlines(v.str() + "\n");
   std::string out;
   for (size_t k = 0; k < lines.size(); k++) {
     if (k) out += "\n";
@@ -628,6 +634,7 @@ Value f_title(const Value& v, Args& a) {
 
 Value f_map(const Value& v, Args& a) {
   std::vector<Value> out;
+  if (!truthy(v)) return Value::list({});  // jinja2 maps over a false value as over nothing
   const Value* attr = nullptr;
   const Value* def = nullptr;
   for (const auto& kv : a.kw) {
@@ -669,6 +676,7 @@ Value choose(const Value& v, Args& a, bool by_attr, bool want) {
   }
   Args rest{std::vector<Value>(a.pos.begin() + k, a.pos.end()), a.kw};
   std::vector<Value> out;
+  if (!truthy(v)) return Value::list({});  // jinja2 does not even iterate a false value
   for (const auto& x : iterate(v)) {
     const Value subject = by_attr ? attribute_path(x, attr) : x;
     Args copy = rest;
@@ -805,6 +813,7 @@ Value f_round(const Value& v, Args& a) {
     return Value::number((method == "ceil" ? std::ceil(x * m) : std::floor(x * m)) / m);
   }
   if (method != "common") throw Problem("method must be common, ceil or floor");
+  if (v.kind != Kind::Float && prec >= 0) return Value::integer(v.as_int());  // Python's round(int, n) is the int
   if (!std::isfinite(x)) return Value::number(x);
   if (prec < 0 || prec > 300) throw Problem("round() precision out of range");
   return Value::number(std::strtod(fmt::format("{:.{}f}", x, int(prec)).c_str(), nullptr));
@@ -849,19 +858,17 @@ bool t_number(const Value& v, Args& a) { return no_args(a, "number"), v.numeric(
 bool t_string(const Value& v, Args& a) { return no_args(a, "string"), v.is(Kind::String); }
 bool t_mapping(const Value& v, Args& a) { return no_args(a, "mapping"), v.is(Kind::Dict); }
 bool t_sequence(const Value& v, Args& a) {
-  return no_args(a, "sequence"), v.is(Kind::String) || v.is(Kind::List) || v.is(Kind::Dict);
+  // Undefined too: jinja2 only asks for len() and __getitem__, which Undefined has.
+  return no_args(a, "sequence"), v.is(Kind::String) || v.is(Kind::List) || v.is(Kind::Dict) || v.is(Kind::Undefined);
 }
 bool t_iterable(const Value& v, Args& a) {
   return no_args(a, "iterable"), v.is(Kind::String) || v.is(Kind::List) || v.is(Kind::Dict) || v.is(Kind::Undefined);
 }
 bool t_callable(const Value& v, Args& a) { return no_args(a, "callable"), v.is(Kind::Callable); }
-bool t_odd(const Value& v, Args& a) { return no_args(a, "odd"), need_int(v, "odd") % 2 != 0; }
-bool t_even(const Value& v, Args& a) { return no_args(a, "even"), need_int(v, "even") % 2 == 0; }
-bool t_divisibleby(const Value& v, Args& a) {
-  const int64_t d = need_int(one_arg(a, "divisibleby"), "divisibleby");
-  if (d == 0) throw Problem("integer division or modulo by zero");
-  return need_int(v, "divisibleby") % d == 0;
-}
+// Python's `value % n`, so 3.0 is odd as in jinja2.
+bool t_odd(const Value& v, Args& a) { return no_args(a, "odd"), equal(arith("%", v, Value::integer(2)), Value::integer(1)); }
+bool t_even(const Value& v, Args& a) { return no_args(a, "even"), equal(arith("%", v, Value::integer(2)), Value::integer(0)); }
+bool t_divisibleby(const Value& v, Args& a) { return equal(arith("%", v, one_arg(a, "divisibleby")), Value::integer(0)); }
 bool t_eq(const Value& v, Args& a) { return equal(v, one_arg(a, "eq")); }
 bool t_ne(const Value& v, Args& a) { return !equal(v, one_arg(a, "ne")); }
 bool t_lt(const Value& v, Args& a) { return less(v, one_arg(a, "lt")); }
@@ -1049,7 +1056,10 @@ bool contains(const Value& c, const Value& item) {
       return c.str().find(item.str()) != std::string::npos;
     case Kind::List:
       return std::any_of(c.lst().items.begin(), c.lst().items.end(), [&](const Value& x) { return equal(x, item); });
-    case Kind::Dict: return item.is(Kind::String) && c.dct().find(item.str());
+    case Kind::Dict:
+      if (item.is(Kind::List) || item.is(Kind::Dict) || item.is(Kind::Namespace))
+        throw Problem(fmt::format("unhashable type: '{}'", type_name(item)));
+      return item.is(Kind::String) && c.dct().find(item.str());
     default: throw Problem(fmt::format("argument of type '{}' is not iterable", type_name(c)));
   }
 }

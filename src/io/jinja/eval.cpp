@@ -49,8 +49,10 @@ class Interp {
 
   std::string run(const Items& vars) {
     globals_.vars = globals();
-    top_.parent = &globals_;
-    for (const auto& kv : vars) top_.set(kv.first, kv.second);
+    context_.parent = &globals_;
+    for (const auto& kv : vars) context_.set(kv.first, kv.second);
+    top_.parent = &context_;
+    hide(top_, prog_.fresh);
     exec(prog_.body, top_);
     return std::move(out_);
   }
@@ -118,10 +120,12 @@ class Interp {
       case Stmt::SetBlock: {
         std::string saved = std::move(out_);
         out_.clear();
-        exec(s.bodies[0], scope);
-        std::string inner = std::move(out_);
+        Scope block{{}, &scope};
+        hide(block, s.fresh[0]);
+        exec(s.bodies[0], block);
+        std::string text = std::move(out_);
         out_ = std::move(saved);
-        scope.set(s.names[0], Value::string(std::move(inner)));
+        scope.set(s.names[0], Value::string(std::move(text)));
         break;
       }
       case Stmt::Macro: {
@@ -142,6 +146,7 @@ class Interp {
       for (auto& x : items) {
         tick();
         Scope probe{{}, &scope};
+        hide(probe, s.fresh[0]);
         assign(probe, s.names, x);
         if (truthy(eval(*s.exprs[1], probe))) kept.push_back(std::move(x));
       }
@@ -150,6 +155,7 @@ class Interp {
     if (items.empty()) {
       if (s.bodies.size() > 1) {
         Scope inner{{}, &scope};
+        hide(inner, s.fresh[1]);
         exec(s.bodies[1], inner);
       }
       return;
@@ -158,6 +164,7 @@ class Interp {
     for (int64_t k = 0; k < n; k++) {
       tick();
       Scope iter{{}, &scope};
+      hide(iter, s.fresh[0]);
       assign(iter, s.names, items[size_t(k)]);
       if (s.uses_loop) iter.set("loop", loop_object(items, k));
       if (exec(s.bodies[0], iter) == Flow::Break) break;
@@ -191,6 +198,7 @@ class Interp {
     if (a.pos.size() > m.names.size())
       throw Problem(fmt::format("macro '{}' takes not more than {} argument(s)", m.text, m.names.size()));
     Scope scope{{}, &top_};
+    hide(scope, m.fresh[0]);
     for (size_t k = 0; k < a.pos.size(); k++) scope.set(m.names[k], a.pos[k]);
     for (const auto& kv : a.kw) {
       auto it = std::find(m.names.begin(), m.names.end(), kv.first);
@@ -341,8 +349,13 @@ class Interp {
     return less(b, a) || equal(a, b);  // >=
   }
 
+  // A frame's own names start undefined, hiding outer values (scopes.cpp).
+  static void hide(Scope& scope, const std::vector<std::string>& names) {
+    for (const auto& n : names) scope.set(n, Value::undefined(fmt::format("'{}' is undefined", n)));
+  }
+
   const Program& prog_;
-  Scope globals_, top_;
+  Scope globals_, context_, top_;  // globals, the caller's variables, the template's top level
   std::string out_;
   int64_t work_ = 0;
   int macro_depth_ = 0;
@@ -354,6 +367,7 @@ Template::Template(std::string_view source, std::string name) {
   auto p = std::make_shared<Program>();
   p->name = std::move(name);
   p->body = parse(lex(source, p->name), p->name);
+  analyze_scopes(*p);
   prog_ = std::move(p);
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "io/jinja/ast.h"
+#include "io/jinja/builtins.h"
 #include "io/jinja/template.h"
 
 namespace sky::jinja {
@@ -562,8 +563,35 @@ class Parser {
   int loop_refs_ = 0;  // `loop` names parsed so far
 };
 
+// jinja2 refuses an unknown filter or test when it compiles the template, except inside an `if`
+// statement or an inline if ("soft" there: only running it fails, so a template can guard an
+// optional feature). A loop's or macro's body starts a new, strict frame, as in jinja2.
+void check_names(const Expr& e, bool soft, const std::string& name) {
+  soft = soft || e.kind == Expr::Cond;
+  if (!soft && e.kind == Expr::Filter && !find_filter(e.name))
+    throw TemplateError(name, e.line, fmt::format("no filter named '{}'", e.name));
+  if (!soft && e.kind == Expr::Test && !find_test(e.name))
+    throw TemplateError(name, e.line, fmt::format("no test named '{}'", e.name));
+  for (const auto& k : e.kids)
+    if (k) check_names(*k, soft, name);
+}
+
+void check_names(const Body& body, bool soft, const std::string& name) {
+  for (const auto& s : body) {
+    const bool here = soft || s->kind == Stmt::If;
+    const bool inner = s->kind == Stmt::If ? true : (s->kind == Stmt::For || s->kind == Stmt::Macro || s->kind == Stmt::SetBlock) ? false : soft;
+    for (size_t k = 0; k < s->exprs.size(); k++)
+      if (s->exprs[k]) check_names(*s->exprs[k], s->kind == Stmt::For && k == 1 ? false : s->kind == Stmt::Macro ? false : here, name);
+    for (const auto& b : s->bodies) check_names(b, inner, name);
+  }
+}
+
 }  // namespace
 
-Body parse(const std::vector<Token>& tokens, const std::string& name) { return Parser(tokens, name).program(); }
+Body parse(const std::vector<Token>& tokens, const std::string& name) {
+  Body body = Parser(tokens, name).program();
+  check_names(body, false, name);
+  return body;
+}
 
 }  // namespace sky::jinja
