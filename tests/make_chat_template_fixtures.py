@@ -7,7 +7,8 @@ jinja2; rerun this after changing a case:
 
 The environment is the one transformers' apply_chat_template renders in: jinja2's
 ImmutableSandboxedEnvironment with trim_blocks and lstrip_blocks, the loopcontrols extension, its
-own tojson filter (json.dumps without HTML escaping) and raise_exception; tools and documents are
+own tojson filter (json.dumps without HTML escaping), raise_exception, strftime_now and the
+{% generation %} tag; tools and documents are
 None unless given. Cases are either whole chat templates (the *_style.jinja files here, written for
 these tests in the style of real models' templates) over conversations, or small templates that pin
 one piece of jinja2's semantics. A case whose render raises records the exception's type instead of
@@ -17,8 +18,10 @@ import json
 import os
 import sys
 
+from datetime import datetime
+
 import jinja2
-from jinja2.ext import loopcontrols
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,9 +36,25 @@ def environment():
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    def strftime_now(format):  # no case uses it: its output changes every day
+        return datetime.now().strftime(format)
+
+    class Generation(Extension):
+        # transformers' AssistantTracker, without the tracking: {% generation %} as a call block.
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     return env
 
 
@@ -218,6 +237,14 @@ SEMANTIC_CASES = [
     ("expr/dict_literal_order", "{{ {'b': 1, 'a': 2, 'b': 3} }}", {}),
     ("expr/list_methods", "{{ [1, 2, 1].count(1) }} {{ ['a', 'b'].index('b') }}", {}),
     ("expr/macro", "{% macro tag(name, body='-') %}<{{ name }}>{{ body }}{{ g }}</{{ name }}>{% endmacro %}{% set g = '!' %}{{ tag('a') }}{{ tag('b', body='x') }}{{ tag('c', 'y')|upper }}", {}),
+    ("expr/call_block", "{% macro wrap(tag) %}<{{ tag }}>{{ caller() }}{{ caller() }}</{{ tag }}>{% endmacro %}{% call wrap('b') %}x{{ n }}{% endcall %}|{% macro each(items) %}{% for i in items %}{{ caller(i, loop.index) }}{% endfor %}{% endmacro %}{% call(item, k) each(['p', 'q']) %}{{ k }}={{ item }};{% endcall %}", {"n": 1}),
+    ("expr/call_block_recursive", "{% macro tree(d) %}{% for k, v in d|items %}{% if v is mapping %}{% call tree(v) %}[{{ k }}]{% endcall %}{% else %}{{ caller() }}{{ k }}={{ v }};{% endif %}{% endfor %}{% endmacro %}{% call tree(t) %}root{% endcall %}", {"t": {"a": 1, "b": {"c": 2, "d": {"e": 3}}}}),
+    ("expr/generation_tag", "{% for m in ms %}{% generation %}{% set inner = 1 %}<{{ m }}>{% endgeneration %}{% endfor %}{{ inner is defined }}", {"ms": ["a", "b"]}),
+    ("expr/filter_block", "{% filter upper|replace('B', '-') %}ab{{ x }}{% set y = 1 %}{% endfilter %}{{ y is defined }}", {"x": "cb"}),
+    ("expr/spread_args", "{% macro mul(a, b, c=1) %}{{ a * b * c }}{% endmacro %}{{ mul(*[2, 3]) }} {{ mul(2, **{'b': 5, 'c': 2}) }} {{ range(*[1, 4])|list }}", {}),
+    ("expr/set_parenthesized_targets", "{% set (x, y) = [1, 2] %}{{ x }}{{ y }}{% for (a, b) in [[3, 4]] %}{{ a }}{{ b }}{% endfor %}", {}),
+    ("filter/dictsort", "{{ d|dictsort }} {{ d|dictsort(reverse=true) }} {{ d|dictsort(by='value') }} {{ d|dictsort(case_sensitive=true) }}", {"d": {"b": 2, "a": 3, "C": 1}}),
+    ("filter/sort_equal_keys", "{{ [none, none]|sort }} {{ [u, u]|sort|length }}", {}),
     ("expr/string_escapes", "{{ 'a\\tb\\u00e9\\x41\\n' }}|{{ \"q\\\"q\" }}", {}),
     ("expr/is_defined_on_context", "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{{ add_generation_prompt }}", {}),
     ("expr/type_error_fails", "{{ 'x' + 1 }}", {}),

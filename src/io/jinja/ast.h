@@ -43,7 +43,8 @@ struct Expr {
     Or,
     Bin,   // kids[0] <name> kids[1]: + - * / // % ** ~
     Cmp,   // kids[0] names[0] kids[1] names[1] kids[2] ...: == != < > <= >= in notin
-    Cond,  // kids[0] if kids[1] else kids[2] (null: undefined)
+    Cond,    // kids[0] if kids[1] else kids[2] (null: undefined)
+    Spread,  // a call's *kids[0] (positional) or **kids[0] (keyword, its name "**")
   } kind;
   int line = 1;
   Value lit;
@@ -66,6 +67,11 @@ struct Stmt {
     SetAttr,   // names[0].text = exprs[0]
     SetBlock,  // names[0] = rendered bodies[0]
     Macro,     // text: name; names: parameters; exprs: their defaults (null: none); bodies[0]
+    // {% call(names) exprs[0] %}bodies[0]{% endcall %}: the macro call exprs[0] gets `caller`, which
+    // renders bodies[0] with parameters `names` (defaults exprs[1...]). exprs[0] null: the body
+    // renders in place, in a frame of its own (transformers' {% generation %}).
+    CallBlock,
+    FilterBlock,  // {% filter %}: exprs[0], a filter chain over the rendered bodies[0]
     Break,
     Continue,
   } kind;
@@ -75,10 +81,13 @@ struct Stmt {
   std::vector<Body> bodies;
   std::vector<std::string> names;
   bool uses_loop = false;  // For: the body mentions `loop` (else the loop object is not built)
-  // For, Macro, SetBlock: per body, the names that body's frame holds undefined until it assigns
+  // For, Macro, SetBlock, CallBlock, FilterBlock: per body, the names that body's frame holds undefined until it assigns
   // them, hiding any outer value (see scopes.cpp).
   std::vector<std::vector<std::string>> fresh;
 };
+
+// The name under which a filter block's chain finds its rendered body.
+inline const char* const kFilterBodyName = "\x01body";
 
 struct Program {
   std::string name;

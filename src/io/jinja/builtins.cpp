@@ -726,11 +726,29 @@ Value f_sort(const Value& v, Args& a) {
   auto items = iterate(v);
   std::vector<std::pair<Value, Value>> keyed;
   for (auto& x : items) keyed.emplace_back(sort_key(x, p.get(2), cs), x);
+  // jinja2 sorts by a list of keys, and Python compares lists' items with == before <: equal keys
+  // (even two None) never meet <.
+  auto before = [](const Value& x, const Value& y) { return !equal(x, y) && less(x, y); };
   std::stable_sort(keyed.begin(), keyed.end(),
-                   [&](const auto& l, const auto& r) { return rev ? less(r.first, l.first) : less(l.first, r.first); });
+                   [&](const auto& l, const auto& r) { return rev ? before(r.first, l.first) : before(l.first, r.first); });
   std::vector<Value> out;
   for (auto& kv : keyed) out.push_back(kv.second);
   return Value::list(std::move(out));
+}
+
+// A dict's (key, value) pairs sorted by key or value, case-insensitively by default.
+Value f_dictsort(const Value& v, Args& a) {
+  Params p(a, "dictsort", {"case_sensitive", "by", "reverse"});
+  if (!v.is(Kind::Dict)) throw Problem("dictsort needs a dict");
+  const bool cs = truthy(p.get(0, Value::boolean(false))), rev = truthy(p.get(2, Value::boolean(false)));
+  const std::string by = to_str(p.get(1, Value::string("key")));
+  if (by != "key" && by != "value") throw Problem("You can only sort by either 'key' or 'value'");
+  std::vector<Value> items = pairs(v.dct()).lst().items;
+  auto key = [&](const Value& pair) { return sort_key(pair.lst().items[by == "key" ? 0 : 1], nullptr, cs); };
+  std::stable_sort(items.begin(), items.end(), [&](const Value& l, const Value& r) {
+    return rev ? less(key(r), key(l)) : less(key(l), key(r));
+  });
+  return Value::list(std::move(items));
 }
 
 Value f_unique(const Value& v, Args& a) {
@@ -825,7 +843,7 @@ struct NamedFilter {
 };
 const NamedFilter kFilters[] = {
     {"abs", f_abs},         {"attr", f_attr},           {"capitalize", f_capitalize}, {"count", f_length},
-    {"d", f_default},       {"default", f_default},     {"e", f_escape},              {"escape", f_escape},
+    {"d", f_default},       {"default", f_default},     {"dictsort", f_dictsort},     {"e", f_escape},              {"escape", f_escape},
     {"first", f_first},     {"float", f_float},         {"forceescape", f_escape},    {"indent", f_indent},
     {"int", f_int},         {"items", f_items},         {"join", f_join},             {"last", f_last},
     {"length", f_length},   {"list", f_list},           {"lower", f_lower},           {"map", f_map},

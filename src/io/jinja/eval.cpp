@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "io/jinja/ast.h"
 #include "io/jinja/builtins.h"
@@ -130,7 +131,19 @@ class Interp {
       }
       case Stmt::Macro: {
         const Stmt* m = &s;
-        scope.set(s.text, Value::function(s.text, [this, m](Args& a) { return call_macro(*m, a); }));
+        scope.set(s.text, Value::function(s.text, [this, m](Args& a) { return run_body(*m, top_, m->text, a); }));
+        break;
+      }
+      case Stmt::CallBlock: call_block(s, scope); break;
+      case Stmt::FilterBlock: {
+        std::string saved = std::move(out_);
+        out_.clear();
+        Scope frame{{}, &scope};
+        hide(frame, s.fresh[0]);
+        exec(s.bodies[0], frame);
+        Scope holder{{}, &scope};
+        holder.set(kFilterBodyName, Value::string(std::exchange(out_, std::move(saved))));
+        emit(to_str(eval(*s.exprs[0], holder)));
         break;
       }
       case Stmt::Break: return Flow::Break;
@@ -192,25 +205,67 @@ class Interp {
     return Value::dict(std::move(l));
   }
 
-  Value call_macro(const Stmt& m, Args& a) {
+  // {% call m(...) %}body{% endcall %}: m gets `caller`, which renders the body where the call
+  // block stands. A caller kept past its block (in a namespace, say) refuses to run.
+  void call_block(const Stmt& s, const Scope& scope) {
+    if (!s.exprs[0]) {  // {% generation %}
+      Scope frame{{}, &scope};
+      hide(frame, s.fresh[0]);
+      exec(s.bodies[0], frame);
+      return;
+    }
+    auto alive = std::make_shared<bool>(true);
+    const Stmt* cs = &s;
+    const Scope* site = &scope;
+    Value caller = Value::function("caller", [this, cs, site, alive](Args& a) {
+      if (!*alive) throw Problem("caller() called after its call block ended");
+      return run_body(*cs, *site, "caller", a);
+    });
+    const Expr& call = *s.exprs[0];
+    Value f = eval(*call.kids[0], scope);
+    if (f.is(Kind::Undefined)) throw Problem(f.undefined_reason());
+    if (!f.is(Kind::Callable)) throw Problem(fmt::format("'{}' object is not callable", type_name(f)));
+    Args a = args(call, 1, scope);
+    a.kw.emplace_back("caller", std::move(caller));
+    struct Expire {
+      std::shared_ptr<bool> alive;
+      ~Expire() { *alive = false; }
+    } expire{alive};
+    emit(to_str(f.fn().call(a)));
+  }
+
+  // A macro's or a caller's body with its parameters bound (defaults may use the ones before them);
+  // the body's output is the result.
+  Value run_body(const Stmt& m, const Scope& parent, const std::string& name, Args& a) {
     tick();
     if (macro_depth_ >= kMaxMacroDepth) throw Problem(fmt::format("macros nested deeper than {} calls", kMaxMacroDepth));
+    const bool is_macro = m.kind == Stmt::Macro;
+    const size_t first_default = is_macro ? 0 : 1;  // a call block's exprs[0] is the call
+    Value caller = Value::undefined("No caller defined");
+    for (auto it = a.kw.begin(); is_macro && it != a.kw.end(); ++it)
+      if (it->first == "caller" && std::find(m.names.begin(), m.names.end(), "caller") == m.names.end()) {
+        caller = it->second;
+        a.kw.erase(it);
+        break;
+      }
     if (a.pos.size() > m.names.size())
-      throw Problem(fmt::format("macro '{}' takes not more than {} argument(s)", m.text, m.names.size()));
-    Scope scope{{}, &top_};
+      throw Problem(fmt::format("macro '{}' takes not more than {} argument(s)", name, m.names.size()));
+    Scope scope{{}, &parent};
     hide(scope, m.fresh[0]);
+    if (is_macro) scope.set("caller", caller);
     for (size_t k = 0; k < a.pos.size(); k++) scope.set(m.names[k], a.pos[k]);
     for (const auto& kv : a.kw) {
       auto it = std::find(m.names.begin(), m.names.end(), kv.first);
-      if (it == m.names.end()) throw Problem(fmt::format("macro '{}' takes no keyword argument '{}'", m.text, kv.first));
+      if (it == m.names.end()) throw Problem(fmt::format("macro '{}' takes no keyword argument '{}'", name, kv.first));
       if (size_t(it - m.names.begin()) < a.pos.size())
-        throw Problem(fmt::format("macro '{}' got multiple values for argument '{}'", m.text, kv.first));
+        throw Problem(fmt::format("macro '{}' got multiple values for argument '{}'", name, kv.first));
       scope.set(kv.first, kv.second);
     }
-    for (size_t k = 0; k < m.names.size(); k++)  // defaults may use the parameters before them
-      if (!has(scope, m.names[k]))
-        scope.set(m.names[k], m.exprs[k] ? eval(*m.exprs[k], scope)
-                                         : Value::undefined(fmt::format("parameter '{}' was not provided", m.names[k])));
+    for (size_t k = 0; k < m.names.size(); k++)
+      if (!has(scope, m.names[k])) {
+        const Expr* def = m.exprs[first_default + k].get();
+        scope.set(m.names[k], def ? eval(*def, scope) : Value::undefined(fmt::format("parameter '{}' was not provided", m.names[k])));
+      }
     std::string saved = std::move(out_);
     out_.clear();
     macro_depth_++;
@@ -235,8 +290,22 @@ class Interp {
   Args args(const Expr& e, size_t first, const Scope& scope) {
     Args a;
     const size_t nkw = e.names.size(), end = e.kids.size() - nkw;
-    for (size_t k = first; k < end; k++) a.pos.push_back(eval(*e.kids[k], scope));
-    for (size_t k = 0; k < nkw; k++) a.kw.emplace_back(e.names[k], eval(*e.kids[end + k], scope));
+    for (size_t k = first; k < end; k++) {
+      if (e.kids[k]->kind != Expr::Spread) {
+        a.pos.push_back(eval(*e.kids[k], scope));
+        continue;
+      }
+      for (auto& v : iterate(eval(*e.kids[k]->kids[0], scope))) a.pos.push_back(std::move(v));
+    }
+    for (size_t k = 0; k < nkw; k++) {
+      if (e.names[k] != "**") {
+        a.kw.emplace_back(e.names[k], eval(*e.kids[end + k], scope));
+        continue;
+      }
+      Value d = eval(*e.kids[end + k]->kids[0], scope);
+      if (!d.is(Kind::Dict)) throw Problem(fmt::format("argument after ** must be a mapping, not {}", type_name(d)));
+      for (const auto& kv : d.dct().items) a.kw.push_back(kv);
+    }
     return a;
   }
 
@@ -328,6 +397,7 @@ class Interp {
         }
         return Value::boolean(true);
       }
+      case Expr::Spread: throw Problem("* and ** only spread a call's arguments");
       case Expr::Cond:
         if (truthy(eval(*e.kids[1], scope))) return eval(*e.kids[0], scope);
         if (e.kids[2]) return eval(*e.kids[2], scope);

@@ -169,6 +169,15 @@ class Parser {
       }
       expect_block_end();
     } else if (tag == "set") {
+      if (is_op("(")) {  // {% set (a, b) = ... %}
+        s->kind = Stmt::Set;
+        s->names = targets();
+        expect_op("=");
+        s->exprs.push_back(tuple_expr(true));
+        expect_block_end();
+        out.push_back(std::move(s));
+        return;
+      }
       const std::string first = expect_name();
       if (skip_op(".")) {
         s->kind = Stmt::SetAttr;
@@ -212,13 +221,47 @@ class Parser {
       if (loops_ == 0) fail(fmt::format("'{}' outside a loop", tag), line);
       s->kind = tag == "break" ? Stmt::Break : Stmt::Continue;
       expect_block_end();
+    } else if (tag == "call") {
+      s->kind = Stmt::CallBlock;
+      s->exprs.push_back(nullptr);
+      if (skip_op("(")) {
+        while (!is_op(")")) {
+          s->names.push_back(expect_name());
+          s->exprs.push_back(skip_op("=") ? expression(true) : nullptr);
+          if (!skip_op(",")) break;
+        }
+        expect_op(")");
+      }
+      s->exprs[0] = expression(true);
+      if (s->exprs[0]->kind != Expr::Call) fail("expected a call after 'call'", line);
+      expect_block_end();
+      const int outer = loops_;
+      loops_ = 0;
+      s->bodies.push_back(body({"endcall"}, &end, line));
+      loops_ = outer;
+      expect_block_end();
+    } else if (tag == "filter") {
+      // {% filter f(args)|g %}body{% endfilter %}: the chain applied to the rendered body, which it
+      // finds under a name no template can write.
+      s->kind = Stmt::FilterBlock;
+      auto body_ref = node(Expr::Name, line);
+      body_ref->name = kFilterBodyName;
+      auto chain = node(Expr::Filter, line);
+      chain->name = expect_name();
+      chain->kids.push_back(std::move(body_ref));
+      if (is_op("(")) call_args(*chain);
+      s->exprs.push_back(filters(std::move(chain)));
+      expect_block_end();
+      s->bodies.push_back(body({"endfilter"}, &end, line));
+      expect_block_end();
     } else if (tag == "generation") {
-      // transformers' {% generation %} marks assistant text for its masks; the text renders as is.
+      // transformers' {% generation %} marks assistant text for its masks (a call block around a
+      // body of its own); the text renders in place.
+      s->kind = Stmt::CallBlock;
+      s->exprs.push_back(nullptr);
       expect_block_end();
-      Body inner = body({"endgeneration"}, &end, line);
+      s->bodies.push_back(body({"endgeneration"}, &end, line));
       expect_block_end();
-      for (auto& x : inner) out.push_back(std::move(x));
-      return;
     } else if (tag == "elif" || tag == "else" || tag.rfind("end", 0) == 0) {
       fail(fmt::format("unexpected '{}'", tag), line);
     } else {
@@ -506,8 +549,17 @@ class Parser {
   void call_args(Expr& e) {
     expect_op("(");
     while (!is_op(")")) {
-      if (is_op("*") || is_op("**")) fail("*args and **kwargs are not supported");
-      if (cur().type == Token::Name && t_[k_ + 1].type == Token::Op && t_[k_ + 1].s == "=") {
+      if (is_op("*") || is_op("**")) {  // f(*list) spreads positionals, f(**dict) keywords
+        const Token& star = next();
+        auto spread = node(Expr::Spread, star.line);
+        spread->kids.push_back(expression(true));
+        if (star.s == "**") {
+          e.names.push_back("**");
+        } else if (!e.names.empty()) {
+          fail("*args after a keyword argument");
+        }
+        e.kids.push_back(std::move(spread));
+      } else if (cur().type == Token::Name && t_[k_ + 1].type == Token::Op && t_[k_ + 1].s == "=") {
         e.names.push_back(next().s);
         next();
         e.kids.push_back(expression(true));
@@ -579,7 +631,11 @@ void check_names(const Expr& e, bool soft, const std::string& name) {
 void check_names(const Body& body, bool soft, const std::string& name) {
   for (const auto& s : body) {
     const bool here = soft || s->kind == Stmt::If;
-    const bool inner = s->kind == Stmt::If ? true : (s->kind == Stmt::For || s->kind == Stmt::Macro || s->kind == Stmt::SetBlock) ? false : soft;
+    const bool inner = s->kind == Stmt::If ? true
+                       : (s->kind == Stmt::For || s->kind == Stmt::Macro || s->kind == Stmt::SetBlock ||
+                          s->kind == Stmt::CallBlock || s->kind == Stmt::FilterBlock)
+                           ? false
+                           : soft;
     for (size_t k = 0; k < s->exprs.size(); k++)
       if (s->exprs[k]) check_names(*s->exprs[k], s->kind == Stmt::For && k == 1 ? false : s->kind == Stmt::Macro ? false : here, name);
     for (const auto& b : s->bodies) check_names(b, inner, name);

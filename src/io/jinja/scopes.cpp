@@ -1,5 +1,6 @@
 // Which names a frame hides from the outside until it assigns them, as jinja2's compiler decides
-// (its idtracking). A frame is the template's top level, a loop body, a macro body or a block set.
+// (its idtracking). A frame is the template's top level, a loop body, a macro body, or the body of
+// a call block, a filter block or a block set.
 // Walking a frame's own statements in order (not the bodies of its loops and macros), the first
 // mention of each name decides: a read first means "look outside" (as does an assignment inside
 // an if); an assignment first means the frame's own variable, which starts as the
@@ -85,6 +86,10 @@ void visit(const Body& body, Symbols& s) {
         break;
       case Stmt::SetBlock:
       case Stmt::Macro: s.store(st->kind == Stmt::Macro ? st->text : st->names[0]); break;
+      case Stmt::CallBlock:  // the call and the caller's defaults; the body is a frame of its own
+        for (const auto& e : st->exprs) loads(e.get(), s);
+        break;
+      case Stmt::FilterBlock: loads(st->exprs[0].get(), s); break;  // the body is a frame of its own
       default: break;
     }
   }
@@ -111,8 +116,15 @@ void child_frames(Stmt& st, const Symbols& s) {
       if (st.bodies.size() > 1) frame(st.bodies[1], {}, nullptr);
       break;
     }
-    case Stmt::Macro: frame(st.bodies[0], st.names, nullptr); break;
+    case Stmt::Macro: {
+      std::vector<std::string> params = st.names;
+      params.push_back("caller");
+      frame(st.bodies[0], params, nullptr);
+      break;
+    }
     case Stmt::SetBlock: frame(st.bodies[0], {}, nullptr); break;
+    case Stmt::CallBlock: frame(st.bodies[0], st.names, nullptr); break;
+    case Stmt::FilterBlock: frame(st.bodies[0], {}, nullptr); break;
     case Stmt::If:
       for (auto& b : st.bodies) frames(b, s);  // an if's bodies belong to the same frame
       break;
