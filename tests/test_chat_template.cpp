@@ -333,6 +333,9 @@ TEST(ChatTemplateRender, ExtraVariablesAndKeyOrder) {
   // nlohmann::json sorts keys: tojson then differs from Python, which is why ordered_json exists.
   EXPECT_NE(t.render(json(c["vars"]["messages"]), true, json(extra)), c["expected"].get<std::string>());
   EXPECT_THROW(t.render(json::object(), true), sky::Error);
+  json deep = "x";
+  for (int k = 0; k < 300; k++) deep = json::array({deep});
+  EXPECT_THROW(t.render(json::array({{{"role", "user"}, {"content", deep}}}), true), sky::Error);
 }
 
 // ---- special tokens to ids -------------------------------------------------------------------------

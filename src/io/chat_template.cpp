@@ -147,7 +147,11 @@ std::string ChatTemplate::render_json(const J& messages, bool add_generation_pro
   if (!messages.is_array()) fail("chat messages must be a JSON array, not {}", messages.type_name());
   if (!extra.is_null() && !extra.is_object()) fail("extra chat template variables must be a JSON object");
   jinja::Items vars;
-  vars.emplace_back("messages", jinja::from_json(messages));
+  try {
+    vars.emplace_back("messages", jinja::from_json(messages));
+  } catch (const jinja::Problem& p) {  // nesting beyond the engine's bound
+    fail("chat messages: {}", p.what());
+  }
   vars.emplace_back("add_generation_prompt", jinja::Value::boolean(add_generation_prompt));
   vars.emplace_back("tools", jinja::Value::none());
   vars.emplace_back("documents", jinja::Value::none());
@@ -157,7 +161,12 @@ std::string ChatTemplate::render_json(const J& messages, bool add_generation_pro
     if (*value) vars.emplace_back(name, jinja::Value::string(**value));
   if (extra.is_object())
     for (auto it = extra.begin(); it != extra.end(); ++it) {
-      auto v = jinja::from_json(it.value());
+      jinja::Value v;
+      try {
+        v = jinja::from_json(it.value());
+      } catch (const jinja::Problem& p) {
+        fail("chat template variable '{}': {}", it.key(), p.what());
+      }
       auto same = std::find_if(vars.begin(), vars.end(), [&](const auto& kv) { return kv.first == it.key(); });
       if (same != vars.end())
         same->second = std::move(v);

@@ -43,7 +43,7 @@ class ChatTemplate {
   // variables (a JSON object, e.g. {"tools": [...], "enable_thinking": false}) or null; `tools` and
   // `documents` are none unless given there. The ordered_json overload keeps key order (it shows
   // in `tojson` output). Throws jinja::TemplateError (a sky::Error) for raise_exception and
-  // runtime errors: "<origin>, line N: <message>".
+  // runtime errors: "<origin>, line N: <message>". Safe to call from several threads at once.
   std::string render(const nlohmann::json& messages, bool add_generation_prompt,
                      const nlohmann::json& extra = nullptr) const;
   std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt,

@@ -106,10 +106,11 @@ class Interp {
       case Stmt::For: loop(s, scope); break;
       case Stmt::Set: assign(scope, s.names, eval(*s.exprs[0], scope)); break;
       case Stmt::SetAttr: {
-        const Value* ns = scope.find(s.names[0]);
-        if (!ns || !ns->is(Kind::Namespace)) throw Problem("cannot assign attribute on non-namespace object");
+        const Value* found = scope.find(s.names[0]);
+        if (!found || !found->is(Kind::Namespace)) throw Problem("cannot assign attribute on non-namespace object");
+        const Value ns = *found;  // shares the namespace's attributes
         Value v = eval(*s.exprs[0], scope);
-        Items& attrs = ns->attrs();
+        Items& attrs = ns.attrs();
         for (auto& kv : attrs)
           if (kv.first == s.text) {
             kv.second = std::move(v);
