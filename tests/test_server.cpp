@@ -1072,7 +1072,8 @@ TEST(Server, CompletionLogprobsMatchTheModel) {
   }
   // logprobs 0: the chosen token alone in each top list. No logprobs: null, as before.
   req["logprobs"] = 0;
-  for (const auto& t : s.post("/v1/completions", req).j["choices"][0]["logprobs"]["top_logprobs"]) EXPECT_EQ(t.size(), 1u);
+  const json zero = s.post("/v1/completions", req).j;  // kept alive: the loop below iterates into it
+  for (const auto& t : zero["choices"][0]["logprobs"]["top_logprobs"]) EXPECT_EQ(t.size(), 1u);
   req.erase("logprobs");
   EXPECT_TRUE(s.post("/v1/completions", req).j["choices"][0]["logprobs"].is_null());
 }

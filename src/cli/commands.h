@@ -1,6 +1,7 @@
 #pragma once
 // Each subcommand lives in its own file and receives argv starting at its own name.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,11 @@ int cmd_tokenize(int argc, char** argv);
 int cmd_quickstart(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_plan_inference(int argc, char** argv);  // `skymoe plan --inference`
+int cmd_chat_template(int argc, char** argv);
+
+// A conversation file for chat-template and generate --chat: a JSON array of messages, or an
+// object {"messages": [...], ...} whose other keys go to *extra (template variables). Key order kept.
+nlohmann::ordered_json read_conversation(const std::string& path, nlohmann::ordered_json* extra);
 
 // Parses argv into `app`; returns -1 to continue, or the exit code (help printed, or a usage error).
 int parse(CLI::App& app, int argc, char** argv);

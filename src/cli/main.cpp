@@ -87,6 +87,7 @@ const Command kCommands[] = {
     {"info", sky::cli::cmd_info, "print a model's config, parameter counts and tensor table"},
     {"eval", sky::cli::cmd_eval, "mean next-token cross-entropy of a model on a token file"},
     {"generate", sky::cli::cmd_generate, "generate tokens from a prompt with a KV cache"},
+    {"chat-template", sky::cli::cmd_chat_template, "render a conversation with the model's chat template"},
     {"upcycle", sky::cli::cmd_upcycle, "turn a dense checkpoint into an MoE (experts copy the dense FFN)"},
     {"quantize", sky::cli::cmd_quantize, "quantize a checkpoint's linear layers to fp8 (with scales) or bf16"},
     {"export", sky::cli::cmd_export, "export a model to another format (export gguf: llama.cpp)"},
@@ -100,7 +101,7 @@ const Command kCommands[] = {
 
 void usage() {
   std::printf("skymoe: a native engine for Mixture-of-Experts language models\n\nusage: skymoe <command> [options]\n\ncommands:\n");
-  for (auto& c : kCommands) std::printf("  %-11s %s\n", c.name, c.help);
+  for (auto& c : kCommands) std::printf("  %-14s %s\n", c.name, c.help);
   std::printf("\nRun `skymoe <command> --help` for a command's options.\n");
 }
 

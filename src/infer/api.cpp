@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "io/chat_template.h"
 #include "io/json_input.h"
 
 namespace sky {
@@ -292,6 +293,19 @@ std::vector<ChatMessage> parse_messages(const json& body) {
   return out;
 }
 
+// The model's template over the validated messages, its special tokens as their ids. A template
+// that raises (roles not alternating, say) refuses the conversation: a 400 with its message.
+std::vector<int32_t> templated_prompt(const ChatTemplate& t, const std::vector<ChatMessage>& msgs, const ApiLimits& lim) {
+  if (!lim.tok) no_tokenizer(lim, "messages");
+  json arr = json::array();
+  for (const auto& m : msgs) arr.push_back({{"role", m.role}, {"content", m.content}});
+  try {
+    return t.encode(*lim.tok, t.render(arr, true));
+  } catch (const jinja::TemplateError& e) {
+    bad_value("messages", fmt::format("the model's chat template refused them (line {}): {}", e.line, e.message));
+  }
+}
+
 // max_tokens against the limit and the context left after the prompt. `def` applies when absent.
 // 0 only with echo: the prompt's text and log-probabilities alone, as OpenAI allows.
 void set_max_tokens(const json& body, const char* name, const ApiLimits& lim, GenRequest& r, int def, const char* what) {
@@ -337,8 +351,15 @@ GenRequest parse_chat_request(const json& body, const ApiLimits& lim) {
   r.chat = true;
   parse_common(body, lim, r);
   auto msgs = parse_messages(body);
-  r.prompt = encode_text(chat_prompt(msgs), lim, "messages");
-  r.stop.push_back(kChatStop);
+  if (lim.chat_template) {
+    r.prompt = templated_prompt(*lim.chat_template, msgs, lim);
+    const auto& stops = lim.chat_template->stop_strings();
+    r.stop.insert(r.stop.end(), stops.begin(), stops.end());
+    r.stop_ids = lim.chat_template->stop_token_ids(*lim.tok);
+  } else {
+    r.prompt = encode_text(chat_prompt(msgs), lim, "messages");
+    r.stop.push_back(kChatStop);
+  }
   // Chat defaults to "until the reply ends": the whole remaining context (capped by the limit).
   const char* name = field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   set_max_tokens(body, name, lim, r, std::numeric_limits<int>::max(), "messages");

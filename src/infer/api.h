@@ -15,6 +15,8 @@
 
 namespace sky {
 
+class ChatTemplate;  // io/chat_template.h
+
 struct ApiError : std::runtime_error {
   int status;
   std::string type, param, code;  // param / code empty -> null in the body
@@ -39,6 +41,9 @@ struct ApiLimits {
   bool add_bos = true;        // text prompts start with the tokenizer's bos
   // Tests: sees the size of every text handed to the tokenizer.
   std::function<void(size_t bytes)> on_encode;
+  // The model's chat template; null: the plain template below. Chat prompts then come from the
+  // template (with its own bos; add_bos does not apply) and stop at its end of turn.
+  const ChatTemplate* chat_template = nullptr;
 };
 
 struct GenRequest {
@@ -50,7 +55,10 @@ struct GenRequest {
   int top_logprobs = 0;
   std::vector<int32_t> prompt;
   GenParams gen;
-  std::vector<std::string> stop;  // text-level; chat adds kChatStop
+  std::vector<std::string> stop;  // text-level; chat adds kChatStop, or the template's stop strings
+  // Chat with a template: end-of-turn special tokens to stop at by id (a control token decodes to
+  // no text, so no stop string can see it); the token itself is not part of the reply.
+  std::vector<int32_t> stop_ids;
 };
 
 GenRequest parse_completion_request(const nlohmann::json& body, const ApiLimits& lim);

@@ -19,5 +19,8 @@ nlohmann::json parse_json(const char* begin, const char* end, const std::string&
 nlohmann::json parse_json(const std::string& text, const std::string& what);
 // The whole file (errors name it).
 nlohmann::json read_json_file(const std::string& path);
+// The same, keeping each object's keys in file order (what a chat template sees, as Python would).
+nlohmann::ordered_json parse_ordered_json(const std::string& text, const std::string& what);
+nlohmann::ordered_json read_ordered_json_file(const std::string& path);
 
 }  // namespace sky
