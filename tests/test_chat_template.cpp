@@ -421,6 +421,24 @@ TEST(ChatTemplateApi, ChatRequestsRenderThroughTheTemplate) {
   EXPECT_EQ(r.stop, (std::vector<std::string>{"x", "<|im_end|>", "</s>"}));
   EXPECT_EQ(r.stop_ids, (std::vector<int32_t>{299, tok.eos_id()}));
 
+  // A prompt surely too long is refused before it is tokenized.
+  size_t encoded = 0;
+  lim.on_encode = [&](size_t bytes) { encoded += bytes; };
+  lim.max_prompt_tokens = 50;
+  json long_body = body;
+  long_body["messages"][1]["content"] = std::string(20000, 'x');
+  try {
+    sky::parse_chat_request(long_body, lim);
+    ADD_FAILURE() << "accepted";
+  } catch (const sky::ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.code, "context_length_exceeded") << e.what();
+  }
+  EXPECT_EQ(encoded, 0u);
+  sky::parse_chat_request(body, lim);
+  EXPECT_GT(encoded, 0u);
+  lim.max_prompt_tokens = 4000;
+
   // A template that refuses the conversation: a 400 with its message (and no server path).
   ChatTemplate strict("{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}", "/srv/m/t.jinja");
   lim.chat_template = &strict;

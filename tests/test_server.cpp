@@ -28,6 +28,7 @@
 #include "infer/engine.h"
 #include "infer/output_text.h"
 #include "infer/server.h"
+#include "io/chat_template.h"
 #include "io/tokenizer.h"
 #include "model/model.h"
 #include "model/params.h"
@@ -1169,6 +1170,64 @@ TEST(Server, StreamedLogprobsAndStopStrings) {
     EXPECT_LT(full["text_offset"][n - 1].get<int64_t>(), utf8_chars(got));
     EXPECT_GE(full["text_offset"][n].get<int64_t>(), utf8_chars(got));
   }
+}
+
+// A model's chat template renders /v1/chat/completions prompts, and its end-of-turn token ends
+// the reply by id: here "<|end|>" is an added token whose id also decodes to ordinary text, so
+// only the id (not the text) can stop it.
+TEST(Server, ChatTemplateRendersAndStopsAtItsEndOfTurnToken) {
+  const std::string src =
+      "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+      "{% if add_generation_prompt %}<|assistant|>{% endif %}";
+  const json msgs = json::array({{{"role", "user"}, {"content", "hello world"}}});
+  // Pick the end token among what the model generates after the prompt that contains it.
+  int32_t end_id = 100;
+  std::shared_ptr<ChatTemplate> tpl;
+  std::vector<int32_t> prompt;
+  Direct d;
+  for (int round = 0; round < 8; round++) {
+    ChatTokens tk;
+    tk.eos = "</s>";
+    tk.added = {{"<|end|>", end_id}};
+    tpl = std::make_shared<ChatTemplate>(src, "test.jinja", tk);
+    prompt = tpl->encode(fx().tok, tpl->render(msgs, true));
+    d = direct(prompt, 12);
+    ASSERT_GE(d.ids.size(), 4u);
+    if (std::find(d.ids.begin() + 1, d.ids.end(), end_id) != d.ids.end()) break;
+    end_id = d.ids[3];
+  }
+  const auto at = std::find(d.ids.begin() + 1, d.ids.end(), end_id);
+  ASSERT_NE(at, d.ids.end()) << "no fixed point for the end token";
+  ASSERT_EQ(tpl->stop_strings().front(), "<|end|>");
+  ASSERT_EQ(tpl->stop_token_ids(fx().tok), (std::vector<int32_t>{end_id, fx().tok.eos_id()}));
+  EXPECT_EQ(std::count(prompt.begin(), prompt.end(), end_id), 1);  // the special became its id
+  StreamDecoder dec(fx().tok, false);
+  std::string want;
+  for (auto it = d.ids.begin(); it != at; ++it) want += dec.push(*it);
+  want = valid_utf8(want + dec.flush());
+  if (want.rfind(' ', 0) == 0) want = want.substr(1);
+
+  ServerOptions o;
+  o.chat_template = tpl;
+  Running s(o);
+  json req = {{"model", "tiny-test"}, {"messages", msgs}, {"max_tokens", 12}, {"temperature", 0}};
+  auto r = s.post("/v1/chat/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.j["usage"]["prompt_tokens"], prompt.size());
+  EXPECT_EQ(r.j["choices"][0]["message"]["content"], want);
+  EXPECT_EQ(r.j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(r.j["usage"]["completion_tokens"], int(at - d.ids.begin()) + 1);
+  req["stream"] = true;
+  Sse sse = parse_sse(s.post("/v1/chat/completions", req).body);
+  EXPECT_EQ(stream_text(sse, true), want);
+  EXPECT_EQ(sse.chunks.back()["choices"][0]["finish_reason"], "stop");
+  // A template that refuses the conversation: 400 with its message.
+  ServerOptions o2;
+  o2.chat_template = std::make_shared<ChatTemplate>("{{ raise_exception('no chat here') }}", "strict.jinja");
+  Running s2(o2);
+  auto bad = s2.post("/v1/chat/completions", json{{"messages", msgs}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.j["error"]["message"].get<std::string>().find("no chat here"), std::string::npos) << bad.body;
 }
 
 // Chat: logprobs true and top_logprobs k, in chat's layout, the same in a stream.

@@ -15,6 +15,7 @@
 #include "dist/communicator.h"
 #include "infer/server.h"
 #include "infer/tp.h"
+#include "io/chat_template.h"
 #include "io/tokenizer.h"
 
 namespace sky::cli {
@@ -141,11 +142,19 @@ int cmd_serve(int argc, char** argv) {
         fmt::format(" (no tokenizer.json or tokenizer.model in {}; start the server with --tokenizer PATH)", model);
     fmt::print(stderr, "serve: no tokenizer: text prompts and chat will be refused, token-id prompts work\n");
   }
+  std::string chat = "plain (built in)";
+  if (tok) {
+    if (auto t = ChatTemplate::from_model_dir(model)) {
+      o.chat_template = std::make_shared<const ChatTemplate>(std::move(*t));
+      chat = o.chat_template->origin();
+    }
+  }
   const std::string host = o.host;
   Server srv(im, std::move(tok), o);
   const int port = srv.bind();
-  fmt::print(stderr, "serve: model '{}' ({}, {} weights, vocab {}, context {}), tokenizer {}\n", o.model_name, model,
-             im.weight_dtype, im.cfg.vocab_size, im.cfg.max_position_embeddings, tokenizer.empty() ? "none" : tokenizer);
+  fmt::print(stderr, "serve: model '{}' ({}, {} weights, vocab {}, context {}), tokenizer {}, chat template {}\n", o.model_name,
+             model, im.weight_dtype, im.cfg.vocab_size, im.cfg.max_position_embeddings,
+             tokenizer.empty() ? "none" : tokenizer, chat);
   const bool v6 = host.find(':') != std::string::npos;
   fmt::print("listening on http://{}{}{}:{}\n", v6 ? "[" : "", host, v6 ? "]" : "", port);
   std::fflush(stdout);

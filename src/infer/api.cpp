@@ -299,11 +299,19 @@ std::vector<int32_t> templated_prompt(const ChatTemplate& t, const std::vector<C
   if (!lim.tok) no_tokenizer(lim, "messages");
   json arr = json::array();
   for (const auto& m : msgs) arr.push_back({{"role", m.role}, {"content", m.content}});
+  std::string text;
   try {
-    return t.encode(*lim.tok, t.render(arr, true));
+    text = t.render(arr, true);
   } catch (const jinja::TemplateError& e) {
     bad_value("messages", fmt::format("the model's chat template refused them (line {}): {}", e.line, e.message));
   }
+  const int64_t least = t.min_tokens(*lim.tok, text);  // as encode_text: refused before encoding
+  if (least > lim.max_prompt_tokens)
+    throw ApiError(400, fmt::format("The messages have at least {} tokens ({} bytes of text); this server accepts at most {}.",
+                                    least, text.size(), lim.max_prompt_tokens),
+                   "messages", "context_length_exceeded");
+  if (lim.on_encode) lim.on_encode(text.size());
+  return t.encode(*lim.tok, text);
 }
 
 // max_tokens against the limit and the context left after the prompt. `def` applies when absent.

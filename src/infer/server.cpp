@@ -18,6 +18,7 @@
 #include "infer/http_front.h"
 #include "infer/metrics.h"
 #include "infer/output_text.h"
+#include "io/chat_template.h"
 
 namespace sky {
 
@@ -47,7 +48,7 @@ void send_error(http::Exchange& ex, const ApiError& e, http::Headers extra = {})
 // bytes on the spot; nothing waits on it.
 struct Job {
   Job(const Tokenizer* tok, const GenRequest& r, std::shared_ptr<http::Exchange> ex)
-      : out(tok, r.stop, r.chat, r.echo ? r.prompt : std::vector<int32_t>{}), ex(std::move(ex)) {}
+      : stop_ids(r.stop_ids), out(tok, r.stop, r.chat, r.echo ? r.prompt : std::vector<int32_t>{}), ex(std::move(ex)) {}
 
   // Fixed before submit.
   Clock::time_point start = Clock::now();
@@ -58,10 +59,13 @@ struct Job {
   bool logprobs = false;  // the response carries per-token log-probabilities
   ResponseMeta meta;
   int64_t id = -1;  // the engine's id, set right after submit (under the jobs mutex)
+  // End-of-turn tokens of the chat template: each ends the reply like eos (shows no text).
+  const std::vector<int32_t> stop_ids;
 
   // Engine thread only.
   OutputText out;
   bool seen_event = false;
+  bool stop_token = false;  // a stop_ids token came
 
   // Shared; guarded by mu (which also orders what goes to the exchange).
   std::mutex mu;
@@ -157,6 +161,7 @@ struct Server::Impl {
     limits.max_prompt_tokens = o.max_prompt_tokens > 0 ? std::min(o.max_prompt_tokens, limits.context - 1) : limits.context - 1;
     limits.max_tokens_limit = o.max_tokens_limit;
     limits.add_bos = o.add_bos;
+    limits.chat_template = o.chat_template.get();
   }
 
   // ---- engine side ------------------------------------------------------------------------------
@@ -269,7 +274,9 @@ struct Server::Impl {
       std::string text;
       if (!ev.prompt_logprobs.empty()) j.out.prompt_logprobs(ev.prompt_logprobs);
       const bool eos = ev.done && ev.finish_reason == "stop";  // the eos token itself shows nothing
-      const bool with_token = ev.token >= 0 && !eos;
+      if (ev.token >= 0 && !eos && std::find(j.stop_ids.begin(), j.stop_ids.end(), ev.token) != j.stop_ids.end())
+        j.stop_token = true;  // the engine's "cancelled" event that follows ends it as "stop"
+      const bool with_token = ev.token >= 0 && !eos && !j.stop_token;
       const TokenLogprob* lp = ev.logprob ? &*ev.logprob : nullptr;
       if (with_token)
         text = j.out.push(ev.token, lp);
@@ -296,13 +303,13 @@ struct Server::Impl {
       }
       if (ev.done) {
         j.done = true;
-        j.finish = j.out.stopped() ? "stop" : ev.finish_reason;
+        j.finish = j.out.stopped() || j.stop_token ? "stop" : ev.finish_reason;
         if (j.finish == "error")
           errored.push_back(jp);  // the failure's message is recorded after this step
         else
           answer(j);
       }
-      return !j.out.stopped() && !j.ex->gone();
+      return !j.out.stopped() && !j.stop_token && !j.ex->gone();
     } catch (...) {
       std::lock_guard<std::mutex> g(j.mu);
       if (!j.done) {

@@ -30,6 +30,8 @@
 
 namespace sky {
 
+class ChatTemplate;  // io/chat_template.h
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0: any free port (bind() returns it)
@@ -48,6 +50,8 @@ struct ServerOptions {
   bool log_requests = true;           // one line per request on stderr
   std::function<void(const std::string&)> log_line;  // where those lines go instead (tests)
   std::string tokenizer_hint;         // appended to "this model has no tokenizer" errors
+  // The model's chat template for /v1/chat/completions (null: the built-in plain template).
+  std::shared_ptr<const ChatTemplate> chat_template;
   // Tests: runs on the engine thread before every step (e.g. sleeps, to make generation slow).
   std::function<void()> before_step;
   // Runs on the engine thread every idle_interval_s while there is nothing to do (tensor

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <iterator>
 
@@ -199,18 +200,13 @@ std::vector<std::pair<std::string, int32_t>> ChatTemplate::specials(const Tokeni
   return out;
 }
 
-std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, std::string_view text) const {
-  const auto sp = specials(tok);
+// Walks `text` in order: plain(run) for each run of ordinary text, special(id) for each special
+// token, longest match first.
+static void scan(const std::vector<std::pair<std::string, int32_t>>& sp, std::string_view text,
+                 const std::function<void(std::string_view)>& plain, const std::function<void(int32_t)>& special) {
   bool first_byte[256] = {};  // most positions start no special token; skip them quickly
   for (const auto& s : sp) first_byte[uint8_t(s.first[0])] = true;
-  std::vector<int32_t> ids;
-  size_t plain = 0;  // start of the text not yet encoded
-  auto flush = [&](size_t end) {
-    if (end > plain) {
-      auto part = tok.encode(text.substr(plain, end - plain));
-      ids.insert(ids.end(), part.begin(), part.end());
-    }
-  };
+  size_t from = 0;  // start of the text not yet handed out
   for (size_t i = 0; i < text.size();) {
     const std::pair<std::string, int32_t>* hit = nullptr;
     if (first_byte[uint8_t(text[i])])
@@ -223,13 +219,31 @@ std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, std::string_view
       i++;
       continue;
     }
-    flush(i);
-    ids.push_back(hit->second);
+    if (i > from) plain(text.substr(from, i - from));
+    special(hit->second);
     i += hit->first.size();
-    plain = i;
+    from = i;
   }
-  flush(text.size());
+  if (text.size() > from) plain(text.substr(from));
+}
+
+std::vector<int32_t> ChatTemplate::encode(const Tokenizer& tok, std::string_view text) const {
+  std::vector<int32_t> ids;
+  scan(
+      specials(tok), text,
+      [&](std::string_view run) {
+        auto part = tok.encode(run);
+        ids.insert(ids.end(), part.begin(), part.end());
+      },
+      [&](int32_t id) { ids.push_back(id); });
   return ids;
+}
+
+int64_t ChatTemplate::min_tokens(const Tokenizer& tok, std::string_view text) const {
+  int64_t n = 0;
+  scan(
+      specials(tok), text, [&](std::string_view run) { n += tok.min_tokens(run); }, [&](int32_t) { n++; });
+  return n;
 }
 
 std::vector<int32_t> ChatTemplate::stop_token_ids(const Tokenizer& tok) const {

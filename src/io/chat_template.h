@@ -60,6 +60,9 @@ class ChatTemplate {
   // tokenizer's bos/eos piece) becomes its id, longest match first, and the text between goes
   // through the tokenizer. No bos is added: templates write their own.
   std::vector<int32_t> encode(const Tokenizer& tok, std::string_view text) const;
+  // A lower bound on encode(tok, text).size() without encoding (Tokenizer::min_tokens between the
+  // special tokens): a server refuses a prompt that is surely too long before tokenizing it.
+  int64_t min_tokens(const Tokenizer& tok, std::string_view text) const;
   // The ids of the stop strings that are one special token: a SentencePiece control token decodes
   // to no text, so generation has to stop on its id.
   std::vector<int32_t> stop_token_ids(const Tokenizer& tok) const;
