@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 #include "fuzz_util.h"
-#include "io/checkpoint.h"
+#include "io/trainer_state.h"
 #include "io/json_input.h"
 #include "io/token_data.h"
 

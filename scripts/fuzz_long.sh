@@ -5,7 +5,7 @@
 # per target: executions, seconds, executions per second, and the result. The corpus each target
 # grows is kept in $FUZZ_BUILD/fuzz/long/<name> and carried into the next long run; the committed
 # seed corpus is only read. Needs the fuzz targets' build: FUZZ_BUILD (default build-san, made by
-# `make build-sanitize`).
+# `make build-fuzz`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-1800}
@@ -20,7 +20,7 @@ status=0
 printf '%-24s %12s %8s %10s  %s\n' target executions seconds exec/s result
 for t in "${targets[@]}"; do
   bin=$build/fuzz/$t
-  [ -x "$bin" ] || { echo "$t: $bin not built (make build-sanitize)"; status=1; continue; }
+  [ -x "$bin" ] || { echo "$t: $bin not built (make build-fuzz)"; status=1; continue; }
   name=${t#fuzz_}
   work=$build/fuzz/long/$name
   mkdir -p "$work/corpus" "$work/artifacts"

@@ -309,6 +309,12 @@ struct Server::Impl {
         else
           answer(j);
       }
+      if (j.ex->gone() && !j.done && j.cancel_reason.empty()) {
+        // The client left and the engine saw it first: counted here, under mu, so that cancel()
+        // from the front's gone callback does not count it again (or miss it).
+        j.cancel_reason = "disconnect";
+        metrics.cancelled("disconnect");
+      }
       return !j.out.stopped() && !j.stop_token && !j.ex->gone();
     } catch (...) {
       std::lock_guard<std::mutex> g(j.mu);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/token_data.h"
+#include "io/trainer_state.h"
 #include "model/model.h"
 
 namespace sky {
@@ -33,21 +34,5 @@ std::string resolve_checkpoint(const std::string& path);
 // Loads a checkpoint's optimizer moments into m, v (sizes checked against `total`) and returns the
 // trainer state (a JSON object). The weights load through Model::load(dir).
 nlohmann::json load_checkpoint_state(const std::string& dir, float* adam_m, float* adam_v, size_t total);
-
-// trainer_state.json is outside input: these read its fields, each checked, and throw sky::Error
-// naming the field (never a JSON exception, never a wrapped or truncated number).
-// What a resume restores besides the weights and moments; num_alpha = the model's MoE layers.
-struct TrainerState {
-  int64_t step = 0;
-  DataPosition data;
-  std::vector<double> alpha;  // finite, >= 0
-};
-TrainerState parse_trainer_state(const nlohmann::json& state, size_t num_alpha);
-// The run shape a resume adopts for flags not given, from "signature" (absent fields stay unset).
-struct RunShape {
-  std::optional<int> seq_len, batch_size, grad_accum;  // positive
-  std::optional<std::string> data_order;
-};
-RunShape parse_run_shape(const nlohmann::json& state);
 
 }  // namespace sky
