@@ -19,7 +19,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
-from transformers import GraniteMoeConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import GraniteMoeConfig, GraniteMoeSharedConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
 
 COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -41,6 +41,11 @@ FAMILIES = {
     "granitemoe": GraniteMoeConfig(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=12,
                                    num_local_experts=8, num_experts_per_tok=2, embedding_multiplier=0.5,
                                    attention_multiplier=0.25, residual_multiplier=1.5, logits_scaling=2.5),
+    # The same with an ungated shared expert (shared_mlp.input_linear [40, 32]: gate rows, then up rows).
+    "granitemoeshared": GraniteMoeSharedConfig(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=12,
+                                               shared_intermediate_size=20, num_local_experts=8, num_experts_per_tok=2,
+                                               embedding_multiplier=0.5, attention_multiplier=0.25,
+                                               residual_multiplier=1.5, logits_scaling=2.5),
 }
 
 

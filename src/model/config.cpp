@@ -210,9 +210,9 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   }
   const std::string& mt = c.model_type;
   SKY_CHECK(mt == "llama" || mt == "skywork" || mt == "skywork_moe" || mt == "mixtral" || mt == "qwen2_moe" ||
-                mt == "qwen3_moe" || mt == "olmoe" || mt == "granitemoe",
+                mt == "qwen3_moe" || mt == "olmoe" || mt == "granitemoe" || mt == "granitemoeshared",
             "{}: unsupported model_type '{}' (expected llama, skywork, skywork_moe, mixtral, qwen2_moe, qwen3_moe, "
-            "olmoe or granitemoe)",
+            "olmoe, granitemoe or granitemoeshared)",
             src, mt);
   c.vocab_size = get_int(j, "vocab_size", src, true, 0);
   c.hidden_size = get_int(j, "hidden_size", src, true, 0);
@@ -264,14 +264,16 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   if (mt == "mixtral") {
     c.num_experts = get_int(j, "num_local_experts", src, true, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, 2);
-  } else if (mt == "granitemoe") {
+  } else if (c.granite()) {
     // Every layer is MoE (transformers reads no layer-pattern keys for Granite-MoE, so neither do
     // we), of experts as wide as intermediate_size; the router takes the softmax of the top-k
     // logits, i.e. renormalized top-k softmax weights.
     c.first_dense_layers = 0, c.moe_layer_step = 1, c.dense_layers.clear();
     c.num_experts = get_int(j, "num_local_experts", src, false, 8);
-    SKY_CHECK(c.num_experts >= 2, "{}: granitemoe with num_local_experts {} is not supported (at least 2 experts)",
-              src, c.num_experts);
+    SKY_CHECK(c.num_experts >= 2, "{}: {} with num_local_experts {} is not supported (at least 2 experts)", src, mt,
+              c.num_experts);
+    // GraniteMoeShared: an ungated SwiGLU shared expert (shared_mlp) added to the experts' output.
+    if (mt == "granitemoeshared") c.shared_expert_size = get_int(j, "shared_intermediate_size", src, false, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, 2);
     c.embedding_multiplier = get_num(j, "embedding_multiplier", src, 1.0);
     c.residual_multiplier = get_num(j, "residual_multiplier", src, 1.0);
@@ -333,7 +335,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
     c.gate_norm_std = get_num(j, "moe_gate_norm_std", src, 1.0);
   }
   if (c.num_experts <= 1) c.num_experts = 0;  // a single "expert" is the dense model (Skywork-13B)
-  c.moe_intermediate_size = c.num_experts > 0 && mt != "granitemoe"
+  c.moe_intermediate_size = c.num_experts > 0 && !c.granite()
                                 ? get_int(j, "moe_intermediate_size", src, false, c.intermediate_size)
                                 : c.num_experts > 0 ? c.intermediate_size : 0;
   // Router options, whatever the model type (defaults: what Skywork and Mixtral do).
@@ -346,7 +348,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   // Skywork and Mixtral always renormalize; the Qwen and OLMoE configs say (transformers' default: no).
   c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, !c.mlp_expert_names());
   c.routed_scaling_factor = get_num(j, "routed_scaling_factor", src, 1.0);
-  if (mt == "granitemoe") c.router_sigmoid = false, c.norm_topk_prob = true, c.routed_scaling_factor = 1.0;
+  if (c.granite()) c.router_sigmoid = false, c.norm_topk_prob = true, c.routed_scaling_factor = 1.0;
   try {
     c.validate();
   } catch (const Error& e) {
@@ -368,6 +370,7 @@ json ModelConfig::to_hf_json() const {
                                     : model_type == "qwen3_moe" ? "Qwen3MoeForCausalLM"
                                     : model_type == "olmoe"     ? "OlmoeForCausalLM"
                                     : model_type == "granitemoe" ? "GraniteMoeForCausalLM"
+                                    : model_type == "granitemoeshared" ? "GraniteMoeSharedForCausalLM"
                                                                 : "SkyworkForCausalLM"});
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -397,7 +400,7 @@ json ModelConfig::to_hf_json() const {
   if (model_type == "mixtral") {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
-  } else if (model_type == "granitemoe") {
+  } else if (granite()) {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
     j["intermediate_size"] = moe_intermediate_size;
@@ -406,6 +409,7 @@ json ModelConfig::to_hf_json() const {
     j["residual_multiplier"] = residual_multiplier;
     j["attention_multiplier"] = attention_scale();
     j["logits_scaling"] = logits_scaling;
+    if (model_type == "granitemoeshared") j["shared_intermediate_size"] = shared_expert_size;
   } else if (mlp_expert_names()) {
     j["num_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;

@@ -17,7 +17,8 @@ enum class FfnKind : uint8_t { Dense, Moe };
 enum class QkNorm : uint8_t { None, PerHead, Whole };
 
 struct ModelConfig {
-  // llama | skywork | skywork_moe | mixtral | qwen2_moe | qwen3_moe | olmoe | granitemoe
+  // llama | skywork | skywork_moe | mixtral | qwen2_moe | qwen3_moe | olmoe | granitemoe |
+  // granitemoeshared
   std::string model_type = "skywork_moe";
   int vocab_size = 0;
   int hidden_size = 0;
@@ -73,10 +74,11 @@ struct ModelConfig {
   // Tensor names: Mixtral/Skywork's block_sparse_moe.{gate,experts.E.w1} or the mlp.{gate,
   // experts.E.gate_proj} of Qwen-MoE and OLMoE.
   bool mlp_expert_names() const { return model_type == "qwen2_moe" || model_type == "qwen3_moe" || model_type == "olmoe"; }
-  // Experts stored stacked per layer (Granite-MoE: block_sparse_moe.input_linear [E, 2I, H] holding
-  // each expert's gate and up rows, output_linear [E, H, I]); params.h StoredAt says where each
-  // expert's matrix sits.
-  bool stacked_experts() const { return model_type == "granitemoe"; }
+  // Granite-MoE (granitemoe, and granitemoeshared with its shared_mlp): experts stored stacked per
+  // layer (block_sparse_moe.input_linear [E, 2I, H] holding each expert's gate and up rows,
+  // output_linear [E, H, I]); params.h StoredAt says where each expert's matrix sits.
+  bool granite() const { return model_type == "granitemoe" || model_type == "granitemoeshared"; }
+  bool stacked_experts() const { return granite(); }
   double attention_scale() const;  // attention_multiplier, or 1 / sqrt(head_dim)
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }

@@ -21,6 +21,12 @@ static StoredAt stacked_expert(const ModelConfig& c, ParamKind kind, int l, int 
 StoredAt stored_at(const ModelConfig& c, ParamKind kind, int l, int e, const Shape& shape) {
   if (c.stacked_experts() && (kind == ParamKind::W1 || kind == ParamKind::W3 || kind == ParamKind::W2))
     return stacked_expert(c, kind, l, e);
+  // GraniteMoeShared's shared expert: its gate and up rows stacked in shared_mlp.input_linear [2S, H].
+  if (c.granite() && (kind == ParamKind::SharedGate || kind == ParamKind::SharedUp)) {
+    const int64_t S = c.shared_expert_size;
+    return {fmt::format("model.layers.{}.shared_mlp.input_linear.weight", l), {2 * S, c.hidden_size},
+            kind == ParamKind::SharedUp ? S : 0};
+  }
   return {tensor_name(c, kind, l, e), shape, 0};
 }
 
@@ -31,8 +37,14 @@ std::string tensor_name(const ModelConfig& c, ParamKind kind, int l, int e) {
     const int64_t r = at.row0 - int64_t(e) * at.shape[1];
     return fmt::format("{}[{}][{}:{}]", at.name, e, r, r + c.moe_intermediate_size);
   }
-  if (c.model_type == "granitemoe" && kind == ParamKind::Router)
+  if (c.granite() && kind == ParamKind::Router)
     return fmt::format("model.layers.{}.block_sparse_moe.router.layer.weight", l);
+  if (c.granite() && (kind == ParamKind::SharedGate || kind == ParamKind::SharedUp)) {
+    const int64_t r = kind == ParamKind::SharedUp ? c.shared_expert_size : 0;
+    return fmt::format("model.layers.{}.shared_mlp.input_linear.weight[{}:{}]", l, r, r + c.shared_expert_size);
+  }
+  if (c.granite() && kind == ParamKind::SharedDown)
+    return fmt::format("model.layers.{}.shared_mlp.output_linear.weight", l);
   const bool mlp = c.mlp_expert_names();
   const char* moe = mlp ? "mlp" : "block_sparse_moe";
   switch (kind) {

@@ -46,7 +46,7 @@ std::vector<Range> to_ranges(const std::vector<int>& sizes) {
 bool tensor_parallel_supported(const ModelConfig& c) {
   // Granite-MoE: its multipliers apply after the partial sums, but no tensor-parallel run of it is
   // tested against one process yet.
-  return c.qk_norm == QkNorm::None && c.shared_expert_size == 0 && !c.qkv_bias && c.model_type != "granitemoe";
+  return c.qk_norm == QkNorm::None && c.shared_expert_size == 0 && !c.qkv_bias && !c.granite();
 }
 
 Shard Shard::full(const ModelConfig& c) {
