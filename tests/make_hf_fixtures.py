@@ -3,7 +3,7 @@
 committed, so CI needs no PyPI):
 
   python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch transformers==4.57.1
-  /tmp/hf/bin/python tests/make_hf_fixtures.py tests/data/hf
+  /tmp/hf/bin/python tests/make_hf_fixtures.py tests/data/hf [FAMILY...]   (default: every family)
 
 For each family a tiny random checkpoint is made by transformers' own model class and saved with
 save_pretrained (config.json + model.safetensors). Beside it, reference.safetensors holds:
@@ -19,7 +19,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
-from transformers import OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import GraniteMoeConfig, GraniteMoeSharedConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
 
 COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -36,6 +36,16 @@ FAMILIES = {
                                 mlp_only_layers=[]),
     # q/k norms over the whole projection; top-3 of 8, no renorm.
     "olmoe": OlmoeConfig(**COMMON, intermediate_size=12, num_experts=8, num_experts_per_tok=3, norm_topk_prob=False),
+    # Experts stacked (input_linear [8, 24, 32] holds each expert's gate and up rows); tied embeddings;
+    # every multiplier away from 1 (attention 0.25 instead of 1/sqrt(8)); top-2 of 8.
+    "granitemoe": GraniteMoeConfig(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=12,
+                                   num_local_experts=8, num_experts_per_tok=2, embedding_multiplier=0.5,
+                                   attention_multiplier=0.25, residual_multiplier=1.5, logits_scaling=2.5),
+    # The same with an ungated shared expert (shared_mlp.input_linear [40, 32]: gate rows, then up rows).
+    "granitemoeshared": GraniteMoeSharedConfig(**{**COMMON, "tie_word_embeddings": True}, intermediate_size=12,
+                                               shared_intermediate_size=20, num_local_experts=8, num_experts_per_tok=2,
+                                               embedding_multiplier=0.5, attention_multiplier=0.25,
+                                               residual_multiplier=1.5, logits_scaling=2.5),
 }
 
 
@@ -73,8 +83,13 @@ def make(name, cfg, out):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "data", "hf")
+    only = sys.argv[2:]
+    for name in only:
+        if name not in FAMILIES:
+            sys.exit(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
     for name, cfg in FAMILIES.items():
-        make(name, cfg, out)
+        if not only or name in only:
+            make(name, cfg, out)
 
 
 if __name__ == "__main__":

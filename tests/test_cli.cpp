@@ -573,6 +573,66 @@ TEST_F(Cli, MixedLayersAndTiedEmbeddingsThroughEveryCommand) {
   EXPECT_NE(g.err.find("GGUF export"), std::string::npos) << g.describe();
 }
 
+// A Granite-MoE checkpoint transformers made (tests/data/hf/granitemoe: stacked experts, tied
+// embeddings, every multiplier away from 1) through the commands: eval gives transformers' loss,
+// generate its greedy tokens; train writes a checkpoint in Granite's own layout (stacked experts,
+// no lm_head, the multipliers in config.json) that generates and quantizes; GGUF export and tensor
+// parallelism refuse, naming the family.
+TEST_F(Cli, GraniteMoeThroughEveryCommand) {
+  const std::string hf = std::string(SKYMOE_TEST_DATA) + "/hf/granitemoe";
+  const sky::SafetensorsReader ref = sky::SafetensorsReader::open(hf + "/reference.safetensors");
+  auto ints = [&](const std::string& name) {
+    sky::Tensor t = ref.get(name).to_f32();
+    return std::vector<int>(t.f32(), t.f32() + t.numel());
+  };
+  const std::vector<int> ids = ints("ids"), greedy = ints("greedy");
+  const double loss = ref.get("loss").to_f32().f32()[0];
+  sky::write_token_file(path("ids.bin"), std::vector<uint32_t>(ids.begin(), ids.end()));
+
+  json info = run_json({"info", hf, "--json", "--tensors"});
+  EXPECT_EQ(info["config"]["model_type"], "granitemoe");
+  EXPECT_EQ(info["params_total"].get<int64_t>(), ModelConfig::load_file(hf).param_count());
+  json ev = run_json({"eval", "--model", hf, "--data", path("ids.bin"), "--seq-len", std::to_string(ids.size() - 1),
+                      "--json"});
+  EXPECT_NEAR(ev["loss"].get<double>(), loss, 1e-4 * loss) << ev.dump();
+  std::string prompt;
+  for (int i = 0; i < 6; i++) prompt += (i ? "," : "") + std::to_string(ids[i]);
+  json gen = run_json({"generate", "--model", hf, "--prompt-ids", prompt, "--max-tokens",
+                       std::to_string(greedy.size()), "--json"});
+  EXPECT_EQ(gen["generated_ids"].get<std::vector<int>>(), greedy) << gen.dump();
+
+  write_tokens(path("t.bin"), 2000, ModelConfig::load_file(hf).vocab_size, 5);
+  RunResult tr = run({"train", "--model", hf, "--data", path("t.bin"), "--seq-len", "8", "--batch-size", "2",
+                      "--steps", "2", "--out", path("run"), "--quiet"});
+  ASSERT_EQ(tr.code, 0) << tr.describe();
+  const std::string ckpt = path("run/step-00000002");
+  const sky::SafetensorsReader saved = sky::SafetensorsReader::open(ckpt);
+  EXPECT_EQ(saved.names(), sky::SafetensorsReader::open(hf).names());
+  EXPECT_EQ(saved.info("model.layers.1.block_sparse_moe.input_linear.weight").shape, (sky::Shape{8, 24, 32}));
+  json cfg = json::parse(std::ifstream(ckpt + "/config.json"));
+  EXPECT_EQ(cfg["model_type"], "granitemoe");
+  EXPECT_EQ(cfg["embedding_multiplier"], 0.5);
+  EXPECT_EQ(cfg["attention_multiplier"], 0.25);
+  EXPECT_EQ(cfg["residual_multiplier"], 1.5);
+  EXPECT_EQ(cfg["logits_scaling"], 2.5);
+  json gen2 = run_json({"generate", "--model", ckpt, "--prompt-ids", prompt, "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gen2["generated_ids"].size(), 4u) << gen2.dump();
+  RunResult q = run({"quantize", "--model", ckpt, "--to", "fp8", "--out", path("fp8")});
+  ASSERT_EQ(q.code, 0) << q.describe();
+  EXPECT_EQ(sky::SafetensorsReader::open(path("fp8")).info("model.layers.0.block_sparse_moe.output_linear.weight").dtype,
+            DType::F8_E4M3);
+  json gen8 = run_json({"generate", "--model", path("fp8"), "--prompt-ids", prompt, "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gen8["generated_ids"].size(), 4u) << gen8.dump();
+
+  RunResult g = run({"export", "gguf", "--model", hf, "--out", path("m.gguf"), "--no-tokenizer"});
+  EXPECT_NE(g.code, 0);
+  EXPECT_NE(g.err.find("granitemoe"), std::string::npos) << g.describe();
+  RunResult p = run({"plan", "--config", hf, "--devices", "8", "--tp", "2", "--global-batch", "16", "--seq-len", "64",
+                     "--tflops", "100"});
+  EXPECT_NE(p.code, 0);
+  EXPECT_NE(p.err.find("granitemoe"), std::string::npos) << p.describe();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. bad input: clean failures that say what is wrong
 // ---------------------------------------------------------------------------------------------

@@ -263,6 +263,52 @@ TEST(Config, RouterOptions) {
   expect_error(j, "routed_scaling_factor");
 }
 
+// Granite-MoE: num_local_experts experts as wide as intermediate_size in every layer, its four
+// multipliers (transformers' defaults: all 1, attention_multiplier too, not 1/sqrt(head_dim)),
+// renormalized softmax top-k whatever router keys the file has (transformers reads none).
+TEST(Config, GraniteMoe) {
+  json j = json::parse(R"({"model_type": "granitemoe", "vocab_size": 49155, "hidden_size": 1024,
+    "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 8, "intermediate_size": 512,
+    "num_local_experts": 32, "num_experts_per_tok": 8, "embedding_multiplier": 12.0, "attention_multiplier": 0.015625,
+    "residual_multiplier": 0.22, "logits_scaling": 6.0, "tie_word_embeddings": true, "attention_bias": false,
+    "position_embedding_type": "rope", "max_position_embeddings": 4096, "rope_theta": 10000})");
+  ModelConfig c = ModelConfig::from_hf_json(j, "x");
+  EXPECT_EQ(c.num_experts, 32);
+  EXPECT_EQ(c.top_k, 8);
+  EXPECT_EQ(c.moe_intermediate_size, 512);
+  EXPECT_EQ(c.num_moe_layers(), 24);
+  EXPECT_TRUE(c.stacked_experts());
+  EXPECT_EQ(c.embedding_multiplier, 12.0);
+  EXPECT_EQ(c.attention_scale(), 0.015625);
+  EXPECT_EQ(c.residual_multiplier, 0.22);
+  EXPECT_EQ(c.logits_scaling, 6.0);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_EQ(ModelConfig::from_hf_json(c.to_hf_json(), "y").to_hf_json(), c.to_hf_json());
+  EXPECT_EQ(c.to_hf_json()["architectures"][0], "GraniteMoeForCausalLM");
+  EXPECT_EQ(ModelConfig::preset("bench-granitemoe").to_hf_json()["attention_multiplier"], 0.015625);
+  json d = j;
+  for (const char* k : {"embedding_multiplier", "attention_multiplier", "residual_multiplier", "logits_scaling"}) d.erase(k);
+  d["norm_topk_prob"] = false;
+  d["mlp_only_layers"] = {0};
+  ModelConfig dc = ModelConfig::from_hf_json(d, "x");
+  EXPECT_EQ(dc.attention_scale(), 1.0);
+  EXPECT_EQ(dc.embedding_multiplier, 1.0);
+  EXPECT_TRUE(dc.norm_topk_prob);
+  EXPECT_EQ(dc.num_moe_layers(), 24);
+  json bad = j;
+  bad["attention_bias"] = true;
+  expect_error(bad, "attention_bias");
+  bad = j;
+  bad["num_local_experts"] = 1;
+  expect_error(bad, "num_local_experts");
+  bad = j;
+  bad["logits_scaling"] = 0;
+  expect_error(bad, "logits_scaling");
+  bad = j;
+  bad["residual_multiplier"] = -0.5;
+  expect_error(bad, "residual_multiplier");
+}
+
 TEST(Config, NestedValueIsDescribedNotPrinted) {
   json j = skywork_json();
   j["num_experts"] = json::parse("[[[[1, 2]]]]");

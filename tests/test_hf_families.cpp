@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -61,7 +62,46 @@ TEST_P(HfFamily, ConfigIsRead) {
   EXPECT_EQ(again.shared_expert_size, c.shared_expert_size);
   EXPECT_EQ(again.norm_topk_prob, c.norm_topk_prob);
   EXPECT_EQ(again.head_dim, c.head_dim);
+  EXPECT_EQ(again.num_experts, c.num_experts);
+  EXPECT_EQ(again.top_k, c.top_k);
+  EXPECT_EQ(again.moe_intermediate_size, c.moe_intermediate_size);
+  EXPECT_EQ(again.tie_word_embeddings, c.tie_word_embeddings);
+  EXPECT_EQ(again.embedding_multiplier, c.embedding_multiplier);
+  EXPECT_EQ(again.residual_multiplier, c.residual_multiplier);
+  EXPECT_EQ(again.attention_scale(), c.attention_scale());
+  EXPECT_EQ(again.logits_scaling, c.logits_scaling);
   EXPECT_EQ(Model::load(dir()).layout.total, size_t(c.param_count()));
+  // The file's config holds what transformers reads: Granite-MoE's multipliers as they were made.
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(dir() + "/config.json"));
+  if (c.granite()) {
+    EXPECT_EQ(c.embedding_multiplier, j["embedding_multiplier"].get<double>());
+    EXPECT_EQ(c.residual_multiplier, j["residual_multiplier"].get<double>());
+    EXPECT_EQ(c.attention_scale(), j["attention_multiplier"].get<double>());
+    EXPECT_EQ(c.logits_scaling, j["logits_scaling"].get<double>());
+    EXPECT_NE(c.embedding_multiplier, 1.0);  // the fixture exercises every multiplier
+    EXPECT_NE(c.residual_multiplier, 1.0);
+    EXPECT_NE(c.logits_scaling, 1.0);
+    EXPECT_NE(c.attention_scale(), 1.0 / std::sqrt(double(c.head_dim)));
+    EXPECT_TRUE(c.tie_word_embeddings);
+  }
+}
+
+// Loaded and saved again, the checkpoint has transformers' tensors: the same names, shapes and
+// values (Granite-MoE's experts stacked back into input_linear / output_linear).
+TEST_P(HfFamily, SavedCheckpointKeepsTheFileLayout) {
+  const SafetensorsReader orig = SafetensorsReader::open(dir());
+  const std::string out = testing::TempDir() + "/hf-" + GetParam() + "-saved";
+  std::filesystem::remove_all(out);
+  Model::load(dir()).save(out);
+  const SafetensorsReader saved = SafetensorsReader::open(out);
+  EXPECT_EQ(saved.names(), orig.names());
+  for (const std::string& n : orig.names()) {
+    SCOPED_TRACE(n);
+    ASSERT_TRUE(saved.has(n));
+    EXPECT_EQ(saved.info(n).shape, orig.info(n).shape);
+    EXPECT_EQ(f32s(saved, n), f32s(orig, n));
+  }
+  std::filesystem::remove_all(out);
 }
 
 // Training's forward and backward (the trainer's path) against transformers.
@@ -82,9 +122,13 @@ TEST_P(HfFamily, TrainingLogitsLossAndGradients) {
   int checked = 0;
   for (const ParamSpec& s : m.layout.specs) {
     SCOPED_TRACE(s.name);
-    ASSERT_TRUE(ref.has("grad." + s.name));
-    const std::vector<float> g = f32s(ref, "grad." + s.name);
-    ASSERT_EQ(g.size(), s.numel());
+    // transformers' gradient of the stored tensor; a stacked expert's rows of it.
+    ASSERT_TRUE(ref.has("grad." + s.stored.name));
+    const std::vector<float> stored = f32s(ref, "grad." + s.stored.name);
+    const size_t at = size_t(s.stored.row0) * size_t(s.stored.shape.back());
+    ASSERT_LE(at + s.numel(), stored.size());
+    if (s.stored.whole(s.shape)) ASSERT_EQ(stored.size(), s.numel());
+    const std::vector<float> g(stored.begin() + at, stored.begin() + at + s.numel());
     double gmax = 0;
     for (float v : g) gmax = std::max(gmax, double(std::abs(v)));
     if (gmax == 0) {  // an expert no token chose
@@ -159,6 +203,7 @@ TEST_P(HfFamily, Fp8AndBf16WithinTolerance) {
   std::filesystem::remove_all(q);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, HfFamily, testing::Values("qwen2_moe", "qwen3_moe", "olmoe"));
+INSTANTIATE_TEST_SUITE_P(Families, HfFamily, testing::Values("qwen2_moe", "qwen3_moe", "olmoe", "granitemoe",
+                                                                    "granitemoeshared"));
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -37,9 +38,14 @@ int cmd_info(int argc, char** argv) {
       bytes_by_dtype[dtype_name(ti.dtype)] += ti.nbytes;
     }
   } else {
+    std::set<std::string> stacked;  // listed once, whole, as the files hold them
     for (auto& s : layout.specs) {
-      rows.push_back({s.name, "F32", s.shape, s.numel() * 4});
-      bytes_by_dtype["F32"] += s.numel() * 4;
+      const bool whole = s.stored.whole(s.shape);
+      if (!whole && !stacked.insert(s.stored.name).second) continue;
+      const Shape shape = whole ? s.shape : s.stored.shape;
+      const size_t bytes = size_t(shape_numel(shape)) * 4;
+      rows.push_back({s.stored.name, "F32", shape, bytes});
+      bytes_by_dtype["F32"] += bytes;
     }
   }
   if (json_out) {

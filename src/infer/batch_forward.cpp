@@ -48,6 +48,13 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   return w;
 }
 
+// logits [n, V] = the LM head over the final norm's rows ln [n, H], divided by logits_scaling.
+static void head_linear(const InferModel& m, float* logits, const float* ln, int n) {
+  m.be->linear(logits, ln, m.lm_head, n);
+  if (m.cfg.logits_scaling != 1.0)
+    m.be->scale(logits, size_t(n) * m.cfg.vocab_size, float(1.0 / m.cfg.logits_scaling));
+}
+
 // RowLogits: the head over every row but the last of each marked sequence, kBlock rows at a time.
 static void head_rows(const InferModel& m, const std::vector<BatchRow>& rows, const RowLogits& rl, BatchScratch& s) {
   constexpr int kBlock = 32;
@@ -60,7 +67,7 @@ static void head_rows(const InferModel& m, const std::vector<BatchRow>& rows, co
       const int b = std::min(kBlock, rows[i].n - 1 - j);
       m.be->rmsnorm(s.ln.data(), s.rstd.data(), s.x.data() + size_t(r0 + j) * H, m.final_norm.data(), b, H,
                     float(m.cfg.rms_norm_eps));
-      m.be->linear(s.row_logits.data(), s.ln.data(), m.lm_head, b);
+      head_linear(m, s.row_logits.data(), s.ln.data(), b);
       for (int k = 0; k < b; k++) rl.fn(int(i), j + k, s.row_logits.data() + size_t(k) * V);
     }
   }
@@ -96,6 +103,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
         s.pos[r0] = r.kv->len + i;
         std::memcpy(s.x.data() + size_t(r0) * H, m.embed.data() + size_t(r.tokens[i]) * H, sizeof(float) * H);
       }
+    if (c.embedding_multiplier != 1.0) be.scale(s.x.data(), size_t(n) * H, float(c.embedding_multiplier));
   }
   LayerShape d;
   d.H = H;
@@ -106,6 +114,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   d.S = c.shared_expert_size;
   d.qk_norm = c.qk_norm;
   d.eps = eps;
+  d.set_multipliers(c);
   d.rope = &m.rope;
   RowBatch rb;
   rb.N = n;
@@ -124,7 +133,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   if (row_logits) head_rows(m, rows, *row_logits, s);
   if (all_logits) {
     be.rmsnorm(s.ln.data(), s.rstd.data(), s.x.data(), m.final_norm.data(), n, H, eps);
-    be.linear(all_logits, s.ln.data(), m.lm_head, n);
+    head_linear(m, all_logits, s.ln.data(), n);
     int r0 = 0;
     for (size_t i = 0; i < rows.size(); i++) {
       r0 += rows[i].n;
@@ -141,7 +150,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
     std::memcpy(s.logits_in.data() + size_t(i) * H, s.x.data() + size_t(r0 - 1) * H, sizeof(float) * H);
   }
   be.rmsnorm(s.ln.data(), s.rstd.data(), s.logits_in.data(), m.final_norm.data(), S, H, eps);
-  be.linear(logits, s.ln.data(), m.lm_head, S);
+  head_linear(m, logits, s.ln.data(), S);
 }
 
 }  // namespace sky

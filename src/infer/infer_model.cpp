@@ -1,12 +1,14 @@
 #include "infer/infer_model.h"
 
 #include <atomic>
+#include <optional>
 #include <cstring>
 
 #include "core/error.h"
 #include "core/parallel.h"
 #include "io/safetensors.h"
 #include "model/params.h"
+#include "model/stored_tensor.h"
 
 namespace sky {
 
@@ -43,24 +45,26 @@ static Tensor block_of(const Tensor& t, Range rows, Range cols) {
   return b;
 }
 
-// Loads the block [rows) x [cols) of one linear weight [O, I] (default: all of it). Kept as a view
-// into the map when the stored dtype is wanted (or `target` is auto and the stored dtype is one the
-// kernels take) and the block is whole rows; converted otherwise.
-static QWeight load_linear(const SafetensorsReader& r, const std::string& name, int O, int I, const InferLoadOptions& o,
+// Loads the block [rows) x [cols) of one linear weight [O, I] (default: all of it), stored where
+// `at` says (a tensor, or rows of a stacked one). Kept as a view into the map when the stored dtype
+// is wanted (or `target` is auto and the stored dtype is one the kernels take) and the block is
+// whole rows; converted otherwise.
+static QWeight load_linear(const SafetensorsReader& r, const StoredAt& at, int O, int I, const InferLoadOptions& o,
                            bool is_head, bool* mmapped, Range rows = {}, Range cols = {}) {
   if (rows.size == 0) rows = {0, O};
   if (cols.size == 0) cols = {0, I};
-  Tensor full = r.get_checked(name, {O, I});
+  Tensor full = read_stored(r, at, {O, I});
   Tensor t = block_of(full, rows, cols);
   const bool is_view = t.data >= full.data && t.data < static_cast<char*>(full.data) + full.nbytes();
   const int bo = rows.size, bi = cols.size;
-  std::string scale_name = name.substr(0, name.size() - 7) + ".weight_scale";
-  const bool has_scale = r.has(scale_name);
+  const std::string& name = at.name;
+  const std::string scale_name = weight_scale_name(name);
+  const std::optional<Tensor> stored_scale = read_stored_scale(r, at, O);
+  const bool has_scale = stored_scale.has_value();
   // Scales of the block's rows (one value: per-tensor, kept as it is).
   auto block_scale = [&] {
-    Tensor sc = r.get(scale_name).to_f32();
+    Tensor sc = *stored_scale;
     const int64_t ns = sc.numel();
-    SKY_CHECK(ns == 1 || ns == O, "{}: '{}' has {} values; expected 1 or {}", r.path(), scale_name, ns, O);
     if (ns == 1 || bo == O) return sc;
     Tensor b = Tensor::empty(DType::F32, {bo});
     std::memcpy(b.data, sc.f32() + rows.begin, sizeof(float) * bo);
@@ -123,12 +127,15 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   // gate/up (w1/w3), columns of down (w2).
   const Range qrows{sh.q_heads.begin * hd, sh.q_heads.size * hd}, kvrows{sh.kv_heads.begin * hd, sh.kv_heads.size * hd};
   using K = ParamKind;
+  // Where parameter `kind` of shape {O, I} is stored.
+  auto at = [&](K kind, int l, int e, int O, int I) { return stored_at(c, kind, l, e, {O, I}); };
   m.embed = f32_vec(r, tensor_name(c, K::Embed), {c.vocab_size, H});
   bool mm = false;
   if (sh.head) {
     m.final_norm = f32_vec(r, tensor_name(c, K::FinalNorm), {H});
     // Tied embeddings: the head is the embedding matrix (kept f32 beside it for lookups).
-    m.lm_head = load_linear(r, tensor_name(c, c.tie_word_embeddings ? K::Embed : K::Head), c.vocab_size, H, o, true, &mm);
+    m.lm_head = load_linear(r, at(c.tie_word_embeddings ? K::Embed : K::Head, -1, -1, c.vocab_size, H), c.vocab_size,
+                            H, o, true, &mm);
   }
   m.layers.resize(c.num_layers);
   std::atomic<bool> any_view{mm};
@@ -138,10 +145,10 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
       InferLayer& L = m.layers[l];
       L.attn_norm = f32_vec(r, tensor_name(c, K::AttnNorm, l), {H});
       L.ffn_norm = f32_vec(r, tensor_name(c, K::FfnNorm, l), {H});
-      L.wq = load_linear(r, tensor_name(c, K::Wq, l), qd, H, o, false, &lm, qrows);
-      L.wk = load_linear(r, tensor_name(c, K::Wk, l), kvd, H, o, false, &lm, kvrows);
-      L.wv = load_linear(r, tensor_name(c, K::Wv, l), kvd, H, o, false, &lm, kvrows);
-      L.wo = load_linear(r, tensor_name(c, K::Wo, l), H, qd, o, false, &lm, {}, qrows);
+      L.wq = load_linear(r, at(K::Wq, l, -1, qd, H), qd, H, o, false, &lm, qrows);
+      L.wk = load_linear(r, at(K::Wk, l, -1, kvd, H), kvd, H, o, false, &lm, kvrows);
+      L.wv = load_linear(r, at(K::Wv, l, -1, kvd, H), kvd, H, o, false, &lm, kvrows);
+      L.wo = load_linear(r, at(K::Wo, l, -1, H, qd), H, qd, o, false, &lm, {}, qrows);
       if (c.qkv_bias) {  // tensor parallelism is refused for these families: whole vectors
         L.bq = f32_vec(r, tensor_name(c, K::BiasQ, l), {qd});
         L.bk = f32_vec(r, tensor_name(c, K::BiasK, l), {kvd});
@@ -157,28 +164,28 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
         L.router = f32_vec(r, tensor_name(c, K::Router, l), {c.num_experts, H});
         if (c.shared_expert_size > 0) {
           const int S = c.shared_expert_size;
-          L.sh_gate = load_linear(r, tensor_name(c, K::SharedGate, l), S, H, o, false, &lm);
-          L.sh_up = load_linear(r, tensor_name(c, K::SharedUp, l), S, H, o, false, &lm);
-          L.sh_down = load_linear(r, tensor_name(c, K::SharedDown, l), H, S, o, false, &lm);
+          L.sh_gate = load_linear(r, at(K::SharedGate, l, -1, S, H), S, H, o, false, &lm);
+          L.sh_up = load_linear(r, at(K::SharedUp, l, -1, S, H), S, H, o, false, &lm);
+          L.sh_down = load_linear(r, at(K::SharedDown, l, -1, H, S), H, S, o, false, &lm);
           if (c.shared_expert_gate) {
             InferLoadOptions f32o = o;
             f32o.dtype = "f32";  // one row: the router's precision, not worth quantizing
-            L.sh_router = load_linear(r, tensor_name(c, K::SharedRouter, l), 1, H, f32o, false, &lm);
+            L.sh_router = load_linear(r, at(K::SharedRouter, l, -1, 1, H), 1, H, f32o, false, &lm);
           }
         }
         L.w1.resize(c.num_experts);
         L.w3.resize(c.num_experts);
         L.w2.resize(c.num_experts);
         for (int e = sh.experts.begin; e < sh.experts.end(); e++) {
-          L.w1[e] = load_linear(r, tensor_name(c, K::W1, l, e), EI, H, o, false, &lm, width);
-          L.w3[e] = load_linear(r, tensor_name(c, K::W3, l, e), EI, H, o, false, &lm, width);
-          L.w2[e] = load_linear(r, tensor_name(c, K::W2, l, e), H, EI, o, false, &lm, {}, width);
+          L.w1[e] = load_linear(r, at(K::W1, l, e, EI, H), EI, H, o, false, &lm, width);
+          L.w3[e] = load_linear(r, at(K::W3, l, e, EI, H), EI, H, o, false, &lm, width);
+          L.w2[e] = load_linear(r, at(K::W2, l, e, H, EI), H, EI, o, false, &lm, {}, width);
         }
       } else {
         const Range width = sh.ffn;
-        L.gate = load_linear(r, tensor_name(c, K::Gate, l), I, H, o, false, &lm, width);
-        L.up = load_linear(r, tensor_name(c, K::Up, l), I, H, o, false, &lm, width);
-        L.down = load_linear(r, tensor_name(c, K::Down, l), H, I, o, false, &lm, {}, width);
+        L.gate = load_linear(r, at(K::Gate, l, -1, I, H), I, H, o, false, &lm, width);
+        L.up = load_linear(r, at(K::Up, l, -1, I, H), I, H, o, false, &lm, width);
+        L.down = load_linear(r, at(K::Down, l, -1, H, I), H, I, o, false, &lm, {}, width);
       }
       if (lm) any_view = true;
   });

@@ -43,6 +43,10 @@ std::string ModelConfig::ffn_summary() const {
 bool ModelConfig::has_moe() const { return num_moe_layers() > 0; }
 bool ModelConfig::has_dense() const { return num_moe_layers() < num_layers; }
 
+double ModelConfig::attention_scale() const {
+  return attention_multiplier > 0 ? attention_multiplier : 1.0 / std::sqrt(double(head_dim));
+}
+
 // Attention weights of one layer: projections, biases, q/k norms.
 static int64_t attention_params(const ModelConfig& c) {
   const int64_t h = c.hidden_size;
@@ -140,6 +144,11 @@ void ModelConfig::validate() const {
     SKY_CHECK(routed_scaling_factor > 0 && std::isfinite(routed_scaling_factor),
               "config: routed_scaling_factor must be positive, got {}", routed_scaling_factor);
   }
+  for (auto [field, v] : {std::pair{"embedding_multiplier", embedding_multiplier},
+                          {"residual_multiplier", residual_multiplier}, {"logits_scaling", logits_scaling}})
+    SKY_CHECK(v > 0 && std::isfinite(v), "config: {} must be positive, got {}", field, v);
+  SKY_CHECK(attention_multiplier >= 0 && std::isfinite(attention_multiplier),
+            "config: attention_multiplier must be positive, got {}", attention_multiplier);
   SKY_CHECK(rope_theta > 0, "config: rope_theta must be positive, got {}", rope_theta);
   SKY_CHECK(rms_norm_eps > 0, "config: rms_norm_eps must be positive, got {}", rms_norm_eps);
 }
@@ -201,9 +210,9 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   }
   const std::string& mt = c.model_type;
   SKY_CHECK(mt == "llama" || mt == "skywork" || mt == "skywork_moe" || mt == "mixtral" || mt == "qwen2_moe" ||
-                mt == "qwen3_moe" || mt == "olmoe",
-            "{}: unsupported model_type '{}' (expected llama, skywork, skywork_moe, mixtral, qwen2_moe, qwen3_moe or "
-            "olmoe)",
+                mt == "qwen3_moe" || mt == "olmoe" || mt == "granitemoe" || mt == "granitemoeshared",
+            "{}: unsupported model_type '{}' (expected llama, skywork, skywork_moe, mixtral, qwen2_moe, qwen3_moe, "
+            "olmoe, granitemoe or granitemoeshared)",
             src, mt);
   c.vocab_size = get_int(j, "vocab_size", src, true, 0);
   c.hidden_size = get_int(j, "hidden_size", src, true, 0);
@@ -255,6 +264,26 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   if (mt == "mixtral") {
     c.num_experts = get_int(j, "num_local_experts", src, true, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, 2);
+  } else if (c.granite()) {
+    // Every layer is MoE (transformers reads no layer-pattern keys for Granite-MoE, so neither do
+    // we), of experts as wide as intermediate_size; the router takes the softmax of the top-k
+    // logits, i.e. renormalized top-k softmax weights.
+    c.first_dense_layers = 0, c.moe_layer_step = 1, c.dense_layers.clear();
+    c.num_experts = get_int(j, "num_local_experts", src, false, 8);
+    SKY_CHECK(c.num_experts >= 2, "{}: {} with num_local_experts {} is not supported (at least 2 experts)", src, mt,
+              c.num_experts);
+    // GraniteMoeShared: an ungated SwiGLU shared expert (shared_mlp) added to the experts' output.
+    if (mt == "granitemoeshared") c.shared_expert_size = get_int(j, "shared_intermediate_size", src, false, 0);
+    c.top_k = get_int(j, "num_experts_per_tok", src, false, 2);
+    c.embedding_multiplier = get_num(j, "embedding_multiplier", src, 1.0);
+    c.residual_multiplier = get_num(j, "residual_multiplier", src, 1.0);
+    c.attention_multiplier = get_num(j, "attention_multiplier", src, 1.0);
+    c.logits_scaling = get_num(j, "logits_scaling", src, 1.0);
+    SKY_CHECK(c.attention_multiplier > 0 && std::isfinite(c.attention_multiplier),
+              "{}: attention_multiplier must be positive, got {}", src, c.attention_multiplier);
+    SKY_CHECK(!j.contains("position_embedding_type") || j["position_embedding_type"] == "rope",
+              "{}: position_embedding_type {} is not supported (only rope)", src,
+              short_dump(j["position_embedding_type"]));
   } else if (mt == "qwen2_moe" || mt == "qwen3_moe" || mt == "olmoe") {
     c.num_experts = get_int(j, "num_experts", src, true, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, mt == "olmoe" ? 8 : 4);
@@ -306,8 +335,9 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
     c.gate_norm_std = get_num(j, "moe_gate_norm_std", src, 1.0);
   }
   if (c.num_experts <= 1) c.num_experts = 0;  // a single "expert" is the dense model (Skywork-13B)
-  c.moe_intermediate_size =
-      c.num_experts > 0 ? get_int(j, "moe_intermediate_size", src, false, c.intermediate_size) : 0;
+  c.moe_intermediate_size = c.num_experts > 0 && !c.granite()
+                                ? get_int(j, "moe_intermediate_size", src, false, c.intermediate_size)
+                                : c.num_experts > 0 ? c.intermediate_size : 0;
   // Router options, whatever the model type (defaults: what Skywork and Mixtral do).
   if (j.contains("scoring_func") && !j["scoring_func"].is_null()) {
     const json& sf = j["scoring_func"];
@@ -318,6 +348,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   // Skywork and Mixtral always renormalize; the Qwen and OLMoE configs say (transformers' default: no).
   c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, !c.mlp_expert_names());
   c.routed_scaling_factor = get_num(j, "routed_scaling_factor", src, 1.0);
+  if (c.granite()) c.router_sigmoid = false, c.norm_topk_prob = true, c.routed_scaling_factor = 1.0;
   try {
     c.validate();
   } catch (const Error& e) {
@@ -338,6 +369,8 @@ json ModelConfig::to_hf_json() const {
                                     : model_type == "qwen2_moe" ? "Qwen2MoeForCausalLM"
                                     : model_type == "qwen3_moe" ? "Qwen3MoeForCausalLM"
                                     : model_type == "olmoe"     ? "OlmoeForCausalLM"
+                                    : model_type == "granitemoe" ? "GraniteMoeForCausalLM"
+                                    : model_type == "granitemoeshared" ? "GraniteMoeSharedForCausalLM"
                                                                 : "SkyworkForCausalLM"});
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -367,6 +400,16 @@ json ModelConfig::to_hf_json() const {
   if (model_type == "mixtral") {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
+  } else if (granite()) {
+    j["num_local_experts"] = num_experts;
+    j["num_experts_per_tok"] = top_k;
+    j["intermediate_size"] = moe_intermediate_size;
+    j.erase("moe_intermediate_size");
+    j["embedding_multiplier"] = embedding_multiplier;
+    j["residual_multiplier"] = residual_multiplier;
+    j["attention_multiplier"] = attention_scale();
+    j["logits_scaling"] = logits_scaling;
+    if (model_type == "granitemoeshared") j["shared_intermediate_size"] = shared_expert_size;
   } else if (mlp_expert_names()) {
     j["num_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
@@ -416,8 +459,8 @@ static ModelConfig make(const char* type, int vocab, int hidden, int layers, int
 }
 
 std::vector<std::string> ModelConfig::preset_names() {
-  return {"tiny",         "tiny-dense",       "bench-moe",   "bench-qwen3moe", "bench-olmoe", "train-moe",
-          "train-dense",  "skywork-moe-146b", "skywork-13b"};
+  return {"tiny",        "tiny-dense",  "bench-moe",        "bench-qwen3moe", "bench-olmoe", "bench-granitemoe",
+          "train-moe",   "train-dense", "skywork-moe-146b", "skywork-13b"};
 }
 
 ModelConfig ModelConfig::preset(const std::string& name) {
@@ -437,6 +480,17 @@ ModelConfig ModelConfig::preset(const std::string& name) {
     c.moe_intermediate_size = 512;
     c.qk_norm = QkNorm::Whole;
     c.norm_topk_prob = false;
+    return c;
+  }
+  // Granite-3.0-1B-A400M's shape at bench-moe's size: 32 experts of width 512, top-8, GQA, tied
+  // embeddings and its multipliers.
+  if (name == "bench-granitemoe") {
+    ModelConfig c = make("granitemoe", 32000, 1024, 8, 16, 8, 512, 32, 8, 4096, false);
+    c.tie_word_embeddings = true;
+    c.embedding_multiplier = 12.0;
+    c.residual_multiplier = 0.22;
+    c.attention_multiplier = 0.015625;
+    c.logits_scaling = 6.0;
     return c;
   }
   if (name == "train-moe") return make("skywork_moe", 8192, 512, 8, 8, 8, 1408, 16, 2, 4096, true);

@@ -17,7 +17,8 @@ enum class FfnKind : uint8_t { Dense, Moe };
 enum class QkNorm : uint8_t { None, PerHead, Whole };
 
 struct ModelConfig {
-  // llama | skywork | skywork_moe | mixtral | qwen2_moe | qwen3_moe | olmoe
+  // llama | skywork | skywork_moe | mixtral | qwen2_moe | qwen3_moe | olmoe | granitemoe |
+  // granitemoeshared
   std::string model_type = "skywork_moe";
   int vocab_size = 0;
   int hidden_size = 0;
@@ -52,6 +53,14 @@ struct ModelConfig {
   double routed_scaling_factor = 1.0;  // multiplies the top-k weights (DeepSeek)
   int bos_token_id = 1;
   int eos_token_id = 2;
+  // Granite-MoE's multipliers (1 and the usual attention scale elsewhere): the embeddings are
+  // multiplied by embedding_multiplier, each branch's output (attention, FFN/MoE) by
+  // residual_multiplier before its residual add, the attention scores by attention_multiplier
+  // (0: 1 / sqrt(head_dim)), and the logits divided by logits_scaling.
+  double embedding_multiplier = 1.0;
+  double residual_multiplier = 1.0;
+  double attention_multiplier = 0.0;
+  double logits_scaling = 1.0;
 
   FfnKind ffn_kind(int layer) const;
   bool layer_is_moe(int layer) const { return ffn_kind(layer) == FfnKind::Moe; }
@@ -65,6 +74,12 @@ struct ModelConfig {
   // Tensor names: Mixtral/Skywork's block_sparse_moe.{gate,experts.E.w1} or the mlp.{gate,
   // experts.E.gate_proj} of Qwen-MoE and OLMoE.
   bool mlp_expert_names() const { return model_type == "qwen2_moe" || model_type == "qwen3_moe" || model_type == "olmoe"; }
+  // Granite-MoE (granitemoe, and granitemoeshared with its shared_mlp): experts stored stacked per
+  // layer (block_sparse_moe.input_linear [E, 2I, H] holding each expert's gate and up rows,
+  // output_linear [E, H, I]); params.h StoredAt says where each expert's matrix sits.
+  bool granite() const { return model_type == "granitemoe" || model_type == "granitemoeshared"; }
+  bool stacked_experts() const { return granite(); }
+  double attention_scale() const;  // attention_multiplier, or 1 / sqrt(head_dim)
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }
 

@@ -1,6 +1,7 @@
 #include "model/decoder.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -35,6 +36,11 @@ KvView SeqKV::view(int layer) const {
   const size_t at = size_t(layer) * capacity * kv_dim;
   if (bf16) return {nullptr, nullptr, kh.data() + at, vh.data() + at};
   return {k.data() + at, v.data() + at, nullptr, nullptr};
+}
+
+void LayerShape::set_multipliers(const ModelConfig& c) {
+  q_scale = c.attention_multiplier > 0 ? float(c.attention_multiplier * std::sqrt(double(c.head_dim))) : 1.0f;
+  resid_scale = float(c.residual_multiplier);
 }
 
 void zero_prefix(std::vector<float>& v, size_t n) {
@@ -138,9 +144,11 @@ void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int 
   }
   be.rope(A.q.data(), rb.pos, N, d.nh, *d.rope);
   be.rope(A.k.data(), rb.pos, N, d.nkv, *d.rope);
+  if (d.q_scale != 1.0f) be.scale(A.q.data(), size_t(N) * d.qd(), d.q_scale);
   attend(be, d, layer, A, rb);
   be.linear(A.mid.data(), A.ctx.data(), *W.wo, N);
   tp(A.mid.data(), NH);  // every rank's heads
+  if (d.resid_scale != 1.0f) be.scale(A.mid.data(), NH, d.resid_scale);
   be.add(A.mid.data(), x, NH);
   be.rmsnorm(A.ln2.data(), A.rstd2.data(), A.mid.data(), W.ffn_norm, N, d.H, d.eps);
   if (W.is_moe()) {
@@ -162,6 +170,7 @@ void layer_forward(Backend& be, const LayerWeights& W, const LayerShape& d, int 
     swiglu_ffn(be, *W.gate, *W.up, *W.down, d.I, A.ln2.data(), N, A.h1, A.h3, A.act, y);
     tp(y, NH);  // every rank's FFN width
   }
+  if (d.resid_scale != 1.0f) be.scale(y, NH, d.resid_scale);
   be.add(y, A.mid.data(), NH);
 }
 
@@ -174,6 +183,9 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
   // y = mid + ffn(ln2(mid)): d_mid = d_y + d(ffn path).
   grow(S.d_mid, NH);
   std::copy(d_x, d_x + NH, S.d_mid.begin());
+  // The FFN branch's output was scaled by resid_scale: its gradient is d_y * resid_scale (d_x is
+  // overwritten with d_mid's below, so it holds it meanwhile).
+  if (d.resid_scale != 1.0f) be.scale(d_x, NH, d.resid_scale);
   zero_prefix(S.d_ln, NH);
   if (W.is_moe()) {
     const MoeGrads<float> mg{G.router, G.w1, G.w3, G.w2};
@@ -199,6 +211,7 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
   be.rmsnorm_backward(S.d_mid.data(), G.ffn_norm, S.d_ln.data(), A.mid.data(), W.ffn_norm, A.rstd2.data(), N, d.H);
   // mid = x + o_proj(attn(...)): d_x = d_mid + d(attention path).
   std::copy(S.d_mid.begin(), S.d_mid.begin() + NH, d_x);
+  if (d.resid_scale != 1.0f) be.scale(S.d_mid.data(), NH, d.resid_scale);  // into the attention branch
   zero_prefix(S.d_ctx, size_t(N) * d.qd());
   be.matmul_backward(S.d_ctx.data(), G.wo, S.d_mid.data(), A.ctx.data(), f32(W.wo), N, d.qd(), d.H);
   zero_prefix(S.d_q, size_t(N) * d.qd());
@@ -206,6 +219,7 @@ void layer_backward(Backend& be, const LayerWeights& W, const LayerView<float>& 
   zero_prefix(S.d_v, size_t(N) * d.kvd());
   be.attention_backward(S.d_q.data(), S.d_k.data(), S.d_v.data(), S.d_ctx.data(), A.q.data(), A.k.data(), A.v.data(),
                         A.att.data(), rb.B, rb.T, d.nh, d.nkv, d.hd);
+  if (d.q_scale != 1.0f) be.scale(S.d_q.data(), size_t(N) * d.qd(), d.q_scale);
   be.rope_backward(S.d_q.data(), rb.pos, N, d.nh, *d.rope);
   be.rope_backward(S.d_k.data(), rb.pos, N, d.nkv, *d.rope);
   // Through the q/k norms to the projections' outputs.

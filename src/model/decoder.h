@@ -2,6 +2,8 @@
 // The one decoder layer, run by training, eval and the engine (prefill and decode) alike:
 //   mid = x + o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x),   y = mid + ffn(rmsnorm(mid))
 // where ffn is a dense SwiGLU or the MoE block (moe/moe_layer.h), as the config says per layer.
+// Granite-MoE scales both branches (o_proj's and the FFN's outputs) by a residual multiplier and
+// the attention scores by its attention multiplier (LayerShape::resid_scale, q_scale).
 // It runs a batch of row segments: training and eval give B sequences of T rows from position 0
 // and keep every activation for backward; the engine gives each running sequence's new rows,
 // which attend over that sequence's KV cache. Weights are handles (core/weight.h): training's are
@@ -48,9 +50,14 @@ struct LayerShape {
   int S = 0;  // shared expert width
   QkNorm qk_norm = QkNorm::None;
   float eps = 1e-6f;
+  // q is multiplied by q_scale after RoPE, so the scores q.k / sqrt(hd) the attention op computes
+  // become q.k * attention_scale (q_scale = attention_scale * sqrt(hd); 1 for the usual scale).
+  float q_scale = 1.0f;
+  float resid_scale = 1.0f;  // each branch's output is multiplied by it before its residual add
   const RopeTable* rope = nullptr;
   int qd() const { return nh * hd; }
   int kvd() const { return nkv * hd; }
+  void set_multipliers(const ModelConfig& c);  // q_scale and resid_scale from the config
 };
 
 // A sequence's KV cache: [layer][position][kv_dim] for keys and values, f32 or (half the memory

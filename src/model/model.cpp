@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "model/stored_tensor.h"
 
 namespace sky {
 
@@ -87,6 +88,7 @@ LayerShape Model::layer_shape() const {
   d.S = cfg.shared_expert_size;
   d.qk_norm = cfg.qk_norm;
   d.eps = float(cfg.rms_norm_eps);
+  d.set_multipliers(cfg);
   d.rope = &rope;
   return d;
 }
@@ -125,8 +127,8 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, const Shard& shard) {
     const bool block = s.shape != s.full_shape;
     if (block) whole.resize(size_t(shape_numel(s.full_shape)));
     float* p = block ? whole.data() : dst;
-    bool is_out = s.name.find("o_proj") != std::string::npos || s.name.find("down_proj") != std::string::npos ||
-                  s.name.find(".w2.") != std::string::npos;
+    const bool is_out = s.kind == ParamKind::Wo || s.kind == ParamKind::Down || s.kind == ParamKind::W2 ||
+                        s.kind == ParamKind::SharedDown;
     const double stdev = 0.02 * (is_out ? out_scale : 1.0);
     const size_t n = size_t(shape_numel(s.full_shape)), nchunks = (n + chunk - 1) / chunk;
     // Each chunk has its own generator so the values do not depend on the thread count.
@@ -139,24 +141,24 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, const Shard& shard) {
   return m;
 }
 
-// Converts the whole tensor `s` names to f32 in dst, applying its FP8 weight_scale when present.
+// Converts the whole tensor `s` names (where it is stored: a tensor, or rows of a stacked one) to
+// f32 in dst, applying its FP8 weight_scale when present.
 static void load_whole(const SafetensorsReader& r, const ParamSpec& s, float* dst) {
-  SKY_CHECK(r.has(s.name), "{}: missing tensor '{}'", r.path(), s.name);
-  Tensor t = r.get_checked(s.name, s.full_shape);
-  SKY_CHECK(dtype_is_float(t.dtype), "{}: tensor '{}' has non-float dtype {}", r.path(), s.name, dtype_name(t.dtype));
+  Tensor t = read_stored(r, s.stored, s.full_shape);
+  SKY_CHECK(dtype_is_float(t.dtype), "{}: tensor '{}' has non-float dtype {}", r.path(), s.stored.name,
+            dtype_name(t.dtype));
   const size_t numel = size_t(shape_numel(s.full_shape));
   convert_to_f32(t.dtype, t.data, dst, numel);
-  std::string scale_name = s.name.substr(0, s.name.size() - 7) + ".weight_scale";  // strip ".weight"
   bool is_fp8 = t.dtype == DType::F8_E4M3 || t.dtype == DType::F8_E5M2;
-  if (!r.has(scale_name)) {
-    SKY_CHECK(!is_fp8, "{}: FP8 tensor '{}' has no '{}' beside it", r.path(), s.name, scale_name);
+  const int64_t rows = s.full_shape[0], cols = int64_t(numel) / rows;
+  const std::optional<Tensor> sc = read_stored_scale(r, s.stored, rows);
+  if (!sc) {
+    SKY_CHECK(!is_fp8, "{}: FP8 tensor '{}' has no '{}' beside it", r.path(), s.stored.name,
+              weight_scale_name(s.stored.name));
     return;
   }
-  Tensor sc = r.get(scale_name).to_f32();
-  const int64_t rows = s.full_shape[0], cols = int64_t(numel) / rows, ns = sc.numel();
-  SKY_CHECK(ns == 1 || ns == rows, "{}: '{}' has {} values; expected 1 (per-tensor) or {} (per-row)", r.path(),
-            scale_name, ns, rows);
-  const float* f = sc.f32();
+  const int64_t ns = sc->numel();
+  const float* f = sc->f32();
   for (int64_t i = 0; i < rows; i++) {
     float k = f[ns == 1 ? 0 : i];
     for (int64_t j = 0; j < cols; j++) dst[i * cols + j] *= k;
@@ -195,15 +197,9 @@ Model Model::load(const std::string& dir, const std::optional<Shard>& shard) {
 void Model::save(const std::string& dir, DType dtype, size_t max_shard_bytes) const {
   SKY_CHECK(shard.is_full(cfg), "cannot save a model shard ({}) as a model directory", shard.describe());
   fs::create_directories(dir);
-  NamedTensors ts;
-  for (auto& s : layout.specs) {
-    Tensor t;
-    t.dtype = DType::F32;
-    t.shape = s.shape;
-    t.data = const_cast<float*>(params.data() + s.offset);
-    ts.emplace_back(s.name, dtype == DType::F32 || s.shape.size() == 1 ? t : t.to(dtype));
-  }
-  write_safetensors_dir(dir, ts, max_shard_bytes, {{"format", "pt"}});
+  StoredWriter ts;  // stacked experts go back into their stacked tensors
+  for (auto& s : layout.specs) ts.add(s.stored, s.shape, params.data() + s.offset);
+  write_safetensors_dir(dir, ts.finish(dtype), max_shard_bytes, {{"format", "pt"}});
   write_text_atomic((fs::path(dir) / "config.json").string(), cfg.to_hf_json().dump(2) + "\n");
 }
 

@@ -8,7 +8,43 @@
 
 namespace sky {
 
+// Granite-MoE's stacked expert tensors and each expert matrix's first row in them (read as
+// [E * 2I, H] and [E * H, I]): gate (the SwiGLU's activation input) then up, per expert.
+static StoredAt stacked_expert(const ModelConfig& c, ParamKind kind, int l, int e) {
+  const int64_t E = c.num_experts, I = c.moe_intermediate_size, H = c.hidden_size;
+  if (kind == ParamKind::W2)
+    return {fmt::format("model.layers.{}.block_sparse_moe.output_linear.weight", l), {E, H, I}, int64_t(e) * H};
+  return {fmt::format("model.layers.{}.block_sparse_moe.input_linear.weight", l), {E, 2 * I, H},
+          int64_t(e) * 2 * I + (kind == ParamKind::W3 ? I : 0)};
+}
+
+StoredAt stored_at(const ModelConfig& c, ParamKind kind, int l, int e, const Shape& shape) {
+  if (c.stacked_experts() && (kind == ParamKind::W1 || kind == ParamKind::W3 || kind == ParamKind::W2))
+    return stacked_expert(c, kind, l, e);
+  // GraniteMoeShared's shared expert: its gate and up rows stacked in shared_mlp.input_linear [2S, H].
+  if (c.granite() && (kind == ParamKind::SharedGate || kind == ParamKind::SharedUp)) {
+    const int64_t S = c.shared_expert_size;
+    return {fmt::format("model.layers.{}.shared_mlp.input_linear.weight", l), {2 * S, c.hidden_size},
+            kind == ParamKind::SharedUp ? S : 0};
+  }
+  return {tensor_name(c, kind, l, e), shape, 0};
+}
+
 std::string tensor_name(const ModelConfig& c, ParamKind kind, int l, int e) {
+  if (c.stacked_experts() && (kind == ParamKind::W1 || kind == ParamKind::W3 || kind == ParamKind::W2)) {
+    const StoredAt at = stacked_expert(c, kind, l, e);
+    if (kind == ParamKind::W2) return fmt::format("{}[{}]", at.name, e);
+    const int64_t r = at.row0 - int64_t(e) * at.shape[1];
+    return fmt::format("{}[{}][{}:{}]", at.name, e, r, r + c.moe_intermediate_size);
+  }
+  if (c.granite() && kind == ParamKind::Router)
+    return fmt::format("model.layers.{}.block_sparse_moe.router.layer.weight", l);
+  if (c.granite() && (kind == ParamKind::SharedGate || kind == ParamKind::SharedUp)) {
+    const int64_t r = kind == ParamKind::SharedUp ? c.shared_expert_size : 0;
+    return fmt::format("model.layers.{}.shared_mlp.input_linear.weight[{}:{}]", l, r, r + c.shared_expert_size);
+  }
+  if (c.granite() && kind == ParamKind::SharedDown)
+    return fmt::format("model.layers.{}.shared_mlp.output_linear.weight", l);
   const bool mlp = c.mlp_expert_names();
   const char* moe = mlp ? "mlp" : "block_sparse_moe";
   switch (kind) {
@@ -65,6 +101,7 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
     s.row0 = row0;
     s.col0 = col0;
     s.shape = full.size() == 2 ? Shape{rows, cols} : Shape{rows};
+    s.stored = stored_at(c, kind, layer, expert, full);
     if (!held) return;
     if (experts_last && s.is_expert()) experts.push_back(std::move(s));
     else L.specs.push_back(std::move(s));

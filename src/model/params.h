@@ -22,8 +22,24 @@ enum class ParamKind {
   SharedRouter                          // its sigmoid gate [1, H] (Qwen2-MoE)
 };
 
+// Where a parameter lives in a checkpoint file: a whole tensor (most), or rows [row0, row0 + rows)
+// of a stored tensor read as a matrix [numel / last dim, last dim]: experts stored stacked, as
+// Granite-MoE's input_linear [E, 2I, H] (expert e's gate rows at e * 2I, its up rows at e * 2I + I)
+// and output_linear [E, H, I] (rows e * H). Loading reads just those rows (and the rows of a
+// per-row weight_scale); saving writes the stacked tensor back whole. Any family that stacks its
+// experts this way (or another row layout) only names it in stored_at().
+struct StoredAt {
+  std::string name;  // the tensor in the file
+  Shape shape;       // its shape
+  int64_t row0 = 0;
+  // The stored tensor's rows (numel / last dim; a vector is one row).
+  int64_t rows() const { return shape.size() >= 2 ? shape_numel(shape) / shape.back() : 1; }
+  // True when the parameter of `param_shape` is the whole stored tensor.
+  bool whole(const Shape& param_shape) const { return row0 == 0 && shape == param_shape; }
+};
+
 struct ParamSpec {
-  std::string name;  // HF tensor name, e.g. model.layers.0.self_attn.q_proj.weight
+  std::string name;  // HF tensor name, e.g. model.layers.0.self_attn.q_proj.weight (stacked: see `stored`)
   Shape shape;       // of the block held
   size_t offset = 0;  // in floats, into the flat buffer
   bool decay = false;  // AdamW weight decay applies (2-D matrices only, not norms)
@@ -33,6 +49,7 @@ struct ParamSpec {
   int index = 0;         // position in the full model's layout (seeds the random init)
   Shape full_shape;      // of the whole tensor
   int64_t row0 = 0, col0 = 0;  // where the block starts in the whole tensor
+  StoredAt stored;             // where the whole tensor is in a checkpoint file
   size_t numel() const { return size_t(shape_numel(shape)); }
   bool is_expert() const { return kind == ParamKind::W1 || kind == ParamKind::W3 || kind == ParamKind::W2; }
   // Split across tensor-parallel ranks (attention and dense FFN matrices); the other non-expert
@@ -85,6 +102,10 @@ void copy_block_to_full(const ParamSpec& s, const float* block, float* full);
 // expert), e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight (Mixtral, Skywork) or
 // model.layers.3.mlp.experts.5.gate_proj.weight (Qwen-MoE, OLMoE). Training, checkpoints,
 // inference loading and quantization all name tensors through it.
+// Stacked experts (ModelConfig::stacked_experts) get names that say where they are stored, e.g.
+// model.layers.3.block_sparse_moe.input_linear.weight[5][0:512] (rows 0..511 of expert 5's slab).
 std::string tensor_name(const ModelConfig& c, ParamKind kind, int layer = -1, int expert = -1);
+// Where parameter `kind` of a layer (and an expert), of shape `shape`, is stored.
+StoredAt stored_at(const ModelConfig& c, ParamKind kind, int layer, int expert, const Shape& shape);
 
 }  // namespace sky

@@ -29,7 +29,7 @@ std::set<std::string> quantizable_linears(const ModelConfig& c) {
       case ParamKind::Gate: case ParamKind::Up: case ParamKind::Down:
       case ParamKind::W1: case ParamKind::W3: case ParamKind::W2:
       case ParamKind::SharedGate: case ParamKind::SharedUp: case ParamKind::SharedDown:
-        names.insert(s.name);
+        names.insert(s.stored.name);  // stacked experts: the stacked tensor
         break;
       default:
         break;
@@ -44,7 +44,9 @@ static Tensor dequantized(const SafetensorsReader& r, const std::string& name) {
   std::string sn = name.substr(0, name.size() - 7) + ".weight_scale";
   if (!r.has(sn)) return t;
   Tensor sc = r.get(sn).to_f32();
-  const int64_t rows = t.shape.empty() ? 1 : t.shape[0], cols = t.numel() / std::max<int64_t>(rows, 1);
+  // Rows of a matrix; a stacked [E, O, I] tensor has E * O rows (per-row scales run over them all).
+  const int64_t rows = t.shape.empty() ? 1 : t.shape.size() >= 2 ? t.numel() / std::max<int64_t>(t.shape.back(), 1) : t.shape[0],
+                cols = t.numel() / std::max<int64_t>(rows, 1);
   const int64_t ns = sc.numel();
   SKY_CHECK(ns == 1 || ns == rows, "{}: '{}' has {} values; expected 1 or {}", r.path(), sn, ns, rows);
   for (int64_t i = 0; i < rows; i++)
@@ -65,16 +67,21 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
     const TensorInfo& ti = r.info(name);
     rep.bytes_in += double(ti.nbytes);
     const bool head_fp8 = name == "lm_head.weight" && o.lm_head_fp8 && o.to == "fp8";
-    if ((linears.count(name) || head_fp8) && ti.shape.size() == 2) {
+    if ((linears.count(name) || head_fp8) && ti.shape.size() >= 2) {
       Tensor w = dequantized(r, name);
-      const int O = int(ti.shape[0]), I = int(ti.shape[1]);
+      // A stacked [E, O, I] tensor (Granite-MoE's experts) quantizes as the matrix [E * O, I].
+      const int I = int(ti.shape.back()), O = int(shape_numel(ti.shape) / std::max<int64_t>(I, 1));
       if (o.to == "bf16") {
         out.emplace_back(name, w.to(DType::BF16));
       } else {
         QWeight q = quantize_weight(w.f32(), O, I, DType::F8_E4M3, o.per_channel);
-        out.emplace_back(name, q.storage);
+        Tensor qt = q.storage;
+        qt.shape = ti.shape;
+        out.emplace_back(name, qt);
         Tensor sc = q.scale_storage;
-        sc.shape = o.per_channel ? Shape{O, 1} : Shape{};
+        Shape per_row = ti.shape;  // [O, 1], or [E, O, 1] for a stacked tensor
+        per_row.back() = 1;
+        sc.shape = o.per_channel ? per_row : Shape{};
         out.emplace_back(name.substr(0, name.size() - 7) + ".weight_scale", sc);
       }
       rep.tensors_quantized++;

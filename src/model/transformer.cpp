@@ -86,7 +86,10 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
     check_tokens(targets, N, V, "target");
   }
   Backend& be = *m.be;
-  if (m.shard.embed) be.embedding(A.resid[0].data(), inputs, m.w.embed, N, H);
+  if (m.shard.embed) {
+    be.embedding(A.resid[0].data(), inputs, m.w.embed, N, H);
+    if (c.embedding_multiplier != 1.0) be.scale(A.resid[0].data(), size_t(N) * H, float(c.embedding_multiplier));
+  }
   A.moe_stats.resize(c.has_moe() ? nl : 0);
   const LayerShape d = m.layer_shape();
   const RowBatch rb = training_rows(A);
@@ -103,6 +106,7 @@ double forward(const Model& m, Activations& A, const int32_t* inputs, const int3
   if (!m.shard.head) return 0.0;
   be.rmsnorm(A.lnf.data(), A.rstdf.data(), A.resid[nl].data(), m.w.final_norm, N, H, float(c.rms_norm_eps));
   be.linear(A.logits.data(), A.lnf.data(), m.lm_head, N);
+  if (c.logits_scaling != 1.0) be.scale(A.logits.data(), size_t(N) * V, float(1.0 / c.logits_scaling));
   if (!targets) return 0.0;
   be.cross_entropy(A.losses.data(), A.logits.data(), targets, N, V);
   double sum = 0;
@@ -125,6 +129,7 @@ void backward(const Model& m, Activations& A, float* grads, const MoeOptions& mo
     std::vector<float> dloss(N, float(scale / (global_tokens > 0 ? global_tokens : N)));
     zero_prefix(A.d_logits, size_t(N) * V);
     be.cross_entropy_backward(A.d_logits.data(), A.logits.data(), A.targets.data(), dloss.data(), N, V);
+    if (m.cfg.logits_scaling != 1.0) be.scale(A.d_logits.data(), size_t(N) * V, float(1.0 / m.cfg.logits_scaling));
     zero_prefix(A.d_lnf, NH);
     be.matmul_backward(A.d_lnf.data(), G.lm_head, A.d_logits.data(), A.lnf.data(), m.w.lm_head, N, d.H, V);
     zero_prefix(A.d_x, NH);
@@ -144,7 +149,10 @@ void backward(const Model& m, Activations& A, float* grads, const MoeOptions& mo
     layer_backward(be, m.layer_weights[l], G.layers[l], d, A.layer(l), A.resid[l].data(), A.d_x.data(), rb, moe,
                    alpha * scale, lw.z_coef * scale, sums, A.grad);
   }
-  if (m.shard.embed) be.embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, d.H);
+  if (m.shard.embed) {
+    if (m.cfg.embedding_multiplier != 1.0) be.scale(A.d_x.data(), NH, float(m.cfg.embedding_multiplier));
+    be.embedding_backward(G.embed, A.d_x.data(), A.inputs.data(), N, d.H);
+  }
 }
 
 }  // namespace sky
