@@ -101,7 +101,11 @@ class Exporter {
     SKY_CHECK(!c.mlp_expert_names(),
               "GGUF export of {} models (llama.cpp's {} architecture) is not supported yet; llama, Mixtral and "
               "Skywork models export as llama.cpp's llama architecture",
-              c.model_type, c.model_type == "qwen2_moe" ? "qwen2moe" : c.model_type == "qwen3_moe" ? "qwen3moe" : "olmoe");
+              c.model_type,
+              c.model_type == "qwen2_moe"   ? "qwen2moe"
+              : c.model_type == "qwen3_moe" ? "qwen3moe"
+              : c.deepseek()                ? "deepseek2"
+                                            : "olmoe");
     // llama.cpp's llama architecture has one FFN width and, when it has experts, experts in every layer.
     SKY_CHECK(!c.has_moe() || (!c.router_sigmoid && c.norm_topk_prob && c.routed_scaling_factor == 1.0),
               "GGUF export: llama.cpp's llama architecture routes with softmax and renormalized top-k weights; this "
