@@ -220,6 +220,37 @@ TEST(HfDeepseek, TensorParallelismAndGgufAreRefused) {
   std::filesystem::remove(out);
 }
 
+// DeepSeek's own layer rule (transformers reads only first_k_dense_replace): layer l is MoE when
+// l >= first_k_dense_replace and l % moe_layer_freq == 0.
+TEST(HfDeepseek, MoeLayerFreqAndFirstDenseLayers) {
+  nlohmann::json j = ModelConfig::load_file(kData + "deepseek_v2_lite").to_hf_json();
+  j["num_hidden_layers"] = 6;
+  j["first_k_dense_replace"] = 1;
+  j["moe_layer_freq"] = 2;
+  const ModelConfig c = ModelConfig::from_hf_json(j, "freq");
+  std::vector<int> moe;
+  for (int l = 0; l < c.num_layers; l++)
+    if (c.layer_is_moe(l)) moe.push_back(l);
+  EXPECT_EQ(moe, (std::vector<int>{2, 4}));
+  const ModelConfig again = ModelConfig::from_hf_json(c.to_hf_json(), "round trip");
+  EXPECT_EQ(again.num_moe_layers(), 2);
+  EXPECT_EQ(Model::random(c, 1).layout.total, size_t(c.param_count()));
+}
+
+// DeepSeek-V2's released YaRN (factor 40, mscale = mscale_all_dim = 0.707): cos and sin unscaled,
+// the attention logits times mscale(40, 0.707)^2 ~ 1.59, as DeepSeek's code (and transformers' V3
+// class) compute it.
+TEST(HfDeepseek, YarnFactorsOfTheReleasedConfig) {
+  nlohmann::json j = ModelConfig::load_file(kData + "deepseek_v2").to_hf_json();
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
+                       {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 0.707}, {"mscale_all_dim", 0.707}};
+  const ModelConfig c = ModelConfig::from_hf_json(j, "yarn");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.rope_factor(), 1.0);
+  const double m = 0.1 * 0.707 * std::log(40.0) + 1.0;
+  EXPECT_DOUBLE_EQ(c.rope_scaling.softmax_factor(), m * m);
+  EXPECT_NEAR(c.rope_scaling.softmax_factor(), 1.5896, 1e-4);
+}
+
 TEST(HfDeepseek, UnsupportedFieldsAreRefusedByName) {
   nlohmann::json j = ModelConfig::load_file(kData + "deepseek_v2").to_hf_json();
   auto refused = [](nlohmann::json k, const char* word) {
