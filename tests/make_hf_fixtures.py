@@ -64,6 +64,11 @@ FAMILIES.update({
                                     rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
                                                   "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0,
                                                   "mscale_all_dim": 0.8}),
+    # V3's other branches: rotate-half RoPE (rope_interleave false), one group, q_proj directly, no
+    # renormalization, no rope_scaling.
+    "deepseek_v3_half": DeepseekV3Config(**DS, q_lora_rank=None, n_routed_experts=8, n_shared_experts=1,
+                                         num_experts_per_tok=2, n_group=1, topk_group=1, routed_scaling_factor=1.0,
+                                         norm_topk_prob=False, rope_interleave=False),
 })
 
 

@@ -51,7 +51,11 @@ class HfFamily : public testing::TestWithParam<std::string> {
  protected:
   std::string dir() const { return kData + GetParam(); }
   // The fixture's model type: its directory name, less a variant suffix (deepseek_v2_lite).
-  std::string model_type() const { return GetParam() == "deepseek_v2_lite" ? "deepseek_v2" : GetParam(); }
+  std::string model_type() const {
+    for (const char* t : {"deepseek_v2", "deepseek_v3"})
+      if (GetParam().rfind(t, 0) == 0) return t;
+    return GetParam();
+  }
 };
 
 TEST_P(HfFamily, ConfigIsRead) {
@@ -162,10 +166,10 @@ TEST_P(HfFamily, Fp8AndBf16WithinTolerance) {
     batch_forward(im, rows, last.data(), scratch, all.data());
     return rel_rms(all.data(), logits.data(), all.size());
   };
-  // DeepSeek-V3's router makes two more discrete choices a token (the groups, then the experts,
-  // on biased sigmoid scores): its typical token errs as the others' (0.07-0.14) but a few tokens
-  // whose experts change reach 0.4-0.7, 0.28 over the sequence.
-  const double fp8_tol = GetParam() == "deepseek_v3" ? 0.35 : 0.20;
+  // DeepSeek-V3's router picks on biased sigmoid scores (and groups): its typical token errs as the
+  // others' (0.07-0.14) but a few tokens whose experts change reach 0.4-0.7: 0.25-0.28 over the
+  // sequence (per-tensor fp8 from `quantize`, per-row on load).
+  const double fp8_tol = GetParam().rfind("deepseek_v3", 0) == 0 ? 0.35 : 0.20;
   InferLoadOptions o;
   o.dtype = "bf16";
   EXPECT_LT(err(InferModel::load(dir(), o)), 0.01);
@@ -184,7 +188,7 @@ TEST_P(HfFamily, Fp8AndBf16WithinTolerance) {
 
 INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
                          testing::Values("qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v2_lite",
-                                         "deepseek_v3"));
+                                         "deepseek_v3", "deepseek_v3_half"));
 
 // DeepSeek: what the families share with no other (multi-head latent attention's cache, refusals).
 TEST(HfDeepseek, LatentKvCacheHoldsTheLatentNotKeysAndValues) {
