@@ -21,6 +21,7 @@
 #include "backend/backend.h"
 #include "core/dtype.h"
 #include "core/rope_table.h"
+#include "model/config.h"
 #include "core/weight.h"
 
 namespace skyops {
@@ -178,7 +179,8 @@ void unpermute_add(Prepared& p, const Dims& d) {
 }
 
 // Router options from a case's variant: lnorm (logit normalization, lambda 1.3), sigmoid scores,
-// no-renorm, scaled (routed scaling factor 2.5).
+// no-renorm, scaled (routed scaling factor 2.5), groups (4 groups, the best 2 by max score: DeepSeek-V2),
+// noaux (4 groups, the best 2 by their top-2 sum: V3), bias (a selection bias, drawn by the case).
 inline sky::RouterOptions router_options(const Dims& d) {
   auto has = [&](const char* f) { return d.opt.find(f) != std::string::npos; };
   sky::RouterOptions o;
@@ -189,12 +191,18 @@ inline sky::RouterOptions router_options(const Dims& d) {
   o.sigmoid = has("sigmoid");
   o.renormalize = !has("no-renorm");
   o.scale = has("scaled") ? 2.5 : 1.0;
+  if (has("groups") || has("noaux")) o.n_group = 4, o.topk_group = 2, o.group_top2_sum = has("noaux");
   return o;
+}
+
+inline void draw_select_bias(Prepared& p, const Dims& d, sky::RouterOptions& o) {
+  if (d.opt.find("bias") != std::string::npos) o.select_bias = p.rnd<float>(d.E, 0.3);
 }
 
 template <class T>
 void router(Prepared& p, const Dims& d) {
-  const sky::RouterOptions o = router_options(d);
+  sky::RouterOptions o = router_options(d);
+  draw_select_bias(p, d, o);
   const size_t NE = size_t(d.N) * d.E, Nk = size_t(d.N) * d.k;
   const T* logits = p.rnd<T>(NE, 2.0);
   T *probs = p.rnd<T>(NE), *w = p.rnd<T>(Nk), *idx_t = p.rnd<T>(Nk);
@@ -209,7 +217,8 @@ void router(Prepared& p, const Dims& d) {
 
 template <class T>
 void router_backward(Prepared& p, const Dims& d) {
-  const sky::RouterOptions o = router_options(d);
+  sky::RouterOptions o = router_options(d);
+  draw_select_bias(p, d, o);
   const size_t NE = size_t(d.N) * d.E, Nk = size_t(d.N) * d.k;
   const T* logits = p.rnd<T>(NE, 2.0);
   T *probs = p.zeros<T>(NE), *w = p.zeros<T>(Nk);
@@ -321,10 +330,15 @@ inline void rmsnorm_backward(Prepared& p, const Dims& d) {
   p.bytes = 12.0 * d.N * d.H;
 }
 
-// T: the table's max_pos (positions are drawn below it).
+// T: the table's max_pos (positions are drawn below it). Variants: interleaved pairs (DeepSeek),
+// yarn (DeepSeek-V2's YaRN frequencies, factor 4 over a quarter of T, scaled cos/sin).
 template <bool Backward>
 void rope(Prepared& p, const Dims& d) {
-  const sky::RopeTable* t = p.own(sky::RopeTable(d.hd, d.T, 10000.0));
+  sky::RopeScaling y;
+  if (d.opt.find("yarn") != std::string::npos)
+    y.yarn = true, y.factor = 4, y.original_max_position = std::max(d.T / 4, 1), y.mscale = 1, y.mscale_all_dim = 0;
+  const sky::RopeTable* t =
+      p.own(sky::RopeTable(d.hd, d.T, 10000.0, y, d.opt.find("interleaved") != std::string::npos));
   const int32_t* pos = p.ints(d.N, d.T);
   const size_t n = size_t(d.N) * d.heads * d.hd;
   float* x = p.rnd<float>(n);
@@ -498,7 +512,10 @@ inline const std::vector<OpCase>& op_cases() {
     const std::vector<Dims> rot = {{.N = 1, .T = 4, .heads = 1, .hd = 2},
                                    {.N = 3, .T = 13, .heads = 4, .hd = 8},
                                    {.N = 17, .T = 40, .heads = 3, .hd = 24},
-                                   {.N = 300, .T = 512, .heads = 4, .hd = 64}};
+                                   {.N = 300, .T = 512, .heads = 4, .hd = 64},
+                                   {.N = 5, .T = 13, .heads = 3, .hd = 8, .opt = "interleaved"},
+                                   {.N = 300, .T = 512, .heads = 4, .hd = 64, .opt = "interleaved yarn"},
+                                   {.N = 17, .T = 64, .heads = 1, .hd = 16, .opt = "yarn"}};
     const std::vector<Dims> rot_bench = {{.N = 512, .T = 4096, .heads = 16, .hd = 64}};
     const std::vector<Dims> emb = {{.N = 1, .H = 5, .V = 37}, {.N = 17, .H = 24, .V = 37}, {.N = 100, .H = 33, .V = 37},
                                    {.N = 2100, .H = 33, .V = 37}};
@@ -525,7 +542,11 @@ inline const std::vector<OpCase>& op_cases() {
                                      {.N = 13, .k = 2, .E = 16, .opt = "lnorm scaled"},
                                      {.N = 9, .k = 8, .E = 64, .opt = "sigmoid no-renorm scaled"},
                                      {.N = 5, .k = 3, .E = 7, .opt = "sigmoid lnorm"},
-                                     {.N = 3, .k = 1, .E = 1, .opt = "lnorm"}};
+                                     {.N = 3, .k = 1, .E = 1, .opt = "lnorm"},
+                                     {.N = 7, .k = 2, .E = 8, .opt = "bias"},
+                                     {.N = 13, .k = 3, .E = 16, .opt = "groups"},
+                                     {.N = 9, .k = 4, .E = 16, .opt = "sigmoid noaux bias scaled"},
+                                     {.N = 11, .k = 6, .E = 64, .opt = "sigmoid noaux bias no-renorm"}};
     const std::vector<Dims> route_bench = {{.N = 512, .k = 2, .E = 16, .opt = "lnorm"},
                                            {.N = 512, .k = 8, .E = 128, .opt = "no-renorm"}};
     const std::vector<Dims> route_back =
@@ -576,6 +597,16 @@ inline const std::vector<OpCase>& op_cases() {
            p.run = [=](Backend& b) { *s = b.sum_squares(x, d.N); };
            p.out("sum", s, 1), p.bytes = 4.0 * d.N;
            p.rtol = 1e-9;  // both sum in double
+         }},
+        {"copy_cols", false,
+         {{.N = 1, .H = 1, .I = 3, .O = 2}, {.N = 17, .H = 5, .I = 9, .O = 7, .opt = "acc"},
+          {.N = 3000, .H = 24, .I = 40, .O = 30}, {.N = 3000, .H = 24, .I = 24, .O = 30, .opt = "acc"}},
+         {{.N = 512 * 16, .H = 128, .I = 192, .O = 128}}, {}, [](Prepared& p, const Dims& d) {
+           const float* src = p.rnd<float>(size_t(d.N) * d.I);
+           float* dst = p.rnd<float>(size_t(d.N) * d.O);
+           const bool acc = d.opt == "acc";
+           p.run = [=](Backend& b) { b.copy_cols(dst, d.O, src, d.I, d.N, d.H, acc); };
+           p.out("dst", dst, size_t(d.N) * d.O), p.bytes = 12.0 * d.N * d.H;
          }},
         {"gather_rows", false, gather, {{.N = 512, .R = 1024, .H = 1024}}, {}, gather_rows<float>},
         {"gather_rows", true, gather, {{.N = 512, .R = 1024, .H = 1024}}, {}, gather_rows<double>},

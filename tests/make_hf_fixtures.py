@@ -11,7 +11,8 @@ save_pretrained (config.json + model.safetensors). Beside it, reference.safetens
   logits        transformers' float32 logits of ids, [T, V]
   loss          mean next-token cross-entropy over ids (no auxiliary loss)
   greedy        8 tokens greedy generation adds after ids[:6] (as f32)
-  grad.<name>   d loss / d parameter, for every parameter
+  grad.<name>   d loss / d parameter, for every parameter (zeros for DeepSeek-V3's
+                e_score_correction_bias, a buffer: it is not trained by backprop)
 """
 import os
 import sys
@@ -19,7 +20,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
-from transformers import GraniteMoeConfig, GraniteMoeSharedConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import (DeepseekV2Config, DeepseekV3Config, GraniteMoeConfig, GraniteMoeSharedConfig, OlmoeConfig,
+                          Qwen2MoeConfig, Qwen3MoeConfig)
 
 COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -48,6 +50,38 @@ FAMILIES = {
                                                residual_multiplier=1.5, logits_scaling=2.5),
 }
 
+# DeepSeek: multi-head latent attention (one key per head: kv heads = heads), a leading dense layer, shared
+# experts. v_head_dim 6 differs from the q/k head (8 + 4) on purpose.
+DS = dict(COMMON, num_key_value_heads=4, num_hidden_layers=3, intermediate_size=40, moe_intermediate_size=12,
+          kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, first_k_dense_replace=1)
+FAMILIES.update({
+    # DeepSeek-V2: q through a latent (q_lora_rank), group-limited routing (best 2 of 4 groups by max score,
+    # then top-3), routed_scaling_factor, no renormalization, YaRN (factor 4 over 16 original positions).
+    "deepseek_v2": DeepseekV2Config(**DS, q_lora_rank=24, n_routed_experts=8, n_shared_experts=2,
+                                    num_experts_per_tok=3, topk_method="group_limited_greedy", n_group=4,
+                                    topk_group=2, routed_scaling_factor=1.5, norm_topk_prob=False,
+                                    rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                                  "beta_fast": 32.0, "beta_slow": 1.0}),
+    # DeepSeek-V2-Lite's shape: q_proj directly (q_lora_rank None), greedy top-2 of 8, one shared expert.
+    "deepseek_v2_lite": DeepseekV2Config(**DS, q_lora_rank=None, n_routed_experts=8, n_shared_experts=1,
+                                         num_experts_per_tok=2, topk_method="greedy", routed_scaling_factor=1.0,
+                                         norm_topk_prob=False),
+    # DeepSeek-V3's router: sigmoid scores, a selection-only e_score_correction_bias, noaux_tc (best 2 of 4
+    # groups by their top-2 biased sum), renormalized x 2.5; interleaved RoPE; YaRN whose mscale_all_dim
+    # also scales the attention logits.
+    "deepseek_v3": DeepseekV3Config(**DS, q_lora_rank=24, n_routed_experts=8, n_shared_experts=1,
+                                    num_experts_per_tok=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                                    norm_topk_prob=True, rope_interleave=True,
+                                    rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                                  "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0,
+                                                  "mscale_all_dim": 0.8}),
+    # V3's other branches: rotate-half RoPE (rope_interleave false), one group, q_proj directly, no
+    # renormalization, no rope_scaling.
+    "deepseek_v3_half": DeepseekV3Config(**DS, q_lora_rank=None, n_routed_experts=8, n_shared_experts=1,
+                                         num_experts_per_tok=2, n_group=1, topk_group=1, routed_scaling_factor=1.0,
+                                         norm_topk_prob=False, rope_interleave=False),
+})
+
 
 def make(name, cfg, out):
     torch.manual_seed(1234)
@@ -59,6 +93,9 @@ def make(name, cfg, out):
                 p.copy_((1 + 0.2 * torch.randn_like(p)) if "norm" in pname else 0.3 * torch.randn_like(p))
             else:
                 p.copy_(torch.randn_like(p) * (1.0 / p.shape[-1] ** 0.5))
+        for bname, b in model.named_buffers():
+            if "e_score_correction_bias" in bname:  # selection only: visibly changes which experts win
+                b.copy_(0.1 * torch.randn_like(b))
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d, safe_serialization=True)
@@ -76,6 +113,9 @@ def make(name, cfg, out):
     for pname, p in model.named_parameters():
         grad = p.grad if p.grad is not None else torch.zeros_like(p)  # an expert no token chose
         ref["grad." + pname] = grad.detach().float().contiguous()
+    for bname, b in model.named_buffers():
+        if "e_score_correction_bias" in bname:
+            ref["grad." + bname] = torch.zeros_like(b).float()
     save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(d, "reference.safetensors"))
     print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, loss {loss.item():.4f}, "
           f"greedy {gen[0, 6:].tolist()}")

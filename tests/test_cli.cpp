@@ -633,6 +633,41 @@ TEST_F(Cli, GraniteMoeThroughEveryCommand) {
   EXPECT_NE(p.err.find("granitemoe"), std::string::npos) << p.describe();
 }
 
+// DeepSeek-V3 (multi-head latent attention, shared experts, a dense first layer, V3's router)
+// through every command: a fixture transformers made, a training run from its config, the
+// checkpoint generating, quantized, refused by GGUF export; the planner states the latent cache.
+TEST_F(Cli, DeepseekThroughEveryCommand) {
+  const std::string fx = std::string(SKYMOE_TEST_DATA) + "/hf/deepseek_v3";
+  const ModelConfig c = ModelConfig::load_file(fx);
+  RunResult text = run({"info", fx});
+  ASSERT_EQ(text.code, 0) << text.describe();
+  EXPECT_NE(text.out.find("multi-head latent"), std::string::npos) << text.describe();
+  EXPECT_NE(text.out.find("noaux_tc"), std::string::npos) << text.describe();
+  write_tokens(path("t.bin"), 4000, c.vocab_size, 5);
+  json ev = run_json({"eval", "--model", fx, "--data", path("t.bin"), "--seq-len", "8", "--batch-size", "2", "--json"});
+  EXPECT_GT(ev["loss"].get<double>(), 0.0);
+  RunResult tr = run({"train", "--config", fx + "/config.json", "--data", path("t.bin"), "--seq-len", "8",
+                      "--batch-size", "2", "--steps", "3", "--out", path("run"), "--quiet"});
+  ASSERT_EQ(tr.code, 0) << tr.describe();
+  const std::string ckpt = path("run/step-00000003");
+  json cfg = json::parse(std::ifstream(ckpt + "/config.json"));
+  EXPECT_EQ(cfg["model_type"], "deepseek_v3");
+  EXPECT_EQ(cfg["kv_lora_rank"], c.kv_lora_rank);
+  json gen = run_json({"generate", "--model", ckpt, "--prompt-ids", "1,2,3", "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gen["generated_ids"].size(), 4u) << gen.dump();
+  RunResult q = run({"quantize", "--model", ckpt, "--to", "fp8", "--out", path("fp8")});
+  ASSERT_EQ(q.code, 0) << q.describe();
+  json gen8 = run_json({"generate", "--model", path("fp8"), "--prompt-ids", "1,2,3", "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gen8["generated_ids"].size(), 4u) << gen8.dump();
+  RunResult g = run({"export", "gguf", "--model", ckpt, "--out", path("m.gguf"), "--no-tokenizer"});
+  EXPECT_NE(g.code, 0);
+  EXPECT_NE(g.err.find("deepseek2"), std::string::npos) << g.describe();
+  json plan = run_json({"plan", "--inference", "--config", fx + "/config.json", "--tp", "1", "--json"});
+  EXPECT_EQ(plan["split"]["ranks"][0]["kv_bytes_per_token"].get<double>(),
+            4.0 * c.num_layers * (c.kv_lora_rank + c.qk_rope_dim))
+      << plan.dump();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. bad input: clean failures that say what is wrong
 // ---------------------------------------------------------------------------------------------

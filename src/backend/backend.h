@@ -60,6 +60,14 @@ struct RouterOptions {
   bool sigmoid = false;      // scores = sigmoid(z~) per expert (else softmax over the experts)
   bool renormalize = true;   // top-k weights = scores / their sum (norm_topk_prob)
   double scale = 1.0;        // routed_scaling_factor, applied to the top-k weights
+  // DeepSeek's selection, which changes which experts are picked but not how their weights are
+  // computed (so not the backward): experts are ranked by choice scores c = g + select_bias
+  // (select_bias [E] null: c = g); with n_group > 1 only the topk_group groups of n_group
+  // consecutive experts with the best group scores compete: a group's max c (DeepSeek-V2's
+  // group_limited_greedy) or, group_top2_sum, the sum of its two best c (V3's noaux_tc).
+  const float* select_bias = nullptr;  // DeepSeek-V3's e_score_correction_bias (selection only)
+  int n_group = 1, topk_group = 1;
+  bool group_top2_sum = false;
 };
 
 // Precision of the float matmuls of training (forward and backward). BF16 rounds both operands to
@@ -103,6 +111,9 @@ class Backend {
   virtual void gated_add(float* y, const float* x, const float* g, int N, int H) = 0;
   virtual void gated_add_backward(float* dx, float* dg, const float* dy, const float* x, const float* g, int N,
                                   int H) = 0;
+  // Column block copy between row-strided buffers: dst[n * ld_dst + i] = src[n * ld_src + i] (+= when
+  // `accumulate`) for n < N, i < W (splitting and joining heads and latents; its own backward).
+  virtual void copy_cols(float* dst, long ld_dst, const float* src, long ld_src, long N, int W, bool accumulate) = 0;
   // Permute by expert: out[r, :] = in[rows[r], :] for r < R.
   virtual void gather_rows(float* out, const float* in, const int32_t* rows, long R, int H) = 0;
   virtual void gather_rows(double* out, const double* in, const int32_t* rows, long R, int H) = 0;
@@ -120,7 +131,7 @@ class Backend {
   virtual void unpermute_add(float* dx, const float* drows, const int32_t* sel, long N, int k, int H) = 0;
   virtual void unpermute_add(double* dx, const double* drows, const int32_t* sel, long N, int k, int H) = 0;
   // The router, in fp32 (double overload for the tests) whatever the weights' dtype: logits [N, E] ->
-  // probs [N, E] (the scores), topk_idx [N, k] by descending score (ties: the lower expert first),
+  // probs [N, E] (the scores), topk_idx [N, k] by descending choice score (ties: the lower expert first),
   // topk_w [N, k] = scale * g_j / (sum of the selected g) (scale * g_j without renormalization).
   virtual void router(float* probs, int32_t* topk_idx, float* topk_w, const float* logits, int N,
                       const RouterOptions& o) = 0;
@@ -162,7 +173,8 @@ class Backend {
   virtual void rmsnorm(float* out, float* rstd, const float* in, const float* w, int N, int H, double eps) = 0;
   virtual void rmsnorm_backward(float* din, float* dw, const float* dout, const float* in, const float* w,
                                 const float* rstd, int N, int H) = 0;
-  // x [N, heads * head_dim] rotated in place by the angles of positions pos[n].
+  // x [N, heads * head_dim] rotated in place by the angles of positions pos[n]: pairs (i, i + d/2) of
+  // each head, or (2i, 2i + 1) when t.interleaved; cos and sin as the table holds them (scaled).
   virtual void rope(float* x, const int32_t* pos, int N, int heads, const RopeTable& t) = 0;
   virtual void rope_backward(float* dx, const int32_t* pos, int N, int heads, const RopeTable& t) = 0;
   // out[i] = silu(gate[i]) * up[i]; out may alias gate.

@@ -68,6 +68,19 @@ int cmd_info(int argc, char** argv) {
   fmt::print("layers       {}   hidden {}   heads {} (kv {}, head dim {})   {}{}\n", cfg.num_layers, cfg.hidden_size,
              cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.ffn_summary(),
              cfg.tie_word_embeddings ? "   tied embeddings" : "");
+  if (cfg.mla())
+    fmt::print("attention    multi-head latent: q_lora_rank {}   kv_lora_rank {}   q/k head {} + {} (RoPE{})   v head {}   "
+               "KV cache {} values a position and layer{}\n",
+               cfg.q_lora_rank > 0 ? std::to_string(cfg.q_lora_rank) : "none", cfg.kv_lora_rank, cfg.qk_nope_dim,
+               cfg.qk_rope_dim, cfg.rope_interleave ? ", interleaved" : "", cfg.v_head_dim, cfg.kv_cache_width(),
+               cfg.rope_scaling.yarn ? fmt::format("   YaRN factor {}", cfg.rope_scaling.factor) : "");
+  if (cfg.has_moe() && (cfg.topk_method != "greedy" || cfg.router_bias || cfg.shared_expert_size > 0 ||
+                        cfg.routed_scaling_factor != 1.0 || cfg.router_sigmoid))
+    fmt::print("router       {} scores, {}{}, {}renormalized, x {}{}\n", cfg.router_sigmoid ? "sigmoid" : "softmax",
+               cfg.topk_method,
+               cfg.topk_method != "greedy" ? fmt::format(" (top {} of {} groups)", cfg.topk_group, cfg.n_group) : "",
+               cfg.norm_topk_prob ? "" : "not ", cfg.routed_scaling_factor,
+               cfg.router_bias ? ", selection bias" : "");
   fmt::print("vocab        {}   max positions {}   rope theta {}   rms eps {}\n", cfg.vocab_size,
              cfg.max_position_embeddings, cfg.rope_theta, cfg.rms_norm_eps);
   fmt::print("parameters   {:.2f}M total, {:.2f}M active per token\n", cfg.param_count() / 1e6,

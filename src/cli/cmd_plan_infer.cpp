@@ -31,6 +31,7 @@ nlohmann::json mem_json(const std::vector<InferMem>& mem, const std::vector<int>
                      {"kv_heads", s.kv_heads.size},
                      {"ffn_width", s.expert_ffn.size + s.ffn.size},
                      {"experts", s.experts.size},
+                     {"kv_bytes_per_token", m.kv_bytes_per_token},
                      {"gib",
                       {{"attention", m.attention / kGiB},
                        {"experts", m.experts / kGiB},
@@ -110,7 +111,11 @@ int cmd_plan_inference(int argc, char** argv) {
   print_split(r.tp.shares.empty() ? "even split" : "given split", given, given_shares);
   fmt::print("\n");
   print_split("balanced split", balanced, b.tp.shares);
-  fmt::print("\nreplicated: f32 embedding, norms{}; rank 0 also holds the LM head ({}) and the final norm\n",
+  fmt::print("\nKV cache per position (rank 0): {:.0f} bytes{}\n", given[0].kv_bytes_per_token,
+             c.mla() ? fmt::format(" (multi-head latent attention: a latent row of {} + {} values a layer, not keys and values)",
+                                   c.kv_lora_rank, c.qk_rope_dim)
+                     : "");
+  fmt::print("replicated: f32 embedding, norms{}; rank 0 also holds the LM head ({}) and the final norm\n",
              c.has_moe() ? ", router" : "", r.dtype == "f32" ? "f32" : "bf16");
   if (memory_gb > 0)
     fmt::print("with {:.1f} GiB per rank: even/given split {}, balanced split {}\n", memory_gb,

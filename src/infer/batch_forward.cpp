@@ -18,6 +18,13 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   w.attn_norm = L.attn_norm.data();
   w.ffn_norm = L.ffn_norm.data();
   w.wq = &L.wq, w.wk = &L.wk, w.wv = &L.wv, w.wo = &L.wo;
+  if (c.mla()) {
+    if (L.wq_a.data) w.wq_a = &L.wq_a, w.wq_b = &L.wq_b, w.q_a_norm = L.q_a_norm.data();
+    w.wkv_a = &L.wkv_a;
+    w.kv_a_norm = L.kv_a_norm.data();
+    w.uk = L.uk.data();
+    w.uv = L.uv.data();
+  }
   if (!L.bq.empty()) w.bq = L.bq.data(), w.bk = L.bk.data(), w.bv = L.bv.data();
   if (!L.q_norm.empty()) w.q_norm = L.q_norm.data(), w.k_norm = L.k_norm.data();
   if (!c.layer_is_moe(l)) {
@@ -40,6 +47,7 @@ static LayerWeights layer_weights(const InferModel& m, int l, BatchScratch& s) {
   e.e_begin = e0;
   e.e_count = held;
   e.router = L.router.data();
+  if (!L.router_bias.empty()) e.select_bias = L.router_bias.data();
   e.q1 = s.w1.data();
   e.q3 = s.w3.data();
   e.q2 = s.w2.data();
@@ -116,6 +124,7 @@ void batch_forward(const InferModel& m, const std::vector<BatchRow>& rows, float
   d.eps = eps;
   d.set_multipliers(c);
   d.rope = &m.rope;
+  set_mla_shape(d, c);
   RowBatch rb;
   rb.N = n;
   rb.pos = s.pos.data();

@@ -108,6 +108,22 @@ static QWeight load_linear(const SafetensorsReader& r, const StoredAt& at, int O
   return quantize_weight(w.data(), bo, bi, want, o.per_row);
 }
 
+// kv_b [nh (dn + dv), r] (f32) as mla_attend_kv runs it: per head uk = its key rows transposed
+// [r, dn] and uv = its value rows [dv, r], in `dt`.
+static void absorb_kv_b(InferLayer& L, const float* kvb, const ModelConfig& c, DType dt, bool per_row) {
+  const int nh = c.num_heads, dn = c.qk_nope_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
+  L.uk.resize(nh);
+  L.uv.resize(nh);
+  std::vector<float> t(size_t(r) * dn);
+  for (int h = 0; h < nh; h++) {
+    const float* rows = kvb + size_t(h) * (dn + dv) * r;
+    for (int i = 0; i < dn; i++)
+      for (int j = 0; j < r; j++) t[size_t(j) * dn + i] = rows[size_t(i) * r + j];
+    L.uk[h] = quantize_weight(t.data(), r, dn, dt, per_row);
+    L.uv[h] = quantize_weight(rows + size_t(dn) * r, dv, r, dt, per_row);
+  }
+}
+
 InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, const Shard* shard) {
   if (o.dtype != "auto") parse_target(o.dtype);
   if (o.lm_head != "auto") parse_target(o.lm_head, "--lm-head");
@@ -145,10 +161,33 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
       InferLayer& L = m.layers[l];
       L.attn_norm = f32_vec(r, tensor_name(c, K::AttnNorm, l), {H});
       L.ffn_norm = f32_vec(r, tensor_name(c, K::FfnNorm, l), {H});
-      L.wq = load_linear(r, at(K::Wq, l, -1, qd, H), qd, H, o, false, &lm, qrows);
-      L.wk = load_linear(r, at(K::Wk, l, -1, kvd, H), kvd, H, o, false, &lm, kvrows);
-      L.wv = load_linear(r, at(K::Wv, l, -1, kvd, H), kvd, H, o, false, &lm, kvrows);
-      L.wo = load_linear(r, at(K::Wo, l, -1, H, qd), H, qd, o, false, &lm, {}, qrows);
+      if (c.mla()) {  // tensor parallelism is refused for MLA: whole tensors
+        const int rq = c.q_lora_rank, kr = c.kv_lora_rank;
+        if (rq > 0) {
+          L.wq_a = load_linear(r, at(K::WqA, l, -1, rq, H), rq, H, o, false, &lm);
+          L.q_a_norm = f32_vec(r, tensor_name(c, K::QANorm, l), {rq});
+          L.wq_b = load_linear(r, at(K::WqB, l, -1, qd, rq), qd, rq, o, false, &lm);
+        } else {
+          L.wq = load_linear(r, at(K::Wq, l, -1, qd, H), qd, H, o, false, &lm);
+        }
+        L.wkv_a = load_linear(r, at(K::WkvA, l, -1, kr + c.qk_rope_dim, H), kr + c.qk_rope_dim, H, o, false, &lm);
+        L.kv_a_norm = f32_vec(r, tensor_name(c, K::KvANorm, l), {kr});
+        const int kvb_rows = c.num_heads * (c.qk_nope_dim + c.v_head_dim);
+        const StoredAt kvb = at(K::WkvB, l, -1, kvb_rows, kr);
+        InferLoadOptions f32o = o;
+        f32o.dtype = "f32";
+        bool unused = false;
+        const QWeight full = load_linear(r, kvb, kvb_rows, kr, f32o, false, &unused);
+        DType dt = o.dtype == "auto" ? r.get(kvb.name).dtype : parse_target(o.dtype);
+        if (dt != DType::BF16 && dt != DType::F8_E4M3) dt = DType::F32;
+        absorb_kv_b(L, static_cast<const float*>(full.data), c, dt, o.per_row);
+        L.wo = load_linear(r, at(K::Wo, l, -1, H, c.o_dim()), H, c.o_dim(), o, false, &lm);
+      } else {
+        L.wq = load_linear(r, at(K::Wq, l, -1, qd, H), qd, H, o, false, &lm, qrows);
+        L.wk = load_linear(r, at(K::Wk, l, -1, kvd, H), kvd, H, o, false, &lm, kvrows);
+        L.wv = load_linear(r, at(K::Wv, l, -1, kvd, H), kvd, H, o, false, &lm, kvrows);
+        L.wo = load_linear(r, at(K::Wo, l, -1, H, qd), H, qd, o, false, &lm, {}, qrows);
+      }
       if (c.qkv_bias) {  // tensor parallelism is refused for these families: whole vectors
         L.bq = f32_vec(r, tensor_name(c, K::BiasQ, l), {qd});
         L.bk = f32_vec(r, tensor_name(c, K::BiasK, l), {kvd});
@@ -162,6 +201,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
       if (c.layer_is_moe(l)) {
         const Range width = sh.expert_ffn;
         L.router = f32_vec(r, tensor_name(c, K::Router, l), {c.num_experts, H});
+        if (c.router_bias) L.router_bias = f32_vec(r, tensor_name(c, K::RouterBias, l), {c.num_experts});
         if (c.shared_expert_size > 0) {
           const int S = c.shared_expert_size;
           L.sh_gate = load_linear(r, at(K::SharedGate, l, -1, S, H), S, H, o, false, &lm);
@@ -192,8 +232,8 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   mm = any_view;
   m.kv_bf16 = o.kv_dtype == "bf16";
   m.mmapped = mm;
-  m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
-  const QWeight& probe = m.layers[0].wq;
+  m.rope = RopeTable(c.rope_dim(), c.max_position_embeddings, c.rope_theta, c.rope_scaling, c.rope_interleave);
+  const QWeight& probe = c.mla() ? m.layers[0].wkv_a : m.layers[0].wq;
   m.weight_dtype = probe.dtype == DType::F8_E4M3 ? "fp8" : probe.dtype == DType::BF16 ? "bf16" : "f32";
   return m;
 }
@@ -222,10 +262,24 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, s
     InferLayer L;
     L.attn_norm = vec(W.attn_norm, H);
     L.ffn_norm = vec(W.ffn_norm, H);
-    L.wq = lin(W.wq, qd, H);
-    L.wk = lin(W.wk, kvd, H);
-    L.wv = lin(W.wv, kvd, H);
-    L.wo = lin(W.wo, H, qd);
+    if (c.mla()) {
+      if (W.wq_a) {
+        L.wq_a = lin(W.wq_a, c.q_lora_rank, H);
+        L.q_a_norm = vec(W.q_a_norm, c.q_lora_rank);
+        L.wq_b = lin(W.wq_b, qd, c.q_lora_rank);
+      } else {
+        L.wq = lin(W.wq, qd, H);
+      }
+      L.wkv_a = lin(W.wkv_a, c.kv_lora_rank + c.qk_rope_dim, H);
+      L.kv_a_norm = vec(W.kv_a_norm, c.kv_lora_rank);
+      absorb_kv_b(L, W.wkv_b, c, dtype, per_row);
+      L.wo = lin(W.wo, H, c.o_dim());
+    } else {
+      L.wq = lin(W.wq, qd, H);
+      L.wk = lin(W.wk, kvd, H);
+      L.wv = lin(W.wv, kvd, H);
+      L.wo = lin(W.wo, H, qd);
+    }
     if (W.bq) L.bq = vec(W.bq, qd), L.bk = vec(W.bk, kvd), L.bv = vec(W.bv, kvd);
     if (W.q_norm) {
       const bool ph = c.qk_norm == QkNorm::PerHead;
@@ -234,6 +288,7 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, s
     }
     if (c.layer_is_moe(l)) {
       L.router = vec(W.router, size_t(c.num_experts) * H);
+      if (W.router_bias) L.router_bias = vec(W.router_bias, c.num_experts);
       if (W.sh_down) {
         const int S = c.shared_expert_size;
         L.sh_gate = lin(W.sh_gate, S, H);
@@ -256,14 +311,22 @@ InferModel InferModel::from_model(const Model& src, DType dtype, bool per_row, s
     }
     m.layers.push_back(std::move(L));
   }
-  m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
+  m.rope = RopeTable(c.rope_dim(), c.max_position_embeddings, c.rope_theta, c.rope_scaling, c.rope_interleave);
   m.weight_dtype = dtype == DType::F8_E4M3 ? "fp8" : dtype == DType::BF16 ? "bf16" : "f32";
   return m;
+}
+
+// MLA's projections and absorbed kv_b, and the small vectors beside them.
+static double mla_bytes(const InferLayer& L) {
+  double b = double(L.wq_a.bytes() + L.wq_b.bytes() + L.wkv_a.bytes());
+  for (size_t h = 0; h < L.uk.size(); h++) b += double(L.uk[h].bytes() + L.uv[h].bytes());
+  return b + (L.q_a_norm.size() + L.kv_a_norm.size() + L.router_bias.size()) * 4.0;
 }
 
 double InferModel::decode_weight_bytes_per_token() const {
   double b = double(lm_head.bytes()) + final_norm.size() * 4.0;
   for (const auto& L : layers) {
+    b += mla_bytes(L);
     b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
     if (!L.router.empty()) {
       // Under expert parallelism a token's top-k experts land on this rank in proportion to its experts.
@@ -281,6 +344,7 @@ double InferModel::decode_weight_bytes_per_token() const {
 double InferModel::total_weight_bytes() const {
   double b = double(lm_head.bytes()) + (embed.size() + final_norm.size()) * 4.0;
   for (const auto& L : layers) {
+    b += mla_bytes(L);
     b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes()) + (L.attn_norm.size() + L.ffn_norm.size()) * 4.0;
     b += L.router.size() * 4.0 + double(L.gate.bytes() + L.up.bytes() + L.down.bytes());
     b += double(L.sh_gate.bytes() + L.sh_up.bytes() + L.sh_down.bytes() + L.sh_router.bytes());

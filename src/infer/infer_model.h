@@ -26,6 +26,12 @@ struct InferLayer {
   std::vector<float> router;        // [E, H] f32
   std::vector<QWeight> w1, w3, w2;  // per expert (global id); empty for experts another rank holds
   QWeight gate, up, down;           // dense FFN
+  // Multi-head latent attention (wq: q_proj without q_lora_rank; wk, wv empty): kv_b_proj is held
+  // absorbed per head as the engine runs it (decoder.h LayerWeights::uk/uv), in the linears' dtype.
+  QWeight wq_a, wq_b, wkv_a;
+  std::vector<float> q_a_norm, kv_a_norm;
+  std::vector<QWeight> uk, uv;
+  std::vector<float> router_bias;   // DeepSeek-V3's selection bias [E] (empty: none)
 };
 
 struct InferLoadOptions {

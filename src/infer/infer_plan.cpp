@@ -25,13 +25,21 @@ std::vector<InferMem> infer_memory(const InferPlanRequest& r) {
     const Shard& s = m.shard;
     const double q = s.q_heads.size * hd, kv = s.kv_heads.size * hd;
     m.attention = L * (lin(q, H) + 2 * lin(kv, H) + lin(H, q));
+    if (c.mla()) {  // (tensor parallelism is refused for MLA: one rank)
+      const double rq = c.q_lora_rank, kr = c.kv_lora_rank, qd = c.q_dim();
+      const double qproj = rq > 0 ? lin(rq, H) + lin(qd, rq) + rq * 4 : lin(qd, H);
+      m.attention = L * (qproj + lin(kr + c.qk_rope_dim, H) + kr * 4 +
+                         lin(double(c.num_heads) * (c.qk_nope_dim + c.v_head_dim), kr) + lin(H, c.o_dim()));
+    }
     const double Lm = c.num_moe_layers(), Ld = L - Lm;
     const double we = s.expert_ffn.size, wd = s.ffn.size;
     m.experts = Lm * s.experts.size * (2 * lin(we, H) + lin(H, we)) + Ld * (2 * lin(wd, H) + lin(H, wd));
     m.replicated = Lm * c.num_experts * H * 4;  // router
     m.replicated += V * H * 4 + L * 2 * H * 4;  // f32 embedding and layer norms
     if (s.head) m.head = V * H * (r.dtype == "f32" ? 4 : 2) + H * 4;  // the LM head stays bf16 or better
-    m.kv = double(r.batch) * r.context * L * 2 * kv * (r.kv_dtype == "bf16" ? 2 : 4);  // keys and values
+    const double kv_values = c.mla() ? double(c.kv_cache_width()) : 2 * kv;  // keys and values, or the latent
+    m.kv_bytes_per_token = L * kv_values * (r.kv_dtype == "bf16" ? 2 : 4);
+    m.kv = double(r.batch) * r.context * m.kv_bytes_per_token;
     out.push_back(m);
   }
   return out;

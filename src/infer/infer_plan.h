@@ -13,6 +13,9 @@ struct InferMem {
   int rank = 0;
   Shard shard;
   double attention = 0, experts = 0, replicated = 0, head = 0, kv = 0;  // bytes
+  // KV cache bytes one position of one sequence takes on this rank, all layers: 2 x kv heads x head
+  // dim per layer, or under multi-head latent attention one latent row of kv_lora_rank + qk_rope_dim.
+  double kv_bytes_per_token = 0;
   double weights() const { return attention + experts + replicated + head; }
   double total() const { return weights() + kv; }
 };

@@ -19,6 +19,10 @@ Shard tp_shard(const ModelConfig& c, const TpOptions& o, int rank) {
   SKY_CHECK(T >= 1, "--tp must be at least 1, got {}", T);
   SKY_CHECK(o.shares.empty() || int(o.shares.size()) == T, "--tp-shares has {} values but --tp is {}", o.shares.size(), T);
   for (int s : o.shares) SKY_CHECK(s > 0, "--tp-shares: every share must be positive, got {}", s);
+  SKY_CHECK(T == 1 || !c.mla(),
+            "--tp {}: tensor-parallel inference of {} models (multi-head latent attention) is not supported yet; run "
+            "one process",
+            T, c.model_type);
   SKY_CHECK(T <= c.num_kv_heads, "--tp {} exceeds the model's {} kv heads (each rank needs at least one; kv heads are not "
             "replicated)", T, c.num_kv_heads);
   SKY_CHECK(o.ep >= 1, "--ep must be at least 1, got {}", o.ep);

@@ -101,10 +101,12 @@ class Exporter {
     SKY_CHECK(!c.mlp_expert_names() && !c.stacked_experts(),
               "GGUF export of {} models (llama.cpp's {} architecture) is not supported yet; llama, Mixtral and "
               "Skywork models export as llama.cpp's llama architecture",
-              c.model_type, c.model_type == "qwen2_moe"    ? "qwen2moe"
+              c.model_type,
+              c.model_type == "qwen2_moe"   ? "qwen2moe"
               : c.model_type == "qwen3_moe" ? "qwen3moe"
-              : c.model_type == "olmoe"     ? "olmoe"
-                                            : "granitemoe");  // llama.cpp's granitemoe has the shared MLP too
+              : c.deepseek()                ? "deepseek2"
+              : c.granite()                 ? "granitemoe"  // llama.cpp's granitemoe has the shared MLP too
+                                            : "olmoe");
     // llama.cpp's llama architecture has one FFN width and, when it has experts, experts in every layer.
     SKY_CHECK(!c.has_moe() || (!c.router_sigmoid && c.norm_topk_prob && c.routed_scaling_factor == 1.0),
               "GGUF export: llama.cpp's llama architecture routes with softmax and renormalized top-k weights; this "

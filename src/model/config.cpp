@@ -16,8 +16,24 @@ namespace sky {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
+static double yarn_mscale(double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; }
+
+double RopeScaling::rope_factor() const {
+  if (!yarn) return 1.0;
+  if (attention_factor > 0) return attention_factor;
+  if (mscale != 0 && mscale_all_dim != 0) return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim);
+  return yarn_mscale(factor, 1.0);
+}
+
+double RopeScaling::softmax_factor() const {
+  if (!yarn || mscale_all_dim == 0) return 1.0;
+  const double m = yarn_mscale(factor, mscale_all_dim);
+  return m * m;
+}
+
 FfnKind ModelConfig::ffn_kind(int l) const {
-  if (num_experts <= 0 || l < first_dense_layers || (l + 1) % moe_layer_step != 0) return FfnKind::Dense;
+  if (num_experts <= 0 || l < first_dense_layers || (l + 1) % moe_layer_step != 0 || l % moe_layer_freq != 0)
+    return FfnKind::Dense;
   for (int d : dense_layers)
     if (d == l) return FfnKind::Dense;
   return FfnKind::Moe;
@@ -50,6 +66,12 @@ double ModelConfig::attention_scale() const {
 // Attention weights of one layer: projections, biases, q/k norms.
 static int64_t attention_params(const ModelConfig& c) {
   const int64_t h = c.hidden_size;
+  if (c.mla()) {
+    const int64_t nh = c.num_heads, r = c.kv_lora_rank, q = c.q_dim();
+    int64_t n = c.q_lora_rank > 0 ? h * c.q_lora_rank + c.q_lora_rank + int64_t(c.q_lora_rank) * q : h * q;
+    n += h * (r + c.qk_rope_dim) + r + r * nh * (c.qk_nope_dim + c.v_head_dim);
+    return n + int64_t(c.o_dim()) * h;
+  }
   int64_t n = h * c.q_dim() * 2 + h * c.kv_dim() * 2;
   if (c.qkv_bias) n += c.q_dim() + 2 * c.kv_dim();
   if (c.qk_norm == QkNorm::PerHead) n += 2 * c.head_dim;
@@ -58,7 +80,8 @@ static int64_t attention_params(const ModelConfig& c) {
 }
 
 static int64_t shared_expert_params(const ModelConfig& c) {
-  return 3 * int64_t(c.hidden_size) * c.shared_expert_size + (c.shared_expert_gate ? c.hidden_size : 0);
+  return 3 * int64_t(c.hidden_size) * c.shared_expert_size + (c.shared_expert_gate ? c.hidden_size : 0) +
+         (c.router_bias ? c.num_experts : 0);  // (the selection bias rides along with the router)
 }
 
 int64_t ModelConfig::param_count() const {
@@ -101,6 +124,12 @@ void ModelConfig::validate() const {
   at_most("num_experts", num_experts, int64_t(1) << 14);
   at_most("shared_expert_intermediate_size", shared_expert_size, int64_t(1) << 20);
   at_most("head_dim", head_dim, int64_t(1) << 12);
+  at_most("q_lora_rank", q_lora_rank, int64_t(1) << 16);
+  at_most("kv_lora_rank", kv_lora_rank, int64_t(1) << 16);
+  at_most("qk_nope_head_dim", qk_nope_dim, int64_t(1) << 12);
+  at_most("qk_rope_head_dim", qk_rope_dim, int64_t(1) << 12);
+  at_most("v_head_dim", v_head_dim, int64_t(1) << 12);
+  at_most("n_group", n_group, int64_t(1) << 14);
   at_most("max_position_embeddings", max_position_embeddings, int64_t(1) << 24);
   {
     const double H = hidden_size, L = num_layers, E = std::max(num_experts, 0);
@@ -110,9 +139,9 @@ void ModelConfig::validate() const {
     const double params = 2.0 * double(vocab_size) * H + L * per_layer;
     SKY_CHECK(params <= double(int64_t(1) << 42), "config: about {:.3g} parameters exceeds the limit of {:.3g}", params,
               double(int64_t(1) << 42));
-    SKY_CHECK(double(max_position_embeddings) * head_dim <= double(int64_t(1) << 30),
-              "config: max_position_embeddings {} x head dimension {} exceeds the RoPE table limit of 2^30 values",
-              max_position_embeddings, head_dim);
+    SKY_CHECK(double(max_position_embeddings) * rope_dim() <= double(int64_t(1) << 30),
+              "config: max_position_embeddings {} x RoPE dimension {} exceeds the RoPE table limit of 2^30 values",
+              max_position_embeddings, rope_dim());
   }
   auto pos = [](const char* field, int64_t v) {
     SKY_CHECK(v > 0, "config: {} must be positive, got {}", field, v);
@@ -132,7 +161,29 @@ void ModelConfig::validate() const {
   if (has_dense()) pos("intermediate_size", intermediate_size);
   if (has_moe()) pos("moe_intermediate_size", moe_intermediate_size);
   pos("head_dim", head_dim);
-  SKY_CHECK(head_dim % 2 == 0, "config: head dimension {} must be even for RoPE", head_dim);
+  if (mla()) {
+    pos("qk_rope_head_dim", qk_rope_dim);
+    pos("v_head_dim", v_head_dim);
+    pos("qk_nope_head_dim", qk_nope_dim);
+    SKY_CHECK(q_lora_rank >= 0, "config: q_lora_rank must be >= 0, got {}", q_lora_rank);
+    // Training pads the values to the q/k head to run the one attention op.
+    SKY_CHECK(v_head_dim <= qk_nope_dim + qk_rope_dim, "config: v_head_dim {} > qk_nope_head_dim + qk_rope_head_dim {} "
+              "is not supported", v_head_dim, qk_nope_dim + qk_rope_dim);
+    SKY_CHECK(head_dim == qk_nope_dim + qk_rope_dim, "config: MLA head_dim {} != qk_nope_head_dim + qk_rope_head_dim",
+              head_dim);
+    SKY_CHECK(num_kv_heads == num_heads, "config: multi-head latent attention has one key per head ({} heads, {} kv heads)",
+              num_heads, num_kv_heads);
+  }
+  SKY_CHECK(rope_dim() % 2 == 0, "config: RoPE dimension {} must be even", rope_dim());
+  SKY_CHECK(moe_layer_freq >= 1, "config: moe_layer_freq must be >= 1, got {}", moe_layer_freq);
+  if (rope_scaling.yarn) {
+    SKY_CHECK(rope_scaling.factor > 0 && std::isfinite(rope_scaling.factor), "config: rope_scaling factor must be positive");
+    SKY_CHECK(rope_scaling.original_max_position >= 0, "config: rope_scaling original_max_position_embeddings < 0");
+    SKY_CHECK(std::isfinite(rope_scaling.mscale) && std::isfinite(rope_scaling.mscale_all_dim) &&
+                  std::isfinite(rope_scaling.beta_fast) && std::isfinite(rope_scaling.beta_slow) &&
+                  std::isfinite(rope_scaling.attention_factor) && rope_scaling.attention_factor >= 0,
+              "config: rope_scaling values must be finite");
+  }
   SKY_CHECK(shared_expert_size >= 0, "config: shared_expert_intermediate_size must be >= 0, got {}", shared_expert_size);
   SKY_CHECK(num_kv_heads <= num_heads && num_heads % num_kv_heads == 0,
             "config: num_attention_heads {} is not a multiple of num_key_value_heads {}", num_heads, num_kv_heads);
@@ -143,6 +194,19 @@ void ModelConfig::validate() const {
     SKY_CHECK(gate_norm_std > 0, "config: moe_gate_norm_std must be positive, got {}", gate_norm_std);
     SKY_CHECK(routed_scaling_factor > 0 && std::isfinite(routed_scaling_factor),
               "config: routed_scaling_factor must be positive, got {}", routed_scaling_factor);
+    SKY_CHECK(topk_method == "greedy" || topk_method == "group_limited_greedy" || topk_method == "noaux_tc",
+              "config: topk_method '{}' is not supported (greedy, group_limited_greedy or noaux_tc)", topk_method);
+    if (topk_method != "greedy") {
+      SKY_CHECK(n_group >= 1 && num_experts % n_group == 0, "config: n_group {} does not divide {} experts", n_group,
+                num_experts);
+      SKY_CHECK(topk_group >= 1 && topk_group <= n_group, "config: topk_group {} outside [1, n_group {}]", topk_group,
+                n_group);
+      SKY_CHECK(top_k <= int64_t(topk_group) * (num_experts / n_group),
+                "config: top-k {} exceeds the {} experts of topk_group {} groups", top_k,
+                int64_t(topk_group) * (num_experts / n_group), topk_group);
+      SKY_CHECK(topk_method != "noaux_tc" || num_experts / n_group >= 2,
+                "config: noaux_tc scores a group by its two best experts; groups of {} expert", num_experts / n_group);
+    }
   }
   for (auto [field, v] : {std::pair{"embedding_multiplier", embedding_multiplier},
                           {"residual_multiplier", residual_multiplier}, {"logits_scaling", logits_scaling}})
@@ -210,10 +274,12 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   }
   const std::string& mt = c.model_type;
   SKY_CHECK(mt == "llama" || mt == "skywork" || mt == "skywork_moe" || mt == "mixtral" || mt == "qwen2_moe" ||
-                mt == "qwen3_moe" || mt == "olmoe" || mt == "granitemoe" || mt == "granitemoeshared",
+                mt == "qwen3_moe" || mt == "olmoe" || mt == "granitemoe" || mt == "granitemoeshared" ||
+                mt == "deepseek_v2" || mt == "deepseek_v3",
             "{}: unsupported model_type '{}' (expected llama, skywork, skywork_moe, mixtral, qwen2_moe, qwen3_moe, "
-            "olmoe, granitemoe or granitemoeshared)",
+            "olmoe, granitemoe, granitemoeshared, deepseek_v2 or deepseek_v3)",
             src, mt);
+  const bool ds = c.deepseek();
   c.vocab_size = get_int(j, "vocab_size", src, true, 0);
   c.hidden_size = get_int(j, "hidden_size", src, true, 0);
   c.num_layers = get_int(j, "num_hidden_layers", src, true, 0);
@@ -227,19 +293,55 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   c.eos_token_id = get_int(j, "eos_token_id", src, false, 2);
   SKY_CHECK(c.num_heads > 0, "{}: num_attention_heads must be positive, got {}", src, c.num_heads);
   c.head_dim = c.hidden_size / c.num_heads;
-  if (j.contains("head_dim") && !j["head_dim"].is_null()) {
+  if (ds) {
+    // Multi-head latent attention (transformers' defaults where a key is missing; q_lora_rank null:
+    // q_proj directly, as V2-Lite). head_dim in their config.json is the RoPE width: not read.
+    const bool has_q_lora_key = j.contains("q_lora_rank");
+    c.q_lora_rank = has_q_lora_key ? get_int(j, "q_lora_rank", src, false, 0) : 1536;
+    c.kv_lora_rank = get_int(j, "kv_lora_rank", src, false, 512);
+    c.qk_nope_dim = get_int(j, "qk_nope_head_dim", src, false, 128);
+    c.qk_rope_dim = get_int(j, "qk_rope_head_dim", src, false, 64);
+    c.v_head_dim = get_int(j, "v_head_dim", src, false, 128);
+    SKY_CHECK(c.kv_lora_rank > 0, "{}: kv_lora_rank must be positive, got {}", src, c.kv_lora_rank);
+    c.head_dim = c.qk_nope_dim + c.qk_rope_dim;
+    SKY_CHECK(c.num_kv_heads == c.num_heads,
+              "{}: num_key_value_heads {} != num_attention_heads {}: multi-head latent attention has a key per head",
+              src, c.num_kv_heads, c.num_heads);
+    c.rope_interleave = mt == "deepseek_v2" ? true : get_bool(j, "rope_interleave", src, true);
+  } else if (j.contains("head_dim") && !j["head_dim"].is_null()) {
     int hd = get_int(j, "head_dim", src, true, 0);
     // Qwen3 sets it apart from hidden_size / heads; the others must agree.
     SKY_CHECK(hd == c.head_dim || mt == "qwen3_moe",
               "{}: head_dim {} != hidden_size / num_attention_heads = {} (not supported for {})", src, hd, c.head_dim, mt);
     c.head_dim = hd;
   }
-  SKY_CHECK(mt == "qwen3_moe" || c.hidden_size % c.num_heads == 0,
+  SKY_CHECK(mt == "qwen3_moe" || ds || c.hidden_size % c.num_heads == 0,
             "{}: hidden_size {} is not divisible by num_attention_heads {}", src, c.hidden_size, c.num_heads);
   for (const char* key : {"use_sliding_window", "attention_bias", "mlp_bias"})
     SKY_CHECK(!get_bool(j, key, src, false), "{}: '{}' true is not supported", src, key);
   if (j.contains("clip_qkv") && !j["clip_qkv"].is_null()) fail("{}: clip_qkv is not supported", src);
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) fail("{}: rope_scaling is not supported yet", src);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    const json& rs = j["rope_scaling"];
+    SKY_CHECK(ds, "{}: rope_scaling is not supported yet for {} (only YaRN, for deepseek_v2/v3)", src, mt);
+    SKY_CHECK(rs.is_object(), "{}: field 'rope_scaling' must be an object, got {}", src, short_dump(rs));
+    const char* tk = rs.contains("rope_type") ? "rope_type" : "type";
+    SKY_CHECK(rs.contains(tk) && rs[tk] == "yarn", "{}: rope_scaling {} is not supported (only type yarn)", src,
+              short_dump(rs));
+    RopeScaling& y = c.rope_scaling;
+    y.yarn = true;
+    SKY_CHECK(rs.contains("factor"), "{}: rope_scaling yarn needs a 'factor'", src);
+    y.factor = get_num(rs, "factor", src, 1.0);
+    y.original_max_position = get_int(rs, "original_max_position_embeddings", src, false, 0);
+    // transformers reads these with `or`: 0 or null means the default.
+    y.beta_fast = get_num(rs, "beta_fast", src, 0.0);
+    y.beta_slow = get_num(rs, "beta_slow", src, 0.0);
+    if (y.beta_fast == 0) y.beta_fast = 32;
+    if (y.beta_slow == 0) y.beta_slow = 1;
+    y.mscale = get_num(rs, "mscale", src, 0.0);
+    y.mscale_all_dim = get_num(rs, "mscale_all_dim", src, 0.0);
+    y.attention_factor = get_num(rs, "attention_factor", src, 0.0);
+    y.truncate = get_bool(rs, "truncate", src, true);
+  }
   if (mt == "qwen2_moe") c.qkv_bias = true;
   if (mt == "qwen3_moe") c.qk_norm = QkNorm::PerHead;
   if (mt == "olmoe") c.qk_norm = QkNorm::Whole;
@@ -284,6 +386,27 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
     SKY_CHECK(!j.contains("position_embedding_type") || j["position_embedding_type"] == "rope",
               "{}: position_embedding_type {} is not supported (only rope)", src,
               short_dump(j["position_embedding_type"]));
+  } else if (ds) {
+    c.num_experts = get_int(j, "n_routed_experts", src, false, mt == "deepseek_v2" ? 64 : 256);
+    c.top_k = get_int(j, "num_experts_per_tok", src, true, 0);
+    c.moe_layer_freq = get_int(j, "moe_layer_freq", src, false, 1);
+    if (j.contains("topk_method") && !j["topk_method"].is_null()) {
+      SKY_CHECK(j["topk_method"].is_string(), "{}: field 'topk_method' must be a string", src);
+      c.topk_method = j["topk_method"].get<std::string>();
+    } else {
+      c.topk_method = mt == "deepseek_v2" ? "greedy" : "noaux_tc";
+    }
+    // transformers' DeepSeek-V3 router always runs noaux_tc; V2's greedy or group-limited.
+    SKY_CHECK(mt == "deepseek_v2" ? c.topk_method != "noaux_tc" : c.topk_method == "noaux_tc",
+              "{}: topk_method '{}' is not supported for {} ({})", src, c.topk_method, mt,
+              mt == "deepseek_v2" ? "greedy or group_limited_greedy" : "noaux_tc");
+    if (c.topk_method != "greedy") {
+      c.n_group = get_int(j, "n_group", src, true, 1);
+      c.topk_group = get_int(j, "topk_group", src, true, 1);
+    } else {
+      c.n_group = 1, c.topk_group = 1;
+    }
+    c.router_bias = mt == "deepseek_v3";
   } else if (mt == "qwen2_moe" || mt == "qwen3_moe" || mt == "olmoe") {
     c.num_experts = get_int(j, "num_experts", src, true, 0);
     c.top_k = get_int(j, "num_experts_per_tok", src, false, mt == "olmoe" ? 8 : 4);
@@ -346,9 +469,25 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
     c.router_sigmoid = sf == "sigmoid";
   }
   // Skywork and Mixtral always renormalize; the Qwen and OLMoE configs say (transformers' default: no).
-  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, !c.mlp_expert_names());
-  c.routed_scaling_factor = get_num(j, "routed_scaling_factor", src, 1.0);
+  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, mt == "deepseek_v3" || !c.mlp_expert_names());
+  c.routed_scaling_factor = get_num(j, "routed_scaling_factor", src, mt == "deepseek_v3" ? 2.5 : 1.0);
   if (c.granite()) c.router_sigmoid = false, c.norm_topk_prob = true, c.routed_scaling_factor = 1.0;
+  if (ds) {
+    // DeepSeek-V2 scores with softmax, V3 with sigmoid (transformers ignores scoring_func: a config
+    // saying otherwise would run differently there).
+    const bool sig = mt == "deepseek_v3";
+    SKY_CHECK(!j.contains("scoring_func") || j["scoring_func"].is_null() || c.router_sigmoid == sig,
+              "{}: scoring_func {} is not supported for {} (it scores with {})", src, short_dump(j["scoring_func"]),
+              mt, sig ? "sigmoid" : "softmax");
+    c.router_sigmoid = sig;
+    // transformers' V2 router never renormalizes; DeepSeek's own code renormalizes without the
+    // scaling factor. No V2 checkpoint sets it.
+    SKY_CHECK(mt != "deepseek_v2" || !c.norm_topk_prob,
+              "{}: norm_topk_prob true is not supported for deepseek_v2 (transformers ignores it)", src);
+    const int ns = get_int(j, "n_shared_experts", src, false, mt == "deepseek_v2" ? 2 : 1);
+    SKY_CHECK(ns >= 0 && ns <= 1024, "{}: n_shared_experts {} out of range", src, ns);
+    c.shared_expert_size = c.num_experts > 0 ? ns * c.moe_intermediate_size : 0;
+  }
   try {
     c.validate();
   } catch (const Error& e) {
@@ -357,7 +496,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& src) {
   // Experts but no MoE layer (first_k_dense_replace covering every layer): a dense model, and
   // written as one, or to_hf_json would leave out the keys that make its layers dense and the
   // saved config would load as an MoE model.
-  if (!c.has_moe()) c.num_experts = 0, c.moe_intermediate_size = 0;
+  if (!c.has_moe()) c.num_experts = 0, c.moe_intermediate_size = 0, c.shared_expert_size = 0, c.router_bias = false;
   return c;
 }
 
@@ -371,6 +510,8 @@ json ModelConfig::to_hf_json() const {
                                     : model_type == "olmoe"     ? "OlmoeForCausalLM"
                                     : model_type == "granitemoe" ? "GraniteMoeForCausalLM"
                                     : model_type == "granitemoeshared" ? "GraniteMoeSharedForCausalLM"
+                                    : model_type == "deepseek_v2" ? "DeepseekV2ForCausalLM"
+                                    : model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM"
                                                                 : "SkyworkForCausalLM"});
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -390,14 +531,46 @@ json ModelConfig::to_hf_json() const {
   const bool skywork = model_type == "skywork" || model_type == "skywork_moe";
   if (has_moe() && router_sigmoid) j["scoring_func"] = "sigmoid";
   if (has_moe() && (!norm_topk_prob || mlp_expert_names())) j["norm_topk_prob"] = norm_topk_prob;
-  if (head_dim * num_heads != hidden_size) j["head_dim"] = head_dim;
+  if (head_dim * num_heads != hidden_size && !deepseek()) j["head_dim"] = head_dim;
   if (has_moe() && routed_scaling_factor != 1.0) j["routed_scaling_factor"] = routed_scaling_factor;
   if (has_moe() && !skywork) {
     if (first_dense_layers > 0) j["first_k_dense_replace"] = first_dense_layers;
     if (moe_layer_step != 1) j["decoder_sparse_step"] = moe_layer_step;
     if (!dense_layers.empty()) j["mlp_only_layers"] = dense_layers;
   }
-  if (model_type == "mixtral") {
+  if (deepseek()) {
+    j["q_lora_rank"] = q_lora_rank > 0 ? json(q_lora_rank) : json(nullptr);
+    j["kv_lora_rank"] = kv_lora_rank;
+    j["qk_nope_head_dim"] = qk_nope_dim;
+    j["qk_rope_head_dim"] = qk_rope_dim;
+    j["v_head_dim"] = v_head_dim;
+    if (model_type == "deepseek_v3") j["rope_interleave"] = rope_interleave;
+    if (rope_scaling.yarn) {
+      const RopeScaling& y = rope_scaling;
+      json rs = {{"type", "yarn"}, {"rope_type", "yarn"}, {"factor", y.factor}, {"beta_fast", y.beta_fast},
+                 {"beta_slow", y.beta_slow}};
+      if (y.original_max_position > 0) rs["original_max_position_embeddings"] = y.original_max_position;
+      if (y.mscale != 0) rs["mscale"] = y.mscale;
+      if (y.mscale_all_dim != 0) rs["mscale_all_dim"] = y.mscale_all_dim;
+      if (y.attention_factor != 0) rs["attention_factor"] = y.attention_factor;
+      if (!y.truncate) rs["truncate"] = false;
+      j["rope_scaling"] = rs;
+    } else {
+      j["rope_scaling"] = nullptr;
+    }
+    j["n_routed_experts"] = has_moe() ? num_experts : 0;
+    j["num_experts_per_tok"] = top_k;
+    j["moe_intermediate_size"] = has_moe() ? moe_intermediate_size : intermediate_size;
+    j["n_shared_experts"] = has_moe() && moe_intermediate_size > 0 ? shared_expert_size / moe_intermediate_size : 0;
+    j["first_k_dense_replace"] = has_moe() ? first_dense_layers : num_layers;
+    j["moe_layer_freq"] = moe_layer_freq;
+    j["topk_method"] = topk_method;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["routed_scaling_factor"] = routed_scaling_factor;
+    j["scoring_func"] = router_sigmoid ? "sigmoid" : "softmax";
+  } else if (model_type == "mixtral") {
     j["num_local_experts"] = num_experts;
     j["num_experts_per_tok"] = top_k;
   } else if (granite()) {
@@ -460,7 +633,7 @@ static ModelConfig make(const char* type, int vocab, int hidden, int layers, int
 
 std::vector<std::string> ModelConfig::preset_names() {
   return {"tiny",        "tiny-dense",  "bench-moe",        "bench-qwen3moe", "bench-olmoe", "bench-granitemoe",
-          "train-moe",   "train-dense", "skywork-moe-146b", "skywork-13b"};
+          "bench-deepseek", "train-moe", "train-dense", "skywork-moe-146b", "skywork-13b"};
 }
 
 ModelConfig ModelConfig::preset(const std::string& name) {
@@ -491,6 +664,23 @@ ModelConfig ModelConfig::preset(const std::string& name) {
     c.residual_multiplier = 0.22;
     c.attention_multiplier = 0.015625;
     c.logits_scaling = 6.0;
+    return c;
+  }
+  // DeepSeek-V2-Lite's attention and router at bench-moe's hidden size and depth: multi-head latent
+  // attention (16 heads, q_proj directly, kv_lora_rank 512, q/k heads 128 + 64, v heads 128), a dense
+  // first layer, 64 experts of width 352 top-6 plus 2 shared, no renormalization.
+  if (name == "bench-deepseek") {
+    ModelConfig c = make("deepseek_v2", 32000, 1024, 8, 16, 16, 2816, 64, 6, 4096, false);
+    c.moe_intermediate_size = 352;
+    c.shared_expert_size = 2 * 352;
+    c.first_dense_layers = 1;
+    c.kv_lora_rank = 512;
+    c.qk_nope_dim = 128;
+    c.qk_rope_dim = 64;
+    c.v_head_dim = 128;
+    c.head_dim = 192;
+    c.rope_interleave = true;
+    c.norm_topk_prob = false;
     return c;
   }
   if (name == "train-moe") return make("skywork_moe", 8192, 512, 8, 8, 8, 1408, 16, 2, 4096, true);

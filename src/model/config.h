@@ -16,18 +16,40 @@ enum class FfnKind : uint8_t { Dense, Moe };
 // (weights [head_dim]), OLMoE the whole projection (weights [q_dim] and [kv_dim]).
 enum class QkNorm : uint8_t { None, PerHead, Whole };
 
+// RoPE frequency scaling (HF `rope_scaling`): none, or YaRN as DeepSeek-V2/V3 configure it.
+struct RopeScaling {
+  bool yarn = false;
+  double factor = 1.0;
+  int original_max_position = 0;  // original_max_position_embeddings (0: max_position_embeddings)
+  double beta_fast = 32.0, beta_slow = 1.0;
+  double mscale = 1.0, mscale_all_dim = 0.0;
+  double attention_factor = 0.0;  // multiplies cos and sin; 0: derived from factor and the mscales
+  bool truncate = true;
+  // The factor on cos and sin (transformers' attention_factor).
+  double rope_factor() const;
+  // The extra factor on the attention logits: DeepSeek's mscale(factor, mscale_all_dim)^2 (1 without).
+  double softmax_factor() const;
+};
+
 struct ModelConfig {
   // llama | skywork | skywork_moe | mixtral | qwen2_moe | qwen3_moe | olmoe | granitemoe |
-  // granitemoeshared
+  // granitemoeshared | deepseek_v2 | deepseek_v3
   std::string model_type = "skywork_moe";
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;
   int num_heads = 0;
   int num_kv_heads = 0;
-  int head_dim = 0;           // hidden_size / num_heads unless the config says (Qwen3)
+  int head_dim = 0;           // hidden_size / num_heads unless the config says (Qwen3); MLA: qk_nope + qk_rope
   bool qkv_bias = false;      // q/k/v projections have biases (Qwen2-MoE)
   QkNorm qk_norm = QkNorm::None;
+  // Multi-head latent attention (DeepSeek-V2/V3), on when kv_lora_rank > 0: q = q_b(norm(q_a(x)))
+  // (or q_proj(x) without q_lora_rank); kv_a(x) = [c_kv (kv_lora_rank) | k_pe (qk_rope_dim)], keys
+  // and values per head from kv_b(norm(c_kv)); RoPE on the qk_rope_dim dims only, k_pe shared by
+  // every head. head_dim is then qk_nope_dim + qk_rope_dim (the q/k head), v_head_dim the values'.
+  int q_lora_rank = 0, kv_lora_rank = 0, qk_nope_dim = 0, qk_rope_dim = 0, v_head_dim = 0;
+  bool rope_interleave = false;  // RoPE rotates pairs (2i, 2i+1) (DeepSeek), not (i, i + d/2)
+  RopeScaling rope_scaling;
   int intermediate_size = 0;      // dense FFN width (HF intermediate_size)
   int moe_intermediate_size = 0;  // each expert's width (Skywork/Mixtral: their intermediate_size)
   int num_experts = 0;            // experts of every MoE layer; 0 = dense model
@@ -40,6 +62,7 @@ struct ModelConfig {
   // Which layers are MoE (when num_experts > 0): layer l is MoE unless l < first_dense_layers,
   // (l + 1) % moe_layer_step != 0, or l is listed in dense_layers.
   int first_dense_layers = 0;     // DeepSeek first_k_dense_replace
+  int moe_layer_freq = 1;         // DeepSeek moe_layer_freq: layer l is MoE only when l % freq == 0
   int moe_layer_step = 1;         // Qwen2-MoE decoder_sparse_step, Skywork moe_expert_interval
   std::vector<int> dense_layers;  // Qwen2-MoE mlp_only_layers (and Skywork's count-1 slots)
   bool tie_word_embeddings = false;  // the LM head is the embedding matrix
@@ -51,6 +74,14 @@ struct ModelConfig {
   bool router_sigmoid = false;         // scoring_func "sigmoid" (DeepSeek-V3); else softmax
   bool norm_topk_prob = true;          // renormalize the top-k weights (Skywork, Mixtral: always)
   double routed_scaling_factor = 1.0;  // multiplies the top-k weights (DeepSeek)
+  // DeepSeek's expert selection (topk_method): "greedy" (top-k of all), "group_limited_greedy"
+  // (V2: the topk_group of n_group groups with the best max score, then top-k within them) or
+  // "noaux_tc" (V3: groups ranked by the sum of their two best biased scores).
+  std::string topk_method = "greedy";
+  int n_group = 1, topk_group = 1;
+  // DeepSeek-V3's e_score_correction_bias [E] per MoE layer: added to the scores for selection
+  // only (mlp.gate.e_score_correction_bias; a buffer, not trained by backprop).
+  bool router_bias = false;
   int bos_token_id = 1;
   int eos_token_id = 2;
   // Granite-MoE's multipliers (1 and the usual attention scale elsewhere): the embeddings are
@@ -73,14 +104,22 @@ struct ModelConfig {
   int ffn_width(int layer) const { return layer_is_moe(layer) ? moe_intermediate_size : intermediate_size; }
   // Tensor names: Mixtral/Skywork's block_sparse_moe.{gate,experts.E.w1} or the mlp.{gate,
   // experts.E.gate_proj} of Qwen-MoE and OLMoE.
-  bool mlp_expert_names() const { return model_type == "qwen2_moe" || model_type == "qwen3_moe" || model_type == "olmoe"; }
+  bool mlp_expert_names() const {
+    return model_type == "qwen2_moe" || model_type == "qwen3_moe" || model_type == "olmoe" || deepseek();
+  }
   // Granite-MoE (granitemoe, and granitemoeshared with its shared_mlp): experts stored stacked per
   // layer (block_sparse_moe.input_linear [E, 2I, H] holding each expert's gate and up rows,
   // output_linear [E, H, I]); params.h StoredAt says where each expert's matrix sits.
   bool granite() const { return model_type == "granitemoe" || model_type == "granitemoeshared"; }
   bool stacked_experts() const { return granite(); }
   double attention_scale() const;  // attention_multiplier, or 1 / sqrt(head_dim)
+  bool mla() const { return kv_lora_rank > 0; }
+  bool deepseek() const { return model_type == "deepseek_v2" || model_type == "deepseek_v3"; }
   int q_dim() const { return num_heads * head_dim; }
+  int o_dim() const { return mla() ? num_heads * v_head_dim : q_dim(); }  // o_proj's input width
+  int rope_dim() const { return mla() ? qk_rope_dim : head_dim; }
+  // Values the KV cache holds per token and layer: keys and values, or MLA's latent and rope key.
+  int64_t kv_cache_width() const { return mla() ? int64_t(kv_lora_rank) + qk_rope_dim : 2 * int64_t(kv_dim()); }
   int kv_dim() const { return num_kv_heads * head_dim; }
 
   int64_t param_count() const;         // every weight

@@ -27,11 +27,12 @@ static QWeight f32_view(const float* w, int O, int I) {
 
 void Model::bind() {
   w = param_view<float>(layout, shard.layer_begin, shard.num_layers(), params.data());
-  rope = RopeTable(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta);
+  rope = RopeTable(cfg.rope_dim(), cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, cfg.rope_interleave);
   const LayerShape d = layer_shape();
   const int nl = shard.num_layers();
-  // wq wk wv wo gate up down, shared gate up down router; sized once: pointers stay valid
-  constexpr size_t kHandles = 11;
+  // wq wk wv wo gate up down, shared gate up down router, MLA q_a q_b kv_a kv_b; sized once: pointers
+  // stay valid
+  constexpr size_t kHandles = 15;
   handles_.assign(size_t(nl) * kHandles, QWeight{});
   layer_weights.assign(nl, LayerWeights{});
   for (int l = 0; l < nl; l++) {
@@ -40,11 +41,26 @@ void Model::bind() {
     QWeight* h = handles_.data() + size_t(l) * kHandles;
     L.attn_norm = V.attn_norm;
     L.ffn_norm = V.ffn_norm;
-    h[0] = f32_view(V.wq, d.qd(), d.H);
-    h[1] = f32_view(V.wk, d.kvd(), d.H);
-    h[2] = f32_view(V.wv, d.kvd(), d.H);
-    h[3] = f32_view(V.wo, d.H, d.qd());
-    L.wq = &h[0], L.wk = &h[1], L.wv = &h[2], L.wo = &h[3];
+    if (d.mla()) {
+      if (V.wq_a) {
+        h[11] = f32_view(V.wq_a, d.rq, d.H);
+        h[12] = f32_view(V.wq_b, d.qd(), d.rq);
+        L.wq_a = &h[11], L.wq_b = &h[12], L.q_a_norm = V.q_a_norm;
+      } else {
+        h[0] = f32_view(V.wq, d.qd(), d.H);
+        L.wq = &h[0];
+      }
+      h[13] = f32_view(V.wkv_a, d.r + d.dr, d.H);
+      h[14] = f32_view(V.wkv_b, d.nh * (d.dn + d.dv), d.r);
+      h[3] = f32_view(V.wo, d.H, d.od());
+      L.wkv_a = &h[13], L.wkv_b = &h[14], L.kv_a_norm = V.kv_a_norm, L.wo = &h[3];
+    } else {
+      h[0] = f32_view(V.wq, d.qd(), d.H);
+      h[1] = f32_view(V.wk, d.kvd(), d.H);
+      h[2] = f32_view(V.wv, d.kvd(), d.H);
+      h[3] = f32_view(V.wo, d.H, d.qd());
+      L.wq = &h[0], L.wk = &h[1], L.wv = &h[2], L.wo = &h[3];
+    }
     L.bq = V.bq, L.bk = V.bk, L.bv = V.bv;
     L.q_norm = V.q_norm, L.k_norm = V.k_norm;
     if (cfg.layer_is_moe(shard.layer_begin + l)) {
@@ -55,6 +71,7 @@ void Model::bind() {
       e.e_begin = shard.experts.begin;
       e.e_count = shard.experts.size;
       e.router = V.router;
+      e.select_bias = V.router_bias;
       e.w1 = V.w1;
       e.w3 = V.w3;
       e.w2 = V.w2;
@@ -90,6 +107,7 @@ LayerShape Model::layer_shape() const {
   d.eps = float(cfg.rms_norm_eps);
   d.set_multipliers(cfg);
   d.rope = &rope;
+  set_mla_shape(d, cfg);
   return d;
 }
 
@@ -120,7 +138,8 @@ Model Model::random(const ModelConfig& cfg, uint64_t seed, const Shard& shard) {
     const uint64_t si = uint64_t(s.index);
     float* dst = m.params.data() + s.offset;
     if (s.shape.size() == 1) {  // norm weights start at 1, biases at 0
-      const bool bias = s.kind == ParamKind::BiasQ || s.kind == ParamKind::BiasK || s.kind == ParamKind::BiasV;
+      const bool bias = s.kind == ParamKind::BiasQ || s.kind == ParamKind::BiasK || s.kind == ParamKind::BiasV ||
+                        s.kind == ParamKind::RouterBias;
       std::fill_n(dst, s.numel(), bias ? 0.0f : 1.0f);
       continue;
     }

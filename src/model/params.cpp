@@ -47,6 +47,7 @@ std::string tensor_name(const ModelConfig& c, ParamKind kind, int l, int e) {
     return fmt::format("model.layers.{}.shared_mlp.output_linear.weight", l);
   const bool mlp = c.mlp_expert_names();
   const char* moe = mlp ? "mlp" : "block_sparse_moe";
+  const char* shared = c.deepseek() ? "shared_experts" : "shared_expert";
   switch (kind) {
     case ParamKind::Embed: return "model.embed_tokens.weight";
     case ParamKind::FinalNorm: return "model.norm.weight";
@@ -69,9 +70,16 @@ std::string tensor_name(const ModelConfig& c, ParamKind kind, int l, int e) {
     case ParamKind::W1: return fmt::format("model.layers.{}.{}.experts.{}.{}.weight", l, moe, e, mlp ? "gate_proj" : "w1");
     case ParamKind::W3: return fmt::format("model.layers.{}.{}.experts.{}.{}.weight", l, moe, e, mlp ? "up_proj" : "w3");
     case ParamKind::W2: return fmt::format("model.layers.{}.{}.experts.{}.{}.weight", l, moe, e, mlp ? "down_proj" : "w2");
-    case ParamKind::SharedGate: return fmt::format("model.layers.{}.mlp.shared_expert.gate_proj.weight", l);
-    case ParamKind::SharedUp: return fmt::format("model.layers.{}.mlp.shared_expert.up_proj.weight", l);
-    case ParamKind::SharedDown: return fmt::format("model.layers.{}.mlp.shared_expert.down_proj.weight", l);
+    case ParamKind::SharedGate: return fmt::format("model.layers.{}.mlp.{}.gate_proj.weight", l, shared);
+    case ParamKind::SharedUp: return fmt::format("model.layers.{}.mlp.{}.up_proj.weight", l, shared);
+    case ParamKind::SharedDown: return fmt::format("model.layers.{}.mlp.{}.down_proj.weight", l, shared);
+    case ParamKind::WqA: return fmt::format("model.layers.{}.self_attn.q_a_proj.weight", l);
+    case ParamKind::QANorm: return fmt::format("model.layers.{}.self_attn.q_a_layernorm.weight", l);
+    case ParamKind::WqB: return fmt::format("model.layers.{}.self_attn.q_b_proj.weight", l);
+    case ParamKind::WkvA: return fmt::format("model.layers.{}.self_attn.kv_a_proj_with_mqa.weight", l);
+    case ParamKind::KvANorm: return fmt::format("model.layers.{}.self_attn.kv_a_layernorm.weight", l);
+    case ParamKind::WkvB: return fmt::format("model.layers.{}.self_attn.kv_b_proj.weight", l);
+    case ParamKind::RouterBias: return fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", l);
     case ParamKind::SharedRouter: return fmt::format("model.layers.{}.mlp.shared_expert_gate.weight", l);
   }
   fail("tensor_name: unknown parameter kind {}", int(kind));
@@ -119,23 +127,39 @@ ParamLayout ParamLayout::build(const ModelConfig& c, const Shard& sh) {
     const int64_t q0 = sh.q_heads.begin * hd, qn = sh.q_heads.size * hd;
     const int64_t k0 = sh.kv_heads.begin * hd, kn = sh.kv_heads.size * hd;
     whole(tensor_name(c, ParamKind::AttnNorm, l), ParamKind::AttnNorm, l, {H}, in);
-    add(tensor_name(c, ParamKind::Wq, l), ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
-    add(tensor_name(c, ParamKind::Wk, l), ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
-    add(tensor_name(c, ParamKind::Wv, l), ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
-    if (c.qkv_bias) {
-      add(tensor_name(c, ParamKind::BiasQ, l), ParamKind::BiasQ, l, -1, {c.q_dim()}, q0, qn, 0, 0, in);
-      add(tensor_name(c, ParamKind::BiasK, l), ParamKind::BiasK, l, -1, {c.kv_dim()}, k0, kn, 0, 0, in);
-      add(tensor_name(c, ParamKind::BiasV, l), ParamKind::BiasV, l, -1, {c.kv_dim()}, k0, kn, 0, 0, in);
+    if (c.mla()) {  // tensor parallelism is refused for MLA: whole tensors
+      const int64_t nh = c.num_heads, r = c.kv_lora_rank, rq = c.q_lora_rank;
+      if (rq > 0) {
+        whole(tensor_name(c, ParamKind::WqA, l), ParamKind::WqA, l, {rq, H}, in);
+        whole(tensor_name(c, ParamKind::QANorm, l), ParamKind::QANorm, l, {rq}, in);
+        whole(tensor_name(c, ParamKind::WqB, l), ParamKind::WqB, l, {c.q_dim(), rq}, in);
+      } else {
+        whole(tensor_name(c, ParamKind::Wq, l), ParamKind::Wq, l, {c.q_dim(), H}, in);
+      }
+      whole(tensor_name(c, ParamKind::WkvA, l), ParamKind::WkvA, l, {r + c.qk_rope_dim, H}, in);
+      whole(tensor_name(c, ParamKind::KvANorm, l), ParamKind::KvANorm, l, {r}, in);
+      whole(tensor_name(c, ParamKind::WkvB, l), ParamKind::WkvB, l, {nh * (c.qk_nope_dim + c.v_head_dim), r}, in);
+      whole(tensor_name(c, ParamKind::Wo, l), ParamKind::Wo, l, {H, c.o_dim()}, in);
+    } else {
+      add(tensor_name(c, ParamKind::Wq, l), ParamKind::Wq, l, -1, {c.q_dim(), H}, q0, qn, 0, H, in);
+      add(tensor_name(c, ParamKind::Wk, l), ParamKind::Wk, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+      add(tensor_name(c, ParamKind::Wv, l), ParamKind::Wv, l, -1, {c.kv_dim(), H}, k0, kn, 0, H, in);
+      if (c.qkv_bias) {
+        add(tensor_name(c, ParamKind::BiasQ, l), ParamKind::BiasQ, l, -1, {c.q_dim()}, q0, qn, 0, 0, in);
+        add(tensor_name(c, ParamKind::BiasK, l), ParamKind::BiasK, l, -1, {c.kv_dim()}, k0, kn, 0, 0, in);
+        add(tensor_name(c, ParamKind::BiasV, l), ParamKind::BiasV, l, -1, {c.kv_dim()}, k0, kn, 0, 0, in);
+      }
+      if (c.qk_norm != QkNorm::None) {
+        const bool per_head = c.qk_norm == QkNorm::PerHead;
+        whole(tensor_name(c, ParamKind::QNorm, l), ParamKind::QNorm, l, {per_head ? hd : c.q_dim()}, in);
+        whole(tensor_name(c, ParamKind::KNorm, l), ParamKind::KNorm, l, {per_head ? hd : c.kv_dim()}, in);
+      }
+      add(tensor_name(c, ParamKind::Wo, l), ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
     }
-    if (c.qk_norm != QkNorm::None) {
-      const bool per_head = c.qk_norm == QkNorm::PerHead;
-      whole(tensor_name(c, ParamKind::QNorm, l), ParamKind::QNorm, l, {per_head ? hd : c.q_dim()}, in);
-      whole(tensor_name(c, ParamKind::KNorm, l), ParamKind::KNorm, l, {per_head ? hd : c.kv_dim()}, in);
-    }
-    add(tensor_name(c, ParamKind::Wo, l), ParamKind::Wo, l, -1, {H, c.q_dim()}, 0, H, q0, qn, in);
     whole(tensor_name(c, ParamKind::FfnNorm, l), ParamKind::FfnNorm, l, {H}, in);
     if (c.layer_is_moe(l)) {
       whole(tensor_name(c, ParamKind::Router, l), ParamKind::Router, l, {c.num_experts, H}, in);
+      if (c.router_bias) whole(tensor_name(c, ParamKind::RouterBias, l), ParamKind::RouterBias, l, {c.num_experts}, in);
       if (c.shared_expert_size > 0) {
         const int64_t S = c.shared_expert_size;
         whole(tensor_name(c, ParamKind::SharedGate, l), ParamKind::SharedGate, l, {S, H}, in);
@@ -217,6 +241,13 @@ ParamView<T> param_view(const ParamLayout& layout, int layer_begin, int num_laye
       case ParamKind::SharedUp: L.sh_up = p; break;
       case ParamKind::SharedDown: L.sh_down = p; break;
       case ParamKind::SharedRouter: L.sh_router = p; break;
+      case ParamKind::WqA: L.wq_a = p; break;
+      case ParamKind::QANorm: L.q_a_norm = p; break;
+      case ParamKind::WqB: L.wq_b = p; break;
+      case ParamKind::WkvA: L.wkv_a = p; break;
+      case ParamKind::KvANorm: L.kv_a_norm = p; break;
+      case ParamKind::WkvB: L.wkv_b = p; break;
+      case ParamKind::RouterBias: L.router_bias = p; break;
       default: fail("param_view: unexpected parameter '{}'", s.name);
     }
   }

@@ -19,7 +19,10 @@ enum class ParamKind {
   BiasQ, BiasK, BiasV,                  // q/k/v biases (Qwen2-MoE)
   QNorm, KNorm,                         // q/k RMSNorm weights (Qwen3-MoE per head, OLMoE whole)
   SharedGate, SharedUp, SharedDown,     // the shared expert's SwiGLU
-  SharedRouter                          // its sigmoid gate [1, H] (Qwen2-MoE)
+  SharedRouter,                         // its sigmoid gate [1, H] (Qwen2-MoE)
+  WqA, QANorm, WqB,                     // MLA queries through a low-rank latent (DeepSeek q_lora_rank)
+  WkvA, KvANorm, WkvB,                  // MLA: [c_kv | k_pe] = kv_a x; per-head k_nope, v = kv_b norm(c_kv)
+  RouterBias                            // DeepSeek-V3's e_score_correction_bias [E] (selection only)
 };
 
 // Where a parameter lives in a checkpoint file: a whole tensor (most), or rows [row0, row0 + rows)
@@ -79,6 +82,8 @@ struct LayerView {
   T *router, *w1, *w3, *w2;     // MoE (null in a dense layer)
   T *bq, *bk, *bv, *q_norm, *k_norm;                    // null unless the family has them
   T *sh_gate, *sh_up, *sh_down, *sh_router;             // shared expert (MoE layers)
+  T *wq_a, *q_a_norm, *wq_b, *wkv_a, *kv_a_norm, *wkv_b;  // MLA (wq: q_proj without q_lora_rank)
+  T* router_bias;                                        // selection bias (MoE layers of DeepSeek-V3)
 };
 
 template <class T>

@@ -29,6 +29,7 @@ std::set<std::string> quantizable_linears(const ModelConfig& c) {
       case ParamKind::Gate: case ParamKind::Up: case ParamKind::Down:
       case ParamKind::W1: case ParamKind::W3: case ParamKind::W2:
       case ParamKind::SharedGate: case ParamKind::SharedUp: case ParamKind::SharedDown:
+      case ParamKind::WqA: case ParamKind::WqB: case ParamKind::WkvA: case ParamKind::WkvB:
         names.insert(s.stored.name);  // stacked experts: the stacked tensor
         break;
       default:

@@ -46,7 +46,7 @@ std::vector<Range> to_ranges(const std::vector<int>& sizes) {
 bool tensor_parallel_supported(const ModelConfig& c) {
   // Granite-MoE: its multipliers apply after the partial sums, but no tensor-parallel run of it is
   // tested against one process yet.
-  return c.qk_norm == QkNorm::None && c.shared_expert_size == 0 && !c.qkv_bias && !c.granite();
+  return c.qk_norm == QkNorm::None && c.shared_expert_size == 0 && !c.qkv_bias && !c.granite() && !c.mla();
 }
 
 Shard Shard::full(const ModelConfig& c) {
@@ -82,8 +82,9 @@ void split_attention(const ModelConfig& c, int tp, const std::vector<int>& share
   SKY_CHECK(shares_in.empty() || int(shares_in.size()) == tp, "--tp-shares has {} values for --tp {}",
             shares_in.size(), tp);
   SKY_CHECK(tp == 1 || tensor_parallel_supported(c),
-            "tensor parallelism does not support {} models yet (q/k biases, q/k norms and shared experts are not "
-            "split; Granite-MoE's multipliers are untested under it); use expert parallelism or one process",
+            "tensor parallelism does not support {} models yet (q/k biases, q/k norms, shared experts and multi-head "
+            "latent attention are not split; Granite-MoE's multipliers are untested under it); use expert "
+            "parallelism or one process",
             c.model_type);
   std::vector<int> shares = shares_in.empty() ? std::vector<int>(size_t(tp), 1) : shares_in;
   SKY_CHECK(index >= 0 && index < tp, "tensor-parallel index {} outside [0, {})", index, tp);

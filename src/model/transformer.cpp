@@ -18,6 +18,11 @@ RouterOptions router_options(const ModelConfig& cfg) {
   r.sigmoid = cfg.router_sigmoid;
   r.renormalize = cfg.norm_topk_prob;
   r.scale = cfg.routed_scaling_factor;
+  if (cfg.topk_method != "greedy") {
+    r.n_group = cfg.n_group;
+    r.topk_group = cfg.topk_group;
+    r.group_top2_sum = cfg.topk_method == "noaux_tc";
+  }
   return r;
 }
 

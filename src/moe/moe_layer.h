@@ -56,6 +56,9 @@ struct MoeWeights {
   const QWeight* const* q1 = nullptr;
   const QWeight* const* q3 = nullptr;
   const QWeight* const* q2 = nullptr;
+  // Added to the router's scores for choosing experts only (DeepSeek-V3's e_score_correction_bias,
+  // [E]; null: none). Passed to the router as RouterOptions::select_bias.
+  const float* select_bias = nullptr;
 };
 
 template <class T>

@@ -11,6 +11,8 @@ namespace sky {
 Model upcycle(const Model& dense, const UpcycleOptions& o) {
   const ModelConfig& d = dense.cfg;
   SKY_CHECK(!d.has_moe(), "upcycle: the source model already has {} experts; give a dense model", d.num_experts);
+  SKY_CHECK(!d.mla(), "upcycle: {} models (multi-head latent attention) are not supported as a source yet",
+            d.model_type);
   SKY_CHECK(o.experts >= 1, "upcycle: --experts must be >= 1, got {}", o.experts);
   SKY_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "upcycle: --top-k {} must be in [1, --experts {}]", o.top_k, o.experts);
   SKY_CHECK(o.reinit_experts >= 0 && o.reinit_experts <= o.experts, "upcycle: --reinit-experts {} must be in [0, {}]",

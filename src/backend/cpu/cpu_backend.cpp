@@ -168,6 +168,17 @@ class CpuBackend final : public TypedOps<MoeOps> {
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) p[i] *= s;
   }
+  void copy_cols(float* dst, long ld_dst, const float* src, long ld_src, long N, int W, bool accumulate) override {
+#pragma omp parallel for schedule(static) if (N * W > 65536)
+    for (long n = 0; n < N; n++) {
+      float* d = dst + n * ld_dst;
+      const float* x = src + n * ld_src;
+      if (accumulate)
+        for (int i = 0; i < W; i++) d[i] += x[i];
+      else
+        std::memcpy(d, x, sizeof(float) * W);
+    }
+  }
   void add_bias(float* y, const float* b, int N, int D) override {
 #pragma omp parallel for schedule(static) if (size_t(N) * D > 65536)
     for (int n = 0; n < N; n++)

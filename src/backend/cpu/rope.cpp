@@ -20,6 +20,15 @@ static void rope_rotate(T* x, const int32_t* pos, int N, int n_heads, const Rope
     const double* s = table.sin.data() + (size_t)pos[n] * half;
     for (int h = 0; h < n_heads; h++) {
       T* xh = x + ((long)n * n_heads + h) * d;
+      if (table.interleaved) {  // pairs (2i, 2i + 1): DeepSeek's complex form
+        for (int i = 0; i < half; i++) {
+          T ci = (T)c[i], si = (T)(sign * s[i]);
+          T x0 = xh[2 * i], x1 = xh[2 * i + 1];
+          xh[2 * i] = x0 * ci - x1 * si;
+          xh[2 * i + 1] = x1 * ci + x0 * si;
+        }
+        continue;
+      }
       for (int i = 0; i < half; i++) {
         T ci = (T)c[i], si = (T)(sign * s[i]);
         T x0 = xh[i], x1 = xh[i + half];

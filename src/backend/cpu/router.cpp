@@ -1,6 +1,8 @@
 #include "backend/cpu/router.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 
@@ -18,10 +20,47 @@ static void logit_stats(const T* z, int E, double& mu, double& sd) {
   sd = E > 1 ? std::sqrt(ss / (E - 1)) : 0.0;
 }
 
+// DeepSeek's selection: choice scores c = g + bias and which experts may be picked (the experts
+// of the topk_group best groups; all without groups).
+template <class T>
+static void choice_scores(const T* g, int E, const RouterOptions& o, double* c, char* allowed, double* gscore,
+                          char* gtaken) {
+  for (int i = 0; i < E; i++) {
+    c[i] = double(g[i]) + (o.select_bias ? double(o.select_bias[i]) : 0.0);
+    allowed[i] = 1;
+  }
+  const int G = o.n_group;
+  if (G <= 1 || o.topk_group >= G) return;
+  const int gs = E / G;
+  for (int q = 0; q < G; q++) {
+    const double* cq = c + (long)q * gs;
+    double b1 = cq[0], b2 = -INFINITY;
+    for (int i = 1; i < gs; i++) {
+      if (cq[i] > b1) b2 = b1, b1 = cq[i];
+      else if (cq[i] > b2) b2 = cq[i];
+    }
+    gscore[q] = o.group_top2_sum ? b1 + b2 : b1;
+    gtaken[q] = 0;
+  }
+  for (int s = 0; s < o.topk_group; s++) {
+    int best = -1;
+    for (int q = 0; q < G; q++)
+      if (!gtaken[q] && (best < 0 || gscore[q] > gscore[best])) best = q;
+    gtaken[best] = 1;
+  }
+  for (int i = 0; i < E; i++) allowed[i] = gtaken[i / gs];
+}
+
 template <class T>
 void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o) {
   const int E = o.num_experts, k = o.top_k;
   SKY_CHECK(E >= 1 && k >= 1 && k <= E, "router: need 1 <= top_k ({}) <= num_experts ({})", k, E);
+  const bool grouped = o.n_group > 1 && o.topk_group < o.n_group;
+  SKY_CHECK(!grouped || (E % o.n_group == 0 && o.topk_group >= 1 && k <= o.topk_group * (E / o.n_group)),
+            "router: {} experts in {} groups, top-{} of {} groups cannot pick {}", E, o.n_group, o.topk_group,
+            o.topk_group, k);
+  std::vector<double> c(E), gscore(std::max(o.n_group, 1));
+  std::vector<char> allowed(E), gtaken(std::max(o.n_group, 1));
   for (int n = 0; n < N; n++) {
     const T* z = logits + (long)n * E;
     T* g = probs + (long)n * E;
@@ -48,14 +87,16 @@ void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int
     }
 
     // Top-k by repeated scans (k is tiny). Strict '>' over ascending i sends ties to the lower index.
+    choice_scores(g, E, o, c.data(), allowed.data(), gscore.data(), gtaken.data());
     int32_t* idx = topk_idx + (long)n * k;
     double S = 0;
     for (int s = 0; s < k; s++) {
       int best = -1;
       for (int i = 0; i < E; i++) {
+        if (!allowed[i]) continue;
         bool taken = false;
         for (int t = 0; t < s; t++) taken |= idx[t] == i;
-        if (!taken && (best < 0 || g[i] > g[best])) best = i;
+        if (!taken && (best < 0 || c[i] > c[best])) best = i;
       }
       idx[s] = best;
       S += g[best];

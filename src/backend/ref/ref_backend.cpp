@@ -101,12 +101,37 @@ struct MoeOps {
   static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o) {
     const int E = o.num_experts, k = o.top_k;
     SKY_CHECK(E >= 1 && k >= 1 && k <= E, "router: need 1 <= top_k ({}) <= num_experts ({})", k, E);
-    std::vector<int> order(E);
+    const int G = o.n_group > 1 && o.topk_group < o.n_group ? o.n_group : 1;
+    SKY_CHECK(G == 1 || (E % G == 0 && o.topk_group >= 1 && k <= o.topk_group * (E / G)),
+              "router: {} experts in {} groups, top-{} groups cannot pick {}", E, G, o.topk_group, k);
     for (long n = 0; n < N; n++) {
       const std::vector<double> g = scores(normalized(logits + n * E, E, o).data(), E, o);
       for (int e = 0; e < E; e++) probs[n * E + e] = T(g[e]);
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return g[a] > g[b]; });
+      // Choice scores (selection only), the groups' scores, the best groups, then the best experts
+      // of those groups.
+      std::vector<double> c(g);
+      if (o.select_bias)
+        for (int e = 0; e < E; e++) c[e] += o.select_bias[e];
+      std::vector<int> order;
+      if (G == 1) {
+        order.resize(E);
+        std::iota(order.begin(), order.end(), 0);
+      } else {
+        const int gs = E / G;
+        std::vector<double> gscore(G);
+        for (int q = 0; q < G; q++) {
+          std::vector<double> m(c.begin() + q * gs, c.begin() + (q + 1) * gs);
+          std::sort(m.rbegin(), m.rend());
+          gscore[q] = o.group_top2_sum ? m[0] + m[1] : m[0];
+        }
+        std::vector<int> groups(G);
+        std::iota(groups.begin(), groups.end(), 0);
+        std::stable_sort(groups.begin(), groups.end(), [&](int a, int b) { return gscore[a] > gscore[b]; });
+        std::sort(groups.begin(), groups.begin() + o.topk_group);
+        for (int t = 0; t < o.topk_group; t++)
+          for (int e = groups[t] * gs; e < (groups[t] + 1) * gs; e++) order.push_back(e);
+      }
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return c[a] > c[b]; });
       double S = 0;
       for (int s = 0; s < k; s++) S += g[order[s]];
       for (int s = 0; s < k; s++) {
@@ -255,6 +280,10 @@ class RefBackend final : public TypedOps<MoeOps> {
   }
 
   void zero(float* p, size_t n) override { std::fill(p, p + n, 0.0f); }
+  void copy_cols(float* dst, long ld_dst, const float* src, long ld_src, long N, int W, bool accumulate) override {
+    for (long n = 0; n < N; n++)
+      for (int i = 0; i < W; i++) dst[n * ld_dst + i] = accumulate ? dst[n * ld_dst + i] + src[n * ld_src + i] : src[n * ld_src + i];
+  }
   // One f32 add or multiply is correctly rounded already: a double detour would give the same bits.
   void add(float* y, const float* x, size_t n) override {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
@@ -541,10 +570,13 @@ class RefBackend final : public TypedOps<MoeOps> {
       for (long h = 0; h < heads; h++) {
         float* xh = x + (n * heads + h) * t.head_dim;
         for (int i = 0; i < half; i++) {
+          // The pair rotated by angle i: (i, i + half), or (2i, 2i + 1) interleaved. With scaled
+          // cos and sin (YaRN) the transpose is still the same table with -sin.
+          const int a = t.interleaved ? 2 * i : i, b = t.interleaved ? 2 * i + 1 : i + half;
           const double c = t.cos[size_t(pos[n]) * half + i], s = sign * t.sin[size_t(pos[n]) * half + i];
-          const double x0 = xh[i], x1 = xh[i + half];
-          xh[i] = float(x0 * c - x1 * s);
-          xh[i + half] = float(x1 * c + x0 * s);
+          const double x0 = xh[a], x1 = xh[b];
+          xh[a] = float(x0 * c - x1 * s);
+          xh[b] = float(x1 * c + x0 * s);
         }
       }
   }
