@@ -178,7 +178,7 @@ void unpermute_add(Prepared& p, const Dims& d) {
 }
 
 // Router options from a case's variant: lnorm (logit normalization, lambda 1.3), sigmoid scores,
-// no-renorm, scaled (routed scaling factor 2.5).
+// no-renorm, scaled (routed scaling factor 2.5); "bias" adds a selection bias (router_bias).
 inline sky::RouterOptions router_options(const Dims& d) {
   auto has = [&](const char* f) { return d.opt.find(f) != std::string::npos; };
   sky::RouterOptions o;
@@ -192,15 +192,23 @@ inline sky::RouterOptions router_options(const Dims& d) {
   return o;
 }
 
+// A per-expert selection bias of the size of the score differences, so it changes many picks
+// (null when the case has no "bias").
+template <class T>
+const T* router_bias(Prepared& p, const Dims& d) {
+  return d.opt.find("bias") != std::string::npos ? p.rnd<T>(size_t(d.E), 0.3) : nullptr;
+}
+
 template <class T>
 void router(Prepared& p, const Dims& d) {
   const sky::RouterOptions o = router_options(d);
   const size_t NE = size_t(d.N) * d.E, Nk = size_t(d.N) * d.k;
   const T* logits = p.rnd<T>(NE, 2.0);
+  const T* bias = router_bias<T>(p, d);
   T *probs = p.rnd<T>(NE), *w = p.rnd<T>(Nk), *idx_t = p.rnd<T>(Nk);
   int32_t* idx = p.zeros<int32_t>(Nk);
   p.run = [=](Backend& b) {
-    b.router(probs, idx, w, logits, d.N, o);
+    b.router(probs, idx, w, logits, d.N, o, bias);
     for (size_t i = 0; i < Nk; i++) idx_t[i] = T(idx[i]);  // compared as values: a different pick differs by >= 1
   };
   p.out("probs", probs, NE), p.out("topk_w", w, Nk), p.out("topk_idx", idx_t, Nk);
@@ -212,9 +220,10 @@ void router_backward(Prepared& p, const Dims& d) {
   const sky::RouterOptions o = router_options(d);
   const size_t NE = size_t(d.N) * d.E, Nk = size_t(d.N) * d.k;
   const T* logits = p.rnd<T>(NE, 2.0);
+  const T* bias = router_bias<T>(p, d);
   T *probs = p.zeros<T>(NE), *w = p.zeros<T>(Nk);
   int32_t* idx = p.zeros<int32_t>(Nk);
-  sky::backend("ref").router(probs, idx, w, logits, d.N, o);  // the forward the gradient belongs to
+  sky::backend("ref").router(probs, idx, w, logits, d.N, o, bias);  // the forward the gradient belongs to
   const T* dprobs = d.opt.find("no-dprobs") != std::string::npos ? nullptr : p.rnd<T>(NE);
   const T* dw = d.opt.find("no-dw") != std::string::npos ? nullptr : p.rnd<T>(Nk);
   T* dlogits = p.rnd<T>(NE);
@@ -525,7 +534,9 @@ inline const std::vector<OpCase>& op_cases() {
                                      {.N = 13, .k = 2, .E = 16, .opt = "lnorm scaled"},
                                      {.N = 9, .k = 8, .E = 64, .opt = "sigmoid no-renorm scaled"},
                                      {.N = 5, .k = 3, .E = 7, .opt = "sigmoid lnorm"},
-                                     {.N = 3, .k = 1, .E = 1, .opt = "lnorm"}};
+                                     {.N = 3, .k = 1, .E = 1, .opt = "lnorm"},
+                                     {.N = 23, .k = 2, .E = 8, .opt = "lnorm bias"},
+                                     {.N = 7, .k = 4, .E = 16, .opt = "sigmoid no-renorm scaled bias"}};
     const std::vector<Dims> route_bench = {{.N = 512, .k = 2, .E = 16, .opt = "lnorm"},
                                            {.N = 512, .k = 8, .E = 128, .opt = "no-renorm"}};
     const std::vector<Dims> route_back =

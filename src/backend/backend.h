@@ -122,10 +122,15 @@ class Backend {
   // The router, in fp32 (double overload for the tests) whatever the weights' dtype: logits [N, E] ->
   // probs [N, E] (the scores), topk_idx [N, k] by descending score (ties: the lower expert first),
   // topk_w [N, k] = scale * g_j / (sum of the selected g) (scale * g_j without renormalization).
+  // select_bias [E] (may be null): a per-expert bias for the selection only -- the top k are those
+  // of g_j + b_j (summed in double; ties: the lower expert), while probs and topk_w stay those of
+  // the unbiased scores g. It is DeepSeek-V3's `e_score_correction_bias` and the bias of
+  // auxiliary-loss-free load balancing (moe/balance.h). The backward is the same with or without
+  // it: given topk_idx, the bias does not enter any output that has a gradient.
   virtual void router(float* probs, int32_t* topk_idx, float* topk_w, const float* logits, int N,
-                      const RouterOptions& o) = 0;
+                      const RouterOptions& o, const float* select_bias = nullptr) = 0;
   virtual void router(double* probs, int32_t* topk_idx, double* topk_w, const double* logits, int N,
-                      const RouterOptions& o) = 0;
+                      const RouterOptions& o, const double* select_bias = nullptr) = 0;
   // dlogits [N, E] += the gradient from dprobs [N, E] (reaching the scores directly: the aux loss)
   // and dtopk_w [N, k]; either may be null. The logit normalization's mean and std are differentiated.
   virtual void router_backward(float* dlogits, const float* dprobs, const float* dtopk_w, const float* logits,

@@ -35,11 +35,13 @@ class TypedOps : public Backend {
   void unpermute_add(double* dx, const double* drows, const int32_t* sel, long N, int k, int H) override {
     Ops::unpermute_add(dx, drows, sel, N, k, H);
   }
-  void router(float* probs, int32_t* idx, float* w, const float* logits, int N, const RouterOptions& o) override {
-    Ops::router(probs, idx, w, logits, N, o);
+  void router(float* probs, int32_t* idx, float* w, const float* logits, int N, const RouterOptions& o,
+              const float* select_bias) override {
+    Ops::router(probs, idx, w, logits, N, o, select_bias);
   }
-  void router(double* probs, int32_t* idx, double* w, const double* logits, int N, const RouterOptions& o) override {
-    Ops::router(probs, idx, w, logits, N, o);
+  void router(double* probs, int32_t* idx, double* w, const double* logits, int N, const RouterOptions& o,
+              const double* select_bias) override {
+    Ops::router(probs, idx, w, logits, N, o, select_bias);
   }
   void router_backward(float* dlogits, const float* dprobs, const float* dw, const float* logits, const float* probs,
                        const int32_t* idx, int N, const RouterOptions& o) override {

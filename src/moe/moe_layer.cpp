@@ -142,7 +142,7 @@ void moe_forward(Backend& be, T* out, const T* x, int N, const MoeWeights<T>& w,
   c.topk_idx.resize((long)N * k);
   c.topk_w.resize((long)N * k);
   be.matmul(c.logits.data(), x, w.router, N, H, E, /*exact=*/true);
-  be.router(c.probs.data(), c.topk_idx.data(), c.topk_w.data(), c.logits.data(), N, o.router);
+  be.router(c.probs.data(), c.topk_idx.data(), c.topk_w.data(), c.logits.data(), N, o.router, w.select_bias);
   make_dispatch_into(c.disp, c.topk_idx.data(), c.probs.data(), N, E, k, o.capacity_factor, o.policy);
   const Dispatch& d = c.disp;
   select_rows(c, N, w, par);

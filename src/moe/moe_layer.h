@@ -56,6 +56,10 @@ struct MoeWeights {
   const QWeight* const* q1 = nullptr;
   const QWeight* const* q3 = nullptr;
   const QWeight* const* q2 = nullptr;
+  // [E] (null: none): added to the router's scores for the top-k selection only (Backend::router):
+  // DeepSeek-V3's e_score_correction_bias, or the bias auxiliary-loss-free balancing trains
+  // (moe/balance.h). Gate weights and every gradient stay those of the unbiased scores.
+  const T* select_bias = nullptr;
 };
 
 template <class T>

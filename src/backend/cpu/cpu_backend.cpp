@@ -64,8 +64,8 @@ void split_rows(const std::vector<int>& tokens, int O, F&& run) {
 // Permute, combine and unpermute, once for float and double (backend/typed_ops.h).
 struct MoeOps {
   template <class T>
-  static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o) {
-    router_forward(probs, idx, w, logits, N, o);
+  static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o, const T* bias) {
+    router_forward(probs, idx, w, logits, N, o, bias);
   }
   template <class T>
   static void router_backward(T* dlogits, const T* dprobs, const T* dw, const T* logits, const T* probs,

@@ -19,7 +19,8 @@ static void logit_stats(const T* z, int E, double& mu, double& sd) {
 }
 
 template <class T>
-void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o) {
+void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o,
+                    const T* bias) {
   const int E = o.num_experts, k = o.top_k;
   SKY_CHECK(E >= 1 && k >= 1 && k <= E, "router: need 1 <= top_k ({}) <= num_experts ({})", k, E);
   for (int n = 0; n < N; n++) {
@@ -48,14 +49,19 @@ void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int
     }
 
     // Top-k by repeated scans (k is tiny). Strict '>' over ascending i sends ties to the lower index.
+    // A selection bias moves which experts win, never their weights.
     int32_t* idx = topk_idx + (long)n * k;
+    auto key = [&](int i) { return bias ? double(g[i]) + double(bias[i]) : double(g[i]); };
     double S = 0;
     for (int s = 0; s < k; s++) {
       int best = -1;
+      double kb = 0;
       for (int i = 0; i < E; i++) {
         bool taken = false;
         for (int t = 0; t < s; t++) taken |= idx[t] == i;
-        if (!taken && (best < 0 || g[i] > g[best])) best = i;
+        if (taken) continue;
+        const double ki = key(i);
+        if (best < 0 || ki > kb) best = i, kb = ki;
       }
       idx[s] = best;
       S += g[best];
@@ -122,8 +128,9 @@ void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* log
   }
 }
 
-template void router_forward<float>(float*, int32_t*, float*, const float*, int, const RouterOptions&);
-template void router_forward<double>(double*, int32_t*, double*, const double*, int, const RouterOptions&);
+template void router_forward<float>(float*, int32_t*, float*, const float*, int, const RouterOptions&, const float*);
+template void router_forward<double>(double*, int32_t*, double*, const double*, int, const RouterOptions&,
+                                     const double*);
 template void router_backward<float>(float*, const float*, const float*, const float*, const float*,
                                      const int32_t*, int, const RouterOptions&);
 template void router_backward<double>(double*, const double*, const double*, const double*, const double*,

@@ -8,7 +8,8 @@
 namespace sky {
 
 template <class T>
-void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o);
+void router_forward(T* probs, int32_t* topk_idx, T* topk_w, const T* logits, int N, const RouterOptions& o,
+                    const T* select_bias = nullptr);
 template <class T>
 void router_backward(T* dlogits, const T* dprobs, const T* dtopk_w, const T* logits, const T* probs,
                      const int32_t* topk_idx, int N, const RouterOptions& o);

@@ -98,15 +98,18 @@ struct MoeOps {
     return zt;
   }
   template <class T>
-  static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o) {
+  static void router(T* probs, int32_t* idx, T* w, const T* logits, int N, const RouterOptions& o, const T* bias) {
     const int E = o.num_experts, k = o.top_k;
     SKY_CHECK(E >= 1 && k >= 1 && k <= E, "router: need 1 <= top_k ({}) <= num_experts ({})", k, E);
     std::vector<int> order(E);
+    std::vector<double> key(E);
     for (long n = 0; n < N; n++) {
       const std::vector<double> g = scores(normalized(logits + n * E, E, o).data(), E, o);
       for (int e = 0; e < E; e++) probs[n * E + e] = T(g[e]);
+      // Selection by the biased scores (the bias never reaches the weights below).
+      for (int e = 0; e < E; e++) key[e] = g[e] + (bias ? double(bias[e]) : 0.0);
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return g[a] > g[b]; });
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key[a] > key[b]; });
       double S = 0;
       for (int s = 0; s < k; s++) S += g[order[s]];
       for (int s = 0; s < k; s++) {
