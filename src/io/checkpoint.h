@@ -2,7 +2,8 @@
 // Training checkpoints. A checkpoint is a directory that is also a loadable HF model directory:
 //   config.json, model.safetensors          the weights (f32)
 //   optimizer.safetensors                   AdamW moments m, v (flat, f32)
-//   trainer_state.json                      step, data position, RNG, per-layer alpha, options
+//   trainer_state.json                      step, data position, RNG, per-layer alpha or selection
+//                                           bias (--balance), options
 // It is written under a temporary name and renamed into place, and OUT/latest (a one-line file
 // naming the newest checkpoint) is replaced atomically afterwards, so a killed run never leaves a
 // half-written latest checkpoint.
@@ -36,13 +37,17 @@ nlohmann::json load_checkpoint_state(const std::string& dir, float* adam_m, floa
 
 // trainer_state.json is outside input: these read its fields, each checked, and throw sky::Error
 // naming the field (never a JSON exception, never a wrapped or truncated number).
-// What a resume restores besides the weights and moments; num_alpha = the model's MoE layers.
+// What a resume restores besides the weights and moments; num_alpha = the model's MoE layers
+// (0 for a dense model), num_experts its experts.
 struct TrainerState {
   int64_t step = 0;
   DataPosition data;
   std::vector<double> alpha;  // finite, >= 0
+  // Auxiliary-loss-free balancing's selection bias (moe/balance.h), [num_alpha][num_experts],
+  // finite floats; empty when the checkpoint has none ("select_bias" absent or null).
+  std::vector<std::vector<float>> select_bias;
 };
-TrainerState parse_trainer_state(const nlohmann::json& state, size_t num_alpha);
+TrainerState parse_trainer_state(const nlohmann::json& state, size_t num_alpha, size_t num_experts = 0);
 // The run shape a resume adopts for flags not given, from "signature" (absent fields stay unset).
 struct RunShape {
   std::optional<int> seq_len, batch_size, grad_accum;  // positive
