@@ -44,8 +44,9 @@ struct Sizes {
   int64_t dense_steps, moe_steps, tok_sentences;
   int eval_batches, sample_tokens;
 };
-// Measured on the 2-core reference machine when idle: the default run takes about 9 minutes,
-// --small about 1 (other load on the cores can double that). Dense budget 2x the MoE budget: the
+// Measured on the 2-core reference machine when idle, before the aux-loss-free comparison run was
+// added: the default run took about 9 minutes, --small about 1 (other load on the cores can double
+// that). That run costs what the upcycled MoE run costs, about a quarter more (README). Dense budget 2x the MoE budget: the
 // regime where the Skywork-MoE report recommends upcycling.
 constexpr Sizes kDefault{4096, 256, 4, 4, 688, 128, 16, 8, 400, 200, 200'000, 8, 48};
 constexpr Sizes kSmall{2048, 128, 2, 4, 344, 64, 16, 8, 300, 150, 50'000, 4, 32};
@@ -237,7 +238,7 @@ int cmd_quickstart(int argc, char** argv) {
     });
   };
   app.add_option("--out", o.out, "output directory")->capture_default_str();
-  app.add_flag("--small", o.small, "a smaller, faster variant (about 1 minute on 2 idle cores, vs about 9; what CI runs)");
+  app.add_flag("--small", o.small, "a smaller, faster variant (about 1.3 minutes on 2 idle cores, vs about 11; what CI runs)");
   app.add_option("--corpus", o.corpus, "text files or directories to train on instead of the fortunes");
   app.add_option("--threads", o.threads, "threads (0 = all cores)");
   app.add_option("--seed", o.seed, "seed: dense init and data order; the MoE runs use seed + 1")->capture_default_str();
@@ -441,7 +442,7 @@ int cmd_quickstart(int argc, char** argv) {
   Stage s7(7, kStages, "report");
   const ReportRun &dense = runs[0], &up = runs[1], &af = runs[2], &sc = runs[3];
   QuickstartReport rep;
-  rep.title = "skymoe quickstart: upcycling vs training an MoE from scratch";
+  rep.title = "skymoe quickstart: upcycling vs training an MoE from scratch; adaptive aux loss vs aux-loss-free";
   rep.intro.push_back(fmt::format(
       "A {} dense Llama was trained for {} tokens, upcycled into a {}-expert top-{} MoE ({} parameters, {} active per "
       "token) and trained for {} more tokens with Skywork-MoE's gating logit normalization and adaptive auxiliary "
