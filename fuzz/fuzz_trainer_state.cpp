@@ -1,6 +1,6 @@
 // trainer_state.json as `train --resume` reads it: the run shape it adopts (parse_run_shape), the
-// step, data position and per-layer alpha (parse_trainer_state, for a model of 2 MoE layers), and
-// the data position restored into a batcher that then makes a few batches.
+// step, data position, per-layer alpha and selection bias (parse_trainer_state, for a model of 2 MoE
+// layers of 3 experts), and the data position restored into a batcher that then makes a few batches.
 // Expected: values, or sky::Error. A finding besides crashes and sanitizer reports: a restored
 // batcher that reads outside its token file (every token there is nonzero; past it reads zeros).
 #include <cstdint>
@@ -42,7 +42,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const sky::Error&) {
   }
   try {
-    const sky::TrainerState s = sky::parse_trainer_state(st, 2);
+    const sky::TrainerState s = sky::parse_trainer_state(st, 2, 3);
     const sky::DataOrder order = sky::parse_data_order(s.data.order);
     sky::Batcher b(token_file(), token_file().all(), kBatch, kSeq, order, 0);
     b.restore(s.data);

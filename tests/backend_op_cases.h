@@ -546,7 +546,9 @@ inline const std::vector<OpCase>& op_cases() {
                                      {.N = 7, .k = 2, .E = 8, .opt = "bias"},
                                      {.N = 13, .k = 3, .E = 16, .opt = "groups"},
                                      {.N = 9, .k = 4, .E = 16, .opt = "sigmoid noaux bias scaled"},
-                                     {.N = 11, .k = 6, .E = 64, .opt = "sigmoid noaux bias no-renorm"}};
+                                     {.N = 11, .k = 6, .E = 64, .opt = "sigmoid noaux bias no-renorm"},
+                                     {.N = 23, .k = 2, .E = 8, .opt = "lnorm bias"},
+                                     {.N = 7, .k = 4, .E = 16, .opt = "sigmoid no-renorm scaled bias"}};
     const std::vector<Dims> route_bench = {{.N = 512, .k = 2, .E = 16, .opt = "lnorm"},
                                            {.N = 512, .k = 8, .E = 128, .opt = "no-renorm"}};
     const std::vector<Dims> route_back =

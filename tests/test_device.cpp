@@ -53,11 +53,13 @@ class Device : public ::testing::TestWithParam<std::string> {
     mixed.tie_word_embeddings = true;
     std::ofstream(dir + "/mixed.json") << mixed.to_hf_json().dump(2);
   }
-  // The config flag of each case; MoE runs drop with capacity factor 1.0.
+  // The config flag of each case; MoE runs drop with capacity factor 1.0. "auxfree": the router
+  // selects with auxiliary-loss-free balancing's bias (moved fast, so it matters within 5 steps).
   static std::string config(const std::string& c) {
     if (c == "dense") return "tiny-dense";
-    if (c == "moe") return "tiny --capacity-factor 1.0";
-    return dir + "/mixed.json --capacity-factor 1.0";
+    if (c == "moe") return "tiny --capacity-factor 1.0 --aux-alpha 0.01";
+    if (c == "auxfree") return "tiny --capacity-factor 1.0 --balance aux-free --balance-speed 0.05";
+    return dir + "/mixed.json --capacity-factor 1.0 --aux-alpha 0.01";
   }
 };
 
@@ -65,7 +67,7 @@ TEST_P(Device, TrainEvalGenerateMatchCpu) {
   const std::string c = GetParam();
   auto train = [&](const std::string& dev) {
     run("train --config " + config(c) + " --data " + dir + "/tok.bin --seq-len 16 --batch-size 4 --steps 5 --lr 3e-3 " +
-        "--warmup 1 --aux-alpha 0.01 --z-loss 0.001 --quiet --device " + dev + " --out " + dir + "/" + c + "-" + dev +
+        "--warmup 1 --z-loss 0.001 --quiet --device " + dev + " --out " + dir + "/" + c + "-" + dev +
         " --log-jsonl " + dir + "/" + c + "-" + dev + ".jsonl");
     return log_of(c + "-" + dev);
   };
@@ -77,7 +79,9 @@ TEST_P(Device, TrainEvalGenerateMatchCpu) {
     EXPECT_NEAR(a, b, 1e-5 * std::fabs(b)) << c << " step " << i + 1;
     EXPECT_EQ(cpu[i]["expert_load"], ref[i]["expert_load"]) << c << " step " << i + 1;
     EXPECT_EQ(cpu[i]["drop_rate"], ref[i]["drop_rate"]) << c << " step " << i + 1;
+    if (c == "auxfree") EXPECT_EQ(cpu[i]["bias_range"], ref[i]["bias_range"]) << c << " step " << i + 1;
   }
+  if (c == "auxfree") EXPECT_GT(cpu.back()["bias_range"][0].get<double>(), 0.0);
   if (c != "dense") EXPECT_GT(cpu.back()["drop_rate"][cpu.back()["drop_rate"].size() - 1].get<double>(), 0.0);
 
   const std::string model = dir + "/" + c + "-cpu/step-00000005";
@@ -96,7 +100,7 @@ TEST_P(Device, TrainEvalGenerateMatchCpu) {
   EXPECT_EQ(generate("cpu"), generate("ref")) << c;
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, Device, ::testing::Values("dense", "moe", "mixed"));
+INSTANTIATE_TEST_SUITE_P(Configs, Device, ::testing::Values("dense", "moe", "mixed", "auxfree"));
 
 TEST(DeviceFlag, UnknownDeviceNamesTheChoices) {
   std::string out;

@@ -38,8 +38,10 @@ static std::string mpirun(int np) {
 static std::string train_args(const std::string& name, int steps, const std::string& extra = "",
                               const std::string& config = "tiny") {
   const std::string batch = extra.find("--batch-size") == std::string::npos ? " --batch-size 4" : "";
+  // --aux-alpha is an error under --balance aux-free (no aux loss to weigh).
+  const std::string aux = extra.find("--balance aux-free") == std::string::npos ? " --aux-alpha 0.01" : "";
   return std::string(SKYMOE_BIN) + " train --config " + config + " --data " + dir + "/tok.bin --seq-len 16" + batch +
-         " --steps " + std::to_string(steps) + " --lr 2e-3 --warmup 2 --aux-alpha 0.01 --z-loss 0.001 --quiet" +
+         " --steps " + std::to_string(steps) + " --lr 2e-3 --warmup 2" + aux + " --z-loss 0.001 --quiet" +
          " --grad-clip 0.5 --out " + dir + "/" + name + " --log-jsonl " + dir + "/" + name + ".jsonl " + extra;
 }
 
@@ -228,6 +230,33 @@ TEST_F(Dist, CheckpointMovesBetweenModelParallelLayouts) {
                                                       "/moved/step-00000003")),
             0);
   expect_same_run("single_m2b", "moved");
+}
+
+// Auxiliary-loss-free balancing: each step's expert loads are summed over every rank (DP, EDP, the
+// pipeline's stages) before the bias moves, so every rank holds the same bias, selects as one
+// process does, and the checkpoint's bias is one process's.
+static void expect_same_bias(const std::string& a, const std::string& b) {
+  expect_same_run(a, b);
+  auto la = log_of(a), lb = log_of(b);
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); i++) EXPECT_EQ(la[i]["bias_range"], lb[i]["bias_range"]) << "step " << i + 1;
+  EXPECT_GT(la.back()["bias_range"][0].get<double>(), 0.0);
+  auto state = [](const std::string& name) {
+    return json::parse(std::ifstream(dir + "/" + name + "/step-00000005/trainer_state.json"));
+  };
+  EXPECT_EQ(state(a).at("select_bias"), state(b).at("select_bias"));
+}
+
+TEST_F(Dist, AuxFreeBalancingMatchesOneProcess) {
+  const std::string af = "--balance aux-free --balance-speed 0.02";
+  single("auxfree", af);
+  ASSERT_EQ(run(mpirun(2) + train_args("auxfree_dp2", 5, af + " --zero 1")), 0);
+  expect_same_bias("auxfree", "auxfree_dp2");
+  ASSERT_EQ(run(mpirun(4) + train_args("auxfree_edp4", 5, af + " --expert-layout edp --tp 2")), 0);  // DP 2 x EDP 2
+  expect_same_bias("auxfree", "auxfree_edp4");
+  single("auxfree_m4", af + " --pp-microbatches 4");
+  ASSERT_EQ(run(mpirun(2) + train_args("auxfree_pp2", 5, af + " --pp 2")), 0);
+  expect_same_bias("auxfree_m4", "auxfree_pp2");
 }
 
 TEST_F(Dist, HungRankStopsEveryRankWithAMessage) {

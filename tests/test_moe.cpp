@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include "backend/backend.h"
 #include "moe/aux_loss.h"
@@ -274,6 +275,64 @@ TEST(Router, ScoringRenormalizationAndScalingOptions) {
                                           << " dprobs=" << dp);
           check_router_backward(3, 6, 2, norm, 1.2, dp, seed++, sigmoid, renorm, 1.7);
         }
+}
+
+// A selection bias (auxiliary-loss-free balancing, DeepSeek-V3's e_score_correction_bias) decides
+// which experts win but not their weights: on both backends, in float and double, probs are the
+// unbiased ones bit for bit and topk_w are the unbiased scores of the experts picked by g + b.
+RouterOptions biased(RouterOptions o, const std::vector<float>& b) {
+  o.select_bias = b.data();
+  return o;
+}
+
+template <class T>
+void check_selection_bias(const std::string& device) {
+  Backend& be = backend(device);
+  // Softmax with logit normalization: g = [0.0553, 0.1199, 0.2602, 0.5646] (HandCheckedExample).
+  // Unbiased: experts 3, 2. With b = [0.6, 0, 0, 0]: keys [0.655, 0.120, 0.260, 0.565] -> 0, 3.
+  const std::vector<T> z = {1, 2, 3, 4};
+  const std::vector<float> b = {0.6f, 0, 0, 0};
+  const RouterOptions o{4, 2, true, 1.0};
+  std::vector<T> g0(4), w0(2), g(4), w(2);
+  std::vector<int32_t> i0(2), idx(2);
+  be.router(g0.data(), i0.data(), w0.data(), z.data(), 1, o);
+  be.router(g.data(), idx.data(), w.data(), z.data(), 1, biased(o, b));
+  EXPECT_EQ(i0, (std::vector<int32_t>{3, 2}));
+  EXPECT_EQ(idx, (std::vector<int32_t>{0, 3}));  // by biased score: 0.655 before 0.565
+  EXPECT_EQ(g, g0);                                // the scores themselves are unbiased
+  const double g_0 = 0.0552739612675151, g_3 = 0.564585561322862;
+  EXPECT_NEAR(w[0], g_0 / (g_0 + g_3), 1e-6);      // 0.0892: weights from the unbiased scores
+  EXPECT_NEAR(w[1], g_3 / (g_0 + g_3), 1e-6);      // 0.9108
+  // A bias too small to overtake changes nothing; a zero bias is no bias.
+  const std::vector<float> small = {0.1f, 0, 0, 0}, zero(4, 0.0f);
+  for (const auto* bb : {&small, &zero}) {
+    be.router(g.data(), idx.data(), w.data(), z.data(), 1, biased(o, *bb));
+    EXPECT_EQ(idx, i0);
+    EXPECT_EQ(w, w0);
+  }
+  // Sigmoid scores, unnormalized weights, routed scaling 2.5 (DeepSeek-V3's shape): z = [0.3, -1.2,
+  // 2.0, 0.7] -> g = [0.574, 0.231, 0.881, 0.668]; b_1 = 1 lifts expert 1 (key 1.231) to the top.
+  const std::vector<T> zs = {T(0.3), T(-1.2), T(2.0), T(0.7)};
+  const std::vector<float> bs = {0, 1, 0, 0};
+  const RouterOptions os{4, 2, false, 1.0, true, false, 2.5};
+  be.router(g.data(), idx.data(), w.data(), zs.data(), 1, biased(os, bs));
+  EXPECT_EQ(idx, (std::vector<int32_t>{1, 2}));
+  EXPECT_NEAR(w[0], 2.5 / (1 + std::exp(1.2)), 1e-6);
+  EXPECT_NEAR(w[1], 2.5 / (1 + std::exp(-2.0)), 1e-6);
+  // Ties of the biased keys go to the lower expert: equal logits, bias equal on experts 1 and 2.
+  const std::vector<T> zt = {0, 0, 0, 0};
+  const std::vector<float> bt = {0, 0.25f, 0.25f, 0};
+  be.router(g.data(), idx.data(), w.data(), zt.data(), 1, biased(RouterOptions{4, 2, false, 1.0}, bt));
+  EXPECT_EQ(idx, (std::vector<int32_t>{1, 2}));
+  EXPECT_NEAR(w[0], 0.5, 1e-7);
+}
+
+TEST(Router, SelectionBiasPicksExpertsButLeavesWeights) {
+  for (const char* dev : {"cpu", "ref"}) {
+    SCOPED_TRACE(dev);
+    check_selection_bias<float>(dev);
+    check_selection_bias<double>(dev);
+  }
 }
 
 // ---- 3. dispatch --------------------------------------------------------------------------------

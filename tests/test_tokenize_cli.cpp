@@ -136,7 +136,13 @@ TEST(QuickstartCli, TinyRunWritesReportLogsAndCheckpoints) {
   EXPECT_NE(html.find("<svg"), std::string::npos);
   EXPECT_NE(html.find("upcycled MoE"), std::string::npos);
   EXPECT_EQ(html.find("<script"), std::string::npos);  // self-contained, nothing to run or fetch
-  for (const char* run_dir : {"dense", "upcycled", "scratch"}) {
+  // Adaptive aux loss vs aux-loss-free balancing: charts, the per-layer table, both runs' logs.
+  EXPECT_NE(html.find("Load balancing: upcycled MoE vs upcycled MoE, aux-free"), std::string::npos);
+  EXPECT_NE(html.find("load imbalance per layer"), std::string::npos);
+  EXPECT_NE(html.find("selection-bias range per layer"), std::string::npos);
+  EXPECT_NE(html.find("<th>all layers</th>"), std::string::npos);
+  EXPECT_NE(slurp(out + "/upcycled-auxfree/train.jsonl").find("\"bias_range\""), std::string::npos);
+  for (const char* run_dir : {"dense", "upcycled", "upcycled-auxfree", "scratch"}) {
     const std::string log = slurp(out + "/" + run_dir + "/train.jsonl");
     EXPECT_NE(log.find("\"step\":6"), std::string::npos) << run_dir;
     EXPECT_TRUE(fs::exists(out + "/" + run_dir + "/latest")) << run_dir;

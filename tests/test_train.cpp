@@ -2,8 +2,9 @@
 //  1. backward() of whole models against central finite differences of the float64 reference objective;
 //  2. a 5-step train() run against a float64 re-implementation of the whole training step;
 //  3. bit-for-bit resume, and a killed run never leaving a corrupt `latest`;
-//  4. the upcycling invariant; 5. Skywork's adaptive aux-loss coefficients (eq. 7-8);
-//  6. the errors a user can provoke, through the library and through the CLI.
+//  4. the upcycling invariants (coarse and fine-grained); 5. Skywork's adaptive aux-loss coefficients
+//  (eq. 7-8) and auxiliary-loss-free balancing; 6. the errors a user can provoke, through the
+//  library and through the CLI.
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <sys/wait.h>
@@ -25,6 +26,7 @@
 #include "io/token_data.h"
 #include "model/transformer.h"
 #include "moe/adaptive_alpha.h"
+#include "moe/balance.h"
 #include "moe/upcycle.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -295,7 +297,7 @@ TEST(Train, FiveStepsMatchFloat64Reference) {
   o.grad_clip = 0.5;  // below the gradient norms of this model: clipping is active (checked below)
   o.aux = AuxLossType::Skywork;
   o.aux_alpha = 0.02;
-  o.aux_adaptive = true;
+  o.balance = Balance::AdaptiveAux;
   // Capacity 0.8 keeps at most 16 of 20 assignments per micro-batch, so d >= 0.2 and xi * d >= 0.02:
   // with alpha_max 0.03 some steps clip alpha_hat and some do not; beta 0.6 makes alpha move visibly.
   o.aux_xi = 0.1;
@@ -662,6 +664,119 @@ static void check_upcycle_invariant(bool logits_norm) {
 TEST(Upcycle, DroplessForwardEqualsDenseWithLogitNorm) { check_upcycle_invariant(true); }
 TEST(Upcycle, DroplessForwardEqualsDenseWithoutLogitNorm) { check_upcycle_invariant(false); }
 
+// Fine-grained upcycling: expert e = slice e mod G of the dense FFN (width I/G), its down projection
+// times G. With noise off and a router under which every token selects whole copies (the G slices
+// of a copy share one router row, copies far apart), the MoE computes the dense function exactly:
+// FFN(x) = sum_j slice_j(x), and the renormalized weights of a copy's slices sum to that copy's
+// share. A router that picks the same slice of two copies instead gives something else (the test
+// can fail), and so would a wrong slice mapping or a missing factor G.
+static void check_fine_grained_upcycle(int G, int copies_per_token, bool logits_norm) {
+  const ModelConfig dc = tiny_dense();  // intermediate 10
+  Model dense = random_model(dc, 41);
+  UpcycleOptions uo;
+  uo.granularity = G;
+  uo.experts = 3 * G;  // three copies
+  uo.top_k = copies_per_token * G;
+  uo.logits_norm = logits_norm;
+  uo.seed = 3;
+  Model moe = upcycle(dense, uo);
+  const int H = dc.hidden_size, I = dc.intermediate_size, Is = I / G, E = uo.experts;
+  ASSERT_EQ(moe.cfg.moe_intermediate_size, Is);
+  ASSERT_EQ(moe.cfg.top_k, copies_per_token * G);
+  // The mapping, entry by entry (a power-of-two G scales exactly).
+  for (int l = 0; l < dc.num_layers; l++)
+    for (int e = 0; e < E; e++) {
+      const int j = e % G;
+      const auto& D = dense.w.layers[l];
+      const auto& M = moe.w.layers[l];
+      for (int i = 0; i < Is; i++)
+        for (int h = 0; h < H; h++) {
+          ASSERT_EQ(M.w1[(size_t(e) * Is + i) * H + h], D.w_gate[(size_t(j) * Is + i) * H + h]);
+          ASSERT_EQ(M.w3[(size_t(e) * Is + i) * H + h], D.w_up[(size_t(j) * Is + i) * H + h]);
+          ASSERT_EQ(M.w2[(size_t(e) * H + h) * Is + i], float(G) * D.w_down[size_t(h) * I + j * Is + i]);
+        }
+    }
+  const int B = 2, T = 9, N = B * T;
+  auto toks = random_tokens(N + 1, dc.vocab_size, 42);
+  std::vector<int32_t> in(toks.begin(), toks.end() - 1), tgt(toks.begin() + 1, toks.end());
+  Activations Ad;
+  forward(dense, Ad, in.data(), tgt.data(), B, T, moe_options(dense.cfg));
+  // The router: one random row per copy, shared by its G slices (logits of a few units: copies score
+  // apart, and a token's second copy still weighs in).
+  auto route = [&](Model& m, const std::function<int(int)>& row_of) {
+    for (int l = 0; l < dc.num_layers; l++) {
+      const auto rows = skytest::randn(size_t(3) * H, 77 + l, 0.6);
+      for (int e = 0; e < E; e++)
+        for (int h = 0; h < H; h++) m.w.layers[l].router[size_t(e) * H + h] = float(rows[size_t(row_of(e)) * H + h]);
+    }
+  };
+  route(moe, [&](int e) { return e / G; });
+  Activations Am;
+  forward(moe, Am, in.data(), tgt.data(), B, T, moe_options(moe.cfg));
+  // Every token selected whole copies: k G experts, each copy's G slices all there.
+  for (int l = 0; l < dc.num_layers; l++)
+    for (int t = 0; t < N; t++) {
+      std::vector<int> count(3, 0), slices(3, 0);
+      for (int s = 0; s < uo.top_k; s++) {
+        const int e = Am.layers[l].moe.topk_idx[size_t(t) * uo.top_k + s];
+        count[e / G]++;
+        slices[e / G] |= 1 << (e % G);
+      }
+      for (int c = 0; c < 3; c++)
+        ASSERT_TRUE(count[c] == 0 || (count[c] == G && slices[c] == (1 << G) - 1)) << "layer " << l << " token " << t;
+    }
+  EXPECT_LE(skytest::max_err_ratio(Am.logits.data(), skytest::to_double(Ad.logits).data(), Ad.logits.size(), 1e-5,
+                                   1e-5),
+            1.0);
+  // Control: experts of equal slice index share a row instead (G > 1), so a token's picks repeat
+  // slices and miss others: the output is no longer the dense one.
+  if (G > 1) {
+    route(moe, [&](int e) { return e % G; });
+    Activations Ac;
+    forward(moe, Ac, in.data(), tgt.data(), B, T, moe_options(moe.cfg));
+    EXPECT_GT(skytest::max_err_ratio(Ac.logits.data(), skytest::to_double(Ad.logits).data(), Ad.logits.size(), 1e-5,
+                                     1e-5),
+              100.0);
+  }
+}
+
+TEST(Upcycle, FineGrainedEqualsDenseWhenWholeCopiesAreSelected) {
+  for (bool norm : {true, false}) {
+    SCOPED_TRACE(norm ? "logit norm" : "plain softmax");
+    check_fine_grained_upcycle(2, 1, norm);  // top-2 of 6 experts of width 5
+    check_fine_grained_upcycle(2, 2, norm);  // top-4: two copies per token
+    check_fine_grained_upcycle(1, 1, norm);  // G = 1 is the coarse upcycling
+  }
+}
+
+TEST(Upcycle, FineGrainedRefusesWidthsThatDoNotSplit) {
+  Model dense = random_model(tiny_dense(), 41);  // intermediate 10
+  UpcycleOptions uo;
+  uo.granularity = 3;
+  uo.experts = 6;
+  uo.top_k = 6;
+  std::string msg = error_of([&] { upcycle(dense, uo); });
+  EXPECT_TRUE(contains(msg, "--granularity 3") && contains(msg, "intermediate size 10")) << msg;
+  uo.granularity = 2;
+  uo.experts = 5;
+  uo.top_k = 4;
+  msg = error_of([&] { upcycle(dense, uo); });
+  EXPECT_TRUE(contains(msg, "--experts 5") && contains(msg, "--granularity 2")) << msg;
+  // Through the CLI: --top-k defaults to 2 G, and the user is told.
+  const std::string dir = skytest::temp_dir("upcycle-fg");
+  dense.save(dir + "/dense");
+  CliResult r = run_cli("upcycle --from " + dir + "/dense --out " + dir + "/moe --experts 8 --granularity 2");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "top-4") && contains(r.out, "set --top-k")) << r.out;
+  const ModelConfig got = ModelConfig::load_file(dir + "/moe");
+  EXPECT_EQ(got.top_k, 4);
+  EXPECT_EQ(got.moe_intermediate_size, 5);
+  r = run_cli("upcycle --from " + dir + "/dense --out " + dir + "/moe3 --experts 6 --granularity 3");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_TRUE(contains(r.out, "intermediate size 10")) << r.out;
+  fs::remove_all(dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Adaptive aux-loss coefficients: alpha_hat = min(xi d, alpha_max); alpha <- beta alpha + (1-beta) alpha_hat.
 
@@ -702,12 +817,179 @@ TEST(AdaptiveAlpha, FixedModeKeepsAlphaInTraining) {
   o.steps = 3;
   o.capacity_factor = 0.8;  // tokens are dropped, which would move an adaptive alpha
   o.aux_alpha = 0.02;
-  o.aux_adaptive = false;
+  o.balance = Balance::Aux;
   o.quiet = true;
   for (const StepLog& s : train(o).log) {
     EXPECT_GT(s.drop_rate[0], 0.0);
     EXPECT_EQ(s.alpha, std::vector<double>(2, 0.02)) << "step " << s.step;
   }
+  fs::remove_all(dir);
+}
+
+// Auxiliary-loss-free balancing: b_e <- b_e + speed * sign(mean load - load_e) per layer, from the
+// step's loads; a layer without load (dense, or no tokens) keeps its bias.
+TEST(AuxFree, BiasFollowsTheUpdateRule) {
+  SelectBias b(2, 4, 0.01);
+  b.update({{10, 2, 4, 0}, {0, 0, 0, 0}});  // mean 4: expert 0 over, 1 and 3 under, 2 even
+  EXPECT_EQ(b.bias[0], (std::vector<float>{-0.01f, 0.01f, 0.0f, 0.01f}));
+  EXPECT_EQ(b.bias[1], std::vector<float>(4, 0.0f));
+  b.update({{3, 3, 3, 3}, {1, 0, 0, 0}});  // even: no move; layer 1 now has load (mean 0.25)
+  EXPECT_EQ(b.bias[0], (std::vector<float>{-0.01f, 0.01f, 0.0f, 0.01f}));
+  EXPECT_EQ(b.bias[1], (std::vector<float>{-0.01f, 0.01f, 0.01f, 0.01f}));
+  b.update({{0, 9, 2, 1}, {1, 0, 0, 0}});  // mean 3
+  // Each move is one rounding of bias + speed in double to float.
+  EXPECT_EQ(b.bias[0], (std::vector<float>{float(double(-0.01f) + 0.01), float(double(0.01f) - 0.01), 0.01f,
+                                           float(double(0.01f) + 0.01)}));
+  EXPECT_NEAR(b.range(0), 0.02, 1e-9);
+  EXPECT_NEAR(b.range(1), 0.04, 1e-9);
+  EXPECT_EQ(max_violation({10, 2, 4, 0}), 1.5);  // (10 - 4) / 4
+  EXPECT_EQ(max_violation({3, 3, 3, 3}), 0.0);
+  EXPECT_EQ(max_violation({0, 0}), 0.0);
+  EXPECT_EQ(parse_balance("aux-free"), Balance::AuxFree);
+  EXPECT_TRUE(contains(error_of([] { parse_balance("auxfree"); }), "adaptive-aux, aux, aux-free, none"));
+}
+
+namespace {
+
+// A tiny MoE whose router starts strongly skewed: 8 experts, top-2, router rows scaled up, so
+// unbalanced training keeps a clear imbalance that balancing has to remove.
+TrainOptions skewed_options(const std::string& dir) {
+  ModelConfig c = tiny_moe();
+  c.num_layers = 2;
+  c.num_experts = 8;
+  c.max_position_embeddings = 64;
+  Model m = random_model(c, 11, 0.3);
+  m.save(dir + "/model");
+  write_token_file(dir + "/train.bin", random_tokens(20000, c.vocab_size, 12));
+  TrainOptions o;
+  o.model_dir = dir + "/model";
+  o.data = dir + "/train.bin";
+  o.seq_len = 32;
+  o.batch_size = 8;
+  o.steps = 40;
+  o.schedule.lr = 1e-3;
+  o.schedule.warmup = 0;
+  o.quiet = true;
+  return o;
+}
+
+// Loads summed over a run's last `n` steps, per layer: their imbalance (max - mean) / mean.
+double tail_imbalance(const TrainResult& r, size_t n) {
+  double worst = 0;
+  for (size_t l = 0; l < r.log.back().expert_load.size(); l++) {
+    std::vector<int64_t> sum(r.log.back().expert_load[l].size(), 0);
+    for (size_t i = r.log.size() - n; i < r.log.size(); i++)
+      for (size_t e = 0; e < sum.size(); e++) sum[e] += r.log[i].expert_load[l][e];
+    worst = std::max(worst, max_violation(sum));
+  }
+  return worst;
+}
+
+}  // namespace
+
+// Training with aux-free balancing evens out the experts' loads over the steps, where the same run
+// without balancing stays skewed; both start from the same routing (the bias is 0 at step 1).
+TEST(AuxFree, TrainingLowersLoadImbalance) {
+  const std::string dir = skytest::temp_dir("auxfree");
+  TrainOptions o = skewed_options(dir);
+  o.balance = Balance::None;
+  const TrainResult none = train(o);
+  o.balance = Balance::AuxFree;
+  o.balance_speed = 0.01;
+  const TrainResult af = train(o);
+  ASSERT_EQ(none.log.size(), af.log.size());
+  EXPECT_EQ(none.log[0].expert_load, af.log[0].expert_load);  // step 1 routes alike
+  EXPECT_EQ(none.log[0].loss, af.log[0].loss);
+  EXPECT_EQ(af.log[0].aux_loss, 0.0);                         // no aux loss is trained
+  EXPECT_GT(af.log.back().aux_per_layer[0], 0.0);             // ... but its value is logged
+  const double first = tail_imbalance(none, 1), base = tail_imbalance(none, 10), bal = tail_imbalance(af, 10);
+  SCOPED_TRACE(testing::Message() << "imbalance: step 1 " << first << ", last 10 steps: none " << base << ", aux-free "
+                                  << bal);
+  EXPECT_GT(base, 0.3);        // the unbalanced run stays skewed
+  EXPECT_LT(bal, 0.5 * base);  // the balanced one is much more even
+  EXPECT_LT(bal, 0.15);
+  // The bias moved (range logged per layer) and max_vio is logged for both.
+  EXPECT_GT(af.log.back().bias_range[0], 0.05);
+  EXPECT_TRUE(none.log.back().bias_range.empty());
+  EXPECT_EQ(af.log.back().max_vio.size(), 2u);
+  fs::remove_all(dir);
+}
+
+// A killed aux-free run resumes bit for bit: the bias is in trainer_state.json.
+TEST(Resume, AuxFreeContinuesBitForBit) {
+  const std::string dir = skytest::temp_dir("resume-auxfree");
+  write_token_file(dir + "/train.bin", random_tokens(81, 256, 31));
+  TrainOptions full = resume_options(dir + "/train.bin", dir + "/full");
+  full.balance = Balance::AuxFree;
+  full.balance_speed = 0.02;
+  const TrainResult a = train(full);
+  TrainOptions part = full;
+  part.out_dir = dir + "/part";
+  part.save_every = 3;
+  EXPECT_THROW(train(part, [](const StepLog& s) { if (s.step == 4) throw Killed{}; }), Killed);
+  TrainOptions res = part;
+  res.resume = dir + "/part";
+  const TrainResult b = train(res);
+  ASSERT_EQ(b.log.size(), 3u);
+  EXPECT_GT(a.log[3].bias_range[0], 0.0) << "the bias should have moved before the resume point";
+  for (int i = 0; i < 3; i++) {
+    const StepLog &x = a.log[3 + i], &y = b.log[i];
+    SCOPED_TRACE("step " + std::to_string(x.step));
+    EXPECT_EQ(y.loss, x.loss);
+    EXPECT_EQ(y.grad_norm, x.grad_norm);
+    EXPECT_EQ(y.expert_load, x.expert_load);
+    EXPECT_EQ(y.bias_range, x.bias_range);
+    EXPECT_EQ(y.drop_rate, x.drop_rate);
+  }
+  const size_t n = Model::load(a.final_checkpoint).layout.total;
+  std::vector<float> m(n), v(n);
+  const json sa = load_checkpoint_state(a.final_checkpoint, m.data(), v.data(), n);
+  const json sb = load_checkpoint_state(b.final_checkpoint, m.data(), v.data(), n);
+  EXPECT_EQ(sa.at("select_bias"), sb.at("select_bias"));
+  EXPECT_EQ(sa.at("balance"), "aux-free");
+  // A broken bias is named.
+  const std::string sp = resolve_checkpoint(dir + "/part") + "/trainer_state.json";
+  json st = json::parse(std::ifstream(sp));
+  st["select_bias"][1] = {0.0, 1e300};
+  std::ofstream(sp) << st.dump();
+  TrainOptions more = res;
+  more.steps = 7;
+  const std::string msg = error_of([&] { train(more); });
+  EXPECT_TRUE(contains(msg, "'select_bias'[1] must be a list of 4 numbers") && contains(msg, "trainer_state.json"))
+      << msg;
+  st["select_bias"][1] = {0.0, 1e300, 0.0, 0.0};
+  std::ofstream(sp) << st.dump();
+  EXPECT_TRUE(contains(error_of([&] { train(more); }), "'select_bias'[1] holds 1e+300"));
+  fs::remove_all(dir);
+}
+
+// `train --resume` without --balance continues with the checkpoint's balancing and speed (switching
+// silently to the default adaptive aux loss would not continue the run).
+TEST(Resume, BalanceComesFromTheCheckpoint) {
+  const std::string dir = skytest::temp_dir("resume-balance");
+  write_token_file(dir + "/train.bin", random_tokens(400, 256, 3));
+  const std::string base = "train --config tiny --quiet --seq-len 8 --batch-size 2 --data " + dir + "/train.bin --out " +
+                           dir + "/run";
+  CliResult a = run_cli(base + " --steps 2 --balance aux-free --balance-speed 0.03");
+  ASSERT_EQ(a.rc, 0) << a.out;
+  CliResult b = run_cli(base + " --steps 3 --resume " + dir + "/run");
+  ASSERT_EQ(b.rc, 0) << b.out;
+  const json st = json::parse(std::ifstream(resolve_checkpoint(dir + "/run") + "/trainer_state.json"));
+  EXPECT_EQ(st.at("step"), 3);
+  EXPECT_EQ(st.at("balance"), "aux-free");
+  EXPECT_EQ(st.at("balance_speed"), 0.03);
+  // Three steps of 0.03: every bias entry is a multiple of 0.03 up to 0.09 in size, and some moved.
+  double widest = 0;
+  for (const auto& row : st.at("select_bias"))
+    for (const auto& v : row) widest = std::max(widest, std::fabs(v.get<double>()));
+  EXPECT_GT(widest, 0.02);
+  EXPECT_LT(widest, 0.0901);
+  // An explicit --balance on resume wins (and the bias of an aux-free checkpoint is then unused).
+  CliResult c = run_cli(base + " --steps 4 --balance adaptive-aux --resume " + dir + "/run");
+  ASSERT_EQ(c.rc, 0) << c.out;
+  const json st4 = json::parse(std::ifstream(resolve_checkpoint(dir + "/run") + "/trainer_state.json"));
+  EXPECT_EQ(st4.at("balance"), "adaptive-aux");
+  EXPECT_FALSE(st4.contains("select_bias"));
   fs::remove_all(dir);
 }
 
@@ -926,6 +1208,18 @@ TEST(BadInput, InvalidFlagValuesNameTheFlag) {
     CliResult r = run_cli(base + " " + flag + " " + value);
     EXPECT_NE(r.rc, 0) << flag << " " << value;
     EXPECT_TRUE(contains(r.out, flag)) << flag << " " << value << ": " << r.out;
+  }
+  // Balancing flags that do not apply to the chosen --balance are errors, not ignored.
+  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"--balance aux-free --aux-alpha 0.02", "--aux-alpha applies to --balance adaptive-aux or aux"},
+           {"--balance none --aux-beta 0.5", "--aux-beta applies"},
+           {"--balance-speed 0.01", "--balance-speed applies to --balance aux-free"},
+           {"--balance aux --aux-adaptive on", "--aux-adaptive on contradicts --balance aux"},
+           {"--balance aux-free --balance-speed 0", "--balance-speed must be finite and positive"},
+           {"--balance sideways", "--balance"}}) {
+    CliResult r = run_cli(base + " " + args);
+    EXPECT_NE(r.rc, 0) << args;
+    EXPECT_TRUE(contains(r.out, needle)) << args << ": " << r.out;
   }
   // The library checks the same values (the CLI's parser rejects --aux-loss itself).
   TrainOptions o = tiny_options(data);

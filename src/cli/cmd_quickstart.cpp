@@ -1,6 +1,7 @@
 // `skymoe quickstart`: the whole Skywork-MoE story on a laptop-sized budget. Train a tokenizer and
-// a small dense Llama on a text corpus, upcycle it into an MoE and keep training, train the same
-// MoE from scratch on the same MoE token budget, then compare them in a table, text samples and a
+// a small dense Llama on a text corpus, upcycle it into an MoE and keep training (once with
+// Skywork's adaptive aux loss, once with auxiliary-loss-free balancing), train the same MoE from
+// scratch on the same MoE token budget, then compare them in a table, text samples and a
 // self-contained HTML report.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -43,8 +44,9 @@ struct Sizes {
   int64_t dense_steps, moe_steps, tok_sentences;
   int eval_batches, sample_tokens;
 };
-// Measured on the 2-core reference machine when idle: the default run takes about 9 minutes,
-// --small about 1 (other load on the cores can double that). Dense budget 2x the MoE budget: the
+// Measured on the 2-core reference machine when idle, before the aux-loss-free comparison run was
+// added: the default run took about 9 minutes, --small about 1 (other load on the cores can double
+// that). That run costs what the upcycled MoE run costs, about a quarter more (README). Dense budget 2x the MoE budget: the
 // regime where the Skywork-MoE report recommends upcycling.
 constexpr Sizes kDefault{4096, 256, 4, 4, 688, 128, 16, 8, 400, 200, 200'000, 8, 48};
 constexpr Sizes kSmall{2048, 128, 2, 4, 344, 64, 16, 8, 300, 150, 50'000, 4, 32};
@@ -58,6 +60,7 @@ struct Options {
   Sizes z = kDefault;
   int top_k = 2;
   double capacity = 1.25, aux_alpha = 0.01, lr = 2e-3, upcycled_lr = -1, temperature = 0.8;
+  double balance_speed = 5e-3;  // aux-free comparison run: bias update speed
   int evals = 8;  // validation points per run
 };
 
@@ -110,7 +113,8 @@ void prepare_out_dir(const fs::path& out) {
               "--out {}: the directory is not empty and was not written by quickstart (no quickstart.json); "
               "choose another directory",
               out.string());
-    for (const char* sub : {"data", "configs", "dense", "upcycled", "scratch"}) fs::remove_all(out / sub);
+    for (const char* sub : {"data", "configs", "dense", "upcycled", "upcycled-auxfree", "scratch"})
+      fs::remove_all(out / sub);
   }
   fs::create_directories(out / "data");
   fs::create_directories(out / "configs");
@@ -165,7 +169,7 @@ TrainOptions base_train_options(const Options& o, const fs::path& out, const std
   t.log_every = int(std::max<int64_t>(1, steps / 8));
   t.aux = AuxLossType::Skywork;
   t.aux_alpha = o.aux_alpha;
-  t.aux_adaptive = true;
+  t.balance = Balance::AdaptiveAux;
   t.capacity_factor = o.capacity;
   return t;
 }
@@ -187,20 +191,22 @@ ReportRun run_training(const TrainOptions& t, const ModelConfig& cfg, const std:
   run.tokens_per_s = r.tokens_per_s;
   run.seconds = seconds_since(t0);
   run.moe = cfg.has_moe();
+  if (run.moe) run.balance = to_string(t.balance);
   *checkpoint = r.final_checkpoint;
   return run;
 }
 
 void print_table(const std::vector<ReportRun>& runs) {
-  fmt::print("\n  {:<14} {:>17}  {:>23}  {:>13}  {:>9}  {:>8}\n", "model", "params total/act", "val loss start -> end",
-             "drop rate*", "tokens/s", "time");
+  fmt::print("\n  {:<24} {:>17}  {:>23}  {:>11}  {:>11}  {:>9}  {:>8}\n", "model", "params total/act",
+             "val loss start -> end", "drop rate*", "imbalance*", "tokens/s", "time");
   for (const auto& r : runs)
-    fmt::print("  {:<14} {:>17}  {:>23}  {:>13}  {:>9.0f}  {:>8}\n", r.name,
+    fmt::print("  {:<24} {:>17}  {:>23}  {:>11}  {:>11}  {:>9.0f}  {:>8}\n", r.name,
                human_count(double(r.params_total)) + " / " + human_count(double(r.params_active)),
                fmt::format("{:.3f} -> {:.3f}", r.initial_val_loss, final_val_loss(r)),
-               r.moe ? fmt::format("{:.2f}%", 100 * tail_drop_rate(r.log)) : "-", r.tokens_per_s,
-               human_seconds(r.seconds));
-  fmt::print("  * mean over layers and the last 10% of steps (capacity-limited training; validation is dropless)\n");
+               r.moe ? fmt::format("{:.2f}%", 100 * tail_drop_rate(r.log)) : "-",
+               r.moe ? fmt::format("{:.3f}", tail_max_vio(r.log)) : "-", r.tokens_per_s, human_seconds(r.seconds));
+  fmt::print("  * mean over layers and the last 10% of steps (capacity-limited training; validation is dropless);\n"
+             "    imbalance = (max expert load - mean) / mean of a layer's assignments in a step\n");
 }
 
 }  // namespace
@@ -213,12 +219,15 @@ int cmd_quickstart(int argc, char** argv) {
       "  2. trains a small dense Llama,\n"
       "  3. upcycles it into an MoE (every expert a copy of the dense FFN, fresh router, gating logit\n"
       "     normalization) and trains on with Skywork's adaptive aux loss and capacity-limited routing,\n"
-      "  4. trains the same MoE from random init on the same MoE token budget,\n"
-      "  5. prints a comparison table and text samples, and\n"
-      "  6. writes OUT/report.html (loss curves, per-layer drop rates and aux coefficients).\n"
+      "  4. trains the same upcycled MoE with DeepSeek-V3's auxiliary-loss-free balancing instead (a\n"
+      "     per-expert selection bias, no aux loss), for the load-balancing comparison,\n"
+      "  5. trains the same MoE from random init on the same MoE token budget,\n"
+      "  6. prints a comparison table and text samples, and\n"
+      "  7. writes OUT/report.html (loss curves, per-layer drop rates and aux coefficients, adaptive aux\n"
+      "     loss vs aux-loss-free: loss, per-layer drop rate and load imbalance).\n"
       "The Skywork-MoE report's point: when the MoE budget is small next to the dense model's, upcycling\n"
       "starts far lower and stays ahead; from scratch pays off only at larger budgets.\n"
-      "Checkpoints and JSONL step logs of each run land under OUT/{dense,upcycled,scratch}."};
+      "Checkpoints and JSONL step logs of each run land under OUT/{dense,upcycled,upcycled-auxfree,scratch}."};
   app.name("skymoe quickstart");
   Options o;
   std::vector<std::function<void()>> small_defaults;  // applied when --small and the flag was not given
@@ -229,7 +238,7 @@ int cmd_quickstart(int argc, char** argv) {
     });
   };
   app.add_option("--out", o.out, "output directory")->capture_default_str();
-  app.add_flag("--small", o.small, "a smaller, faster variant (about 1 minute on 2 idle cores, vs about 9; what CI runs)");
+  app.add_flag("--small", o.small, "a smaller, faster variant (about 1.3 minutes on 2 idle cores, vs about 11; what CI runs)");
   app.add_option("--corpus", o.corpus, "text files or directories to train on instead of the fortunes");
   app.add_option("--threads", o.threads, "threads (0 = all cores)");
   app.add_option("--seed", o.seed, "seed: dense init and data order; the MoE runs use seed + 1")->capture_default_str();
@@ -250,6 +259,9 @@ int cmd_quickstart(int argc, char** argv) {
   app.add_option("--capacity-factor", o.capacity, "expert capacity factor while training (0 = dropless)")
       ->capture_default_str();
   app.add_option("--aux-alpha", o.aux_alpha, "initial adaptive aux-loss coefficient")->capture_default_str();
+  app.add_option("--balance-speed", o.balance_speed,
+                 "bias update speed of the auxiliary-loss-free comparison run (skymoe train --balance-speed)")
+      ->capture_default_str();
   app.add_option("--lr", o.lr, "peak learning rate of the dense and the scratch MoE runs (cosine to 10%, 5% warm-up)")
       ->capture_default_str();
   app.add_option("--upcycled-lr", o.upcycled_lr, "peak learning rate of the upcycled MoE [default: 0.4 x --lr, as "
@@ -265,13 +277,16 @@ int cmd_quickstart(int argc, char** argv) {
   SKY_CHECK(z.dense_steps > 0 && z.moe_steps > 0, "--dense-steps and --moe-steps must be positive");
   SKY_CHECK(z.experts >= 2, "--experts must be >= 2 (gating logit normalization needs two), got {}", z.experts);
   SKY_CHECK(o.evals > 0, "--evals must be positive, got {}", o.evals);
+  SKY_CHECK(std::isfinite(o.balance_speed) && o.balance_speed > 0, "--balance-speed must be positive, got {}",
+            o.balance_speed);
   SKY_CHECK(z.sample_tokens >= 0, "--sample-tokens must be >= 0, got {}", z.sample_tokens);
   backend().set_threads(o.threads);
   const auto t_all = Clock::now();
   const fs::path out(o.out);
-  const int kStages = 6;
+  const int kStages = 7;
 
-  fmt::print("skymoe quickstart{}: dense -> upcycled MoE vs MoE from scratch (Skywork-MoE, report section 3)\n",
+  fmt::print("skymoe quickstart{}: dense -> upcycled MoE vs MoE from scratch (Skywork-MoE, report section 3); adaptive "
+             "aux loss vs aux-loss-free balancing\n",
              o.small ? " --small" : "");
   std::vector<std::string> files = corpus_files(o);
   uint64_t corpus_bytes = 0;
@@ -367,8 +382,24 @@ int cmd_quickstart(int argc, char** argv) {
   runs.back().token_offset = z.dense_steps * tokens_per_step;
   s3.done(fmt::format("val loss {:.3f} -> {:.3f}; checkpoint {}", up_init_val, final_val_loss(runs[1]), up_ckpt));
 
-  // 4. The same MoE from scratch, same data order and budget.
-  Stage s4(4, kStages, fmt::format("MoE from scratch: same shape, random init, same {} steps and data, peak lr {}",
+  // 4. The same upcycled MoE, balanced without an aux loss (DeepSeek-V3): the comparison run.
+  Stage s4(4, kStages, fmt::format("upcycled MoE again, auxiliary-loss-free balancing (selection bias, speed {}) instead "
+                                   "of the adaptive aux loss; same init, data and {} steps",
+                                   o.balance_speed, z.moe_steps));
+  TrainOptions ft = base_train_options(o, out, "upcycled-auxfree", z.moe_steps, o.upcycled_lr, o.seed + 1);
+  ft.model_dir = up_init;
+  ft.balance = Balance::AuxFree;
+  ft.balance_speed = o.balance_speed;
+  std::string af_ckpt;
+  runs.push_back(run_training(ft, moe_cfg, "upcycled MoE, aux-free", "#ff7f0e", up_init_val, &af_ckpt));
+  runs.back().token_offset = z.dense_steps * tokens_per_step;
+  s4.done(fmt::format("val loss {:.3f} -> {:.3f}; load imbalance (last 10%) {:.3f} vs {:.3f} with the adaptive aux "
+                      "loss; checkpoint {}",
+                      up_init_val, final_val_loss(runs[2]), tail_max_vio(runs[2].log), tail_max_vio(runs[1].log),
+                      af_ckpt));
+
+  // 5. The same MoE from scratch, same data order and budget.
+  Stage s5(5, kStages, fmt::format("MoE from scratch: same shape, random init, same {} steps and data, peak lr {}",
                                    z.moe_steps, o.lr));
   const std::string moe_json = (out / "configs" / "moe.json").string();
   write_text_atomic(moe_json, moe_cfg.to_hf_json().dump(2) + "\n");
@@ -377,10 +408,10 @@ int cmd_quickstart(int argc, char** argv) {
   const double sc_init_val = val_loss(Model::random(moe_cfg, o.seed + 1), val, z.batch, z.seq, z.eval_batches);
   std::string sc_ckpt;
   runs.push_back(run_training(st, moe_cfg, "scratch MoE", "#2ca02c", sc_init_val, &sc_ckpt));
-  s4.done(fmt::format("val loss {:.3f} -> {:.3f}; checkpoint {}", sc_init_val, final_val_loss(runs[2]), sc_ckpt));
+  s5.done(fmt::format("val loss {:.3f} -> {:.3f}; checkpoint {}", sc_init_val, final_val_loss(runs[3]), sc_ckpt));
 
-  // 5. Comparison and samples.
-  Stage s5(5, kStages, "comparison and samples");
+  // 6. Comparison and samples.
+  Stage s6(6, kStages, "comparison and samples");
   print_table(runs);
   std::vector<ReportSample> samples;
   TextGenOptions go;
@@ -405,13 +436,13 @@ int cmd_quickstart(int argc, char** argv) {
       samples.push_back({name, p, text});
     }
   }
-  s5.done("done");
+  s6.done("done");
 
-  // 6. Report.
-  Stage s6(6, kStages, "report");
-  const ReportRun &dense = runs[0], &up = runs[1], &sc = runs[2];
+  // 7. Report.
+  Stage s7(7, kStages, "report");
+  const ReportRun &dense = runs[0], &up = runs[1], &af = runs[2], &sc = runs[3];
   QuickstartReport rep;
-  rep.title = "skymoe quickstart: upcycling vs training an MoE from scratch";
+  rep.title = "skymoe quickstart: upcycling vs training an MoE from scratch; adaptive aux loss vs aux-loss-free";
   rep.intro.push_back(fmt::format(
       "A {} dense Llama was trained for {} tokens, upcycled into a {}-expert top-{} MoE ({} parameters, {} active per "
       "token) and trained for {} more tokens with Skywork-MoE's gating logit normalization and adaptive auxiliary "
@@ -424,7 +455,16 @@ int cmd_quickstart(int argc, char** argv) {
       "{:.3f} and {:.3f}; the dense model ended at {:.3f}. The upcycled model's head start is the dense run's compute: "
       "the upper chart counts it, the lower one compares the two MoE runs on the MoE budget alone.",
       up.initial_val_loss, final_val_loss(up), sc.initial_val_loss, final_val_loss(sc), final_val_loss(dense)));
+  rep.intro.push_back(fmt::format(
+      "Load balancing: the upcycled MoE was also trained with DeepSeek-V3's auxiliary-loss-free balancing (a per-expert "
+      "bias on the routing scores for selection only, speed {}) instead of the adaptive aux loss, from the same "
+      "initialization and data. Over the last 10% of steps its load imbalance was {:.3f} against {:.3f}, its drop "
+      "rate {:.2f}% against {:.2f}%, and its final validation loss {:.3f} against {:.3f}.",
+      o.balance_speed, tail_max_vio(af.log), tail_max_vio(up.log), 100 * tail_drop_rate(af.log),
+      100 * tail_drop_rate(up.log), final_val_loss(af), final_val_loss(up)));
   rep.runs = runs;
+  rep.balance_a = 1;
+  rep.balance_b = 2;
   rep.samples = samples;
   rep.settings = {
       {"corpus", o.corpus.empty() ? std::string(kDefaultCorpus) : fmt::format("{}", fmt::join(o.corpus, " "))},
@@ -437,17 +477,21 @@ int cmd_quickstart(int argc, char** argv) {
                           z.experts, o.top_k, o.capacity)},
       {"aux loss", fmt::format("Skywork (eq. 4), adaptive per layer: initial alpha {}, xi 0.2, alpha_max 0.01, beta 0.99",
                                o.aux_alpha)},
+      {"aux-loss-free run", fmt::format("no aux loss; selection bias per layer and expert, b += {} * sign(mean load - "
+                                        "load) after each step (skymoe train --balance aux-free)",
+                                        o.balance_speed)},
       {"optimizer", fmt::format("AdamW, peak lr {} (dense, scratch MoE) / {} (upcycled MoE), cosine to 10%, "
                                 "5% warm-up, batch {} x {}",
                                 o.lr, o.upcycled_lr, z.batch, z.seq)},
       {"steps", fmt::format("dense {}, each MoE run {}", z.dense_steps, z.moe_steps)},
-      {"seeds", fmt::format("dense {}; both MoE runs {} (same data order)", o.seed, o.seed + 1)},
+      {"seeds", fmt::format("dense {}; every MoE run {} (same data order)", o.seed, o.seed + 1)},
       {"threads", std::to_string(backend().num_threads())},
   };
   rep.files = {{"tokenizer", tok_path},
                {"training / validation tokens", train_path + ", " + val_path},
                {"dense run (checkpoint, step log)", dense_ckpt + ", " + dt.log_jsonl},
                {"upcycled run", up_ckpt + ", " + ut.log_jsonl},
+               {"upcycled run, aux-loss-free", af_ckpt + ", " + ft.log_jsonl},
                {"upcycled init (before MoE training)", up_init},
                {"scratch run", sc_ckpt + ", " + st.log_jsonl}};
   const std::string report_path = (out / "report.html").string();
@@ -459,9 +503,10 @@ int cmd_quickstart(int argc, char** argv) {
     summary["runs"][r.name] = {{"initial_val_loss", r.initial_val_loss}, {"final_val_loss", final_val_loss(r)},
                                {"params", r.params_total}, {"active_params", r.params_active},
                                {"tokens_per_s", r.tokens_per_s}, {"seconds", r.seconds},
-                               {"tail_drop_rate", r.moe ? tail_drop_rate(r.log) : 0.0}};
+                               {"tail_drop_rate", r.moe ? tail_drop_rate(r.log) : 0.0},
+                               {"tail_load_imbalance", r.moe ? tail_max_vio(r.log) : 0.0}, {"balance", r.balance}};
   write_text_atomic((out / "quickstart.json").string(), summary.dump(2) + "\n");
-  s6.done(fmt::format("wrote {}", report_path));
+  s7.done(fmt::format("wrote {}", report_path));
   fmt::print("\nquickstart finished in {}. Open {} in a browser.\n", human_seconds(total_s), report_path);
   return 0;
 }

@@ -12,11 +12,13 @@ namespace sky::cli {
 using json = nlohmann::json;
 
 int cmd_train(int argc, char** argv) {
-  CLI::App app{"Train a dense or MoE model (Skywork router techniques, adaptive aux loss). One process by default;\n"
-               "under `mpirun -np N` the N processes train on the same global batch with DP = N / (TP x PP)."};
+  CLI::App app{"Train a dense or MoE model (Skywork router techniques; load balancing by Skywork's adaptive aux loss\n"
+               "or DeepSeek-V3's auxiliary-loss-free bias). One process by default; under `mpirun -np N` the N\n"
+               "processes train on the same global batch with DP = N / (TP x PP)."};
   app.name("skymoe train");
   TrainOptions o;
-  std::string lr_schedule = "cosine", aux = "skywork", adaptive = "on", policy = "prob", order = "shuffled";
+  std::string lr_schedule = "cosine", aux = "skywork", adaptive = "on", policy = "prob", order = "shuffled",
+              balance = "adaptive-aux";
   app.add_option("--model", o.model_dir, "start from this model/checkpoint directory");
   app.add_option("--config", o.config, "start from scratch: preset name or config.json");
   app.add_option("--data", o.data, "training tokens (flat uint32 file)")->required();
@@ -38,10 +40,19 @@ int cmd_train(int argc, char** argv) {
   app.add_option("--beta2", o.adam.beta2, "AdamW beta2")->capture_default_str();
   app.add_option("--eps", o.adam.eps, "AdamW epsilon")->capture_default_str();
   app.add_option("--grad-clip", o.grad_clip, "global-norm clipping (0 = off)")->capture_default_str();
-  app.add_option("--aux-loss", aux, "skywork | switch | none")->capture_default_str()
-      ->check(CLI::IsMember({"skywork", "switch", "none"}));
+  app.add_option("--balance", balance,
+                 "adaptive-aux | aux | aux-free | none: load balancing. adaptive-aux: Skywork's aux loss with per-layer "
+                 "adaptive coefficients; aux: the same with the fixed --aux-alpha; aux-free: DeepSeek-V3's "
+                 "auxiliary-loss-free balancing (a per-expert bias on the routing scores for selection only, moved by "
+                 "--balance-speed per step toward equal loads; no aux loss); none: no balancing")
+      ->capture_default_str()->check(CLI::IsMember({"adaptive-aux", "aux", "aux-free", "none"}));
+  app.add_option("--balance-speed", o.balance_speed, "aux-free: bias update speed gamma (b += gamma * sign(mean load - load))")
+      ->capture_default_str();
+  app.add_option("--aux-loss", aux, "skywork | switch | none (under aux-free and none: only logged, not trained)")
+      ->capture_default_str()->check(CLI::IsMember({"skywork", "switch", "none"}));
   app.add_option("--aux-alpha", o.aux_alpha, "initial (adaptive) or fixed aux-loss coefficient")->capture_default_str();
-  app.add_option("--aux-adaptive", adaptive, "on | off: Skywork's per-layer adaptive coefficients")->capture_default_str()
+  app.add_option("--aux-adaptive", adaptive, "on | off: Skywork's per-layer adaptive coefficients (off = --balance aux)")
+      ->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--aux-xi", o.aux_xi, "adaptive: xi (alpha_hat = min(xi * drop_rate, alpha_max))")->capture_default_str();
   app.add_option("--aux-alpha-max", o.aux_alpha_max, "adaptive: alpha_max")->capture_default_str();
@@ -99,11 +110,29 @@ int cmd_train(int argc, char** argv) {
     adopt("--batch-size", shape.batch_size, o.batch_size);
     adopt("--grad-accum", shape.grad_accum, o.grad_accum);
     adopt("--data-order", shape.data_order, order);
+    // The balancing too (a resume that silently switched it would not continue the run).
+    if (app.count("--balance") == 0 && app.count("--aux-adaptive") == 0) {
+      if (auto it = state.find("balance"); it != state.end() && it->is_string()) balance = it->get<std::string>();
+      if (auto it = state.find("balance_speed"); it != state.end() && it->is_number() && app.count("--balance-speed") == 0)
+        o.balance_speed = it->get<double>();
+    }
   }
+  // --aux-adaptive predates --balance: off means --balance aux; the aux-loss settings apply only to
+  // the modes that train that loss, --balance-speed only to aux-free.
+  if (app.count("--balance") == 0 && adaptive == "off") balance = "aux";
+  o.balance = parse_balance(balance);
+  const bool aux_mode = o.balance == Balance::AdaptiveAux || o.balance == Balance::Aux;
+  if (app.count("--aux-adaptive"))
+    SKY_CHECK(aux_mode && (adaptive == "on") == (o.balance == Balance::AdaptiveAux),
+              "--aux-adaptive {} contradicts --balance {} (adaptive-aux is --aux-adaptive on, aux is off)", adaptive,
+              balance);
+  for (const char* flag : {"--aux-alpha", "--aux-xi", "--aux-alpha-max", "--aux-beta"})
+    SKY_CHECK(aux_mode || app.count(flag) == 0, "{} applies to --balance adaptive-aux or aux, not {}", flag, balance);
+  SKY_CHECK(o.balance == Balance::AuxFree || app.count("--balance-speed") == 0,
+            "--balance-speed applies to --balance aux-free, not {}", balance);
   o.precision = parse_matmul_precision(precision);
   o.schedule.cosine = lr_schedule == "cosine";
   o.aux = aux == "skywork" ? AuxLossType::Skywork : aux == "switch" ? AuxLossType::Switch : AuxLossType::None;
-  o.aux_adaptive = adaptive == "on";
   o.drop_policy = policy == "prob" ? DropPolicy::Prob : DropPolicy::Position;
   o.data_order = parse_data_order(order);
   o.par.experts = parse_expert_layout(layout);

@@ -2,7 +2,8 @@
 // Training checkpoints. A checkpoint is a directory that is also a loadable HF model directory:
 //   config.json, model.safetensors          the weights (f32)
 //   optimizer.safetensors                   AdamW moments m, v (flat, f32)
-//   trainer_state.json                      step, data position, RNG, per-layer alpha, options
+//   trainer_state.json                      step, data position, RNG, per-layer alpha or selection
+//                                           bias (--balance), options
 // It is written under a temporary name and renamed into place, and OUT/latest (a one-line file
 // naming the newest checkpoint) is replaced atomically afterwards, so a killed run never leaves a
 // half-written latest checkpoint.

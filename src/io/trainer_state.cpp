@@ -1,7 +1,10 @@
 #include "io/trainer_state.h"
 
+#include <fmt/format.h>
+
 #include <climits>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -10,7 +13,7 @@ namespace sky {
 // A primitive as JSON text, anything else by its type: never a dump of a large or deep value.
 static std::string describe(const nlohmann::json& v) { return v.is_primitive() ? v.dump() : v.type_name(); }
 
-TrainerState parse_trainer_state(const nlohmann::json& st, size_t num_alpha) {
+TrainerState parse_trainer_state(const nlohmann::json& st, size_t num_alpha, size_t num_experts) {
   SKY_CHECK(st.is_object(), "not a JSON object");
   TrainerState s;
   try {  // at() and get<>() throw JSON exceptions for missing or mistyped fields; they become sky::Error
@@ -26,6 +29,26 @@ TrainerState parse_trainer_state(const nlohmann::json& st, size_t num_alpha) {
   SKY_CHECK(s.alpha.size() == num_alpha, "'alpha' holds {} values, expected {} (one per layer of an MoE model)",
             s.alpha.size(), num_alpha);
   for (double v : s.alpha) SKY_CHECK(std::isfinite(v) && v >= 0, "'alpha' holds {}", v);
+  // Checked value by value before any conversion: a double past float's range would be undefined.
+  if (auto it = st.find("select_bias"); it != st.end() && !it->is_null()) {
+    SKY_CHECK(it->is_array() && it->size() == num_alpha,
+              "'select_bias' must be a list of {} per-layer lists (one per layer of an MoE model), got {}", num_alpha,
+              it->is_array() ? fmt::format("{} entries", it->size()) : describe(*it));
+    for (size_t l = 0; l < num_alpha; l++) {
+      const nlohmann::json& row = (*it)[l];
+      SKY_CHECK(row.is_array() && row.size() == num_experts,
+                "'select_bias'[{}] must be a list of {} numbers (one per expert), got {}", l, num_experts,
+                row.is_array() ? fmt::format("{} entries", row.size()) : describe(row));
+      std::vector<float> b;
+      for (const nlohmann::json& v : row) {
+        SKY_CHECK(v.is_number() && std::isfinite(v.get<double>()) &&
+                      std::fabs(v.get<double>()) <= double(std::numeric_limits<float>::max()),
+                  "'select_bias'[{}] holds {}", l, describe(v));
+        b.push_back(float(v.get<double>()));
+      }
+      s.select_bias.push_back(std::move(b));
+    }
+  }
   return s;
 }
 

@@ -19,6 +19,47 @@ double tail_drop_rate(const std::vector<StepLog>& log, double frac) {
   return count ? sum / count : 0;
 }
 
+static const std::vector<double>& stat_of(const StepLog& s, LayerStat stat) {
+  switch (stat) {
+    case LayerStat::DropRate: return s.drop_rate;
+    case LayerStat::Alpha: return s.alpha;
+    case LayerStat::MaxVio: return s.max_vio;
+    case LayerStat::BiasRange: return s.bias_range;
+  }
+  return s.drop_rate;
+}
+
+static size_t tail_begin(size_t steps, double frac) {
+  return steps - std::min(steps, std::max<size_t>(1, size_t(std::ceil(steps * frac))));
+}
+
+std::vector<double> tail_layer_means(const std::vector<StepLog>& log, LayerStat stat, double frac) {
+  if (log.empty()) return {};
+  std::vector<double> sum(stat_of(log.back(), stat).size(), 0.0);
+  const size_t b = tail_begin(log.size(), frac);
+  for (size_t i = b; i < log.size(); i++) {
+    const std::vector<double>& v = stat_of(log[i], stat);
+    for (size_t l = 0; l < sum.size() && l < v.size(); l++) sum[l] += v[l];
+  }
+  for (double& v : sum) v /= double(log.size() - b);
+  return sum;
+}
+
+double tail_max_vio(const std::vector<StepLog>& log, double frac) {
+  const std::vector<double> m = tail_layer_means(log, LayerStat::MaxVio, frac);
+  double sum = 0;
+  for (double v : m) sum += v;
+  return m.empty() ? 0.0 : sum / double(m.size());
+}
+
+double tail_ce_loss(const std::vector<StepLog>& log, double frac) {
+  if (log.empty()) return -1;
+  const size_t b = tail_begin(log.size(), frac);
+  double sum = 0;
+  for (size_t i = b; i < log.size(); i++) sum += log[i].ce_loss;
+  return sum / double(log.size() - b);
+}
+
 double final_val_loss(const ReportRun& r) {
   for (auto it = r.log.rbegin(); it != r.log.rend(); ++it)
     if (it->val_loss >= 0) return it->val_loss;
@@ -84,25 +125,48 @@ void add_loss_series(std::vector<ChartSeries>& out, const ReportRun& r, bool wit
   if (!val.x.empty()) out.push_back(std::move(val));
 }
 
-// One line per layer of a per-layer statistic (drop rate or alpha), lightly smoothed.
-std::string layer_chart(const ReportRun& r, bool alpha, double y_hi) {
+const char* stat_title(LayerStat stat) {
+  switch (stat) {
+    case LayerStat::DropRate: return "drop rate per layer";
+    case LayerStat::Alpha: return "aux-loss coefficient \u03b1 per layer";
+    case LayerStat::MaxVio: return "load imbalance per layer";
+    case LayerStat::BiasRange: return "selection-bias range per layer";
+  }
+  return "";
+}
+
+const char* stat_axis(LayerStat stat) {
+  switch (stat) {
+    case LayerStat::DropRate: return "dropped assignments (smoothed)";
+    case LayerStat::Alpha: return "\u03b1";
+    case LayerStat::MaxVio: return "(max load \u2212 mean) / mean (smoothed)";
+    case LayerStat::BiasRange: return "max b \u2212 min b";
+  }
+  return "";
+}
+
+// One line per layer of a per-layer statistic; noisy per-step ones lightly smoothed (alpha is
+// already a moving average, the bias moves by a fixed step).
+std::string layer_chart(const ReportRun& r, LayerStat stat, double y_hi) {
   std::vector<ChartSeries> lines;
-  const size_t L = r.log.empty() ? 0 : (alpha ? r.log[0].alpha.size() : r.log[0].drop_rate.size());
+  const size_t L = r.log.empty() ? 0 : stat_of(r.log[0], stat).size();
+  const bool smooth = stat == LayerStat::DropRate || stat == LayerStat::MaxVio;
   for (size_t l = 0; l < L; l++) {
     ChartSeries s = series(fmt::format("layer {}", l), kLayerColors[l % std::size(kLayerColors)]);
     s.width = 1.8;
     std::vector<double> y;
     for (const StepLog& st : r.log) {
+      const std::vector<double>& v = stat_of(st, stat);
       s.x.push_back(tokens_at(r, st.step, false));
-      y.push_back(alpha ? st.alpha[l] : st.drop_rate[l]);
+      y.push_back(l < v.size() ? v[l] : 0.0);
     }
-    s.y = alpha ? y : ema(y, 0.8);  // alpha is already a moving average
+    s.y = smooth ? ema(y, 0.8) : y;
     lines.push_back(std::move(s));
   }
   ChartOptions o;
-  o.title = fmt::format("{}: {}", r.name, alpha ? "aux-loss coefficient \u03b1 per layer" : "drop rate per layer");
+  o.title = fmt::format("{}: {}", r.name, stat_title(stat));
   o.x_label = "MoE training tokens";
-  o.y_label = alpha ? "\u03b1" : "dropped assignments (smoothed)";
+  o.y_label = stat_axis(stat);
   o.x_zero = o.y_zero = true;
   o.y_include = {y_hi};
   o.width = 560;
@@ -110,13 +174,82 @@ std::string layer_chart(const ReportRun& r, bool alpha, double y_hi) {
   return svg_line_chart(lines, o);
 }
 
-double layer_max(const std::vector<ReportRun>& runs, bool alpha) {
+// The largest value of a statistic over the MoE runs (a shared y scale for their charts).
+double layer_max(const std::vector<const ReportRun*>& runs, LayerStat stat) {
   double m = 0;
-  for (const auto& r : runs)
-    if (r.moe)
-      for (const StepLog& s : r.log)
-        for (double v : alpha ? s.alpha : s.drop_rate) m = std::max(m, v);
+  for (const ReportRun* r : runs)
+    if (r->moe)
+      for (const StepLog& s : r->log)
+        for (double v : stat_of(s, stat)) m = std::max(m, v);
   return m;
+}
+
+std::vector<const ReportRun*> moe_runs(const std::vector<ReportRun>& runs) {
+  std::vector<const ReportRun*> out;
+  for (const auto& r : runs)
+    if (r.moe) out.push_back(&r);
+  return out;
+}
+
+std::string pct(double v) { return fmt::format("{:.2f}%", 100 * v); }
+
+// Skywork's adaptive aux loss against auxiliary-loss-free balancing on the same model and data.
+std::string balance_section(const ReportRun& a, const ReportRun& b) {
+  std::string h = fmt::format("<h2>Load balancing: {} vs {}</h2>\n", html_escape(a.name), html_escape(b.name));
+  h += "<p>The same upcycled MoE, data order and learning rate; only how the router is kept balanced differs. "
+       "<b>Adaptive aux loss</b> (Skywork-MoE eq. 4, 7&ndash;8): a loss term that pulls each layer's mean gate "
+       "probabilities toward uniform, weighted per layer by &alpha; from its drop rate. <b>Auxiliary-loss-free</b> "
+       "(DeepSeek-V3): no loss term; a per-expert bias b is added to the routing scores for choosing the top-k only "
+       "(the gate weights stay the unbiased scores), and after every step b<sub>e</sub> += &gamma;&middot;sign(mean "
+       "load &minus; load<sub>e</sub>), so the gradient sees only the language-modeling loss.</p>\n<div class=\"grid\">\n";
+  {
+    std::vector<ChartSeries> s;
+    add_loss_series(s, a, false);
+    add_loss_series(s, b, false);
+    ChartOptions o;
+    o.title = "Cross-entropy: adaptive aux loss vs aux-loss-free";
+    o.x_label = "MoE training tokens";
+    o.y_label = "loss (nats/token)";
+    h += svg_line_chart(s, o);
+  }
+  const std::vector<const ReportRun*> both = {&a, &b};
+  const double vio_hi = layer_max(both, LayerStat::MaxVio), drop_hi = layer_max(both, LayerStat::DropRate);
+  for (const ReportRun* r : both) h += layer_chart(*r, LayerStat::MaxVio, vio_hi);
+  for (const ReportRun* r : both) h += layer_chart(*r, LayerStat::DropRate, drop_hi);
+  for (const ReportRun* r : both)
+    if (!r->log.empty() && !r->log[0].bias_range.empty())
+      h += layer_chart(*r, LayerStat::BiasRange, layer_max({r}, LayerStat::BiasRange));
+  h += "</div>\n";
+
+  // Per layer over the last 10% of the steps, then the runs' totals.
+  const auto da = tail_layer_means(a.log, LayerStat::DropRate), db = tail_layer_means(b.log, LayerStat::DropRate);
+  const auto va = tail_layer_means(a.log, LayerStat::MaxVio), vb = tail_layer_means(b.log, LayerStat::MaxVio);
+  h += fmt::format("<table><tr><th>layer</th><th>drop rate: {0}</th><th>drop rate: {1}</th><th>load imbalance: {0}"
+                   "</th><th>load imbalance: {1}</th></tr>\n",
+                   html_escape(a.name), html_escape(b.name));
+  for (size_t l = 0; l < da.size() && l < db.size() && l < va.size() && l < vb.size(); l++)
+    h += fmt::format("<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.3f}</td>"
+                     "<td class=\"num\">{:.3f}</td></tr>\n",
+                     l, pct(da[l]), pct(db[l]), va[l], vb[l]);
+  h += fmt::format("<tr><th>all layers</th><th class=\"num\">{}</th><th class=\"num\">{}</th><th class=\"num\">{:.3f}"
+                   "</th><th class=\"num\">{:.3f}</th></tr>\n</table>\n",
+                   pct(tail_drop_rate(a.log)), pct(tail_drop_rate(b.log)), tail_max_vio(a.log), tail_max_vio(b.log));
+  h += "<table><tr><th>run</th><th>final val loss</th><th>train loss (last 10%)</th><th>drop rate (last 10%)</th>"
+       "<th>load imbalance (last 10%)</th><th>training tokens/s</th></tr>\n";
+  for (const ReportRun* r : both)
+    h += fmt::format("<tr><td><span class=\"swatch\" style=\"background:{}\"></span>{}</td><td class=\"num\">{}</td>"
+                     "<td class=\"num\">{:.3f}</td><td class=\"num\">{}</td><td class=\"num\">{:.3f}</td>"
+                     "<td class=\"num\">{:.0f}</td></tr>\n",
+                     r->color, html_escape(r->name), fmt_loss(final_val_loss(*r)), tail_ce_loss(r->log),
+                     pct(tail_drop_rate(r->log)), tail_max_vio(r->log), r->tokens_per_s);
+  h += "</table>\n<p class=\"muted\">Load imbalance: (max<sub>e</sub> load<sub>e</sub> &minus; mean load) / mean load "
+       "of a layer in one step, from the token-to-expert assignments before capacity dropping (0 = perfectly "
+       "even; the &ldquo;MaxVio&rdquo; of the auxiliary-loss-free balancing paper). Drop rate: assignments past an "
+       "expert's capacity. Bias range: max<sub>e</sub> b<sub>e</sub> &minus; min<sub>e</sub> b<sub>e</sub> of a "
+       "layer, in units of the softmax routing scores. Table values are means over the last 10% of the steps. "
+       "Validation routes with the bias, as DeepSeek-V3 does at inference; the bias is kept in the checkpoint's "
+       "trainer_state.json, not in its weights (this model family has no tensor for it).</p>\n";
+  return h;
 }
 
 const char* kStyle = R"(
@@ -159,7 +292,9 @@ std::string render_report_html(const QuickstartReport& rep) {
     ChartOptions o;
     for (const auto& r : rep.runs) {
       add_loss_series(s, r, true);
-      if (r.token_offset > 0) o.x_guides.push_back({double(r.token_offset), r.name + " starts here"});
+      const bool guided = std::any_of(o.x_guides.begin(), o.x_guides.end(),
+                                      [&](const auto& g) { return g.first == double(r.token_offset); });
+      if (r.token_offset > 0 && !guided) o.x_guides.push_back({double(r.token_offset), r.name + " starts here"});
     }
     o.title = "Cross-entropy vs tokens seen by the model";
     o.x_label = "tokens seen (an upcycled MoE counts its dense pre-training)";
@@ -180,17 +315,22 @@ std::string render_report_html(const QuickstartReport& rep) {
        "validation loss on held-out documents (the first dot of each run is measured before its first step). "
        "Validation runs dropless, as inference does.</p>\n";
 
-  // Router statistics, same scale for both MoE runs so they compare at a glance.
-  const double drop_hi = layer_max(rep.runs, false), alpha_hi = layer_max(rep.runs, true);
+  // Router statistics, same scale for all MoE runs so they compare at a glance; alpha only where it
+  // is adaptive.
+  const std::vector<const ReportRun*> moe = moe_runs(rep.runs);
+  const double drop_hi = layer_max(moe, LayerStat::DropRate), alpha_hi = layer_max(moe, LayerStat::Alpha);
   h += "<h2>Router: token dropping and adaptive aux-loss coefficients</h2>\n<div class=\"grid\">\n";
-  for (bool alpha : {false, true})
-    for (const auto& r : rep.runs)
-      if (r.moe) h += layer_chart(r, alpha, alpha ? alpha_hi : drop_hi);
+  for (const ReportRun* r : moe) h += layer_chart(*r, LayerStat::DropRate, drop_hi);
+  for (const ReportRun* r : moe)
+    if (r->balance.empty() || r->balance == "adaptive-aux") h += layer_chart(*r, LayerStat::Alpha, alpha_hi);
   h += "</div>\n<p class=\"muted\">Drop rate: share of token-to-expert assignments past an expert's capacity in "
        "that layer's micro-batch. &alpha; follows Skywork-MoE eq. 7&ndash;8: &alpha;&#770; = min(&xi;&middot;d, "
        "&alpha;<sub>max</sub>), &alpha; &larr; &beta;&alpha; + (1&minus;&beta;)&alpha;&#770;, so layers that drop more "
        "tokens get a stronger load-balancing push; a layer dropping at least &alpha;<sub>max</sub>/&xi; = 5% of its "
        "assignments stays at &alpha;<sub>max</sub> (such lines overlap).</p>\n";
+  const int na = int(rep.runs.size());
+  if (rep.balance_a >= 0 && rep.balance_a < na && rep.balance_b >= 0 && rep.balance_b < na)
+    h += balance_section(rep.runs[size_t(rep.balance_a)], rep.runs[size_t(rep.balance_b)]);
 
   if (!rep.samples.empty()) {
     h += "<h2>Samples</h2>\n";

@@ -56,6 +56,8 @@ void validate_train_options(const TrainOptions& o) {
   SKY_CHECK(std::isfinite(o.aux_xi) && o.aux_xi >= 0 && std::isfinite(o.aux_alpha_max) && o.aux_alpha_max >= 0,
             "--aux-xi and --aux-alpha-max must be finite and >= 0, got {} and {}", o.aux_xi, o.aux_alpha_max);
   SKY_CHECK(o.aux_beta >= 0 && o.aux_beta <= 1, "--aux-beta must be in [0, 1], got {}", o.aux_beta);
+  SKY_CHECK(std::isfinite(o.balance_speed) && o.balance_speed > 0, "--balance-speed must be finite and positive, got {}",
+            o.balance_speed);
   SKY_CHECK(std::isfinite(o.z_loss) && o.z_loss >= 0, "--z-loss must be finite and >= 0, got {}", o.z_loss);
   SKY_CHECK(std::isfinite(o.capacity_factor), "--capacity-factor must be finite, got {}", o.capacity_factor);
   SKY_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1), got {}", o.val_fraction);
@@ -92,10 +94,15 @@ struct Progress {
                  s.tokens_per_s, el);
       if (s.step == total) fmt::print(stderr, "\n");
     } else if (s.step % every == 0 || s.step == total || s.step == 1) {
-      double md = 0;
+      double md = 0, mv = 0, br = 0;
       for (double d : s.drop_rate) md += d / std::max<size_t>(1, s.drop_rate.size());
-      fmt::print(stderr, "step {}/{}  loss {:.4f}  ce {:.4f}  aux {:.5f}  lr {:.3g}  |g| {:.3f}  drop {:.4f}  {:.0f} tok/s{}\n",
-                 s.step, total, s.loss, s.ce_loss, s.aux_loss, s.lr, s.grad_norm, md, s.tokens_per_s,
+      for (double v : s.max_vio) mv += v / std::max<size_t>(1, s.max_vio.size());
+      for (double r : s.bias_range) br = std::max(br, r);
+      // imb: mean over layers of (max load - mean) / mean; bias: the widest layer's bias range (aux-free).
+      fmt::print(stderr, "step {}/{}  loss {:.4f}  ce {:.4f}  aux {:.5f}  lr {:.3g}  |g| {:.3f}  drop {:.4f}{}{}  {:.0f} tok/s{}\n",
+                 s.step, total, s.loss, s.ce_loss, s.aux_loss, s.lr, s.grad_norm, md,
+                 s.max_vio.empty() ? "" : fmt::format("  imb {:.3f}", mv),
+                 s.bias_range.empty() ? "" : fmt::format("  bias {:.4f}", br), s.tokens_per_s,
                  s.val_loss >= 0 ? fmt::format("  val {:.4f}", s.val_loss) : "");
     }
   }
@@ -244,8 +251,13 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   }
   const ParamLayout full_layout = ParamLayout::build(cfg);
 
-  AdaptiveAlpha alpha(cfg.has_moe() ? L : 0, o.aux == AuxLossType::None ? 0.0 : o.aux_alpha,
-                      o.aux_adaptive && o.aux != AuxLossType::None, o.aux_xi, o.aux_alpha_max, o.aux_beta);
+  // The aux loss is trained under adaptive-aux and aux; under aux-free and none its coefficients stay
+  // 0 (its value is still logged, as a balance measure). aux-free's selection bias sits in the layers'
+  // weights, so training and validation route with it.
+  const bool aux_trained = (o.balance == Balance::AdaptiveAux || o.balance == Balance::Aux) && o.aux != AuxLossType::None;
+  AdaptiveAlpha alpha(cfg.has_moe() ? L : 0, aux_trained ? o.aux_alpha : 0.0,
+                      aux_trained && o.balance == Balance::AdaptiveAux, o.aux_xi, o.aux_alpha_max, o.aux_beta);
+  SelectBias sbias(o.balance == Balance::AuxFree && cfg.has_moe() ? L : 0, E, o.balance_speed);
   int64_t step0 = 0;
   const json signature = run_signature(o, cfg, data.size());
   if (!resume_dir.empty()) {
@@ -267,10 +279,12 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
               "--grad-accum, --data-order or data size differ): {} vs now {}",
               resume_dir, st.value("signature", json()).dump(), signature.dump());
     try {  // trainer_state.json is outside input: every field checked before it is used
-      TrainerState ts = parse_trainer_state(st, alpha.alpha.size());
+      TrainerState ts = parse_trainer_state(st, alpha.alpha.size(), cfg.has_moe() ? size_t(E) : 0);
       step0 = ts.step;
       batcher.restore(ts.data);
       alpha.alpha = std::move(ts.alpha);
+      // A checkpoint of another --balance has no bias: aux-free then starts from zeros.
+      if (!sbias.bias.empty() && !ts.select_bias.empty()) sbias.bias = std::move(ts.select_bias);
     } catch (const Error& e) {
       fail("--resume {}: trainer_state.json: {}", resume_dir, e.what());
     }
@@ -278,6 +292,9 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
               o.steps);
   }
   o.schedule.total = o.steps;
+  // The MoE layers this rank runs select with their layer's bias (its storage never moves from here on).
+  for (int l = 0; l < m.shard.num_layers() && !sbias.bias.empty(); l++)
+    if (m.layer_weights[l].is_moe()) m.layer_weights[l].moe.select_bias = sbias.bias[m.shard.layer_begin + l].data();
 
   std::ofstream jsonl;
   if (!o.log_jsonl.empty() && leader) {
@@ -347,8 +364,13 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   // data-parallel-first rank's blocks. Collective.
   auto save = [&](int64_t step) {
     if (o.out_dir.empty()) return;
-    json state = {{"step", step}, {"data", batcher.state()}, {"alpha", alpha.alpha}, {"signature", signature},
-                  {"seed", o.seed}, {"aux", aux_name(o.aux)}};
+    json state = {{"step", step},         {"data", batcher.state()}, {"alpha", alpha.alpha},
+                  {"signature", signature}, {"seed", o.seed},          {"aux", aux_name(o.aux)},
+                  {"balance", to_string(o.balance)}};
+    if (o.balance == Balance::AuxFree) {
+      state["balance_speed"] = o.balance_speed;
+      state["select_bias"] = sbias.bias;
+    }
     FloatBuf mom_m(total), mom_v(total);
     for (Region& r : regions) {
       r.gather(r.opt->m().data(), mom_m.data());
@@ -411,6 +433,7 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     StepLog s;
     s.step = step;
     s.alpha = alpha.alpha;
+    for (size_t l = 0; l < sbias.bias.size(); l++) s.bias_range.push_back(sbias.range(l));
     LossWeights lw{alpha.alpha, o.z_loss};
     std::optional<StepScope> scope(std::in_place, be, int(std::min<int64_t>(int64_t(B) * S * o.grad_accum, 1 << 30)));
     be.zero(grads.data(), grads.size());
@@ -453,6 +476,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
       s.z_loss += o.z_loss * r[3] / passes;
       for (int e = 0; e < E; e++) s.expert_load[l][e] = int64_t(r[4 + e]);
     }
+    s.max_vio.assign(Lm, 0.0);
+    for (int l = 0; l < Lm; l++) s.max_vio[l] = max_violation(s.expert_load[l]);
     s.loss = s.ce_loss + s.aux_loss + s.z_loss;
     if (!std::isfinite(s.loss))
       fail("non-finite loss ({}) at step {}; stopping. {}", s.loss, step,
@@ -481,6 +506,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
       if (r.zero) r.gather(m.params.data() + r.own_begin, m.params.data());
     }
     alpha.update(s.drop_rate);
+    // The step's loads are global (the world all-reduce above), so every rank moves its bias alike.
+    sbias.update(s.expert_load);
     scope.reset();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t toks = int64_t(B) * S * o.grad_accum;
@@ -497,7 +524,8 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
                 {"aux_loss", s.aux_loss}, {"z_loss", s.z_loss},   {"lr", s.lr},
                 {"grad_norm", s.grad_norm}, {"tokens_per_s", s.tokens_per_s}, {"drop_rate", s.drop_rate},
                 {"alpha", s.alpha},       {"aux_loss_per_layer", s.aux_per_layer},
-                {"router_entropy", s.entropy}, {"expert_load", s.expert_load}};
+                {"router_entropy", s.entropy}, {"expert_load", s.expert_load}, {"max_vio", s.max_vio}};
+      if (!s.bias_range.empty()) j["bias_range"] = s.bias_range;
       if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
       jsonl << j.dump() << "\n";
       jsonl.flush();

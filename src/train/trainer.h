@@ -10,6 +10,7 @@
 #include "dist/mesh.h"
 #include "io/token_data.h"
 #include "moe/adaptive_alpha.h"
+#include "moe/balance.h"
 #include "moe/moe_layer.h"
 #include "train/optimizer.h"
 #include "backend/backend.h"
@@ -29,9 +30,13 @@ struct TrainOptions {
   LrSchedule schedule;  // lr, warmup, cosine, min_ratio (total is set from steps)
   AdamWOptions adam;
   double grad_clip = 1.0;
+  // Load balancing (moe/balance.h): Skywork's aux loss with adaptive (default) or fixed
+  // coefficients, DeepSeek-V3's auxiliary-loss-free selection bias, or none.
+  Balance balance = Balance::AdaptiveAux;
+  double balance_speed = 1e-3;  // aux-free: the bias moves by this much per step
+  // The aux loss (its type is also the balance measure logged under aux-free and none, unweighted).
   AuxLossType aux = AuxLossType::Skywork;
   double aux_alpha = 0.01;
-  bool aux_adaptive = true;
   double aux_xi = 0.2, aux_alpha_max = 0.01, aux_beta = 0.99;
   double z_loss = 0.0;
   double capacity_factor = 0.0;
@@ -63,6 +68,9 @@ struct StepLog {
   double val_loss = -1;  // < 0: not evaluated this step
   std::vector<double> drop_rate, alpha, aux_per_layer, entropy;
   std::vector<std::vector<int64_t>> expert_load;  // [layer][expert]
+  // Per layer: load imbalance (max load - mean) / mean of this step (moe/balance.h max_violation),
+  // and under aux-free the selection bias's range (max - min) used in this step (else empty).
+  std::vector<double> max_vio, bias_range;
 };
 
 struct TrainResult {
