@@ -7,6 +7,7 @@
 #include "core/parallel.h"
 #include "io/safetensors.h"
 #include "model/params.h"
+#include "model/gguf_model.h"
 
 namespace sky {
 
@@ -116,7 +117,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   SKY_CHECK(sh.layer_begin == 0 && sh.layer_end == c.num_layers && sh.embed,
             "inference holds every layer and the embedding on every rank (no pipeline split)");
   m.cfg = shard_config(c, sh);
-  SafetensorsReader r = SafetensorsReader::open(dir);
+  SafetensorsReader r = open_model_tensors(dir);
   const int H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, qd = c.q_dim(),
             kvd = c.kv_dim(), hd = c.head_dim;
   // This rank's attention heads: rows of q/k/v, columns of o_proj; its FFN / expert width: rows of
