@@ -24,6 +24,7 @@
 #include "core/block_quant.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "backend/backend.h"
 #include "infer/batch_forward.h"
 #include "infer/infer_model.h"
 #include "io/gguf.h"
@@ -426,6 +427,32 @@ TEST(GgufModel, LlamaMoeMatchesSafetensors) {
         ASSERT_LE(err, quantized ? amax / steps * 1.01 + 1e-7 : 0.0) << file << " " << s.name << " block " << i / 32;
       }
     }
+  }
+}
+
+// Block-quantized weights run as stored (views into the map, integer-dot kernels) and match the same
+// weights decoded to f32 within the int8 activations' rounding; the reference backend decodes them
+// exactly.
+TEST(GgufModel, BlockWeightsRunAsStored) {
+  for (const char* file : {"llama_moe-q8_0.gguf", "llama_moe-q4_0.gguf"}) {
+    InferModel a = InferModel::load(kG + file);
+    EXPECT_EQ(a.layers[0].wq.dtype, DType::Blocks) << file;
+    EXPECT_EQ(a.layers[1].w2[3].dtype, DType::Blocks) << file;
+    EXPECT_EQ(a.lm_head.dtype, DType::Blocks) << file;
+    EXPECT_EQ(a.weight_dtype, std::string(file).find("q8") != std::string::npos ? "q8_0" : "q4_0");
+    EXPECT_TRUE(a.mmapped);
+    InferLoadOptions f32;
+    f32.dtype = "f32";
+    InferModel b = InferModel::load(kG + file, f32);
+    EXPECT_EQ(b.layers[0].wq.dtype, DType::F32);
+    EXPECT_LT(a.decode_weight_bytes_per_token(), b.decode_weight_bytes_per_token() / 3) << file;
+    const std::vector<int32_t> ids = prompt(a.cfg.vocab_size);
+    const std::vector<float> want = engine_logits(b, ids);
+    EXPECT_LT(rel_rms(engine_logits(a, ids).data(), want.data(), want.size()), 0.02) << file;
+    a.be = &backend("ref");
+    b.be = &backend("ref");
+    const std::vector<float> ra = engine_logits(a, ids), rb = engine_logits(b, ids);
+    EXPECT_LT(rel_rms(ra.data(), rb.data(), rb.size()), 1e-6) << file;
   }
 }
 

@@ -51,6 +51,20 @@ static QWeight load_linear(const SafetensorsReader& r, const std::string& name, 
                            bool is_head, bool* mmapped, Range rows = {}, Range cols = {}) {
   if (rows.size == 0) rows = {0, O};
   if (cols.size == 0) cols = {0, I};
+  // Block-quantized (GGUF) weights run as stored when nothing else is asked for: whole rows are a
+  // view into the map (q/k of llama files: a reordered copy); a column block is converted below.
+  if (r.has_blocks(name) && o.dtype == "auto" && !(is_head && o.lm_head != "auto") && cols.size == I) {
+    const TensorInfo& ti = r.info(name);
+    SKY_CHECK(ti.shape == Shape({O, I}), "tensor '{}' in {} has shape {}, expected [{}, {}]", name, r.path(),
+              shape_str(ti.shape), O, I);
+    const BlockTensor b = r.blocks(name);
+    const BlockTraits* tr = block_traits(uint32_t(b.type));
+    if (block_is_quantized(b.type) && tr && tr->decodable) {
+      *mmapped = true;
+      const auto* p = static_cast<const uint8_t*>(b.data) + size_t(rows.begin) * b.row_bytes();
+      return block_weight(b.type, p, b.owner, rows.size, I);
+    }
+  }
   Tensor full = r.get_checked(name, {O, I});
   Tensor t = block_of(full, rows, cols);
   const bool is_view = t.data >= full.data && t.data < static_cast<char*>(full.data) + full.nbytes();
@@ -188,7 +202,10 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   m.mmapped = mm;
   m.rope = RopeTable(c.head_dim, c.max_position_embeddings, c.rope_theta);
   const QWeight& probe = m.layers[0].wq;
-  m.weight_dtype = probe.dtype == DType::F8_E4M3 ? "fp8" : probe.dtype == DType::BF16 ? "bf16" : "f32";
+  m.weight_dtype = probe.dtype == DType::Blocks     ? block_type_name(probe.block)
+                   : probe.dtype == DType::F8_E4M3 ? "fp8"
+                   : probe.dtype == DType::BF16    ? "bf16"
+                                                   : "f32";
   return m;
 }
 
