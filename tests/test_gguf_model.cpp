@@ -26,6 +26,7 @@
 #include "core/error.h"
 #include "backend/backend.h"
 #include "infer/batch_forward.h"
+#include "io/chat_template.h"
 #include "infer/infer_model.h"
 #include "io/gguf.h"
 #include "io/gguf_export.h"
@@ -621,6 +622,28 @@ TEST(GgufTokenizer, SentencePieceVocabulary) {
   // No vocabulary: the error names the key.
   export_gguf(m, nullptr, dir + "/n.gguf", o);
   EXPECT_NE(error_of([&] { Tokenizer::load(dir + "/n.gguf"); }).find("tokenizer.ggml.model"), std::string::npos);
+}
+
+// tokenizer.chat_template with the special tokens of tokenizer.ggml.*.
+TEST(GgufTokenizer, ChatTemplate) {
+  const std::string dir = skytest::temp_dir("gguf-chat");
+  gguf::Writer w;
+  w.add_string("general.architecture", "llama");
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  w.add_string_array("tokenizer.ggml.tokens", {"a", "b", "<|im_start|>", "<|im_end|>"});
+  w.add_i32_array("tokenizer.ggml.token_type", {1, 1, 3, 3});
+  w.add_u32("tokenizer.ggml.eos_token_id", 3);
+  w.add_string("tokenizer.chat_template",
+               "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
+  w.write(dir + "/c.gguf");
+  const std::optional<ChatTemplate> t = ChatTemplate::from_model_dir(dir + "/c.gguf");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->render(nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}}), true),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  ASSERT_FALSE(t->stop_strings().empty());
+  EXPECT_EQ(t->stop_strings()[0], "<|im_end|>");
+  EXPECT_FALSE(ChatTemplate::from_model_dir(kG + "tok-qwen2.gguf"));  // no template
 }
 
 // ---------------------------------------------------------------------------------------------

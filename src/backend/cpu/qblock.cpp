@@ -14,6 +14,8 @@ namespace sky::qblock {
 
 // Plain C++ (any x86-64), then the SIMD targets with function attributes: the build needs no -m
 // flags, and only the target chosen at run time executes.
+// Everything the tile loop calls is inlined into it: a call there would spill the accumulators.
+#define QB_INLINE inline __attribute__((always_inline))
 #define QB_NS scalar
 #define QB_SIMD 0
 #include "backend/cpu/qblock_impl.inc"
@@ -71,6 +73,7 @@ const Target* current() { return g_forced ? g_forced : best(); }
 thread_local AlignedScratch<int8_t> t_q;
 thread_local AlignedScratch<float> t_d;
 thread_local AlignedScratch<int32_t> t_s;
+thread_local AlignedScratch<float> t_ds;
 
 }  // namespace
 
@@ -88,6 +91,7 @@ Acts quantize(const float* x, int N, int I) {
   int8_t* q = t_q.get(size_t(N) * I);
   float* d = t_d.get(size_t(N) * G);
   int32_t* s = t_s.get(size_t(N) * G);
+  float* ds = t_ds.get(size_t(N) * G);
   for (size_t k = 0; k < size_t(N) * G; k++) {
     const float* xb = x + k * 32;
     float amax = 0;
@@ -102,8 +106,9 @@ Acts quantize(const float* x, int N, int I) {
     }
     d[k] = dk;
     s[k] = sum;
+    ds[k] = dk * float(sum);
   }
-  return {q, d, s, N, I};
+  return {q, d, s, ds, N, I};
 }
 
 void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end) {

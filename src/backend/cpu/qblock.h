@@ -21,6 +21,7 @@ struct Acts {
   const int8_t* q = nullptr;   // [N, I]
   const float* d = nullptr;    // [N, I / 32]
   const int32_t* s = nullptr;  // [N, I / 32]: sum of each block's codes
+  const float* ds = nullptr;   // [N, I / 32]: d * s (the min terms' factor)
   int N = 0, I = 0;
 };
 // Quantizes x [N, I] into per-thread scratch (valid until this thread's next call).
