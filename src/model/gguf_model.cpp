@@ -97,6 +97,10 @@ ModelConfig gguf_model_config(const gguf::File& f) {
   const std::string A = arch + ".";
   ModelConfig c;
   c.num_layers = req_int(f, A + "block_count");
+  // Each layer has tensors: a count beyond the file's is refused before any per-layer work.
+  SKY_CHECK(uint64_t(c.num_layers) <= f.tensors().size(),
+            "{}: metadata '{}block_count' is {} but the file holds {} tensors", f.path(), A, c.num_layers,
+            f.tensors().size());
   c.hidden_size = req_int(f, A + "embedding_length");
   c.num_heads = req_int(f, A + "attention.head_count");
   SKY_CHECK(c.num_heads > 0, "{}: metadata '{}attention.head_count' is 0", f.path(), A);
@@ -136,6 +140,8 @@ ModelConfig gguf_model_config(const gguf::File& f) {
   c.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
 
   c.num_experts = opt_int(f, A + "expert_count", 0);
+  SKY_CHECK(c.num_experts <= (1 << 14), "{}: metadata '{}expert_count' = {} exceeds the limit of 16384", f.path(), A,
+            c.num_experts);
   c.top_k = opt_int(f, A + "expert_used_count", c.num_experts > 0 ? 2 : 0);
   c.first_dense_layers = 0;
   c.intermediate_size = opt_int(f, A + "feed_forward_length", 0);
