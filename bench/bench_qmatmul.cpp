@@ -1,5 +1,6 @@
 // qmatmul speed next to this machine's streaming read bandwidth, measured in the same run.
-// Usage: OMP_NUM_THREADS=2 build/bench_qmatmul [--quick] [--no-bf16-dot]
+// Usage: OMP_NUM_THREADS=2 build/bench_qmatmul [--quick] [--no-bf16-dot] [--blocks]
+// (--blocks: fp8 and GGUF block types only: q8_0, q4_0, q4_K, q5_K, q6_K with random blocks)
 // (--no-bf16-dot: bf16/fp8 weights through the f32 FMA kernels, for comparison)
 // For each weight shape, dtype and batch N: time per call (median and best of many calls), weight
 // bytes read per second (each call reads every weight once) and GFLOP/s. Two bandwidth yardsticks:
@@ -21,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/qblock.h"
 #include "backend/cpu/qmatmul.h"
 
 using namespace sky;
@@ -85,11 +87,13 @@ static std::vector<QWeight> make_copies(const QWeight& q, int copies) {
 }
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, blocks = false;
   for (int i = 1; i < argc; i++) {
+    if (std::strcmp(argv[i], "--blocks") == 0) blocks = true;
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--no-bf16-dot") == 0) qmatmul_set_bf16_dot(false);
   }
+  std::printf("block kernels: %s\n", qblock::target());
   std::printf("qmatmul target %s, bf16 dot products for bf16/fp8 weights: %s, %d threads\n", qmatmul_target(),
               qmatmul_uses_bf16_dot(DType::F8_E4M3) ? "yes" : "no", omp_get_max_threads());
   const Timing bw = read_bandwidth();
@@ -114,11 +118,29 @@ int main(int argc, char** argv) {
     for (auto& v : w) v = nd(rng);
     std::vector<float> x(size_t(64) * sh.I), y(size_t(64) * sh.O);
     for (auto& v : x) v = nd(rng) * 50;
-    struct Variant { const char* name; DType t; };
-    for (const Variant& v : {Variant{"f32", DType::F32}, Variant{"bf16", DType::BF16}, Variant{"fp8", DType::F8_E4M3},
-                             Variant{"sgemm", DType::F32}}) {
+    struct Variant { const char* name; DType t; BlockType b; };
+    const Variant all[] = {{"f32", DType::F32, BlockType::F32},       {"bf16", DType::BF16, BlockType::F32},
+                           {"fp8", DType::F8_E4M3, BlockType::F32},   {"sgemm", DType::F32, BlockType::F32},
+                           {"q8_0", DType::Blocks, BlockType::Q8_0},  {"q4_0", DType::Blocks, BlockType::Q4_0},
+                           {"q4_K", DType::Blocks, BlockType::Q4_K},  {"q5_K", DType::Blocks, BlockType::Q5_K},
+                           {"q6_K", DType::Blocks, BlockType::Q6_K}};
+    for (const Variant& v : all) {
       if (quick && v.name[0] == 's') continue;
-      const QWeight q0 = quantize_weight(w.data(), sh.O, sh.I, v.t, true);
+      if (blocks && v.t != DType::Blocks && v.t != DType::F8_E4M3) continue;
+      if (!blocks && v.t == DType::Blocks && quick) continue;
+      QWeight q0;
+      if (v.t == DType::Blocks) {  // random bytes with small f16 scales: the speed does not depend on values
+        const size_t rb = block_row_bytes(v.b, sh.I), nb = size_t(sh.O) * rb;
+        Tensor buf = Tensor::empty(DType::U32, {int64_t(nb / 4)});
+        auto* p = static_cast<uint8_t*>(buf.data);
+        for (size_t k = 0; k < nb; k++) p[k] = uint8_t(rng());
+        const size_t bb = size_t(block_bytes(v.b)), off = v.b == BlockType::Q6_K ? 208 : 0;
+        for (size_t k = 0; k + bb <= nb; k += bb) p[k + off + 1] = 0x1c;  // f16 exponent ~2^-8
+        q0 = block_weight(v.b, buf.data, buf.owner, sh.O, sh.I);
+        q0.storage = buf;
+      } else {
+        q0 = quantize_weight(w.data(), sh.O, sh.I, v.t, true);
+      }
       const int copies = sh.cold ? int((size_t(256) << 20) / q0.bytes()) + 1 : 1;
       const std::vector<QWeight> qs = make_copies(q0, copies);
       const size_t nbytes = q0.storage.nbytes() / 64 * 64;

@@ -5,6 +5,7 @@
 #include <set>
 #include <nlohmann/json.hpp>
 
+#include "model/gguf_model.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "io/safetensors.h"
@@ -29,13 +30,14 @@ int cmd_info(int argc, char** argv) {
   struct Row { std::string name, dtype; Shape shape; size_t bytes; };
   std::vector<Row> rows;
   std::map<std::string, size_t> bytes_by_dtype;
-  bool have_files = std::filesystem::is_directory(model);
+  bool have_files = std::filesystem::is_directory(model) || is_gguf_file(model);
   if (have_files) {
-    SafetensorsReader r = SafetensorsReader::open(model);
+    SafetensorsReader r = open_model_tensors(model);
     for (auto& n : r.names()) {
       const TensorInfo& ti = r.info(n);
-      rows.push_back({n, dtype_name(ti.dtype), ti.shape, ti.nbytes});
-      bytes_by_dtype[dtype_name(ti.dtype)] += ti.nbytes;
+      const std::string dt = ti.stored_as.empty() ? dtype_name(ti.dtype) : ti.stored_as;
+      rows.push_back({n, dt, ti.shape, ti.nbytes});
+      bytes_by_dtype[dt] += ti.nbytes;
     }
   } else {
     std::set<std::string> stacked;  // listed once, whole, as the files hold them

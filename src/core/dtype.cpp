@@ -16,6 +16,7 @@ size_t dtype_size(DType t) {
     case DType::F8_E5M2: return 1;
     case DType::U32: return 4;
     case DType::I64: return 8;
+    case DType::Blocks: return 1;
   }
   return 0;
 }
@@ -29,6 +30,7 @@ const char* dtype_name(DType t) {
     case DType::F8_E5M2: return "F8_E5M2";
     case DType::U32: return "U32";
     case DType::I64: return "I64";
+    case DType::Blocks: return "BLOCKS";
   }
   return "?";
 }
@@ -49,7 +51,7 @@ DType dtype_parse(const std::string& s) {
   return t;
 }
 
-bool dtype_is_float(DType t) { return t != DType::U32 && t != DType::I64; }
+bool dtype_is_float(DType t) { return t != DType::U32 && t != DType::I64 && t != DType::Blocks; }
 
 static uint32_t bits_of(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
 static float float_of(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }

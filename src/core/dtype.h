@@ -7,7 +7,9 @@
 
 namespace sky {
 
-enum class DType : uint8_t { F32, BF16, F16, F8_E4M3, F8_E5M2, U32, I64 };
+// Blocks: a block-quantized matrix (ggml's Q8_0, Q4_K, ...; QWeight::block names the type); not an
+// element type of tensors, so it has no name in files and no conversions.
+enum class DType : uint8_t { F32, BF16, F16, F8_E4M3, F8_E5M2, U32, I64, Blocks };
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);           // safetensors spelling: "F32", "BF16", ...

@@ -10,6 +10,32 @@
 
 namespace sky {
 
+QWeight block_weight(BlockType type, const void* data, std::shared_ptr<void> owner, int O, int I) {
+  const BlockTraits* t = block_traits(uint32_t(type));
+  SKY_CHECK(t && t->decodable && block_is_quantized(type), "block_weight: type {} is not a block type skymoe runs",
+            t ? t->name : "?");
+  SKY_CHECK(I % t->block_values == 0, "block_weight: {} rows of {} values are not whole blocks", t->name, I);
+  QWeight q;
+  q.dtype = DType::Blocks;
+  q.block = type;
+  q.O = O;
+  q.I = I;
+  q.data = data;
+  q.storage.dtype = DType::U32;  // only keeps the bytes alive
+  q.storage.data = const_cast<void*>(data);
+  q.storage.owner = std::move(owner);
+  return q;
+}
+
+void dequantize_row(const QWeight& w, int o, float* out) {
+  const auto* row = static_cast<const uint8_t*>(w.data) + size_t(o) * w.row_bytes();
+  if (w.dtype == DType::Blocks) return block_dequantize(w.block, row, out, w.I);
+  convert_to_f32(w.dtype, row, out, size_t(w.I));
+  const float s = w.row_scale(o);
+  if (w.scale)
+    for (int i = 0; i < w.I; i++) out[i] *= s;
+}
+
 QWeight quantize_weight(const float* w, int O, int I, DType dtype, bool per_row) {
   QWeight q;
   q.dtype = dtype;

@@ -26,7 +26,7 @@ static std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
 
 // The matrix bytes of a weight (its scales live in another buffer: QWeight::bytes() counts both).
 static double touch(const QWeight& w) {
-  return w.data ? touch_bytes(w.data, size_t(w.O) * w.I * dtype_size(w.dtype)) : 0.0;
+  return w.data ? touch_bytes(w.data, size_t(w.O) * w.row_bytes()) : 0.0;
 }
 
 void warm_weights(const InferModel& m) {

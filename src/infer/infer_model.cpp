@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/params.h"
 #include "model/stored_tensor.h"
+#include "model/gguf_model.h"
 
 namespace sky {
 
@@ -53,6 +54,21 @@ static QWeight load_linear(const SafetensorsReader& r, const StoredAt& at, int O
                            bool is_head, bool* mmapped, Range rows = {}, Range cols = {}) {
   if (rows.size == 0) rows = {0, O};
   if (cols.size == 0) cols = {0, I};
+  // Block-quantized (GGUF) weights run as stored when nothing else is asked for: whole rows are a
+  // view into the map (q/k of llama files: a reordered copy); a column block is converted below.
+  if (at.row0 == 0 && r.has_blocks(at.name) && o.dtype == "auto" && !(is_head && o.lm_head != "auto") &&
+      cols.size == I) {
+    const TensorInfo& ti = r.info(at.name);
+    SKY_CHECK(ti.shape == Shape({O, I}), "tensor '{}' in {} has shape {}, expected [{}, {}]", at.name, r.path(),
+              shape_str(ti.shape), O, I);
+    const BlockTensor b = r.blocks(at.name);
+    const BlockTraits* tr = block_traits(uint32_t(b.type));
+    if (block_is_quantized(b.type) && tr && tr->decodable) {
+      *mmapped = true;
+      const auto* p = static_cast<const uint8_t*>(b.data) + size_t(rows.begin) * b.row_bytes();
+      return block_weight(b.type, p, b.owner, rows.size, I);
+    }
+  }
   Tensor full = read_stored(r, at, {O, I});
   Tensor t = block_of(full, rows, cols);
   const bool is_view = t.data >= full.data && t.data < static_cast<char*>(full.data) + full.nbytes();
@@ -136,7 +152,7 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   SKY_CHECK(sh.layer_begin == 0 && sh.layer_end == c.num_layers && sh.embed,
             "inference holds every layer and the embedding on every rank (no pipeline split)");
   m.cfg = shard_config(c, sh);
-  SafetensorsReader r = SafetensorsReader::open(dir);
+  SafetensorsReader r = open_model_tensors(dir);
   const int H = c.hidden_size, I = c.intermediate_size, EI = c.moe_intermediate_size, qd = c.q_dim(),
             kvd = c.kv_dim(), hd = c.head_dim;
   // This rank's attention heads: rows of q/k/v, columns of o_proj; its FFN / expert width: rows of
@@ -234,7 +250,10 @@ InferModel InferModel::load(const std::string& dir, const InferLoadOptions& o, c
   m.mmapped = mm;
   m.rope = RopeTable(c.rope_dim(), c.max_position_embeddings, c.rope_theta, c.rope_scaling, c.rope_interleave);
   const QWeight& probe = c.mla() ? m.layers[0].wkv_a : m.layers[0].wq;
-  m.weight_dtype = probe.dtype == DType::F8_E4M3 ? "fp8" : probe.dtype == DType::BF16 ? "bf16" : "f32";
+  m.weight_dtype = probe.dtype == DType::Blocks     ? block_type_name(probe.block)
+                   : probe.dtype == DType::F8_E4M3 ? "fp8"
+                   : probe.dtype == DType::BF16    ? "bf16"
+                                                   : "f32";
   return m;
 }
 

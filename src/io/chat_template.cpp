@@ -11,6 +11,7 @@
 #include <iterator>
 
 #include "core/error.h"
+#include "io/gguf_reader.h"
 #include "io/json_input.h"
 #include "io/tokenizer.h"
 
@@ -87,7 +88,36 @@ std::string trim_ws(const std::string& s) {
 
 }  // namespace
 
+// A GGUF file's tokenizer.chat_template, with its special tokens from tokenizer.ggml.* (bos/eos/
+// unk/pad by id; control and user-defined tokens as the added tokens).
+static std::optional<ChatTemplate> from_gguf(const std::string& path) {
+  const gguf::File f = gguf::File::open(path);
+  if (!f.has("tokenizer.chat_template")) return std::nullopt;
+  const std::string& source = f.get_string("tokenizer.chat_template");
+  ChatTokens tokens;
+  if (f.has("tokenizer.ggml.tokens")) {
+    const std::vector<std::string>& pieces = f.get_strings("tokenizer.ggml.tokens");
+    auto piece = [&](const char* key) -> std::optional<std::string> {
+      if (!f.has(key)) return std::nullopt;
+      const int64_t id = f.get_int(key);
+      if (id < 0 || uint64_t(id) >= pieces.size()) fail("{}: metadata '{}' = {} is not a token id", path, key, id);
+      return pieces[size_t(id)];
+    };
+    tokens.bos = piece("tokenizer.ggml.bos_token_id");
+    tokens.eos = piece("tokenizer.ggml.eos_token_id");
+    tokens.unk = piece("tokenizer.ggml.unknown_token_id");
+    tokens.pad = piece("tokenizer.ggml.padding_token_id");
+    if (f.has("tokenizer.ggml.token_type")) {
+      const std::vector<int64_t> types = f.get_ints("tokenizer.ggml.token_type");
+      for (size_t i = 0; i < types.size() && i < pieces.size(); i++)
+        if (types[i] == 3 || types[i] == 4) tokens.added.emplace_back(pieces[i], int32_t(i));
+    }
+  }
+  return ChatTemplate(source, path + " tokenizer.chat_template", std::move(tokens));
+}
+
 std::optional<ChatTemplate> ChatTemplate::from_model_dir(const std::string& dir) {
+  if (gguf::File::is_gguf(dir)) return from_gguf(dir);
   const fs::path d(dir);
   const std::string cfg_path = (d / "tokenizer_config.json").string();
   const std::string jinja_path = (d / "chat_template.jinja").string();

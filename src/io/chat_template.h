@@ -32,6 +32,7 @@ class ChatTemplate {
   // which the one named "default" is used. Special tokens come from tokenizer_config.json (or
   // special_tokens_map.json). nullopt when there is no template; sky::Error naming the file for a
   // malformed file or a template with a syntax error.
+  // A GGUF file instead of DIR: its tokenizer.chat_template, special tokens from tokenizer.ggml.*.
   static std::optional<ChatTemplate> from_model_dir(const std::string& dir);
 
   // `origin` names the template in error messages (e.g. its file).

@@ -35,26 +35,6 @@ uint64_t pad_to(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
 
-const char* tensor_type_name(TensorType t) {
-  switch (t) {
-    case TensorType::F32: return "f32";
-    case TensorType::F16: return "f16";
-    case TensorType::Q8_0: return "q8_0";
-  }
-  return "?";
-}
-
-int64_t block_values(TensorType t) { return t == TensorType::Q8_0 ? kQ8Block : 1; }
-
-int64_t block_bytes(TensorType t) {
-  switch (t) {
-    case TensorType::F32: return 4;
-    case TensorType::F16: return 2;
-    case TensorType::Q8_0: return 2 + kQ8Block;
-  }
-  return 0;
-}
-
 uint64_t tensor_nbytes(TensorType t, const std::vector<int64_t>& ne) {
   SKY_CHECK(!ne.empty(), "gguf: a tensor needs at least one dimension");
   uint64_t n = 1;
@@ -67,33 +47,13 @@ uint64_t tensor_nbytes(TensorType t, const std::vector<int64_t>& ne) {
   return n / block_values(t) * block_bytes(t);
 }
 
-void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
-  SKY_CHECK(n % kQ8Block == 0, "q8_0: {} values is not a multiple of {}", n, kQ8Block);
-  for (int64_t b = 0; b < n / kQ8Block; b++) {
-    const float* xb = x + b * kQ8Block;
-    uint8_t* ob = out + b * (2 + kQ8Block);
-    float amax = 0;
-    for (int i = 0; i < kQ8Block; i++) amax = std::max(amax, std::fabs(xb[i]));
-    SKY_CHECK(std::isfinite(amax), "q8_0: non-finite value in block {}", b);
-    // Quantizing against the f16-rounded scale (ggml's reference uses the unrounded one) keeps
-    // every decoded value within d/2; |x/d| can exceed 127 by at most 127 * 2^-11, so it still
-    // rounds to 127.
-    const uint16_t dh = f32_to_f16(amax / 127.0f);
-    const float d = f16_to_f32(dh);
-    std::memcpy(ob, &dh, 2);
-    for (int i = 0; i < kQ8Block; i++) {
-      long q = d > 0 ? std::lround(xb[i] / d) : 0;
-      ob[2 + i] = uint8_t(int8_t(std::clamp(q, -127L, 127L)));
-    }
-  }
-}
-
 std::vector<uint8_t> encode(TensorType t, const float* x, int64_t n) {
   std::vector<uint8_t> out(size_t(n / block_values(t) * block_bytes(t)));
   switch (t) {
     case TensorType::F32: std::memcpy(out.data(), x, out.size()); break;
     case TensorType::F16: convert_from_f32(DType::F16, x, out.data(), size_t(n)); break;
     case TensorType::Q8_0: quantize_q8_0(x, n, out.data()); break;
+    default: fail("gguf: the writer does not encode {}", tensor_type_name(t));
   }
   return out;
 }

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/block_quant.h"
+
 namespace sky::gguf {
 
 constexpr uint32_t kVersion = 3;
@@ -23,20 +25,19 @@ enum class ValueType : uint32_t {
   U64 = 10, I64 = 11, F64 = 12,
 };
 
-// The ggml tensor types this writer produces (ggml_type numbering).
-enum class TensorType : uint32_t { F32 = 0, F16 = 1, Q8_0 = 8 };
+// ggml tensor types (ggml_type numbering; core/block_quant.h). The writer produces F32, F16, Q8_0.
+using TensorType = BlockType;
 
-const char* tensor_type_name(TensorType t);  // "f32", "f16", "q8_0"
-// Values per block (1, or 32 for Q8_0) and bytes per block.
-int64_t block_values(TensorType t);
-int64_t block_bytes(TensorType t);
+inline const char* tensor_type_name(TensorType t) { return block_type_name(t); }  // "f32", "q8_0", ...
+using sky::block_bytes;
+using sky::block_values;
 // Bytes of a tensor with dimensions ne (innermost first); ne[0] must be a multiple of the block.
 uint64_t tensor_nbytes(TensorType t, const std::vector<int64_t>& ne);
 
 // Q8_0: blocks of 32 values -> {f16 d, int8 q[32]} (34 bytes), x ~= d * q. d is max|x|/127 rounded
 // to f16, and q = round(x / d) with that rounded d, so the decoded error stays within d/2.
 constexpr int kQ8Block = 32;
-void quantize_q8_0(const float* x, int64_t n, uint8_t* out);  // n a multiple of 32
+using sky::quantize_q8_0;  // n a multiple of 32
 // f32 or f16 or Q8_0 bytes of n values.
 std::vector<uint8_t> encode(TensorType t, const float* x, int64_t n);
 

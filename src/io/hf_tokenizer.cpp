@@ -1144,6 +1144,17 @@ std::shared_ptr<const HfTokenizer> HfTokenizer::parse(std::string_view text, con
   return t;
 }
 
+std::shared_ptr<const HfTokenizer> HfTokenizer::parse_with_ids(std::string_view json_text, const std::string& name,
+                                                               int bos, int eos, int pad) {
+  std::shared_ptr<const HfTokenizer> t = parse(json_text, name, "");
+  Impl& m = *t->impl_;
+  const int n = int(m.pieces.size());
+  m.bos = bos >= 0 && bos < n ? bos : -1;
+  m.eos = eos >= 0 && eos < n ? eos : -1;
+  m.pad = pad >= 0 && pad < n ? pad : -1;
+  return t;
+}
+
 std::vector<int32_t> HfTokenizer::encode(std::string_view text) const {
   const Impl& m = *impl_;
   std::string repaired;

@@ -39,6 +39,9 @@ class HfTokenizer {
   // ("" for nowhere).
   static std::shared_ptr<const HfTokenizer> parse(std::string_view json_text, const std::string& name,
                                                   const std::string& dir);
+  // The same with bos/eos/pad given (-1: none) instead of read from files (a GGUF vocabulary).
+  static std::shared_ptr<const HfTokenizer> parse_with_ids(std::string_view json_text, const std::string& name, int bos,
+                                                           int eos, int pad);
   ~HfTokenizer();
 
   // Invalid UTF-8 in `text` is read as U+FFFD (the library only takes valid text).

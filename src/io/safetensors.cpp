@@ -258,8 +258,32 @@ const TensorInfo& SafetensorsReader::info(const std::string& name) const {
   return it->second;
 }
 
+SafetensorsReader SafetensorsReader::from_virtual(std::string path, std::vector<Virtual> tensors) {
+  SafetensorsReader r;
+  r.path_ = std::move(path);
+  for (Virtual& v : tensors) {
+    const std::string name = v.info.name;
+    SKY_CHECK(!r.virtual_.count(name), "{}: tensor '{}' given twice", r.path_, name);
+    r.infos_[name] = v.info;
+    r.virtual_.emplace(name, std::move(v));
+  }
+  return r;
+}
+
+bool SafetensorsReader::has_blocks(const std::string& name) const {
+  auto it = virtual_.find(name);
+  return it != virtual_.end() && bool(it->second.blocks);
+}
+
+BlockTensor SafetensorsReader::blocks(const std::string& name) const {
+  auto it = virtual_.find(name);
+  if (it == virtual_.end() || !it->second.blocks) fail("tensor '{}' in {} has no block form", name, path_);
+  return it->second.blocks();
+}
+
 Tensor SafetensorsReader::get(const std::string& name) const {
   const TensorInfo& i = info(name);
+  if (auto it = virtual_.find(name); it != virtual_.end()) return it->second.make();
   const std::shared_ptr<void>& base = maps_.at(i.file);
   Tensor t;
   t.dtype = i.dtype;

@@ -3,11 +3,13 @@
 // model.safetensors.index.json) and atomic writing (temp file, then rename).
 // Format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
 // data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the data (offsets relative to it).
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/block_quant.h"
 #include "core/tensor.h"
 
 namespace sky {
@@ -19,6 +21,19 @@ struct TensorInfo {
   std::string file;     // the shard it lives in
   size_t offset = 0;    // absolute byte offset in that file
   size_t nbytes = 0;
+  // Tensors of another format presented under HF names (SafetensorsReader::from_virtual, a GGUF
+  // model): the stored type ("q4_K", "f16", ...; dtype is then what get() returns) and bytes stored.
+  std::string stored_as;
+};
+
+// A matrix in a block-quantized (or plain) ggml type, rows of `cols` values, row-major: a view into
+// a GGUF file's map (or a copy when its rows had to be reordered).
+struct BlockTensor {
+  BlockType type = BlockType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;
+  std::shared_ptr<void> owner;
+  size_t row_bytes() const { return block_row_bytes(type, cols); }
 };
 
 class SafetensorsReader {
@@ -27,6 +42,18 @@ class SafetensorsReader {
   // model.safetensors.index.json (+ shards). Validates every header fully: header length,
   // JSON, dtypes, shapes vs byte sizes, offsets in range, no overlapping tensors.
   static SafetensorsReader open(const std::string& path);
+  // Tensors of another format (model/gguf_model.h) under HF names: get() runs `make` (a view or a
+  // converted copy); `blocks`, when set, gives the stored block-quantized form.
+  struct Virtual {
+    TensorInfo info;
+    std::function<Tensor()> make;
+    std::function<BlockTensor()> blocks;
+  };
+  static SafetensorsReader from_virtual(std::string path, std::vector<Virtual> tensors);
+  bool is_virtual() const { return !virtual_.empty(); }
+  // Whether a (virtual, 2-D) tensor has a stored block form, and that form.
+  bool has_blocks(const std::string& name) const;
+  BlockTensor blocks(const std::string& name) const;
 
   bool has(const std::string& name) const { return infos_.count(name) != 0; }
   std::vector<std::string> names() const;  // sorted
@@ -46,6 +73,7 @@ class SafetensorsReader {
   std::map<std::string, TensorInfo> infos_;
   std::map<std::string, std::shared_ptr<void>> maps_;  // file -> mapping (munmap on release)
   std::map<std::string, std::string> metadata_;
+  std::map<std::string, Virtual> virtual_;
 };
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;

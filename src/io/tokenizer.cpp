@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/gguf_reader.h"
 #include "io/hf_tokenizer.h"
 #include "io/token_data.h"
 
@@ -221,6 +222,13 @@ Tokenizer Tokenizer::from_hf(std::shared_ptr<const HfTokenizer> hf) {
 
 std::string find_tokenizer(const std::string& model_dir) {
   std::error_code ec;
+  if (gguf::File::is_gguf(model_dir)) {  // its own tokenizer when it has a vocabulary
+    try {
+      return gguf::File::open(model_dir).has("tokenizer.ggml.model") ? model_dir : "";
+    } catch (const Error&) {
+      return "";  // loading the model reports what is wrong with the file
+    }
+  }
   for (const char* name : {"tokenizer.json", "tokenizer.model"})
     if (fs::path p = fs::path(model_dir) / name; fs::is_regular_file(p, ec)) return p.string();
   return "";
@@ -247,6 +255,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     return load(file);
   }
   check_readable(path, "tokenizer");
+  if (gguf::File::is_gguf(path)) return from_gguf(path);
   if (looks_like_json(path)) return from_hf(HfTokenizer::load(path));
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   // Most problems come back as a status, but the trie builder throws its own exception (a piece

@@ -37,6 +37,7 @@ class Tokenizer {
   // For a tokenizer.json, bos/eos/pad come from tokenizer_config.json next to it (bos_token... as a
   // string or {"content": ...}; null: none), else from config.json there (bos_token_id...), else
   // there are none (-1).
+  // A GGUF file's vocabulary (tokenizer.ggml.*, io/gguf_tokenizer.cpp) is read too.
   static Tokenizer load(const std::string& path);
 
   // Trains on the lines of `text_files` (blank lines and lone "%" fortune separators skipped, very
@@ -85,6 +86,7 @@ class Tokenizer {
  private:
   static Tokenizer from_processor(std::shared_ptr<sentencepiece::SentencePieceProcessor> sp, std::string path);
   static Tokenizer from_hf(std::shared_ptr<const HfTokenizer> hf);
+  static Tokenizer from_gguf(const std::string& path);  // io/gguf_tokenizer.cpp
   std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;
   std::shared_ptr<const HfTokenizer> hf_;  // set instead of sp_ for a tokenizer.json
   std::string path_;
@@ -94,7 +96,7 @@ class Tokenizer {
 };
 
 // The tokenizer file of a model directory: tokenizer.json when present (its ids are the ones the
-// model's authors encoded with), else tokenizer.model, else "".
+// model's authors encoded with), else tokenizer.model, else ""; a GGUF file is its own tokenizer.
 std::string find_tokenizer(const std::string& model_dir);
 
 // Generation output one token at a time: push() returns the text that is complete so far (whole

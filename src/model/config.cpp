@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "io/json_input.h"
+#include "model/gguf_model.h"
 
 namespace sky {
 
@@ -606,6 +607,7 @@ json ModelConfig::to_hf_json() const {
 }
 
 ModelConfig ModelConfig::load_file(const std::string& path) {
+  if (is_gguf_file(path)) return gguf_model_config(gguf::File::open(path));
   fs::path p = path;
   std::error_code ec;
   if (fs::is_directory(p, ec)) p /= "config.json";

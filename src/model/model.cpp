@@ -12,6 +12,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/stored_tensor.h"
+#include "model/gguf_model.h"
 
 namespace sky {
 
@@ -192,7 +193,7 @@ static void load_one(const SafetensorsReader& r, const ParamSpec& s, float* dst)
 }
 
 void load_params(const std::string& dir, const ParamLayout& layout, float* out) {
-  SafetensorsReader r = SafetensorsReader::open(dir);
+  SafetensorsReader r = open_model_tensors(dir);
   parallel_for(layout.specs.size(), [&](size_t i) { load_one(r, layout.specs[i], out + layout.specs[i].offset); });
 }
 
@@ -202,7 +203,8 @@ Model Model::load(const std::string& dir, const Shard& shard) { return load(dir,
 
 Model Model::load(const std::string& dir, const std::optional<Shard>& shard) {
   std::error_code ec;
-  SKY_CHECK(fs::is_directory(dir, ec), "model directory '{}' does not exist or is not a directory", dir);
+  SKY_CHECK(fs::is_directory(dir, ec) || is_gguf_file(dir),
+            "model directory '{}' does not exist or is not a directory (or a GGUF file)", dir);
   Model m;
   m.cfg = ModelConfig::load_file(dir);
   m.shard = shard ? *shard : Shard::full(m.cfg);

@@ -10,6 +10,7 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "core/weight.h"
+#include "model/gguf_model.h"
 
 namespace sky {
 
@@ -59,7 +60,7 @@ QuantizeReport quantize_checkpoint(const std::string& in_dir, const std::string&
   SKY_CHECK(o.to == "fp8" || o.to == "bf16", "--to '{}' (expected fp8 or bf16)", o.to);
   SKY_CHECK(fs::absolute(in_dir) != fs::absolute(out_dir), "--out must differ from --model ({})", in_dir);
   ModelConfig cfg = ModelConfig::load_file(in_dir);  // validates the config before any work
-  SafetensorsReader r = SafetensorsReader::open(in_dir);
+  SafetensorsReader r = open_model_tensors(in_dir);
   const std::set<std::string> linears = quantizable_linears(cfg);
   QuantizeReport rep;
   NamedTensors out;

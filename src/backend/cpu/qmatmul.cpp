@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/scratch.h"
+#include "backend/cpu/qblock.h"
 #include "backend/cpu/qmatmul_bf16.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -181,8 +182,9 @@ HWY_EXPORT(QRows);
 HWY_EXPORT(TargetName);
 
 static void check(const QWeight& w) {
-  SKY_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F8_E4M3,
-            "qmatmul: unsupported weight dtype {}", dtype_name(w.dtype));
+  SKY_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F8_E4M3 ||
+                (w.dtype == DType::Blocks && qblock::supported(w.block)),
+            "qmatmul: unsupported weight type {}", w.dtype == DType::Blocks ? block_type_name(w.block) : dtype_name(w.dtype));
   SKY_CHECK(w.data || size_t(w.O) * w.I == 0, "qmatmul: weight has no data");
 }
 
@@ -203,9 +205,14 @@ thread_local AlignedScratch<uint16_t> t_xb[2];
 struct Prepared {
   const float* x;
   const uint16_t* xb[2] = {nullptr, nullptr};
+  qblock::Acts xq;  // int8 blocks, for block-quantized weights
   int N;
   Prepared(const float* x_, int N_) : x(x_), N(N_) {}
   void add(const QWeight& w) {
+    if (w.dtype == DType::Blocks) {
+      if (!xq.q) xq = qblock::quantize(x, N, w.I);
+      return;
+    }
     if (!qmatmul_uses_bf16_dot(w.dtype)) return;
     const int k = w.dtype == DType::F8_E4M3;
     if (xb[k]) return;
@@ -214,7 +221,9 @@ struct Prepared {
     xb[k] = p;
   }
   void run(const QWeight& w, float* y, int o0, int o1) const {
-    if (qmatmul_uses_bf16_dot(w.dtype))
+    if (w.dtype == DType::Blocks)
+      qblock::rows(w, xq, y, o0, o1);
+    else if (qmatmul_uses_bf16_dot(w.dtype))
       bf16dot::rows(w, xb[w.dtype == DType::F8_E4M3], y, N, o0, o1);
     else
       HWY_DYNAMIC_DISPATCH(QRows)(w, x, y, N, o0, o1);

@@ -235,11 +235,15 @@ void swiglu_backward_t(T* dgate, T* dup, const T* dout, const T* gate, const T* 
 // the row's scale applied to the double sum.
 
 void linear_t(float* y, const float* x, const QWeight& w, int N) {
-  SKY_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F8_E4M3,
+  SKY_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F8_E4M3 || w.dtype == DType::Blocks,
             "ref linear: unsupported weight dtype {}", dtype_name(w.dtype));
   const long O = w.O, I = w.I;
   std::vector<float> wf(size_t(O) * I);
-  convert_to_f32(w.dtype, w.data, wf.data(), wf.size());
+  if (w.dtype == DType::Blocks) {  // decoded exactly, scales inside: the row scale below is 1
+    for (long o = 0; o < O; o++) dequantize_row(w, int(o), wf.data() + o * I);
+  } else {
+    convert_to_f32(w.dtype, w.data, wf.data(), wf.size());
+  }
   for (long n = 0; n < N; n++)
     for (long o = 0; o < O; o++) {
       double s = 0;

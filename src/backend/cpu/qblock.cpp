@@ -1,0 +1,138 @@
+#include "backend/cpu/qblock.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/scratch.h"
+
+namespace sky::qblock {
+
+// Plain C++ (any x86-64), then the SIMD targets with function attributes: the build needs no -m
+// flags, and only the target chosen at run time executes.
+// Everything the tile loop calls is inlined into it: a call there would spill the accumulators.
+#define QB_INLINE inline __attribute__((always_inline))
+#define QB_NS scalar
+#define QB_SIMD 0
+#include "backend/cpu/qblock_impl.inc"
+#undef QB_NS
+#undef QB_SIMD
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define QB_NS avx2
+#define QB_SIMD 1
+#include "backend/cpu/qblock_impl.inc"
+#undef QB_NS
+#undef QB_SIMD
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+#define QB_NS vnni
+#define QB_SIMD 2
+#include "backend/cpu/qblock_impl.inc"
+#undef QB_NS
+#undef QB_SIMD
+#pragma GCC pop_options
+
+namespace {
+
+using RowsFn = void (*)(const QWeight&, const Acts&, float*, int, int);
+struct Target {
+  const char* name;
+  RowsFn rows;
+  bool (*runs)();
+};
+const Target kTargets[] = {
+    {"avx512vnni", vnni::rows,
+     [] {
+       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f") &&
+              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+              __builtin_cpu_supports("avx512vnni");
+     }},
+    {"avx2", avx2::rows, [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
+    {"scalar", scalar::rows, [] { return true; }},
+};
+
+const Target* best() {
+  static const Target* t = [] {
+    for (const Target& c : kTargets)
+      if (c.runs()) return &c;
+    return &kTargets[2];
+  }();
+  return t;
+}
+const Target* g_forced = nullptr;
+const Target* current() { return g_forced ? g_forced : best(); }
+
+thread_local AlignedScratch<int8_t> t_q;
+thread_local AlignedScratch<float> t_d;
+thread_local AlignedScratch<int32_t> t_s;
+thread_local AlignedScratch<float> t_ds;
+
+}  // namespace
+
+bool supported(BlockType t) {
+  switch (t) {
+    case BlockType::Q8_0: case BlockType::Q4_0: case BlockType::Q4_1: case BlockType::Q5_0: case BlockType::Q5_1:
+    case BlockType::Q4_K: case BlockType::Q5_K: case BlockType::Q6_K: return true;
+    default: return false;
+  }
+}
+
+Acts quantize(const float* x, int N, int I) {
+  SKY_CHECK(I % 32 == 0, "qblock: rows of {} values are not whole blocks of 32", I);
+  const size_t G = size_t(I) / 32;
+  int8_t* q = t_q.get(size_t(N) * I);
+  float* d = t_d.get(size_t(N) * G);
+  int32_t* s = t_s.get(size_t(N) * G);
+  float* ds = t_ds.get(size_t(N) * G);
+  for (size_t k = 0; k < size_t(N) * G; k++) {
+    const float* xb = x + k * 32;
+    float amax = 0;
+    for (int i = 0; i < 32; i++) amax = std::max(amax, std::fabs(xb[i]));
+    const float dk = amax / 127.0f;
+    const float inv = dk > 0 ? 1.0f / dk : 0.0f;
+    int32_t sum = 0;
+    for (int i = 0; i < 32; i++) {
+      const int v = int(std::nearbyint(xb[i] * inv));
+      q[k * 32 + i] = int8_t(std::clamp(v, -127, 127));
+      sum += q[k * 32 + i];
+    }
+    d[k] = dk;
+    s[k] = sum;
+    ds[k] = dk * float(sum);
+  }
+  return {q, d, s, ds, N, I};
+}
+
+void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end) {
+  SKY_CHECK(w.dtype == DType::Blocks && supported(w.block), "qblock: weight type {} has no kernel",
+            w.dtype == DType::Blocks ? block_type_name(w.block) : dtype_name(w.dtype));
+  SKY_CHECK(a.I == w.I, "qblock: activations of {} values for rows of {}", a.I, w.I);
+  if (a.N <= 0 || o_begin >= o_end) return;
+  current()->rows(w, a, y, o_begin, o_end);
+}
+
+std::vector<std::string> targets() {
+  std::vector<std::string> out;
+  for (const Target& t : kTargets)
+    if (t.runs()) out.push_back(t.name);
+  return out;
+}
+
+const char* target() { return current()->name; }
+
+bool set_target(const std::string& name) {
+  if (name.empty()) return g_forced = nullptr, true;
+  for (const Target& t : kTargets)
+    if (name == t.name && t.runs()) return g_forced = &t, true;
+  return false;
+}
+
+}  // namespace sky::qblock

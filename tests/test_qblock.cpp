@@ -1,0 +1,142 @@
+// The block-quantized linear kernels (backend/cpu/qblock.*) against float64 references, under every
+// target this CPU runs (scalar, AVX2, AVX512-VNNI): random blocks of each type with extreme scales,
+// odd row counts, batches of 1..7 rows, an all-zero activation block.
+//  - against the activations the kernel quantized (x^ = d q): exact integer sums, so only f32
+//    rounding of the scales and the final sums (1e-5 of sum |w x^|);
+//  - against the exact f32 activations: within the int8 rounding, sum over blocks of
+//    (d / 2) * sum |w|, plus the same f32 slack.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/qblock.h"
+#include "backend/cpu/qmatmul.h"
+#include "core/block_quant.h"
+#include "core/dtype.h"
+#include "core/weight.h"
+
+using namespace sky;
+
+namespace {
+
+const BlockType kTypes[] = {BlockType::Q8_0, BlockType::Q4_0, BlockType::Q4_1, BlockType::Q5_0,
+                            BlockType::Q5_1, BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K};
+
+// Byte offsets of each type's f16 scales in its block.
+std::vector<int> scale_offsets(BlockType t) {
+  switch (t) {
+    case BlockType::Q4_1: case BlockType::Q5_1: case BlockType::Q4_K: case BlockType::Q5_K: return {0, 2};
+    case BlockType::Q6_K: return {208};
+    default: return {0};
+  }
+}
+
+// Random blocks; scales mostly ordinary, some extreme (f16 max, subnormal, zero, negative).
+std::vector<uint8_t> random_blocks(BlockType t, int O, int I, std::mt19937& rng) {
+  const int64_t bb = block_bytes(t), nb = int64_t(O) * I / block_values(t);
+  std::vector<uint8_t> w(size_t(nb * bb));
+  for (auto& b : w) b = uint8_t(rng());
+  std::normal_distribution<float> nd(0, 1);
+  const float extreme[] = {65504.0f, -65504.0f, 5.96e-8f, 0.0f, -1.0f, 1e-3f, 3e4f};
+  for (int64_t k = 0; k < nb; k++)
+    for (int off : scale_offsets(t)) {
+      const float v = k % 11 == 5 ? extreme[(k / 11) % 7] : nd(rng) * 0.02f;
+      const uint16_t h = f32_to_f16(v);
+      std::memcpy(&w[size_t(k * bb + off)], &h, 2);
+    }
+  return w;
+}
+
+class QBlock : public testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { ASSERT_TRUE(qblock::set_target(GetParam())); }
+  void TearDown() override { qblock::set_target(""); }
+};
+
+TEST_P(QBlock, MatchesFloat64Reference) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0, 1);
+  for (BlockType t : kTypes) {
+    const int O = 37, I = 512;
+    const std::vector<uint8_t> bytes = random_blocks(t, O, I, rng);
+    const QWeight w = block_weight(t, bytes.data(), nullptr, O, I);
+    std::vector<float> wf(size_t(O) * I);
+    for (int o = 0; o < O; o++) dequantize_row(w, o, wf.data() + size_t(o) * I);
+    for (int N : {1, 3, 4, 7}) {
+      std::vector<float> x(size_t(N) * I);
+      for (size_t i = 0; i < x.size(); i++) x[i] = nd(rng) * (i % 97 == 0 ? 30.0f : 1.0f);
+      for (int i = 32; i < 64; i++) x[i] = 0;  // an all-zero block (scale 0)
+      std::vector<float> y(size_t(N) * O, NAN);
+      qmatmul(y.data(), x.data(), w, N);  // quantizes on this thread ...
+      const qblock::Acts a = qblock::quantize(x.data(), N, I);  // ... exactly as here
+      for (int n = 0; n < N; n++)
+        for (int o = 0; o < O; o++) {
+          double exact = 0, hat = 0, mag_hat = 0, bound = 0;
+          for (int b = 0; b < I / 32; b++) {
+            const size_t k = size_t(n) * (I / 32) + b;
+            double wabs = 0;
+            for (int i = b * 32; i < b * 32 + 32; i++) {
+              const double wv = wf[size_t(o) * I + i], xv = x[size_t(n) * I + i];
+              const double xh = double(a.d[k]) * a.q[size_t(n) * I + i];
+              exact += wv * xv;
+              hat += wv * xh;
+              mag_hat += std::fabs(wv * xh);
+              wabs += std::fabs(wv);
+            }
+            bound += double(a.d[k]) / 2 * wabs;
+          }
+          const double got = y[size_t(n) * O + o];
+          ASSERT_TRUE(std::isfinite(got)) << block_type_name(t);
+          ASSERT_LE(std::fabs(got - hat), 1e-5 * mag_hat + 1e-30)
+              << block_type_name(t) << " N=" << N << " n=" << n << " o=" << o << " got " << got << " want " << hat;
+          ASSERT_LE(std::fabs(got - exact), bound * 1.0001 + 1e-5 * mag_hat + 1e-30)
+              << block_type_name(t) << " N=" << N << " n=" << n << " o=" << o;
+        }
+      // A row block on its own gives the same values (threads split the rows this way).
+      std::vector<float> y2(size_t(N) * O, NAN);
+      qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
+      for (int n = 0; n < N; n++)
+        for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * O + o], y[size_t(n) * O + o]) << block_type_name(t);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, QBlock, testing::ValuesIn(qblock::targets()),
+                         [](const testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// The reference backend decodes block weights exactly and sums in double.
+TEST(QBlockRef, RefBackendLinearIsExact) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0, 1);
+  for (BlockType t : kTypes) {
+    const int O = 9, I = 256, N = 2;
+    const std::vector<uint8_t> bytes = random_blocks(t, O, I, rng);
+    const QWeight w = block_weight(t, bytes.data(), nullptr, O, I);
+    std::vector<float> x(size_t(N) * I), y(size_t(N) * O), row(I);
+    for (auto& v : x) v = nd(rng);
+    backend("ref").linear(y.data(), x.data(), w, N);
+    for (int n = 0; n < N; n++)
+      for (int o = 0; o < O; o++) {
+        dequantize_row(w, o, row.data());
+        double s = 0;
+        for (int i = 0; i < I; i++) s += double(row[i]) * x[size_t(n) * I + i];
+        EXPECT_EQ(y[size_t(n) * O + o], float(s)) << block_type_name(t);
+      }
+  }
+}
+
+TEST(QBlockRef, TargetsListed) {
+  const auto ts = qblock::targets();
+  ASSERT_FALSE(ts.empty());
+  EXPECT_EQ(ts.back(), "scalar");
+  EXPECT_FALSE(qblock::set_target("no-such-target"));
+  std::printf("qblock targets on this CPU:");
+  for (auto& t : ts) std::printf(" %s", t.c_str());
+  std::printf(" (in use: %s)\n", qblock::target());
+}
+
+}  // namespace
