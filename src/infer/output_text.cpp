@@ -3,36 +3,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "io/utf8.h"
+
 namespace sky {
 
 namespace {
-
-// Length of the well-formed UTF-8 character at s[i], or 0 (stray or continuation byte, overlong
-// form, surrogate, beyond U+10FFFF, or cut short).
-size_t utf8_char_len(std::string_view s, size_t i) {
-  const unsigned char c = s[i];
-  if (c < 0x80) return 1;
-  size_t n;
-  uint32_t cp;
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2, cp = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3, cp = c & 0x0F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4, cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; k++) {
-    const unsigned char d = s[i + k];
-    if ((d & 0xC0) != 0x80) return 0;
-    cp = cp << 6 | (d & 0x3F);
-  }
-  if (n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) return 0;
-  if (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) return 0;
-  return n;
-}
 
 // UTF-8 characters in valid UTF-8: the bytes that do not continue a character.
 int64_t utf8_chars(std::string_view s) {
@@ -41,29 +16,9 @@ int64_t utf8_chars(std::string_view s) {
 
 }  // namespace
 
-std::string valid_utf8(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size();) {
-    if (size_t n = utf8_char_len(s, i)) {
-      out.append(s.substr(i, n));
-      i += n;
-    } else {
-      out += "\xEF\xBF\xBD";
-      i++;
-    }
-  }
-  return out;
-}
+std::string valid_utf8(std::string_view s) { return utf8::repair(s); }
 
-bool is_valid_utf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    size_t n = utf8_char_len(s, i);
-    if (!n) return false;
-    i += n;
-  }
-  return true;
-}
+bool is_valid_utf8(std::string_view s) { return utf8::invalid_at(s) == std::string_view::npos; }
 
 std::string StopMatcher::push(std::string_view piece) {
   if (stopped_) return "";
