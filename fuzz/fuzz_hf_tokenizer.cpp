@@ -1,43 +1,6 @@
 // A tokenizer.json (Hugging Face tokenizers' format: BPE model, normalizers, pre-tokenizers with
-// PCRE2 regexes, decoders, added tokens), parsed and then used the way serve uses a tokenizer.
-// Expected: a tokenizer, or sky::Error. Besides memory and UB errors it checks that ids stay in
-// the vocabulary and that min_tokens() (the server's refusal before encoding) never exceeds the
-// real token count.
-#include <cstdint>
-#include <string>
-#include <string_view>
-#include <vector>
+// PCRE2 regexes, decoders, added tokens), through the shared tokenizer harness
+// (tokenizer_harness.h); its own seeds and dictionary steer it to the JSON format.
+#include "tokenizer_harness.h"
 
-#include "core/error.h"
-#include "fuzz_util.h"
-#include "io/tokenizer.h"
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static fuzz::MemFile file;  // JSON content: Tokenizer::load reads it as a tokenizer.json
-  const std::string& path = file.write(data, size);
-  try {
-    const sky::Tokenizer tok = sky::Tokenizer::load(path);
-    const int n = tok.vocab_size();
-    (void)tok.bos_id(), (void)tok.eos_id(), (void)tok.unk_id(), (void)tok.pad_id();
-    for (int id = 0; id < n && id < 4096; id++) {
-      (void)tok.id_to_piece(id);
-      (void)tok.piece_type(id);
-      (void)tok.decode_piece(id);
-    }
-    // ASCII, digits, runs of spaces, CJK, an accent (NFC/NFD), emoji, bytes that are not UTF-8.
-    for (std::string_view s : {std::string_view("Hello, world!  123 4567\n\n  x"),
-                               std::string_view("你好 caf\xc3\xa9 cafe\xcc\x81 \xf0\x9f\x99\x82 \xff\x01 User:"),
-                               std::string_view("")}) {
-      const std::vector<int32_t> ids = tok.encode(s);
-      for (int32_t id : ids) FUZZ_CHECK(id >= 0 && id < n, "encode gave id %d outside the vocab of %d", id, n);
-      const int64_t least = tok.min_tokens(s);
-      FUZZ_CHECK(least <= int64_t(ids.size()), "min_tokens %lld > %zu tokens", (long long)least, ids.size());
-      (void)tok.decode(ids);
-      sky::StreamDecoder sd(tok);
-      for (int32_t id : ids) (void)sd.push(id);
-      (void)sd.flush();
-    }
-  } catch (const sky::Error&) {
-  }
-  return 0;
-}
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { return fuzz::tokenizer_file(data, size); }
