@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/qmatmul.h"
 #include "infer/batch_forward.h"
 #include "infer/engine.h"
 #include "infer/infer_model.h"
@@ -215,10 +216,19 @@ TEST_P(HfFamily, Fp8AndBf16WithinTolerance) {
   // sequence (per-tensor fp8 from `quantize`, per-row on load).
   const double fp8_tol = GetParam().rfind("deepseek_v3", 0) == 0 ? 0.35 : 0.20;
   InferLoadOptions o;
-  o.dtype = "bf16";
-  EXPECT_LT(err(InferModel::load(dir(), o)), 0.01);
-  o.dtype = "fp8";
-  EXPECT_LT(err(InferModel::load(dir(), o)), fp8_tol);
+  // The f32-activation kernels first (every CPU); then, where the CPU has AVX512-BF16, the bf16
+  // dot products the engine uses by default, which round each matmul's activations to bf16 too:
+  // measured up to 0.033 (bf16, qwen3_moe: 8 of 128 experts, the thinnest margins) and 0.24 (fp8,
+  // granitemoe) on a Sapphire Rapids Xeon, so those bounds are 5x and 1.5x.
+  for (bool bf16_dot : {false, true}) {
+    qmatmul_set_bf16_dot(bf16_dot);
+    if (bf16_dot && !qmatmul_uses_bf16_dot(DType::BF16)) break;
+    SCOPED_TRACE(bf16_dot ? "bf16 dot products" : "f32 kernels");
+    o.dtype = "bf16";
+    EXPECT_LT(err(InferModel::load(dir(), o)), bf16_dot ? 0.05 : 0.01);
+    o.dtype = "fp8";
+    EXPECT_LT(err(InferModel::load(dir(), o)), bf16_dot ? 1.5 * fp8_tol : fp8_tol);
+  }
   const std::string q = testing::TempDir() + "/hf-" + GetParam() + "-fp8";
   std::filesystem::remove_all(q);
   QuantizeOptions qo;
@@ -226,7 +236,7 @@ TEST_P(HfFamily, Fp8AndBf16WithinTolerance) {
   const ModelConfig c = ModelConfig::load_file(dir());
   // Every projection: attention, dense FFN, experts and the shared expert.
   EXPECT_EQ(rep.tensors_quantized, quantizable_linears(c).size());
-  EXPECT_LT(err(InferModel::load(q)), fp8_tol);
+  EXPECT_LT(err(InferModel::load(q)), qmatmul_uses_bf16_dot(DType::F8_E4M3) ? 1.5 * fp8_tol : fp8_tol);
   std::filesystem::remove_all(q);
 }
 
