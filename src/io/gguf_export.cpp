@@ -265,7 +265,9 @@ class Exporter {
     }
     if (arch_ == "deepseek2") {
       w_.add_u32(key(k::kLeadingDenseBlockCount), uint32_t(c.has_moe() ? c.first_dense_layers : c.num_layers));
-      if (c.q_lora_rank > 0) w_.add_u32(key(k::kQLoraRank), uint32_t(c.q_lora_rank));
+      // 0 without a q latent (V2-Lite): llama.cpp requires the key unless it guesses "lite" from
+      // the layer count, and 0 selects attn_q.
+      w_.add_u32(key(k::kQLoraRank), uint32_t(c.q_lora_rank));
       w_.add_u32(key(k::kKvLoraRank), uint32_t(c.kv_lora_rank));
       // Keys and values as llama.cpp's MLA sees them (the latent and rope key; the latent), and the
       // per-head sizes after kv_b (the _mla keys): convert_hf_to_gguf.py's DeepseekV2Model.
@@ -325,6 +327,11 @@ class Exporter {
                               c.norm_topk_prob ? "does" : "does not"));
     if (c.router_sigmoid) d.push_back("it scores experts with softmax; this model with sigmoid");
     if (arch_ == "qwen2moe" && c.shared_expert_size == 0) d.push_back("it needs a shared expert; this model has none");
+    // llama.cpp's olmoe loads attn_k_norm as {n_embd}: OLMoE without grouped-query attention.
+    if (arch_ == "olmoe" && c.kv_dim() != c.hidden_size)
+      d.push_back(fmt::format("it needs the keys as wide as the hidden size (attn_k_norm {{n_embd}}); this model's are {} "
+                              "wide (grouped-query attention)",
+                              c.kv_dim()));
     return d;
   }
 

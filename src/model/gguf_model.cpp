@@ -162,7 +162,12 @@ ModelConfig gguf_model_config(const gguf::File& f) {
     if (c.intermediate_size == 0) c.intermediate_size = c.moe_intermediate_size;
     if (c.moe_intermediate_size == 0) c.moe_intermediate_size = c.intermediate_size;
     // DeepSeek counts its shared experts (each as wide as a routed one).
-    if (mla) c.shared_expert_size = opt_int(f, K(k::kExpertSharedCount), 0) * c.moe_intermediate_size;
+    if (mla) {
+      const int64_t width = int64_t(opt_int(f, K(k::kExpertSharedCount), 0)) * c.moe_intermediate_size;
+      SKY_CHECK(width <= INT_MAX, "{}: metadata '{}' times the experts' width is {}, too large", f.path(),
+                K(k::kExpertSharedCount), width);
+      c.shared_expert_size = int(width);
+    }
   } else {
     SKY_CHECK(!f.find_tensor("blk.0.ffn_gate_inp.weight"),
               "{}: tensor 'blk.0.ffn_gate_inp.weight' (a router) but no '{}expert_count'", f.path(), A);
