@@ -10,7 +10,7 @@
   check_llamacpp_logits.py --families tests/data/hf --skymoe build/skymoe [--out DIR]
       For every HF fixture directory under the path: copies it with a small byte-level BPE
       vocabulary (the fixtures have none, and llama.cpp needs one), runs `skymoe export gguf --type
-      f32`, and compares as above. One line per family; exit 1 when llama.cpp refuses a file or a
+      f32` (or --type), and compares as above. One line per family; exit 1 when llama.cpp refuses a file or a
       difference exceeds --tol.
 
   check_llamacpp_logits.py --vocabs tests/data/hf_tokenizers --skymoe build/skymoe
@@ -49,12 +49,15 @@ def llama_logits(path, tokens, rows):
     return [scores[r] for r in rows]
 
 
+SKY_DTYPE = "f32"  # skymoe generate --dtype (--sky-dtype)
+
+
 def skymoe_logits(skymoe, path, prompt, steps):
     """skymoe's greedy tokens and each step's logits ([steps, vocab]) for the prompt."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "logits.f32")
         r = subprocess.run([skymoe, "generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
-                            "--max-tokens", str(steps), "--logits-out", out, "--json", "--dtype", "f32"],
+                            "--max-tokens", str(steps), "--logits-out", out, "--json", "--dtype", SKY_DTYPE],
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"skymoe generate failed: {r.stderr.strip()}")
@@ -111,7 +114,7 @@ def families(args):
         json.dump(tiny_vocab(cfg["vocab_size"]), open(os.path.join(d, "tokenizer.json"), "w"))
         json.dump({"add_bos_token": False}, open(os.path.join(d, "tokenizer_config.json"), "w"))
         gguf = os.path.join(out, fam + ".gguf")
-        r = subprocess.run([args.skymoe, "export", "gguf", "--model", d, "--out", gguf, "--type", "f32"],
+        r = subprocess.run([args.skymoe, "export", "gguf", "--model", d, "--out", gguf, "--type", args.type],
                            capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{fam:18s} export failed: {r.stderr.strip()}")
@@ -189,8 +192,13 @@ def main():
     ap.add_argument("--families", help="a directory of HF fixture directories (tests/data/hf)")
     ap.add_argument("--vocabs", help="a directory of tokenizer fixtures (tests/data/hf_tokenizers)")
     ap.add_argument("--out", help="--families/--vocabs: where to write the copies and .gguf files")
+    ap.add_argument("--type", default="f32", help="--families: export gguf --type (f32, f16, q8_0)")
     ap.add_argument("--tol", type=float, default=1e-4, help="--families: largest relative RMS accepted")
+    ap.add_argument("--sky-dtype", default="f32", help="skymoe generate --dtype: f32 (decode the file's blocks) or "
+                    "auto (run them as stored, activations rounded to int8 as llama.cpp does)")
     args = ap.parse_args()
+    global SKY_DTYPE
+    SKY_DTYPE = args.sky_dtype
     if args.vocabs:
         if not args.skymoe:
             ap.error("--vocabs needs --skymoe")
