@@ -576,8 +576,8 @@ TEST_F(Cli, MixedLayersAndTiedEmbeddingsThroughEveryCommand) {
 // A Granite-MoE checkpoint transformers made (tests/data/hf/granitemoe: stacked experts, tied
 // embeddings, every multiplier away from 1) through the commands: eval gives transformers' loss,
 // generate its greedy tokens; train writes a checkpoint in Granite's own layout (stacked experts,
-// no lm_head, the multipliers in config.json) that generates and quantizes; GGUF export and tensor
-// parallelism refuse, naming the family.
+// no lm_head, the multipliers in config.json) that generates and quantizes; GGUF export reads back
+// with the same tokens; tensor parallelism refuses, naming the family.
 TEST_F(Cli, GraniteMoeThroughEveryCommand) {
   const std::string hf = std::string(SKYMOE_TEST_DATA) + "/hf/granitemoe";
   const sky::SafetensorsReader ref = sky::SafetensorsReader::open(hf + "/reference.safetensors");
@@ -624,9 +624,12 @@ TEST_F(Cli, GraniteMoeThroughEveryCommand) {
   json gen8 = run_json({"generate", "--model", path("fp8"), "--prompt-ids", prompt, "--max-tokens", "4", "--json"});
   EXPECT_EQ(gen8["generated_ids"].size(), 4u) << gen8.dump();
 
-  RunResult g = run({"export", "gguf", "--model", hf, "--out", path("m.gguf"), "--no-tokenizer"});
-  EXPECT_NE(g.code, 0);
-  EXPECT_NE(g.err.find("granitemoe"), std::string::npos) << g.describe();
+  // Exported as llama.cpp's granitemoe and read back: transformers' greedy tokens.
+  RunResult g = run({"export", "gguf", "--model", hf, "--out", path("m.gguf"), "--no-tokenizer", "--type", "f32"});
+  ASSERT_EQ(g.code, 0) << g.describe();
+  json gg = run_json({"generate", "--model", path("m.gguf"), "--prompt-ids", prompt, "--max-tokens",
+                      std::to_string(greedy.size()), "--json"});
+  EXPECT_EQ(gg["generated_ids"].get<std::vector<int>>(), greedy) << gg.dump();
   RunResult p = run({"plan", "--config", hf, "--devices", "8", "--tp", "2", "--global-batch", "16", "--seq-len", "64",
                      "--tflops", "100"});
   EXPECT_NE(p.code, 0);
@@ -635,7 +638,7 @@ TEST_F(Cli, GraniteMoeThroughEveryCommand) {
 
 // DeepSeek-V3 (multi-head latent attention, shared experts, a dense first layer, V3's router)
 // through every command: a fixture transformers made, a training run from its config, the
-// checkpoint generating, quantized, refused by GGUF export; the planner states the latent cache.
+// checkpoint generating, quantized, exported to GGUF and read back; the planner states the latent cache.
 TEST_F(Cli, DeepseekThroughEveryCommand) {
   const std::string fx = std::string(SKYMOE_TEST_DATA) + "/hf/deepseek_v3";
   const ModelConfig c = ModelConfig::load_file(fx);
@@ -659,9 +662,11 @@ TEST_F(Cli, DeepseekThroughEveryCommand) {
   ASSERT_EQ(q.code, 0) << q.describe();
   json gen8 = run_json({"generate", "--model", path("fp8"), "--prompt-ids", "1,2,3", "--max-tokens", "4", "--json"});
   EXPECT_EQ(gen8["generated_ids"].size(), 4u) << gen8.dump();
-  RunResult g = run({"export", "gguf", "--model", ckpt, "--out", path("m.gguf"), "--no-tokenizer"});
-  EXPECT_NE(g.code, 0);
-  EXPECT_NE(g.err.find("deepseek2"), std::string::npos) << g.describe();
+  // Exported as llama.cpp's deepseek2 and read back: the same greedy tokens.
+  RunResult g = run({"export", "gguf", "--model", ckpt, "--out", path("m.gguf"), "--no-tokenizer", "--type", "f32"});
+  ASSERT_EQ(g.code, 0) << g.describe();
+  json gg = run_json({"generate", "--model", path("m.gguf"), "--prompt-ids", "1,2,3", "--max-tokens", "4", "--json"});
+  EXPECT_EQ(gg["generated_ids"], gen["generated_ids"]) << gg.dump();
   json plan = run_json({"plan", "--inference", "--config", fx + "/config.json", "--tp", "1", "--json"});
   EXPECT_EQ(plan["split"]["ranks"][0]["kv_bytes_per_token"].get<double>(),
             4.0 * c.num_layers * (c.kv_lora_rank + c.qk_rope_dim))

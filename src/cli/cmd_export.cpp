@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "io/gguf_export.h"
 #include "io/tokenizer.h"
+#include "model/gguf_arch.h"
 #include "model/model.h"
 
 namespace sky::cli {
@@ -30,15 +31,19 @@ int export_gguf_cmd(const std::string& model, const std::string& out, const std:
   std::unique_ptr<Tokenizer> tok;
   if (!no_tokenizer) {
     if (tokenizer.empty()) {
-      // GGUF holds a SentencePiece vocabulary, so tokenizer.model comes first here; a tokenizer.json
-      // alone is taken too, and the exporter says why it cannot write it.
+      // tokenizer.json first (the ids the model's authors encoded with; a byte-level BPE becomes
+      // llama.cpp's "gpt2" vocabulary), then tokenizer.model (its "llama" vocabulary). For llama.cpp's
+      // llama architecture (Llama 2, Mixtral, Skywork) tokenizer.model first: their tokenizer.json is
+      // SentencePiece-style, which only the .model expresses exactly.
       const std::string sp = (fs::path(model) / "tokenizer.model").string();
       const std::string hf = (fs::path(model) / "tokenizer.json").string();
-      tokenizer = fs::exists(sp, ec) ? sp : fs::exists(hf, ec) ? hf : "";
+      const bool sp_first = gguf_arch_of(ModelConfig::load_file(model)) == "llama";
+      const std::string first = sp_first ? sp : hf, second = sp_first ? hf : sp;
+      tokenizer = fs::exists(first, ec) ? first : fs::exists(second, ec) ? second : "";
       SKY_CHECK(!tokenizer.empty(),
-                "no tokenizer: {} does not exist (nor tokenizer.json). Pass --tokenizer PATH (a SentencePiece .model), "
-                "or --no-tokenizer to export the weights alone (llama.cpp cannot run such a file by itself)",
-                sp);
+                "no tokenizer: neither {} nor {} exists. Pass --tokenizer PATH (a tokenizer.json or a SentencePiece "
+                ".model), or --no-tokenizer to export the weights alone (llama.cpp cannot run such a file by itself)",
+                hf, sp);
     }
     tok = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
   }
@@ -64,8 +69,9 @@ int export_gguf_cmd(const std::string& model, const std::string& out, const std:
 }  // namespace
 
 int cmd_export(int argc, char** argv) {
-  CLI::App app{"Export a model to another format. `skymoe export gguf` writes one GGUF file in llama.cpp's\n"
-               "llama layout (dense Llama, or Mixtral-style MoE with stacked experts) with the tokenizer."};
+  CLI::App app{"Export a model to another format. `skymoe export gguf` writes one GGUF file in the layout of\n"
+               "llama.cpp's architecture for the family (llama, qwen2moe, qwen3moe, olmoe, granitemoe, deepseek2)\n"
+               "with the tokenizer."};
   app.name("skymoe export");
   app.require_subcommand(1);
   CLI::App* g = app.add_subcommand("gguf", "write a GGUF file for llama.cpp (docs/gguf.md)");
@@ -77,8 +83,8 @@ int cmd_export(int argc, char** argv) {
   g->add_option("--type", type, "weight matrices: f32 | f16 | q8_0 (norms and router stay f32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16", "q8_0"}));
-  g->add_option("--tokenizer", tokenizer, "SentencePiece tokenizer.model (default: MODEL/tokenizer.model; a "
-                                          "tokenizer.json vocabulary cannot be written yet)");
+  g->add_option("--tokenizer", tokenizer, "a byte-level BPE tokenizer.json or a SentencePiece .model (default: "
+                                          "MODEL/tokenizer.json, else MODEL/tokenizer.model)");
   g->add_flag("--no-tokenizer", no_tokenizer, "export without a vocabulary (llama.cpp needs one to run)");
   g->add_option("--name", name, "general.name (default: the model directory's name)");
   g->add_option("--threads", threads, "threads for loading (0 = all cores)");

@@ -155,7 +155,7 @@ std::optional<ChatTemplate> ChatTemplate::from_model_dir(const std::string& dir)
 }
 
 ChatTemplate::ChatTemplate(std::string_view source, std::string origin, ChatTokens tokens)
-    : tpl_(source, std::move(origin)), tokens_(std::move(tokens)) {
+    : source_(source), tpl_(source, std::move(origin)), tokens_(std::move(tokens)) {
   // The end of an assistant turn: what the template writes right after the content of a reply.
   const std::string mark = "skymoe0reply0probe0mark";
   try {

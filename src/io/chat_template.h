@@ -69,6 +69,7 @@ class ChatTemplate {
   std::vector<int32_t> stop_token_ids(const Tokenizer& tok) const;
 
   const std::string& origin() const { return tpl_.name(); }
+  const std::string& source() const { return source_; }  // the template's text (GGUF export writes it)
   const ChatTokens& tokens() const { return tokens_; }
 
  private:
@@ -76,6 +77,7 @@ class ChatTemplate {
   std::string render_json(const J& messages, bool add_generation_prompt, const J& extra) const;
   std::vector<std::pair<std::string, int32_t>> specials(const Tokenizer& tok) const;
 
+  std::string source_;
   jinja::Template tpl_;
   ChatTokens tokens_;
   std::vector<std::string> stops_;

@@ -2,16 +2,24 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <memory>
+#include <optional>
+#include <set>
 
 #include "core/error.h"
+#include "io/chat_template.h"
+#include "io/gguf_vocab.h"
 #include "io/tokenizer.h"
+#include "model/gguf_arch.h"
 #include "model/model.h"
 
 namespace sky {
 
 using gguf::TensorType;
+namespace fs = std::filesystem;
 
 GgufFileType parse_gguf_file_type(const std::string& s) {
   if (s == "f32") return GgufFileType::F32;
@@ -23,14 +31,7 @@ GgufFileType parse_gguf_file_type(const std::string& s) {
 std::vector<float> permute_qk_rows(const float* w, int n_heads, int head_dim, int64_t cols) {
   SKY_CHECK(head_dim % 2 == 0, "Q/K permutation: head_dim {} is odd", head_dim);
   std::vector<float> out(size_t(n_heads) * head_dim * cols);
-  const int half = head_dim / 2;
-  for (int h = 0; h < n_heads; h++)
-    for (int j = 0; j < half; j++)
-      for (int k = 0; k < 2; k++) {
-        const float* src = w + (int64_t(h) * head_dim + k * half + j) * cols;
-        float* dst = out.data() + (int64_t(h) * head_dim + 2 * j + k) * cols;
-        std::memcpy(dst, src, size_t(cols) * sizeof(float));
-      }
+  reorder_rope_rows(w, out.data(), RopeRows{n_heads, head_dim, 0, head_dim}, size_t(cols) * sizeof(float), true);
   return out;
 }
 
@@ -94,100 +95,93 @@ class ModelParts {
 class Exporter {
  public:
   Exporter(ModelParts& m, const GgufExportOptions& opt, GgufExportReport& rep)
-      : m_(m), c_(m.cfg()), opt_(opt), rep_(rep) {}
+      : m_(m), c_(m.cfg()), arch_(gguf_arch_of(c_)), opt_(opt), rep_(rep) {}
 
   void metadata(const Tokenizer* tok) {
     const ModelConfig& c = c_;
-    SKY_CHECK(!c.mlp_expert_names() && !c.stacked_experts(),
-              "GGUF export of {} models (llama.cpp's {} architecture) is not supported yet; llama, Mixtral and "
-              "Skywork models export as llama.cpp's llama architecture",
-              c.model_type,
-              c.model_type == "qwen2_moe"   ? "qwen2moe"
-              : c.model_type == "qwen3_moe" ? "qwen3moe"
-              : c.deepseek()                ? "deepseek2"
-              : c.granite()                 ? "granitemoe"  // llama.cpp's granitemoe has the shared MLP too
-                                            : "olmoe");
-    // llama.cpp's llama architecture has one FFN width and, when it has experts, experts in every layer.
-    SKY_CHECK(!c.has_moe() || (!c.router_sigmoid && c.norm_topk_prob && c.routed_scaling_factor == 1.0),
-              "GGUF export: llama.cpp's llama architecture routes with softmax and renormalized top-k weights; this "
-              "model's router (scoring {}, norm_topk_prob {}, routed_scaling_factor {}) cannot be written as it",
-              c.router_sigmoid ? "sigmoid" : "softmax", c.norm_topk_prob, c.routed_scaling_factor);
-    SKY_CHECK(!c.has_moe() || (!c.has_dense() && c.moe_intermediate_size == c.intermediate_size),
-              "GGUF export: this model's FFN ({}) cannot be written as llama.cpp's llama architecture, which has one "
-              "FFN width and experts in every layer or none",
-              c.ffn_summary());
-    w_.add_string("general.architecture", "llama");
+    refuse_inexpressible();
+    w_.add_string("general.architecture", arch_);
     w_.add_string("general.type", "model");
     w_.add_string("general.name", opt_.name.empty() ? "skymoe" : opt_.name);
     w_.set_alignment(gguf::kDefaultAlignment);  // the default, written out so the file says so
     w_.add_u32("general.file_type", llama_ftype(opt_.type));
     w_.add_u32("general.quantization_version", 2);  // GGML_QNT_VERSION, what llama.cpp writes today
-    w_.add_u32("llama.vocab_size", uint32_t(c.vocab_size));
-    w_.add_u32("llama.context_length", uint32_t(c.max_position_embeddings));
-    w_.add_u32("llama.embedding_length", uint32_t(c.hidden_size));
-    w_.add_u32("llama.block_count", uint32_t(c.num_layers));
-    // For the llama architecture this is also each expert's width (ffn_*_exps are {.., n_ff, n_expert}).
-    w_.add_u32("llama.feed_forward_length", uint32_t(c.intermediate_size));
-    w_.add_u32("llama.attention.head_count", uint32_t(c.num_heads));
-    w_.add_u32("llama.attention.head_count_kv", uint32_t(c.num_kv_heads));
-    w_.add_f32("llama.rope.freq_base", float(c.rope_theta));
-    w_.add_u32("llama.rope.dimension_count", uint32_t(c.head_dim));
-    w_.add_f32("llama.attention.layer_norm_rms_epsilon", float(c.rms_norm_eps));
+    namespace k = gguf_key;
+    const bool mla = arch_ == "deepseek2";
+    w_.add_u32(key(k::kVocabSize), uint32_t(c.vocab_size));
+    w_.add_u32(key(k::kContextLength), uint32_t(c.max_position_embeddings));
+    w_.add_u32(key(k::kEmbeddingLength), uint32_t(c.hidden_size));
+    w_.add_u32(key(k::kBlockCount), uint32_t(c.num_layers));
+    // llama, olmoe and granitemoe read their experts' width from feed_forward_length (their
+    // ffn_*_exps are {.., n_ff, n_expert}); the others have a dense width here and the experts' apart.
+    const bool ff_is_experts = arch_ == "olmoe" || arch_ == "granitemoe";
+    w_.add_u32(key(k::kFeedForwardLength), uint32_t(ff_is_experts ? c.moe_intermediate_size : c.intermediate_size));
+    w_.add_u32(key(k::kHeadCount), uint32_t(c.num_heads));
+    // deepseek2 runs latent attention as one shared key/value "head" (MQA over the latent).
+    w_.add_u32(key(k::kHeadCountKv), uint32_t(mla ? 1 : c.num_kv_heads));
+    w_.add_f32(key(k::kRopeFreqBase), float(c.rope_theta));
+    w_.add_u32(key(k::kRopeDimensionCount), uint32_t(c.rope_dim()));
+    w_.add_f32(key(k::kRmsEps), float(c.rms_norm_eps));
     if (c.has_moe()) {
-      w_.add_u32("llama.expert_count", uint32_t(c.num_experts));
-      w_.add_u32("llama.expert_used_count", uint32_t(c.top_k));
-      if (c.logits_norm) {
-        // Namespaced record of what llama.cpp will not do (GGUF asks community keys to carry a prefix).
-        w_.add_bool("skymoe.moe.logits_norm", true);
-        w_.add_f32("skymoe.moe.gate_norm_std", float(c.gate_norm_std));
-        warn(fmt::format(
-            "this model uses gating logit normalization (moe_use_logits_norm, lambda={}), which GGUF and llama.cpp "
-            "cannot express: llama.cpp routes with a plain softmax of the router logits. The normalization rescales "
-            "each token's logits by lambda/std (plus a shift), so the chosen top-{} experts are the same, but their "
-            "renormalized weights differ and outputs will not match skymoe's (docs/gguf.md)",
-            c.gate_norm_std, c.top_k));
-      }
+      w_.add_u32(key(k::kExpertCount), uint32_t(c.num_experts));
+      w_.add_u32(key(k::kExpertUsedCount), uint32_t(c.top_k));
     }
-    if (tok) vocabulary(*tok);
+    if (arch_ != "llama") family_metadata();
+    if (c.has_moe() && c.logits_norm) {
+      // Namespaced record of what llama.cpp will not do (GGUF asks community keys to carry a prefix).
+      w_.add_bool("skymoe.moe.logits_norm", true);
+      w_.add_f32("skymoe.moe.gate_norm_std", float(c.gate_norm_std));
+      warn(fmt::format(
+          "this model uses gating logit normalization (moe_use_logits_norm, lambda={}), which GGUF and llama.cpp "
+          "cannot express: llama.cpp routes with a plain softmax of the router logits. The normalization rescales "
+          "each token's logits by lambda/std (plus a shift), so the chosen top-{} experts are the same, but their "
+          "renormalized weights differ and outputs will not match skymoe's (docs/gguf.md)",
+          c.gate_norm_std, c.top_k));
+    }
+    for (const std::string& d : llamacpp_differences())
+      warn(fmt::format("llama.cpp's {} architecture will not run this model as skymoe does: {} (skymoe reads the file "
+                       "back exactly; docs/gguf.md)",
+                       arch_, d));
+    if (tok && tok->kind() == Tokenizer::Kind::HfBpe) bpe_vocabulary(*tok);
+    else if (tok) vocabulary(*tok);
     else warn("no tokenizer: the file has no vocabulary (tokenizer.ggml.*), which llama.cpp needs to load it");
   }
 
+  // Every parameter in ParamLayout order (so a llama file keeps its tensor order), under its GGUF
+  // name (model/gguf_arch.h); an expert kind's first expert stands for the merged tensor.
   void tensors() {
     const ModelConfig& c = c_;
-    const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
-    using Get = std::function<const float*()>;
-    auto outer = [this](float* ParamView<float>::*f) -> Get { return [this, f] { return m_.outer().*f; }; };
-    matrix("token_embd.weight", outer(&ParamView<float>::embed), {H, V});
-    for (int l = 0; l < c.num_layers; l++) {
-      auto n = [&](const char* what) { return fmt::format("blk.{}.{}.weight", l, what); };
-      auto get = [this, l](float* LayerView<float>::*f) -> Get { return [this, l, f] { return m_.layer(l).*f; }; };
-      norm(n("attn_norm"), get(&LayerView<float>::attn_norm), H);
-      // HF checkpoints rotate (i, i + d/2) pairs; llama.cpp's llama arch rotates (2i, 2i + 1).
-      // Reordering Q and K rows per head makes the two agree (convert_hf_to_gguf.py's permute).
-      add(n("attn_q"), matrix_type_for(n("attn_q"), H), {H, c.q_dim()},
-          [this, l] { return permute_qk_rows(m_.layer(l).wq, c_.num_heads, c_.head_dim, c_.hidden_size); });
-      add(n("attn_k"), matrix_type_for(n("attn_k"), H), {H, c.kv_dim()},
-          [this, l] { return permute_qk_rows(m_.layer(l).wk, c_.num_kv_heads, c_.head_dim, c_.hidden_size); });
-      matrix(n("attn_v"), get(&LayerView<float>::wv), {H, c.kv_dim()});
-      matrix(n("attn_output"), get(&LayerView<float>::wo), {c.q_dim(), H});
-      norm(n("ffn_norm"), get(&LayerView<float>::ffn_norm), H);
-      if (c.layer_is_moe(l)) {
-        // llama.cpp keeps the router f32 (convert_hf_to_gguf.py forces FFN_GATE_INP to F32).
-        raw(n("ffn_gate_inp"), TensorType::F32, get(&LayerView<float>::router), {H, E});
-        // Experts stacked [E, rows, cols]; skymoe already stores each layer's experts contiguously
-        // in exactly that order (w1 [E, I, H], w3 [E, I, H], w2 [E, H, I]).
-        matrix(n("ffn_gate_exps"), get(&LayerView<float>::w1), {H, I, E});
-        matrix(n("ffn_up_exps"), get(&LayerView<float>::w3), {H, I, E});
-        matrix(n("ffn_down_exps"), get(&LayerView<float>::w2), {I, H, E});
-      } else {
-        matrix(n("ffn_gate"), get(&LayerView<float>::w_gate), {H, I});
-        matrix(n("ffn_up"), get(&LayerView<float>::w_up), {H, I});
-        matrix(n("ffn_down"), get(&LayerView<float>::w_down), {I, H});
+    const ParamLayout layout = ParamLayout::build(c);
+    std::set<std::string> done;
+    for (const ParamSpec& s : layout.specs) {
+      const ParamKind kind = s.kind;
+      const int l = s.layer;
+      if (kind == ParamKind::WkvB) {
+        kv_b(l);
+        continue;
       }
+      const std::string name = gguf_tensor_name(kind, l);
+      if (!done.insert(name).second) continue;  // another expert of a merged tensor
+      std::vector<int64_t> ne(s.shape.rbegin(), s.shape.rend());
+      if (s.is_expert()) ne.push_back(c.num_experts);  // stacked [E, rows, cols] on a new outer axis
+      if (kind == ParamKind::SharedRouter) ne = {c.hidden_size};  // llama.cpp's qwen2moe has it {n_embd}
+      Get get = [this, kind, l] { return l < 0 ? outer_field(kind) : layer_field(m_.layer(l), kind); };
+      // Norms, biases and the router stay f32: llama.cpp's kernels take 1-D tensors in f32 only, and
+      // convert_hf_to_gguf.py keeps ffn_gate_inp f32.
+      const TensorType t = ne.size() == 1 || kind == ParamKind::Router ? TensorType::F32 : matrix_type_for(name, ne[0]);
+      const RopeRows rr = gguf_rope_rows(c, kind);
+      if (!rr.any()) {
+        raw(name, t, std::move(get), std::move(ne));
+        continue;
+      }
+      // llama.cpp rotates adjacent pairs where the checkpoint rotates halves: reorder those rows.
+      const int64_t cols = ne[0];
+      add(name, t, std::move(ne), [get, rr, cols] {
+        std::vector<float> out(size_t(rr.groups * rr.group_rows * cols));
+        reorder_rope_rows(get(), out.data(), rr, size_t(cols) * sizeof(float), true);
+        return out;
+      });
     }
-    norm("output_norm.weight", outer(&ParamView<float>::final_norm), H);
-    // Tied embeddings: no output.weight; llama.cpp then uses token_embd for the head.
-    if (!c.tie_word_embeddings) matrix("output.weight", outer(&ParamView<float>::lm_head), {H, V});
     if (!fallback_.empty())
       warn(fmt::format("{} tensor(s) have rows whose length is not a multiple of {} and are written as f16 instead of "
                        "q8_0 (e.g. {})",
@@ -209,6 +203,196 @@ class Exporter {
   }
 
  private:
+  using Get = std::function<const float*()>;
+  std::string key(const char* k) const { return arch_ + "." + k; }
+
+  // What GGUF cannot say for this model, so that neither llama.cpp nor skymoe could read it back.
+  void refuse_inexpressible() const {
+    const ModelConfig& c = c_;
+    if (arch_ == "llama") {
+      // llama.cpp's llama architecture has one FFN width and, when it has experts, experts in every layer.
+      SKY_CHECK(!c.has_moe() || (!c.router_sigmoid && c.norm_topk_prob && c.routed_scaling_factor == 1.0),
+                "GGUF export: llama.cpp's llama architecture routes with softmax and renormalized top-k weights; this "
+                "model's router (scoring {}, norm_topk_prob {}, routed_scaling_factor {}) cannot be written as it",
+                c.router_sigmoid ? "sigmoid" : "softmax", c.norm_topk_prob, c.routed_scaling_factor);
+      SKY_CHECK(!c.has_moe() || (!c.has_dense() && c.moe_intermediate_size == c.intermediate_size),
+                "GGUF export: this model's FFN ({}) cannot be written as llama.cpp's llama architecture, which has "
+                "one FFN width and experts in every layer or none",
+                c.ffn_summary());
+    }
+    if (arch_ == "olmoe" || arch_ == "granitemoe")
+      SKY_CHECK(!c.has_dense(), "GGUF export: llama.cpp's {} architecture has experts in every layer and one FFN "
+                "width (feed_forward_length); this model's FFN ({}) cannot be written as it",
+                arch_, c.ffn_summary());
+    if (arch_ == "deepseek2") {
+      SKY_CHECK(c.mla(), "GGUF export: llama.cpp's deepseek2 architecture needs latent attention (kv_lora_rank > 0)");
+      SKY_CHECK(c.shared_expert_size % std::max(c.moe_intermediate_size, 1) == 0,
+                "GGUF export: the shared experts' width {} is not a multiple of the experts' width {} "
+                "(deepseek2.expert_shared_count is a count of experts)",
+                c.shared_expert_size, c.moe_intermediate_size);
+      SKY_CHECK(!c.rope_scaling.yarn || c.rope_scaling.truncate,
+                "GGUF export: rope_scaling truncate false cannot be written: llama.cpp's YaRN rounds the correction "
+                "range to whole dimensions (truncate true)");
+    }
+  }
+
+  // The keys beyond the ones every architecture has, as llama.cpp's loader for the architecture
+  // reads them (src/models/<arch>.cpp) and convert_hf_to_gguf.py writes them.
+  void family_metadata() {
+    const ModelConfig& c = c_;
+    namespace k = gguf_key;
+    if (arch_ == "qwen3moe") {  // head_dim apart from hidden / heads
+      w_.add_u32(key(k::kKeyLength), uint32_t(c.head_dim));
+      w_.add_u32(key(k::kValueLength), uint32_t(c.head_dim));
+    }
+    if (c.has_moe() && (arch_ == "qwen2moe" || arch_ == "qwen3moe" || arch_ == "deepseek2"))
+      w_.add_u32(key(k::kExpertFeedForwardLength), uint32_t(c.moe_intermediate_size));
+    if (c.shared_expert_size > 0 && (arch_ == "qwen2moe" || arch_ == "granitemoe"))
+      w_.add_u32(key(k::kExpertSharedFeedForwardLength), uint32_t(c.shared_expert_size));
+    if (c.has_moe()) {
+      // Written for every family so skymoe reads the routing back exactly; llama.cpp's qwen2moe,
+      // qwen3moe, olmoe and granitemoe fix their own (llamacpp_differences says where that differs).
+      w_.add_bool(key(k::kExpertWeightsNorm), c.norm_topk_prob);
+      w_.add_u32(key(k::kExpertGatingFunc), c.router_sigmoid ? 2 : 1);
+      if (c.routed_scaling_factor != 1.0 || arch_ == "deepseek2")
+        w_.add_f32(key(k::kExpertWeightsScale), float(c.routed_scaling_factor));
+    }
+    if (arch_ == "granitemoe") {
+      w_.add_f32(key(k::kAttentionScale), float(c.attention_scale()));
+      w_.add_f32(key(k::kEmbeddingScale), float(c.embedding_multiplier));
+      w_.add_f32(key(k::kResidualScale), float(c.residual_multiplier));
+      w_.add_f32(key(k::kLogitScale), float(c.logits_scaling));
+    }
+    if (arch_ == "deepseek2") {
+      w_.add_u32(key(k::kLeadingDenseBlockCount), uint32_t(c.has_moe() ? c.first_dense_layers : c.num_layers));
+      // 0 without a q latent (V2-Lite): llama.cpp requires the key unless it guesses "lite" from
+      // the layer count, and 0 selects attn_q.
+      w_.add_u32(key(k::kQLoraRank), uint32_t(c.q_lora_rank));
+      w_.add_u32(key(k::kKvLoraRank), uint32_t(c.kv_lora_rank));
+      // Keys and values as llama.cpp's MLA sees them (the latent and rope key; the latent), and the
+      // per-head sizes after kv_b (the _mla keys): convert_hf_to_gguf.py's DeepseekV2Model.
+      w_.add_u32(key(k::kKeyLength), uint32_t(c.kv_lora_rank + c.qk_rope_dim));
+      w_.add_u32(key(k::kValueLength), uint32_t(c.kv_lora_rank));
+      w_.add_u32(key(k::kKeyLengthMla), uint32_t(c.head_dim));
+      w_.add_u32(key(k::kValueLengthMla), uint32_t(c.v_head_dim));
+      if (c.has_moe()) {
+        w_.add_u32(key(k::kExpertSharedCount), uint32_t(c.shared_expert_size / c.moe_intermediate_size));
+        if (c.n_group > 1) {
+          w_.add_u32(key(k::kExpertGroupCount), uint32_t(c.n_group));
+          w_.add_u32(key(k::kExpertGroupUsedCount), uint32_t(c.topk_group));
+        }
+        // llama.cpp ranks groups by the sum of their two best scores (V3's noaux_tc); V2's
+        // group_limited_greedy (the best single score) is recorded for skymoe.
+        if (c.topk_method == "group_limited_greedy" && c.n_group > 1)
+          w_.add_string("skymoe.moe.topk_method", c.topk_method);
+      }
+      if (c.rope_scaling.yarn) {
+        const RopeScaling& y = c.rope_scaling;
+        const YarnGguf g = yarn_to_gguf(y);
+        w_.add_string(key(k::kRopeScalingType), "yarn");
+        w_.add_f32(key(k::kRopeScalingFactor), float(y.factor));
+        w_.add_u32(key(k::kRopeScalingOrigCtx),
+                   uint32_t(y.original_max_position > 0 ? y.original_max_position : c.max_position_embeddings));
+        w_.add_f32(key(k::kRopeYarnBetaFast), float(y.beta_fast));
+        w_.add_f32(key(k::kRopeYarnBetaSlow), float(y.beta_slow));
+        // llama.cpp divides the stored multiplier by 0.1 ([TAG_DEEPSEEK2_YARN_LOG_MUL_FIX]).
+        if (g.log_mul != 0) w_.add_f32(key(k::kRopeYarnLogMul), float(0.1 * g.log_mul));
+        if (g.attn_factor != 1.0) w_.add_f32(key(k::kRopeScalingAttnFactor), float(g.attn_factor));
+      }
+    }
+  }
+
+  // Where llama.cpp's loader or graph for the architecture fixes what this model has otherwise:
+  // the file still says it (skymoe reads it back exactly), llama.cpp will not run it the same.
+  std::vector<std::string> llamacpp_differences() const {
+    const ModelConfig& c = c_;
+    std::vector<std::string> d;
+    if (arch_ == "llama" || !c.has_moe()) return d;
+    if (arch_ == "deepseek2") {
+      for (int l = 0; l < c.num_layers; l++)
+        if (c.layer_is_moe(l) != (l >= c.first_dense_layers)) {
+          d.push_back(fmt::format("its dense layers ({}) are not the leading {} (leading_dense_block_count)",
+                                  c.ffn_summary(), c.first_dense_layers));
+          break;
+        }
+      if (c.topk_method == "group_limited_greedy" && c.n_group > 1)
+        d.push_back("llama.cpp ranks expert groups by the sum of their two best scores, DeepSeek-V2's "
+                    "group_limited_greedy by the best one");
+      return d;
+    }
+    if (c.has_dense()) d.push_back(fmt::format("it needs a router in every layer; this model has {}", c.ffn_summary()));
+    const bool fixed_norm = arch_ == "qwen3moe" || arch_ == "granitemoe";
+    if (c.norm_topk_prob != fixed_norm)
+      d.push_back(fmt::format("it {} the top-k weights; this model {}", fixed_norm ? "renormalizes" : "does not renormalize",
+                              c.norm_topk_prob ? "does" : "does not"));
+    if (c.router_sigmoid) d.push_back("it scores experts with softmax; this model with sigmoid");
+    if (arch_ == "qwen2moe" && c.shared_expert_size == 0) d.push_back("it needs a shared expert; this model has none");
+    // llama.cpp's olmoe loads attn_k_norm as {n_embd}: OLMoE without grouped-query attention.
+    if (arch_ == "olmoe" && c.kv_dim() != c.hidden_size)
+      d.push_back(fmt::format("it needs the keys as wide as the hidden size (attn_k_norm {{n_embd}}); this model's are {} "
+                              "wide (grouped-query attention)",
+                              c.kv_dim()));
+    return d;
+  }
+
+  const float* outer_field(ParamKind kind) {
+    const ParamView<float>& v = m_.outer();
+    return kind == ParamKind::Embed ? v.embed : kind == ParamKind::FinalNorm ? v.final_norm : v.lm_head;
+  }
+
+  static const float* layer_field(const LayerView<float>& v, ParamKind kind) {
+    using K = ParamKind;
+    switch (kind) {
+      case K::AttnNorm: return v.attn_norm;
+      case K::Wq: return v.wq;
+      case K::Wk: return v.wk;
+      case K::Wv: return v.wv;
+      case K::Wo: return v.wo;
+      case K::FfnNorm: return v.ffn_norm;
+      case K::Gate: return v.w_gate;
+      case K::Up: return v.w_up;
+      case K::Down: return v.w_down;
+      case K::Router: return v.router;
+      case K::W1: return v.w1;
+      case K::W3: return v.w3;
+      case K::W2: return v.w2;
+      case K::BiasQ: return v.bq;
+      case K::BiasK: return v.bk;
+      case K::BiasV: return v.bv;
+      case K::QNorm: return v.q_norm;
+      case K::KNorm: return v.k_norm;
+      case K::SharedGate: return v.sh_gate;
+      case K::SharedUp: return v.sh_up;
+      case K::SharedDown: return v.sh_down;
+      case K::SharedRouter: return v.sh_router;
+      case K::WqA: return v.wq_a;
+      case K::QANorm: return v.q_a_norm;
+      case K::WqB: return v.wq_b;
+      case K::WkvA: return v.wkv_a;
+      case K::KvANorm: return v.kv_a_norm;
+      case K::WkvB: return v.wkv_b;
+      case K::RouterBias: return v.router_bias;
+      default: break;
+    }
+    fail("GGUF export: parameter kind {} is not a layer tensor", int(kind));
+  }
+
+  // DeepSeek's kv_b_proj as llama.cpp's attn_k_b and attn_v_b (model/gguf_arch.h split_kv_b).
+  void kv_b(int l) {
+    const ModelConfig& c = c_;
+    const int64_t nope = c.qk_nope_dim, v = c.v_head_dim, r = c.kv_lora_rank, nh = c.num_heads;
+    auto part = [this, l, nope, v, r, nh](bool keys) {
+      return [this, l, nope, v, r, nh, keys] {
+        std::vector<float> k_b(size_t(nh * r * nope)), v_b(size_t(nh * v * r));
+        split_kv_b(c_, m_.layer(l).wkv_b, k_b.data(), v_b.data());
+        return keys ? k_b : v_b;
+      };
+    };
+    const std::string kn = gguf_k_b_name(l), vn = gguf_v_b_name(l);
+    add(kn, matrix_type_for(kn, nope), {nope, r, nh}, part(true));
+    add(vn, matrix_type_for(vn, r), {r, v, nh}, part(false));
+  }
+
   void warn(const std::string& s) {
     rep_.warnings.push_back(s);
     if (opt_.warn) opt_.warn(s);
@@ -241,23 +425,53 @@ class Exporter {
     w_.add_string_array("tokenizer.ggml.tokens", pieces);
     w_.add_f32_array("tokenizer.ggml.scores", scores);
     w_.add_i32_array("tokenizer.ggml.token_type", types);
-    // bos/eos from config.json, the ids skymoe itself prepends and stops at; the tokenizer's own
-    // should agree.
-    auto special = [&](const char* key, const char* what, int cfg_id, int tok_id) {
-      SKY_CHECK(cfg_id >= 0 && cfg_id < V, "config {}_token_id {} is outside the vocabulary [0, {})", what, cfg_id, V);
-      if (tok_id != cfg_id)
-        warn(fmt::format("config.json {}_token_id is {} but tokenizer {} says {}; writing {}", what, cfg_id, tok.path(),
-                         tok_id, cfg_id));
-      w_.add_u32(key, uint32_t(cfg_id));
-    };
-    special("tokenizer.ggml.bos_token_id", "bos", c_.bos_token_id, tok.bos_id());
-    special("tokenizer.ggml.eos_token_id", "eos", c_.eos_token_id, tok.eos_id());
+    special_ids(tok);
     if (tok.unk_id() >= 0) w_.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(tok.unk_id()));
     if (tok.pad_id() >= 0) w_.add_u32("tokenizer.ggml.padding_token_id", uint32_t(tok.pad_id()));
     // Llama convention, and what `skymoe generate` does with a text prompt.
     w_.add_bool("tokenizer.ggml.add_bos_token", true);
     w_.add_bool("tokenizer.ggml.add_eos_token", false);
     w_.add_bool("tokenizer.ggml.add_space_prefix", tok.adds_dummy_prefix());
+  }
+
+  // bos/eos from config.json, the ids skymoe itself prepends and stops at; the tokenizer's own
+  // should agree.
+  void special_ids(const Tokenizer& tok) {
+    const int V = c_.vocab_size;
+    auto special = [&](const char* key, const char* what, int cfg_id, int tok_id) {
+      SKY_CHECK(cfg_id >= 0 && cfg_id < V, "config {}_token_id {} is outside the vocabulary [0, {})", what, cfg_id, V);
+      if (tok_id != cfg_id && tok_id >= 0)
+        warn(fmt::format("config.json {}_token_id is {} but tokenizer {} says {}; writing {}", what, cfg_id, tok.path(),
+                         tok_id, cfg_id));
+      w_.add_u32(key, uint32_t(cfg_id));
+    };
+    special("tokenizer.ggml.bos_token_id", "bos", c_.bos_token_id, tok.bos_id());
+    special("tokenizer.ggml.eos_token_id", "eos", c_.eos_token_id, tok.eos_id());
+  }
+
+  // A tokenizer.json byte-level BPE as llama.cpp's "gpt2" vocabulary (io/gguf_vocab.h): tokens
+  // with their types, merges, the pre-tokenizer's llama.cpp name, and the chat template.
+  void bpe_vocabulary(const Tokenizer& tok) {
+    const int V = c_.vocab_size, n = tok.vocab_size();
+    SKY_CHECK(n <= V, "tokenizer {} has {} tokens but the model's vocab_size is {}", tok.path(), n, V);
+    const GgufBpeVocab b = read_bpe_vocab(tok.path(), V);
+    if (b.unused > 0)
+      warn(fmt::format("tokenizer {} names {} of the model's {} ids; the others are written as unused [PADi] tokens",
+                       tok.path(), V - b.unused, V));
+    rep_.vocab = V;
+    w_.add_string("tokenizer.ggml.model", "gpt2");
+    w_.add_string("tokenizer.ggml.pre", b.pre);
+    w_.add_string_array("tokenizer.ggml.tokens", b.tokens);
+    w_.add_i32_array("tokenizer.ggml.token_type", b.types);
+    w_.add_string_array("tokenizer.ggml.merges", b.merges);
+    special_ids(tok);
+    if (tok.unk_id() >= 0) w_.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(tok.unk_id()));
+    if (tok.pad_id() >= 0) w_.add_u32("tokenizer.ggml.padding_token_id", uint32_t(tok.pad_id()));
+    w_.add_bool("tokenizer.ggml.add_bos_token", b.add_bos);
+    w_.add_bool("tokenizer.ggml.add_eos_token", false);
+    const std::string dir = fs::path(tok.path()).parent_path().string();
+    if (std::optional<ChatTemplate> t = ChatTemplate::from_model_dir(dir.empty() ? "." : dir))
+      w_.add_string("tokenizer.chat_template", t->source());
   }
 
   // The requested type for a weight matrix with rows of `row` values, f16 where q8_0 cannot hold it.
@@ -284,17 +498,9 @@ class Exporter {
     w_.add_tensor(name, t, std::move(ne), [t, p = std::move(p), n] { return gguf::encode(t, p(), n); });
   }
 
-  void matrix(const std::string& name, std::function<const float*()> p, std::vector<int64_t> ne) {
-    const TensorType t = matrix_type_for(name, ne[0]);  // before ne is moved from
-    raw(name, t, std::move(p), std::move(ne));
-  }
-  // llama.cpp's kernels take norms in f32 only.
-  void norm(const std::string& name, std::function<const float*()> p, int64_t n) {
-    raw(name, TensorType::F32, std::move(p), {n});
-  }
-
   ModelParts& m_;
   const ModelConfig& c_;
+  const std::string arch_;  // llama.cpp's general.architecture
   const GgufExportOptions& opt_;
   GgufExportReport& rep_;
   gguf::Writer w_;
@@ -305,13 +511,6 @@ class Exporter {
 
 static GgufExportReport run_export(ModelParts& parts, const Tokenizer* tok, const std::string& out_path,
                                    const GgufExportOptions& opt) {
-  // llama.cpp reads a SentencePiece vocabulary from scores ("llama"); a Hugging Face BPE needs its
-  // merges and a pre-tokenizer name llama.cpp knows ("gpt2" + tokenizer.ggml.pre), not written yet.
-  SKY_CHECK(!tok || tok->kind() == Tokenizer::Kind::SentencePiece,
-            "GGUF export: tokenizer {} is a Hugging Face tokenizer.json BPE; writing its vocabulary (merges and "
-            "llama.cpp's pre-tokenizer name) is not supported yet. Pass --tokenizer a SentencePiece .model, or "
-            "--no-tokenizer to export the weights alone",
-            tok->path());
   GgufExportReport rep;
   Exporter ex(parts, opt, rep);
   ex.metadata(tok);

@@ -1,6 +1,9 @@
 #pragma once
-// Model -> GGUF in llama.cpp's "llama" architecture layout (dense Llama, and Mixtral-style MoE
-// with stacked expert tensors), as llama.cpp's convert_hf_to_gguf.py writes it. docs/gguf.md.
+// Model -> GGUF in the layout of llama.cpp's architecture for its family (llama for dense Llama,
+// Mixtral and Skywork; qwen2moe, qwen3moe, olmoe, granitemoe, deepseek2), as llama.cpp's
+// convert_hf_to_gguf.py writes it; names and keys from model/gguf_arch.h, which the reader shares.
+// The vocabulary: a SentencePiece model as "llama", a tokenizer.json byte-level BPE as "gpt2"
+// (io/gguf_vocab.h). docs/gguf.md.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -35,7 +38,9 @@ struct GgufExportReport {
 
 // Writes `m` (and `tok`'s vocabulary) to out_path atomically. Norms and the router stay f32; the
 // other weight matrices take opt.type (q8_0 falls back to f16 for rows not a multiple of 32).
-// `tok` may be null: the file then has no tokenizer metadata, which llama.cpp needs (warned).
+// `tok` may be null: the file then has no tokenizer metadata, which llama.cpp needs (warned). What
+// GGUF cannot express is a sky::Error before anything is written; what llama.cpp's architecture
+// runs differently from skymoe (e.g. a qwen2moe dense layer) is written and warned.
 GgufExportReport export_gguf(const Model& m, const Tokenizer* tok, const std::string& out_path,
                              const GgufExportOptions& opt);
 // The same from an HF model directory, read one layer at a time: memory holds one layer (or the

@@ -5,12 +5,13 @@
 //            are kept as they are (llama.cpp folds none), a space is prefixed unless
 //            tokenizer.ggml.add_space_prefix is false.
 //   "gpt2":  byte-level BPE (tokens, merges, tokenizer.ggml.pre naming the pre-tokenizer regex):
-//            built as a tokenizer.json and run by HfTokenizer. Control (3) and user-defined (4)
+//            built as a tokenizer.json and run by HfTokenizer (the names: io/gguf_vocab.h). Control (3) and user-defined (4)
 //            tokens are added tokens, matched before the BPE.
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/gguf_reader.h"
+#include "io/gguf_vocab.h"
 #include "io/hf_tokenizer.h"
 #include "io/tokenizer.h"
 
@@ -43,22 +44,6 @@ void put_float(std::string& b, int field, float v) {
   char raw[4];
   std::memcpy(raw, &v, 4);
   b.append(raw, 4);
-}
-
-// tokenizer.ggml.pre -> the pre-tokenizer regex (tokenizer.json spelling); "" = GPT-2's ByteLevel.
-struct Pre {
-  const char* regex;
-  bool ignore_merges;
-};
-bool known_pre(const std::string& name, Pre* out) {
-  static const char* kQwen2 =
-      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-  static const char* kLlama3 =
-      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-  if (name == "default" || name == "gpt2" || name == "gpt-2" || name == "olmo") return *out = {"", false}, true;
-  if (name == "qwen2") return *out = {kQwen2, false}, true;
-  if (name == "llama3" || name == "llama-bpe" || name == "llama-v3") return *out = {kLlama3, true}, true;
-  return false;
 }
 
 int opt_id(const gguf::File& f, const char* key, int n) {
@@ -141,11 +126,9 @@ Tokenizer Tokenizer::from_gguf(const std::string& path) {
 
   if (model == "gpt2") {
     const std::string pre_name = f.get_string("tokenizer.ggml.pre", "default");
-    Pre pre;
-    SKY_CHECK(known_pre(pre_name, &pre),
-              "{}: metadata 'tokenizer.ggml.pre' is '{}', a pre-tokenizer skymoe does not know (known: default, gpt2, "
-              "olmo, qwen2, llama3, llama-bpe)",
-              path, pre_name);
+    const BpePreTokenizer* pre = bpe_pre_by_name(pre_name);
+    SKY_CHECK(pre, "{}: metadata 'tokenizer.ggml.pre' is '{}', a pre-tokenizer skymoe does not know (known: {})", path,
+              pre_name, bpe_pre_names());
     using json = nlohmann::ordered_json;
     json vocab = json::object(), added = json::array();
     for (int i = 0; i < n; i++) {
@@ -160,13 +143,15 @@ Tokenizer Tokenizer::from_gguf(const std::string& path) {
     if (f.has("tokenizer.ggml.merges"))
       for (const std::string& m : f.get_strings("tokenizer.ggml.merges")) merges.push_back(m);
     json pre_tok;
-    if (*pre.regex)
-      pre_tok = {{"type", "Sequence"},
-                 {"pretokenizers",
-                  {{{"type", "Split"}, {"pattern", {{"Regex", pre.regex}}}, {"behavior", "Isolated"}, {"invert", false}},
-                   {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
-    else
+    if (!pre->regexes.empty()) {
+      json seq = json::array();
+      for (const std::string& r : pre->regexes)
+        seq.push_back({{"type", "Split"}, {"pattern", {{"Regex", r}}}, {"behavior", "Isolated"}, {"invert", false}});
+      seq.push_back({{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}});
+      pre_tok = {{"type", "Sequence"}, {"pretokenizers", seq}};
+    } else {
       pre_tok = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+    }
     json j = {{"version", "1.0"},
               {"added_tokens", added},
               {"normalizer", nullptr},
@@ -174,7 +159,7 @@ Tokenizer Tokenizer::from_gguf(const std::string& path) {
               {"model",
                {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
                 {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
-                {"ignore_merges", pre.ignore_merges}, {"vocab", vocab}, {"merges", merges}}},
+                {"ignore_merges", pre->ignore_merges}, {"vocab", vocab}, {"merges", merges}}},
               {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}}};
     std::string text;
     try {

@@ -10,14 +10,19 @@
 //   qwen2moe               qwen2_moe (q/k/v biases, shared expert and its sigmoid gate)
 //   qwen3moe               qwen3_moe (per-head q/k norms)
 //   olmoe                  olmoe (whole-projection q/k norms)
+//   granitemoe             granitemoe / granitemoeshared (shared MLP as ffn_*_shexp; Granite's
+//                          multipliers from its scale keys; stacked experts assembled)
+//   deepseek2              deepseek_v2 / deepseek_v3 by the gating function (latent attention,
+//                          attn_k_b + attn_v_b joined into kv_b_proj, exp_probs_b, groups, YaRN)
+// Tensor names, row orders and key names come from model/gguf_arch.h, shared with the exporter.
 // Hyper-parameters come from <arch>.block_count, .embedding_length, .attention.head_count(_kv),
 // .attention.key_length, .rope.freq_base, .attention.layer_norm_rms_epsilon, .context_length,
 // .feed_forward_length, .expert_feed_forward_length, .expert_shared_feed_forward_length,
 // .expert_count, .expert_used_count, .expert_weights_norm, .expert_gating_func,
-// .expert_weights_scale, .leading_dense_block_count; the vocabulary size and tied embeddings from
-// the tensors; which layers are MoE from the routers present. What skymoe cannot run (another
-// architecture, RoPE scaling, partial rotary dims, an unknown tensor, a type it cannot decode) is a
-// sky::Error naming the key, tensor or type.
+// .expert_weights_scale, .leading_dense_block_count and deepseek2's MLA keys; the vocabulary size
+// and tied embeddings from the tensors; which layers are MoE from the routers present. What skymoe
+// cannot run (another architecture, RoPE scaling outside deepseek2's YaRN, partial rotary dims, an
+// unknown tensor, a type it cannot decode) is a sky::Error naming the key, tensor or type.
 #include <string>
 
 #include "io/gguf_reader.h"
