@@ -7,7 +7,7 @@ writes it; or --random N ids drawn here), and prints the perplexity of each, the
 largest per-token log-probability difference. One window = S input tokens at offset k*S, scored on
 the next S tokens, exactly as `skymoe eval --batch-size 1` lays them out; no BOS is added by either.
 
-    LLAMA_CPP_LIB_PATH=.../llama.cpp/build/bin python scripts/check_llamacpp.py \
+    LLAMA_CPP_LIB_PATH=.../llama.cpp/build/bin python scripts/check_llamacpp_ppl.py \
         --gguf model.gguf --data val.bin --seq-len 128 --windows 16
 
 Needs numpy and llama-cpp-python (PyPI; never needed by the engine or CI). docs/gguf.md.
