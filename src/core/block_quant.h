@@ -50,6 +50,18 @@ void block_dequantize(BlockType t, const void* src, float* dst, int64_t n);
 // round(x / d) against the rounded d.
 void quantize_q8_0(const float* x, int64_t n, uint8_t* out);
 
+// Encodes n values (a multiple of the block) as Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K:
+// round-to-nearest, no importance weights. Each group's step (and offset) starts from its min and
+// max, so the grid covers every value, and is then refined by least squares over the rounded codes
+// (kept only when it lowers the squared error and still covers every value within half a step).
+// K types then round the group scales to 6 bits (Q6_K: 8) against the block's f16 d and dmin, and
+// the codes are chosen against those stored scales, so block_dequantize of the output is the
+// value the file holds. Every value ends within half its group's stored step plus the scale
+// rounding term (tests/test_block_quant.cpp). A non-finite value, or values too large for the
+// f16 scales, is a sky::Error naming the type, block and value.
+void block_quantize(BlockType t, const float* x, int64_t n, uint8_t* out);
+bool block_can_encode(BlockType t);  // F32, F16 and the types above
+
 // Block sizes the kernels use.
 constexpr int kQK = 32;    // Q4_0, Q5_0, Q8_0 ...
 constexpr int kQKK = 256;  // the K types
