@@ -51,8 +51,10 @@ int write_gguf(const std::string& model, const std::string& out, const std::stri
     tok = std::make_unique<Tokenizer>(Tokenizer::load(tokenizer));
   }
 
-  if (name.empty()) name = fs::path(model).lexically_normal().filename().string();
-  if (gguf_in) name = fs::path(name).stem().string();
+  if (name.empty()) {
+    const fs::path p = fs::path(model).lexically_normal();
+    name = (gguf_in ? p.stem() : p.filename()).string();  // "moe" for moe.gguf
+  }
   if (name.empty() || name == ".") name = fs::absolute(model, ec).lexically_normal().parent_path().filename().string();
   o.name = name;
   o.warn = [](const std::string& s) { fmt::print(stderr, "warning: {}\n", s); };
@@ -64,7 +66,7 @@ int write_gguf(const std::string& model, const std::string& out, const std::stri
     };
 
   GgufExportReport r = export_gguf(model, tok.get(), out, o);  // one layer in memory at a time
-  // Tensors per type, the most bits first: "3 q6_K, 12 q4_K, 9 f32".
+  // Tensors per type, K types first (ggml's numbering, reversed): "4 q6_K, 20 q4_K, 4 q8_0, 51 f32".
   std::vector<std::string> counts;
   for (auto it = r.type_counts.rbegin(); it != r.type_counts.rend(); ++it)
     counts.push_back(fmt::format("{} {}", it->second, gguf::tensor_type_name(it->first)));

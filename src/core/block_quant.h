@@ -2,8 +2,9 @@
 // ggml's block-quantized tensor types (the element types of GGUF files), numbered as ggml numbers
 // them: each holds blocks of `block_values` values in `block_bytes` bytes. Decoding follows the
 // GGUF specification's formulas exactly (same f32 operations in the same order, so the values are
-// bit-identical to ggml's reference dequantization); tests/test_block_quant.cpp checks each against
-// an independent plain reference.
+// bit-identical to ggml's reference dequantization); tests/test_gguf_model.cpp checks each against
+// gguf-py and an independent plain reference. Encoding (block_quantize, below) is checked by
+// tests/test_block_quant.cpp.
 //
 // Layouts (all little-endian; d, dmin, m are f16 unless said):
 //   Q4_0  {d; u8 qs[16]}                 x[j] = (lo4(qs[j]) - 8) d, x[j+16] = (hi4(qs[j]) - 8) d
