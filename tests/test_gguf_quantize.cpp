@@ -200,7 +200,9 @@ TEST_F(QuantCli, QuantizesToEachTypeAndLoadsBack) {
     const std::string msg = run_ok("quantize --model " + *root + "/f32 --to " + ft + " --out " + out + " --no-tokenizer");
     EXPECT_NE(msg.find("wrote " + out + " (" + ft + ")"), std::string::npos) << msg;
     EXPECT_NE(msg.find("bits/weight"), std::string::npos) << msg;
-    if (ft != "q8_0") EXPECT_NE(msg.find("as llama.cpp falls back"), std::string::npos) << msg;  // ffn_down rows of 96
+    if (ft != "q8_0") {  // ffn_down's rows of 96 do not fit 256-value blocks
+      EXPECT_NE(msg.find("as llama.cpp falls back"), std::string::npos) << msg;
+    }
 
     gguf::File f = gguf::File::open(out);
     EXPECT_EQ(f.get_uint("general.file_type"), ftypes[k]);
