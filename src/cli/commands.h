@@ -26,6 +26,12 @@ int cmd_plan(int argc, char** argv);
 int cmd_plan_inference(int argc, char** argv);  // `skymoe plan --inference`
 int cmd_chat_template(int argc, char** argv);
 
+// `export gguf` and `quantize --to q8_0|q6_k|q4_k_m` (cli/cmd_export.cpp): writes `model` (a
+// directory or a .gguf file, read one layer at a time) as a GGUF file of file type `type`, with the
+// vocabulary from `tokenizer` (default: the model's own), and prints the report line.
+int write_gguf(const std::string& model, const std::string& out, const std::string& type, std::string tokenizer,
+               bool no_tokenizer, std::string name);
+
 // A conversation file for chat-template and generate --chat: a JSON array of messages, or an
 // object {"messages": [...], ...} whose other keys go to *extra (template variables). Key order kept.
 nlohmann::ordered_json read_conversation(const std::string& path, nlohmann::ordered_json* extra);

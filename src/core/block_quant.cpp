@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace sky {
 
@@ -148,6 +149,238 @@ void deq_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// ---- Encoding ----
+
+inline void put_h(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
+
+// A group's grid: x ~= s q + o for integer codes q in [qmin, qmax].
+struct Grid {
+  double s = 0, o = 0;
+};
+
+// How a type places its grid: symmetric types have no offset (o = 0) and a signed step, so the
+// value of largest magnitude can sit on the longer side of [qmin, qmax] (Q4_0's -8, Q6_K's -32);
+// Q5_1 stores a free offset; the K types subtract a non-negative min, so their offset is <= 0.
+enum class Offset { None, Free, NonPositive };
+
+inline int code(double x, const Grid& g, int qmin, int qmax) {
+  if (g.s == 0) return std::clamp(0, qmin, qmax);
+  return int(std::clamp<long>(std::lround((x - g.o) / g.s), qmin, qmax));
+}
+
+double sse(const float* x, int n, const Grid& g, int qmin, int qmax) {
+  double e = 0;
+  for (int i = 0; i < n; i++) {
+    const double r = g.s * code(x[i], g, qmin, qmax) + g.o - x[i];
+    e += r * r;
+  }
+  return e;
+}
+
+// The smallest grid that covers the group's min and max, then up to four least-squares
+// refinements: with the codes fixed, the step (and offset) minimizing the squared error has a
+// closed form; re-rounding against it can only lower the error further. A refinement is kept only
+// if it lowers the error and leaves every value within half a step of the grid (no clipping), so
+// the per-value bound of plain round-to-nearest still holds.
+Grid fit_group(const float* x, int n, int qmin, int qmax, Offset kind) {
+  double lo = x[0], hi = x[0];
+  for (int i = 1; i < n; i++) lo = std::min<double>(lo, x[i]), hi = std::max<double>(hi, x[i]);
+  Grid g;
+  if (kind == Offset::None) {
+    // Positive s covers [qmin s, qmax s]; negative s = -t covers [-qmax t, -qmin t].
+    const double pos = std::max({0.0, lo / qmin, hi / qmax}), neg = std::max({0.0, lo / -qmax, hi / -qmin});
+    g.s = pos <= neg ? pos : -neg;
+  } else {
+    if (kind == Offset::NonPositive) lo = std::min(lo, 0.0);
+    g.s = (hi - lo) / qmax;
+    g.o = lo;
+  }
+  if (g.s == 0) return g;  // constant group (or zeros): exact as it is
+  double err = sse(x, n, g, qmin, qmax);
+  for (int it = 0; it < 4 && err > 0; it++) {
+    double a = 0, b = 0, c = 0, e = 0;  // sums of q^2, q, q x, x
+    for (int i = 0; i < n; i++) {
+      const double q = code(x[i], g, qmin, qmax);
+      a += q * q, b += q, c += q * x[i], e += x[i];
+    }
+    Grid r;
+    if (kind == Offset::None) {
+      if (a == 0) break;
+      r.s = c / a;
+    } else {
+      const double det = n * a - b * b;
+      if (det <= 0) break;
+      r.s = (n * c - b * e) / det;
+      r.o = (e - b * r.s) / n;
+      if (kind == Offset::NonPositive && r.o > 0) {
+        r.o = 0;
+        r.s = a > 0 ? c / a : 0;
+      }
+    }
+    if (!(r.s * g.s > 0)) break;  // a sign flip or zero step: keep what we have
+    bool covers = true;
+    for (int i = 0; i < n && covers; i++) {
+      const double u = (x[i] - r.o) / r.s;
+      covers = u >= qmin - 0.5 && u <= qmax + 0.5;
+    }
+    const double re = covers ? sse(x, n, r, qmin, qmax) : err;
+    if (re >= err) break;
+    g = r;
+    err = re;
+  }
+  return g;
+}
+
+// f16 of a block scale; a value too large for f16 is an error naming the block.
+uint16_t scale_f16(double v, const char* type, int64_t block, float amax) {
+  const uint16_t h = f32_to_f16(float(v));
+  SKY_CHECK(std::isfinite(f16_to_f32(h)),
+            "{}: block {} holds a value of magnitude {}, too large for the format's f16 scale ({} needed)", type, block,
+            amax, v);
+  return h;
+}
+
+void check_finite(const float* x, int n, const char* type, int64_t block) {
+  for (int i = 0; i < n; i++)
+    SKY_CHECK(std::isfinite(x[i]), "{}: value {} at index {} (block {}) is not finite", type, x[i],
+              block * n + i, block);
+}
+
+float abs_max(const float* x, int n) {
+  float m = 0;
+  for (int i = 0; i < n; i++) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+// Q4_0 and Q5_0: one signed f16 step per 32 values, codes offset by 8 / 16.
+void enc_q4_0(const float* x, uint8_t* b, int64_t blk) {
+  check_finite(x, 32, "q4_0", blk);
+  const Grid g = fit_group(x, 32, -8, 7, Offset::None);
+  const uint16_t dh = scale_f16(g.s, "q4_0", blk, abs_max(x, 32));
+  put_h(b, dh);
+  const Grid st{f16_to_f32(dh), 0};
+  for (int j = 0; j < 16; j++)
+    b[2 + j] = uint8_t((code(x[j], st, -8, 7) + 8) | ((code(x[j + 16], st, -8, 7) + 8) << 4));
+}
+// The fifth bits of Q5_0/Q5_1: bit j of qh for value j.
+void put_q5(const int* q, uint8_t* qh_at, uint8_t* qs) {
+  uint32_t qh = 0;
+  for (int j = 0; j < 16; j++) {
+    qs[j] = uint8_t((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+    qh |= uint32_t(q[j] >> 4) << j | uint32_t(q[j + 16] >> 4) << (j + 16);
+  }
+  std::memcpy(qh_at, &qh, 4);
+}
+void enc_q5_0(const float* x, uint8_t* b, int64_t blk) {
+  check_finite(x, 32, "q5_0", blk);
+  const Grid g = fit_group(x, 32, -16, 15, Offset::None);
+  const uint16_t dh = scale_f16(g.s, "q5_0", blk, abs_max(x, 32));
+  put_h(b, dh);
+  const Grid st{f16_to_f32(dh), 0};
+  int q[32];
+  for (int j = 0; j < 32; j++) q[j] = code(x[j], st, -16, 15) + 16;
+  put_q5(q, b + 2, b + 6);
+}
+void enc_q5_1(const float* x, uint8_t* b, int64_t blk) {
+  check_finite(x, 32, "q5_1", blk);
+  const Grid g = fit_group(x, 32, 0, 31, Offset::Free);
+  const float amax = abs_max(x, 32);
+  const uint16_t dh = scale_f16(g.s, "q5_1", blk, amax), mh = scale_f16(g.o, "q5_1", blk, amax);
+  put_h(b, dh);
+  put_h(b + 2, mh);
+  const Grid st{f16_to_f32(dh), f16_to_f32(mh)};
+  int q[32];
+  for (int j = 0; j < 32; j++) q[j] = code(x[j], st, 0, 31);
+  put_q5(q, b + 4, b + 8);
+}
+
+// Q4_K and Q5_K: 8 groups of 32 with 6-bit scales and mins against the block's f16 d and dmin;
+// codes (4 or 5 bits) against the stored d*sc and dmin*mn, written into q[256].
+void enc_k_scales(const float* x, int nmax, uint8_t* b, int q[256], const char* type, int64_t blk) {
+  check_finite(x, 256, type, blk);
+  Grid g[8];
+  double smax = 0, mmax = 0;
+  for (int j = 0; j < 8; j++) {
+    g[j] = fit_group(x + 32 * j, 32, 0, nmax, Offset::NonPositive);
+    smax = std::max(smax, g[j].s);
+    mmax = std::max(mmax, -g[j].o);
+  }
+  const float amax = abs_max(x, 256);
+  const uint16_t dh = scale_f16(smax / 63, type, blk, amax), mh = scale_f16(mmax / 63, type, blk, amax);
+  put_h(b, dh);
+  put_h(b + 2, mh);
+  const float d = f16_to_f32(dh), dmin = f16_to_f32(mh);
+  uint8_t sc[8], mn[8];
+  for (int j = 0; j < 8; j++) {
+    sc[j] = uint8_t(d > 0 ? std::clamp<long>(std::lround(g[j].s / d), 0, 63) : 0);
+    mn[j] = uint8_t(dmin > 0 ? std::clamp<long>(std::lround(-g[j].o / dmin), 0, 63) : 0);
+    // The stored grid, as the decoder forms it: x = (d sc) q - (dmin mn).
+    const Grid st{d * float(sc[j]), -double(dmin * float(mn[j]))};
+    for (int l = 0; l < 32; l++) q[32 * j + l] = code(x[32 * j + l], st, 0, nmax);
+  }
+  // The 12 scale bytes (scale_min_k4's packing): bytes 0-3 hold sc[0..3] and the top two bits of
+  // sc[4..7]; bytes 4-7 the same for the mins; bytes 8-11 the low nibbles of sc[4..7] and mn[4..7].
+  uint8_t* s = b + 4;
+  for (int j = 0; j < 4; j++) {
+    s[j] = uint8_t(sc[j] | (sc[j + 4] >> 4) << 6);
+    s[j + 4] = uint8_t(mn[j] | (mn[j + 4] >> 4) << 6);
+    s[j + 8] = uint8_t((sc[j + 4] & 0xF) | (mn[j + 4] & 0xF) << 4);
+  }
+}
+// Each 64 values share 32 bytes of nibbles: low nibble the first 32, high nibble the next 32.
+void put_k_nibbles(const int q[256], uint8_t* qs) {
+  for (int c = 0; c < 4; c++)
+    for (int l = 0; l < 32; l++) qs[32 * c + l] = uint8_t((q[64 * c + l] & 0xF) | (q[64 * c + 32 + l] & 0xF) << 4);
+}
+void enc_q4_k(const float* x, uint8_t* b, int64_t blk) {
+  int q[256];
+  enc_k_scales(x, 15, b, q, "q4_K", blk);
+  put_k_nibbles(q, b + 16);
+}
+void enc_q5_k(const float* x, uint8_t* b, int64_t blk) {
+  int q[256];
+  enc_k_scales(x, 31, b, q, "q5_K", blk);
+  // Fifth bits: value 64c + l in bit 2c of qh[l], value 64c + 32 + l in bit 2c + 1.
+  uint8_t* qh = b + 16;
+  std::memset(qh, 0, 32);
+  for (int c = 0; c < 4; c++)
+    for (int l = 0; l < 32; l++) qh[l] |= uint8_t((q[64 * c + l] >> 4) << (2 * c) | (q[64 * c + 32 + l] >> 4) << (2 * c + 1));
+  put_k_nibbles(q, b + 48);
+}
+
+// Q6_K: 16 groups of 16 with signed 8-bit scales against an f16 d; 6-bit codes offset by 32.
+void enc_q6_k(const float* x, uint8_t* b, int64_t blk) {
+  check_finite(x, 256, "q6_K", blk);
+  Grid g[16];
+  double smax = 0;
+  for (int j = 0; j < 16; j++) {
+    g[j] = fit_group(x + 16 * j, 16, -32, 31, Offset::None);
+    smax = std::max(smax, std::fabs(g[j].s));
+  }
+  const uint16_t dh = scale_f16(smax / 127, "q6_K", blk, abs_max(x, 256));
+  const float d = f16_to_f32(dh);
+  int8_t* sc = reinterpret_cast<int8_t*>(b + 192);
+  uint8_t q[256];
+  for (int j = 0; j < 16; j++) {
+    sc[j] = int8_t(d > 0 ? std::clamp<long>(std::lround(g[j].s / d), -127, 127) : 0);
+    const Grid st{d * float(sc[j]), 0};
+    for (int l = 0; l < 16; l++) q[16 * j + l] = uint8_t(code(x[16 * j + l], st, -32, 31) + 32);
+  }
+  put_h(b + 208, dh);
+  // Each half of 128 values: ql[64] of nibbles (values l and l+64 share ql[l], l+32 and l+96 share
+  // ql[l+32]) and qh[32] holding the top two bits of l, l+32, l+64, l+96 in bits 0-1, 2-3, 4-5, 6-7.
+  for (int h = 0; h < 2; h++) {
+    const uint8_t* y = q + 128 * h;
+    uint8_t* ql = b + 64 * h;
+    uint8_t* qh = b + 128 + 32 * h;
+    for (int l = 0; l < 32; l++) {
+      ql[l] = uint8_t((y[l] & 0xF) | (y[l + 64] & 0xF) << 4);
+      ql[l + 32] = uint8_t((y[l + 32] & 0xF) | (y[l + 96] & 0xF) << 4);
+      qh[l] = uint8_t(y[l] >> 4 | (y[l + 32] >> 4) << 2 | (y[l + 64] >> 4) << 4 | (y[l + 96] >> 4) << 6);
+    }
+  }
+}
+
 }  // namespace
 
 const BlockTraits* block_traits(uint32_t type) {
@@ -193,13 +426,12 @@ void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / kQK; b++) {
     const float* xb = x + b * kQK;
     uint8_t* ob = out + b * (2 + kQK);
-    float amax = 0;
-    for (int i = 0; i < kQK; i++) amax = std::max(amax, std::fabs(xb[i]));
-    SKY_CHECK(std::isfinite(amax), "q8_0: non-finite value in block {}", b);
+    check_finite(xb, kQK, "q8_0", b);
+    const float amax = abs_max(xb, kQK);
     // Quantizing against the f16-rounded scale (ggml's reference uses the unrounded one) keeps
     // every decoded value within d/2; |x/d| can exceed 127 by at most 127 * 2^-11, so it still
     // rounds to 127.
-    const uint16_t dh = f32_to_f16(amax / 127.0f);
+    const uint16_t dh = scale_f16(amax / 127.0f, "q8_0", b, amax);
     const float d = f16_to_f32(dh);
     std::memcpy(ob, &dh, 2);
     for (int i = 0; i < kQK; i++) {
@@ -207,6 +439,42 @@ void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
       ob[2 + i] = uint8_t(int8_t(std::clamp(q, -127L, 127L)));
     }
   }
+}
+
+bool block_can_encode(BlockType t) {
+  switch (t) {
+    case BlockType::F32: case BlockType::F16: case BlockType::Q4_0: case BlockType::Q5_0: case BlockType::Q5_1:
+    case BlockType::Q8_0: case BlockType::Q4_K: case BlockType::Q5_K: case BlockType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void block_quantize(BlockType t, const float* x, int64_t n, uint8_t* out) {
+  const BlockTraits* tr = block_traits(uint32_t(t));
+  SKY_CHECK(tr && block_can_encode(t), "cannot encode tensor type {} ({})", tr ? tr->name : "unknown", uint32_t(t));
+  SKY_CHECK(n % tr->block_values == 0, "{}: {} values is not a multiple of the block ({})", tr->name, n,
+            tr->block_values);
+  void (*f)(const float*, uint8_t*, int64_t) = nullptr;
+  switch (t) {
+    case BlockType::F32: std::memcpy(out, x, size_t(n) * 4); return;
+    case BlockType::F16: convert_from_f32(DType::F16, x, out, size_t(n)); return;
+    case BlockType::Q8_0: quantize_q8_0(x, n, out); return;
+    case BlockType::Q4_0: f = enc_q4_0; break;
+    case BlockType::Q5_0: f = enc_q5_0; break;
+    case BlockType::Q5_1: f = enc_q5_1; break;
+    case BlockType::Q4_K: f = enc_q4_k; break;
+    case BlockType::Q5_K: f = enc_q5_k; break;
+    case BlockType::Q6_K: f = enc_q6_k; break;
+    default: break;
+  }
+  const int64_t nb = n / tr->block_values, bv = tr->block_values, bb = tr->block_bytes;
+  // Blocks are independent: chunks of them encode on all threads (an expert stack is large).
+  constexpr int64_t kChunk = 256;
+  parallel_for(size_t((nb + kChunk - 1) / kChunk), [&](size_t c) {
+    for (int64_t i = int64_t(c) * kChunk; i < std::min(nb, int64_t(c + 1) * kChunk); i++) f(x + i * bv, out + i * bb, i);
+  });
 }
 
 }  // namespace sky

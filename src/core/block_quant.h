@@ -2,8 +2,9 @@
 // ggml's block-quantized tensor types (the element types of GGUF files), numbered as ggml numbers
 // them: each holds blocks of `block_values` values in `block_bytes` bytes. Decoding follows the
 // GGUF specification's formulas exactly (same f32 operations in the same order, so the values are
-// bit-identical to ggml's reference dequantization); tests/test_block_quant.cpp checks each against
-// an independent plain reference.
+// bit-identical to ggml's reference dequantization); tests/test_gguf_model.cpp checks each against
+// gguf-py and an independent plain reference. Encoding (block_quantize, below) is checked by
+// tests/test_block_quant.cpp.
 //
 // Layouts (all little-endian; d, dmin, m are f16 unless said):
 //   Q4_0  {d; u8 qs[16]}                 x[j] = (lo4(qs[j]) - 8) d, x[j+16] = (hi4(qs[j]) - 8) d
@@ -49,6 +50,18 @@ void block_dequantize(BlockType t, const void* src, float* dst, int64_t n);
 // Q8_0 encoding (what `export gguf --type q8_0` writes): d = max|x| / 127 rounded to f16, q =
 // round(x / d) against the rounded d.
 void quantize_q8_0(const float* x, int64_t n, uint8_t* out);
+
+// Encodes n values (a multiple of the block) as Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K:
+// round-to-nearest, no importance weights. Each group's step (and offset) starts from its min and
+// max, so the grid covers every value, and is then refined by least squares over the rounded codes
+// (kept only when it lowers the squared error and still covers every value within half a step).
+// K types then round the group scales to 6 bits (Q6_K: 8) against the block's f16 d and dmin, and
+// the codes are chosen against those stored scales, so block_dequantize of the output is the
+// value the file holds. Every value ends within half its group's stored step plus the scale
+// rounding term (tests/test_block_quant.cpp). A non-finite value, or values too large for the
+// f16 scales, is a sky::Error naming the type, block and value.
+void block_quantize(BlockType t, const float* x, int64_t n, uint8_t* out);
+bool block_can_encode(BlockType t);  // F32, F16 and the types above
 
 // Block sizes the kernels use.
 constexpr int kQK = 32;    // Q4_0, Q5_0, Q8_0 ...

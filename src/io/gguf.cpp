@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "core/dtype.h"
 #include "core/error.h"
 #include "io/atomic_file.h"
 
@@ -48,13 +47,9 @@ uint64_t tensor_nbytes(TensorType t, const std::vector<int64_t>& ne) {
 }
 
 std::vector<uint8_t> encode(TensorType t, const float* x, int64_t n) {
+  SKY_CHECK(block_can_encode(t), "gguf: the writer does not encode {}", tensor_type_name(t));
   std::vector<uint8_t> out(size_t(n / block_values(t) * block_bytes(t)));
-  switch (t) {
-    case TensorType::F32: std::memcpy(out.data(), x, out.size()); break;
-    case TensorType::F16: convert_from_f32(DType::F16, x, out.data(), size_t(n)); break;
-    case TensorType::Q8_0: quantize_q8_0(x, n, out.data()); break;
-    default: fail("gguf: the writer does not encode {}", tensor_type_name(t));
-  }
+  block_quantize(t, x, n, out.data());
   return out;
 }
 

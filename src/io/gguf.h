@@ -25,7 +25,8 @@ enum class ValueType : uint32_t {
   U64 = 10, I64 = 11, F64 = 12,
 };
 
-// ggml tensor types (ggml_type numbering; core/block_quant.h). The writer produces F32, F16, Q8_0.
+// ggml tensor types (ggml_type numbering; core/block_quant.h). The writer produces F32, F16 and
+// the types block_quantize encodes (Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).
 using TensorType = BlockType;
 
 inline const char* tensor_type_name(TensorType t) { return block_type_name(t); }  // "f32", "q8_0", ...
@@ -38,7 +39,7 @@ uint64_t tensor_nbytes(TensorType t, const std::vector<int64_t>& ne);
 // to f16, and q = round(x / d) with that rounded d, so the decoded error stays within d/2.
 constexpr int kQ8Block = 32;
 using sky::quantize_q8_0;  // n a multiple of 32
-// f32 or f16 or Q8_0 bytes of n values.
+// The bytes of n values in type t (block_quantize; n a multiple of the block).
 std::vector<uint8_t> encode(TensorType t, const float* x, int64_t n);
 
 class Writer {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -21,13 +22,6 @@ namespace sky {
 using gguf::TensorType;
 namespace fs = std::filesystem;
 
-GgufFileType parse_gguf_file_type(const std::string& s) {
-  if (s == "f32") return GgufFileType::F32;
-  if (s == "f16") return GgufFileType::F16;
-  if (s == "q8_0") return GgufFileType::Q8_0;
-  fail("GGUF type '{}' is not one of: f32, f16, q8_0", s);
-}
-
 std::vector<float> permute_qk_rows(const float* w, int n_heads, int head_dim, int64_t cols) {
   SKY_CHECK(head_dim % 2 == 0, "Q/K permutation: head_dim {} is odd", head_dim);
   std::vector<float> out(size_t(n_heads) * head_dim * cols);
@@ -36,13 +30,6 @@ std::vector<float> permute_qk_rows(const float* w, int n_heads, int head_dim, in
 }
 
 namespace {
-
-// general.file_type (llama_ftype): ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_Q8_0 = 7.
-uint32_t llama_ftype(GgufFileType t) { return t == GgufFileType::F32 ? 0 : t == GgufFileType::F16 ? 1 : 7; }
-
-TensorType matrix_type(GgufFileType t) {
-  return t == GgufFileType::F32 ? TensorType::F32 : t == GgufFileType::F16 ? TensorType::F16 : TensorType::Q8_0;
-}
 
 // gguf-py's TokenType, the values llama.cpp's SentencePiece vocab expects in token_type.
 int32_t token_type(Tokenizer::PieceType t) {
@@ -104,7 +91,7 @@ class Exporter {
     w_.add_string("general.type", "model");
     w_.add_string("general.name", opt_.name.empty() ? "skymoe" : opt_.name);
     w_.set_alignment(gguf::kDefaultAlignment);  // the default, written out so the file says so
-    w_.add_u32("general.file_type", llama_ftype(opt_.type));
+    w_.add_u32("general.file_type", gguf_llama_ftype(opt_.type));
     w_.add_u32("general.quantization_version", 2);  // GGML_QNT_VERSION, what llama.cpp writes today
     namespace k = gguf_key;
     const bool mla = arch_ == "deepseek2";
@@ -182,10 +169,11 @@ class Exporter {
         return out;
       });
     }
-    if (!fallback_.empty())
-      warn(fmt::format("{} tensor(s) have rows whose length is not a multiple of {} and are written as f16 instead of "
-                       "q8_0 (e.g. {})",
-                       fallback_.size(), gguf::kQ8Block, fallback_.front()));
+    for (auto& [types, names] : fallback_)
+      warn(fmt::format("{} tensor(s) have rows whose length is not a multiple of {} and are written as {} instead of "
+                       "{}, as llama.cpp falls back (e.g. {})",
+                       names.size(), block_values(types.second), block_type_name(types.first),
+                       block_type_name(types.second), names.front()));
   }
 
   void write(const std::string& path) {
@@ -199,6 +187,11 @@ class Exporter {
       if (t.type == TensorType::F32) rep_.count_f32++;
       if (t.type == TensorType::F16) rep_.count_f16++;
       if (t.type == TensorType::Q8_0) rep_.count_q8_0++;
+      rep_.type_counts[t.type]++;
+      uint64_t n = 1;
+      for (int64_t d : t.ne) n *= uint64_t(d);
+      rep_.values += n;
+      rep_.data_bytes += gguf::tensor_nbytes(t.type, t.ne);
     }
   }
 
@@ -474,14 +467,15 @@ class Exporter {
       w_.add_string("tokenizer.chat_template", t->source());
   }
 
-  // The requested type for a weight matrix with rows of `row` values, f16 where q8_0 cannot hold it.
+  // The type of a weight matrix with rows of `row` values: the file type's mix (io/gguf_quant_mix),
+  // with its fallbacks for rows the chosen blocks do not divide collected for one warning per kind.
   TensorType matrix_type_for(const std::string& name, int64_t row) {
-    TensorType t = matrix_type(opt_.type);
-    if (t == TensorType::Q8_0 && row % gguf::kQ8Block != 0) {
-      fallback_.push_back(name);
-      t = TensorType::F16;
-    }
-    return t;
+    int layer = -1;
+    if (name.starts_with("blk.")) layer = std::stoi(name.substr(4));
+    const GgufMixModel mm{c_.num_layers, c_.has_moe() ? c_.num_experts : 0, c_.tie_word_embeddings};
+    const GgufTensorChoice ch = gguf_tensor_type(opt_.type, name, layer, row, mm);
+    if (ch.fell_back()) fallback_[{ch.type, ch.wanted}].push_back(name);
+    return ch.type;
   }
 
   void add(const std::string& name, TensorType t, std::vector<int64_t> ne, std::function<std::vector<float>()> src) {
@@ -504,7 +498,7 @@ class Exporter {
   const GgufExportOptions& opt_;
   GgufExportReport& rep_;
   gguf::Writer w_;
-  std::vector<std::string> fallback_;
+  std::map<std::pair<TensorType, TensorType>, std::vector<std::string>> fallback_;  // (written, wanted) -> names
 };
 
 }  // namespace

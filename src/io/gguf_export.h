@@ -6,18 +6,17 @@
 // (io/gguf_vocab.h). docs/gguf.md.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "io/gguf.h"
+#include "io/gguf_quant_mix.h"
 
 namespace sky {
 
 struct Model;
 class Tokenizer;
-
-enum class GgufFileType { F32, F16, Q8_0 };
-GgufFileType parse_gguf_file_type(const std::string& s);  // "f32" | "f16" | "q8_0"
 
 struct GgufExportOptions {
   GgufFileType type = GgufFileType::F16;
@@ -31,13 +30,16 @@ struct GgufExportOptions {
 struct GgufExportReport {
   size_t tensors = 0, kv = 0;
   size_t count_f32 = 0, count_f16 = 0, count_q8_0 = 0;
+  std::map<gguf::TensorType, size_t> type_counts;  // tensors written in each type
+  uint64_t values = 0, data_bytes = 0;              // all tensors' values and their encoded bytes
   uint64_t file_bytes = 0;
   int vocab = 0;  // tokens written (0 without a tokenizer)
   std::vector<std::string> warnings;
 };
 
 // Writes `m` (and `tok`'s vocabulary) to out_path atomically. Norms and the router stay f32; the
-// other weight matrices take opt.type (q8_0 falls back to f16 for rows not a multiple of 32).
+// other weight matrices take the type gguf_tensor_type chooses for opt.type (llama.cpp's mix for
+// q4_k_m; a fallback type, warned, for rows that do not fit the chosen type's blocks).
 // `tok` may be null: the file then has no tokenizer metadata, which llama.cpp needs (warned). What
 // GGUF cannot express is a sky::Error before anything is written; what llama.cpp's architecture
 // runs differently from skymoe (e.g. a qwen2moe dense layer) is written and warned.
