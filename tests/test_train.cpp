@@ -915,6 +915,44 @@ TEST(AuxFree, TrainingLowersLoadImbalance) {
   fs::remove_all(dir);
 }
 
+// DeepSeek-V3 checkpoints carry the selection bias their own training reached
+// (e_score_correction_bias): aux-free continues from it, and the saved model carries the new one.
+TEST(AuxFree, DeepseekV3ContinuesFromItsCorrectionBias) {
+  const std::string dir = skytest::temp_dir("auxfree-v3");
+  const std::string src = std::string(SKYMOE_TEST_DATA) + "/hf/deepseek_v3";
+  write_token_file(dir + "/train.bin", random_tokens(200, 96, 5));
+  TrainOptions o = resume_options(dir + "/train.bin", dir + "/out");
+  o.config.clear();
+  o.model_dir = src;
+  o.steps = 1;
+  o.grad_accum = 1;
+  o.aux_alpha = 0.0;
+  o.balance = Balance::AuxFree;
+  o.balance_speed = 0.25;  // far above the fixture's biases, so a reset to 0 could not pass
+  const TrainResult r = train(o);
+  const Model before = Model::load(src), after = Model::load(r.final_checkpoint);
+  const size_t n = after.layout.total;
+  std::vector<float> m(n), v(n);
+  const json st = load_checkpoint_state(r.final_checkpoint, m.data(), v.data(), n);
+  const ModelConfig& c = before.cfg;
+  int checked = 0;
+  for (int l = 0; l < c.num_layers; l++) {
+    if (!c.layer_is_moe(l)) continue;
+    const float* b0 = before.w.layers[size_t(l)].router_bias;
+    const float* b1 = after.w.layers[size_t(l)].router_bias;
+    ASSERT_TRUE(b0 && b1);
+    for (int e = 0; e < c.num_experts; e++) {
+      const double step = double(b1[e]) - double(b0[e]);  // one update: +-speed, or 0 at the mean load
+      EXPECT_TRUE(std::abs(std::abs(step) - 0.25) < 1e-6 || std::abs(step) < 1e-6)
+          << "layer " << l << " expert " << e << ": " << b0[e] << " -> " << b1[e];
+      EXPECT_FLOAT_EQ(st.at("select_bias")[size_t(l)][size_t(e)].get<float>(), b1[e]);
+      checked++;
+    }
+  }
+  EXPECT_GT(checked, 0);
+  fs::remove_all(dir);
+}
+
 // A killed aux-free run resumes bit for bit: the bias is in trainer_state.json.
 TEST(Resume, AuxFreeContinuesBitForBit) {
   const std::string dir = skytest::temp_dir("resume-auxfree");

@@ -18,6 +18,8 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 #include "io/checkpoint.h"
+#include "model/gguf_model.h"
+#include "model/params.h"
 #include "model/transformer.h"
 #include "train/pipeline.h"
 
@@ -258,6 +260,17 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
   AdaptiveAlpha alpha(cfg.has_moe() ? L : 0, aux_trained ? o.aux_alpha : 0.0,
                       aux_trained && o.balance == Balance::AdaptiveAux, o.aux_xi, o.aux_alpha_max, o.aux_beta);
   SelectBias sbias(o.balance == Balance::AuxFree && cfg.has_moe() ? L : 0, E, o.balance_speed);
+  // A DeepSeek-V3 checkpoint's e_score_correction_bias is this bias as far as its own training
+  // took it: aux-free continues from there. Read from the source on every rank (not from the
+  // rank's shard), so all ranks start from the same whole-model bias.
+  if (!sbias.bias.empty() && cfg.router_bias && resume_dir.empty() && !o.model_dir.empty()) {
+    const SafetensorsReader src = open_model_tensors(o.model_dir);
+    for (int l = 0; l < L; l++)
+      if (cfg.layer_is_moe(l)) {
+        const Tensor b = src.get_checked(tensor_name(cfg, ParamKind::RouterBias, l), {int64_t(E)}).to_f32();
+        std::copy(b.f32(), b.f32() + E, sbias.bias[size_t(l)].begin());
+      }
+  }
   int64_t step0 = 0;
   const json signature = run_signature(o, cfg, data.size());
   if (!resume_dir.empty()) {
@@ -370,6 +383,13 @@ TrainResult train(const TrainOptions& o_in, const std::function<void(const StepL
     if (o.balance == Balance::AuxFree) {
       state["balance_speed"] = o.balance_speed;
       state["select_bias"] = sbias.bias;
+      // A model that routes with a selection bias (DeepSeek-V3) keeps the trained one in its
+      // checkpoint, where inference reads it.
+      if (cfg.router_bias)
+        for (int l = 0; l < m.shard.num_layers(); l++)
+          if (float* b = m.w.layers[size_t(l)].router_bias)
+            std::copy(sbias.bias[size_t(m.shard.layer_begin + l)].begin(),
+                      sbias.bias[size_t(m.shard.layer_begin + l)].end(), b);
     }
     FloatBuf mom_m(total), mom_v(total);
     for (Region& r : regions) {
