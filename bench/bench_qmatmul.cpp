@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
           const double a = ta[0], b = tb[0];
           std::printf("%-20s %-5s %3d | best us: dispatched %8.0f (%s), int8 kernels %8.0f | GFLOP/s %6.1f vs %6.1f | "
                       "%4.2fx | %5.0f%% of same-bytes read\n",
-                      sh.name, v.name, N, a * 1e6, qblock::bf16_panels(N) ? "bf16 panels" : "int8", b * 1e6,
+                      sh.name, v.name, N, a * 1e6, qblock::bf16_panels(q0, N) ? "bf16 panels" : "int8", b * 1e6,
                       2.0 * N * sh.O * sh.I / a / 1e9, 2.0 * N * sh.O * sh.I / b / 1e9, b / a,
                       100 * gb / a / same_best);
           continue;

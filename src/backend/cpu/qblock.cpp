@@ -85,14 +85,15 @@ thread_local AlignedScratch<float> t_ds;
 thread_local AlignedScratch<float> t_panel_f32;
 thread_local AlignedScratch<uint16_t> t_panel_bf16;
 
-// Fewest activation rows for which decoding to bf16 panels beats the int8 kernels (bench_qmatmul);
-// SKYMOE_QBLOCK_BF16_MIN_ROWS overrides it for model-level comparisons (a huge value: int8 only).
-constexpr int kBf16MinRows = 8;
-int default_min_rows() {
+// Fewest activation rows for which decoding to bf16 panels beats the int8 kernels (bench_qmatmul,
+// Sapphire Rapids): 8, or 32 for the types with 512-bit VNNI kernels, which keep up with the panels
+// at 16 rows and lose at 64. SKYMOE_QBLOCK_BF16_MIN_ROWS overrides both (model-level comparisons;
+// a huge value keeps the int8 kernels).
+int env_min_rows() {
   const char* e = std::getenv("SKYMOE_QBLOCK_BF16_MIN_ROWS");
-  return e && std::atoi(e) > 0 ? std::atoi(e) : kBf16MinRows;
+  return e && std::atoi(e) > 0 ? std::atoi(e) : 0;
 }
-int g_bf16_min_rows = default_min_rows();
+int g_bf16_min_rows = env_min_rows();  // 0: the defaults above
 
 }  // namespace
 
@@ -138,9 +139,13 @@ void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end) {
   current()->rows(w, a, y, o_begin, o_end);
 }
 
-bool bf16_panels(int N) { return N >= g_bf16_min_rows && bf16dot::supported(); }
+bool bf16_panels(const QWeight& w, int N) {
+  const bool wide = current() == &kTargets[0] &&
+                    (w.block == BlockType::Q4_K || w.block == BlockType::Q6_K || w.block == BlockType::Q8_0);
+  return N >= (g_bf16_min_rows ? g_bf16_min_rows : wide ? 32 : 8) && bf16dot::supported();
+}
 
-void set_bf16_min_rows(int n) { g_bf16_min_rows = n > 0 ? n : default_min_rows(); }
+void set_bf16_min_rows(int n) { g_bf16_min_rows = n > 0 ? n : env_min_rows(); }
 
 void rows_bf16(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end) {
   SKY_CHECK(w.dtype == DType::Blocks && supported(w.block), "qblock: weight type {} has no kernel",

@@ -209,7 +209,7 @@ struct Prepared {
   int N;
   Prepared(const float* x_, int N_) : x(x_), N(N_) {}
   void add(const QWeight& w) {
-    if (w.dtype == DType::Blocks && !qblock::bf16_panels(N)) {
+    if (w.dtype == DType::Blocks && !qblock::bf16_panels(w, N)) {
       if (!xq.q) xq = qblock::quantize(x, N, w.I);
       return;
     }
@@ -221,7 +221,7 @@ struct Prepared {
     xb[k] = p;
   }
   void run(const QWeight& w, float* y, int o0, int o1) const {
-    if (w.dtype == DType::Blocks && qblock::bf16_panels(N))
+    if (w.dtype == DType::Blocks && qblock::bf16_panels(w, N))
       qblock::rows_bf16(w, xb[0], y, N, o0, o1);
     else if (w.dtype == DType::Blocks)
       qblock::rows(w, xq, y, o0, o1);
