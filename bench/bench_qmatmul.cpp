@@ -2,6 +2,8 @@
 // Usage: OMP_NUM_THREADS=2 build/bench_qmatmul [--quick] [--no-bf16-dot] [--blocks]
 // (--blocks: fp8 and GGUF block types only: q8_0, q4_0, q4_K, q5_K, q6_K with random blocks)
 // (--no-bf16-dot: bf16/fp8 weights through the f32 FMA kernels, for comparison)
+// (block types are timed twice per N, alternating call by call: as dispatched, and with the int8
+// kernels forced ("/i8"), so the ratio of the two comes from the same seconds of a shared machine)
 // For each weight shape, dtype and batch N: time per call (median and best of many calls), weight
 // bytes read per second (each call reads every weight once) and GFLOP/s. Two bandwidth yardsticks:
 // a streaming read of a 1 GiB buffer, and a streaming read of the very same weight buffers with the
@@ -149,6 +151,30 @@ int main(int argc, char** argv) {
       const Timing same = time_calls([&] { g_sink = g_sink + read_bytes(qs[c++ % qs.size()].data, nbytes); });
       const double same_med = double(nbytes) / 1e9 / same.median, same_best = double(nbytes) / 1e9 / same.best;
       for (int N : Ns) {
+        if (v.t == DType::Blocks) {
+          // Both paths, call by call in turn, so both see the same machine.
+          std::vector<double> ta, tb;
+          for (int k = 0; k < 2; k++) qmatmul(y.data(), x.data(), qs[c++ % qs.size()], N);
+          const double start = now();
+          while (ta.size() < 5 || (now() - start < 0.8 && ta.size() < 500)) {
+            for (int path = 0; path < 2; path++) {
+              qblock::set_bf16_min_rows(path ? 1 << 30 : 0);
+              const double t0 = now();
+              qmatmul(y.data(), x.data(), qs[c++ % qs.size()], N);
+              (path ? tb : ta).push_back(now() - t0);
+            }
+          }
+          qblock::set_bf16_min_rows(0);
+          std::sort(ta.begin(), ta.end());
+          std::sort(tb.begin(), tb.end());
+          const double a = ta[0], b = tb[0];
+          std::printf("%-20s %-5s %3d | best us: dispatched %8.0f (%s), int8 kernels %8.0f | GFLOP/s %6.1f vs %6.1f | "
+                      "%4.2fx | %5.0f%% of same-bytes read\n",
+                      sh.name, v.name, N, a * 1e6, qblock::bf16_panels(q0, N) ? "bf16 panels" : "int8", b * 1e6,
+                      2.0 * N * sh.O * sh.I / a / 1e9, 2.0 * N * sh.O * sh.I / b / 1e9, b / a,
+                      100 * gb / a / same_best);
+          continue;
+        }
         Timing t;
         if (v.name[0] == 's')
           t = time_calls([&] {

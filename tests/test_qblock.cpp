@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/qblock.h"
 #include "backend/cpu/qmatmul.h"
+#include "backend/cpu/qmatmul_bf16.h"
 #include "core/block_quant.h"
 #include "core/dtype.h"
 #include "core/weight.h"
@@ -53,15 +54,24 @@ std::vector<uint8_t> random_blocks(BlockType t, int O, int I, std::mt19937& rng)
 
 class QBlock : public testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { ASSERT_TRUE(qblock::set_target(GetParam())); }
-  void TearDown() override { qblock::set_target(""); }
+  void SetUp() override {
+    ASSERT_TRUE(qblock::set_target(GetParam()));
+    qblock::set_bf16_min_rows(1 << 30);  // the int8 kernels at every N
+  }
+  void TearDown() override {
+    qblock::set_target("");
+    qblock::set_bf16_min_rows(0);
+  }
 };
 
 TEST_P(QBlock, MatchesFloat64Reference) {
   std::mt19937 rng(1234);
   std::normal_distribution<float> nd(0, 1);
-  for (BlockType t : kTypes) {
-    const int O = 37, I = 512;
+  // Rows of whole runs of 8 blocks of 32 (the 512-bit kernels' unit) and, for the types with
+  // blocks of 32, rows that end in a partial run (11 blocks).
+  for (BlockType t : kTypes)
+  for (int I : {512, block_values(t) == 256 ? 768 : 352}) {
+    const int O = 37;
     const std::vector<uint8_t> bytes = random_blocks(t, O, I, rng);
     const QWeight w = block_weight(t, bytes.data(), nullptr, O, I);
     std::vector<float> wf(size_t(O) * I);
@@ -94,13 +104,58 @@ TEST_P(QBlock, MatchesFloat64Reference) {
           ASSERT_LE(std::fabs(got - hat), 1e-5 * mag_hat + 1e-30)
               << block_type_name(t) << " N=" << N << " n=" << n << " o=" << o << " got " << got << " want " << hat;
           ASSERT_LE(std::fabs(got - exact), bound * 1.0001 + 1e-5 * mag_hat + 1e-30)
-              << block_type_name(t) << " N=" << N << " n=" << n << " o=" << o;
+              << block_type_name(t) << " I=" << I << " N=" << N << " n=" << n << " o=" << o;
         }
       // A row block on its own gives the same values (threads split the rows this way).
       std::vector<float> y2(size_t(N) * O, NAN);
       qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
       for (int n = 0; n < N; n++)
         for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * O + o], y[size_t(n) * O + o]) << block_type_name(t);
+    }
+  }
+}
+
+// Batched calls through bf16 panels (CPUs with AVX512-BF16): each target's decoder, then bf16
+// rounding of weights and activations (8 significant bits: relative 2^-8 each) and f32 sums, so
+// within (2^-7 + 2^-16 + 1e-5) * sum |w x| of the float64 sum. Panels of 8 decoded rows and of L2 size
+// end at odd places (O = 37, 203: two L2 panels), rows end in a half block of 64 (I = 160, 352), and N covers every
+// activation tile shape (1-4 rows, 5-7 rows together, groups of 4 and a remainder).
+TEST_P(QBlock, Bf16PanelsMatchFloat64Reference) {
+  if (!bf16dot::supported()) GTEST_SKIP() << "no AVX512-BF16 / VBMI on this CPU";
+  qblock::set_bf16_min_rows(1);
+  std::mt19937 rng(4321);
+  std::normal_distribution<float> nd(0, 1);
+  for (BlockType t : kTypes) {
+    const bool k = block_values(t) == 256;
+    for (auto [O, I] : {std::pair{37, k ? 768 : 160}, std::pair{203, k ? 512 : 352}}) {
+      const std::vector<uint8_t> bytes = random_blocks(t, O, I, rng);
+      const QWeight w = block_weight(t, bytes.data(), nullptr, O, I);
+      std::vector<float> wf(size_t(O) * I);
+      for (int o = 0; o < O; o++) dequantize_row(w, o, wf.data() + size_t(o) * I);
+      for (int N : {1, 2, 5, 7, 13}) {
+        std::vector<float> x(size_t(N) * I);
+        for (size_t i = 0; i < x.size(); i++) x[i] = nd(rng) * (i % 97 == 0 ? 30.0f : 1.0f);
+        std::vector<float> y(size_t(N) * O, NAN);
+        qmatmul(y.data(), x.data(), w, N);
+        for (int n = 0; n < N; n++)
+          for (int o = 0; o < O; o++) {
+            double exact = 0, mag = 0;
+            for (int i = 0; i < I; i++) {
+              const double p = double(wf[size_t(o) * I + i]) * x[size_t(n) * I + i];
+              exact += p;
+              mag += std::fabs(p);
+            }
+            const double got = y[size_t(n) * O + o];
+            ASSERT_TRUE(std::isfinite(got)) << block_type_name(t);
+            ASSERT_LE(std::fabs(got - exact), (1.0 / 128 + 1.0 / 65536 + 1e-5) * mag + 1e-30)
+                << block_type_name(t) << " O=" << O << " N=" << N << " n=" << n << " o=" << o;
+          }
+        // A row range on its own gives the same values (threads split the rows this way).
+        std::vector<float> y2(size_t(N) * O, NAN);
+        qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
+        for (int n = 0; n < N; n++)
+          for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * O + o], y[size_t(n) * O + o]) << block_type_name(t);
+      }
     }
   }
 }

@@ -4,11 +4,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/scratch.h"
+#include "backend/cpu/qmatmul_bf16.h"
+
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace sky::qblock {
 
@@ -43,20 +49,22 @@ namespace sky::qblock {
 namespace {
 
 using RowsFn = void (*)(const QWeight&, const Acts&, float*, int, int);
+using DecodeFn = void (*)(const QWeight&, int, int, float*, size_t);
 struct Target {
   const char* name;
   RowsFn rows;
+  DecodeFn decode;
   bool (*runs)();
 };
 const Target kTargets[] = {
-    {"avx512vnni", vnni::rows,
+    {"avx512vnni", vnni::rows, vnni::decode,
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f") &&
               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
               __builtin_cpu_supports("avx512vnni");
      }},
-    {"avx2", avx2::rows, [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
-    {"scalar", scalar::rows, [] { return true; }},
+    {"avx2", avx2::rows, avx2::decode, [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
+    {"scalar", scalar::rows, scalar::decode, [] { return true; }},
 };
 
 const Target* best() {
@@ -74,6 +82,18 @@ thread_local AlignedScratch<int8_t> t_q;
 thread_local AlignedScratch<float> t_d;
 thread_local AlignedScratch<int32_t> t_s;
 thread_local AlignedScratch<float> t_ds;
+thread_local AlignedScratch<float> t_panel_f32;
+thread_local AlignedScratch<uint16_t> t_panel_bf16;
+
+// Fewest activation rows for which decoding to bf16 panels beats the int8 kernels (bench_qmatmul,
+// Sapphire Rapids): 8, or 32 for the types with 512-bit VNNI kernels, which keep up with the panels
+// at 16 rows and lose at 64. SKYMOE_QBLOCK_BF16_MIN_ROWS overrides both (model-level comparisons;
+// a huge value keeps the int8 kernels).
+int env_min_rows() {
+  const char* e = std::getenv("SKYMOE_QBLOCK_BF16_MIN_ROWS");
+  return e && std::atoi(e) > 0 ? std::atoi(e) : 0;
+}
+int g_bf16_min_rows = env_min_rows();  // 0: the defaults above
 
 }  // namespace
 
@@ -117,6 +137,34 @@ void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end) {
   SKY_CHECK(a.I == w.I, "qblock: activations of {} values for rows of {}", a.I, w.I);
   if (a.N <= 0 || o_begin >= o_end) return;
   current()->rows(w, a, y, o_begin, o_end);
+}
+
+bool bf16_panels(const QWeight& w, int N) {
+  const bool wide = current() == &kTargets[0] &&
+                    (w.block == BlockType::Q4_K || w.block == BlockType::Q6_K || w.block == BlockType::Q8_0);
+  return N >= (g_bf16_min_rows ? g_bf16_min_rows : wide ? 32 : 8) && bf16dot::supported();
+}
+
+void set_bf16_min_rows(int n) { g_bf16_min_rows = n > 0 ? n : env_min_rows(); }
+
+void rows_bf16(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end) {
+  SKY_CHECK(w.dtype == DType::Blocks && supported(w.block), "qblock: weight type {} has no kernel",
+            w.dtype == DType::Blocks ? block_type_name(w.block) : dtype_name(w.dtype));
+  if (N <= 0 || o_begin >= o_end) return;
+  // Panels of about 128 KiB of bf16, so they stay in L2 while every group of activation rows
+  // passes over them; decoded 8 rows at a time through a small f32 buffer that stays in L1.
+  const int ld = bf16dot::padded(w.I), P = std::max(8, (64 << 10) / ld / 8 * 8);
+  float* f = t_panel_f32.get(size_t(8) * w.I);
+  uint16_t* b = t_panel_bf16.get(size_t(P) * ld);
+  for (int o0 = o_begin; o0 < o_end; o0 += P) {
+    const int R = std::min(P, o_end - o0);
+    for (int r = 0; r < R; r += 8) {
+      const int k = std::min(8, R - r);
+      current()->decode(w, o0 + r, o0 + r + k, f, size_t(w.I));
+      bf16dot::convert_rows(b + size_t(r) * ld, f, k, w.I, DType::BF16);
+    }
+    bf16dot::panel(b, R, w.I, xb, y + o0, size_t(w.O), N);
+  }
 }
 
 std::vector<std::string> targets() {

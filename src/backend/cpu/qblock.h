@@ -32,6 +32,18 @@ void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end);
 
 bool supported(BlockType t);
 
+// Batched calls (N >= 8, or 32 where 512-bit int8 kernels run) on CPUs with AVX512-BF16 and VBMI (bf16dot::supported()) take
+// another path: weight rows decoded to f32 (scale * code + min), rounded to bf16 in panels that
+// stay in L2, and multiplied with bf16 activations by qmatmul_bf16's vdpbf16ps tiles. The decode
+// cost is paid once per weight for all N rows instead of an int8 product per row and group.
+// Error: bf16 rounding of weights and activations (relative 2^-8 each), f32 sums.
+bool bf16_panels(const QWeight& w, int N);
+// xb: x converted by bf16dot::convert_rows for DType::BF16; y has stride w.O.
+void rows_bf16(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end);
+// Fewest rows that take the bf16 panels (tests, comparisons: a huge value keeps the int8 kernels;
+// 0 restores the default).
+void set_bf16_min_rows(int n);
+
 // Run-time target: the names compiled in that this CPU runs ("scalar", "avx2", "avx512vnni"), the
 // one in use, and a way for tests to force one (returns false when it cannot run here).
 std::vector<std::string> targets();

@@ -209,11 +209,11 @@ struct Prepared {
   int N;
   Prepared(const float* x_, int N_) : x(x_), N(N_) {}
   void add(const QWeight& w) {
-    if (w.dtype == DType::Blocks) {
+    if (w.dtype == DType::Blocks && !qblock::bf16_panels(w, N)) {
       if (!xq.q) xq = qblock::quantize(x, N, w.I);
       return;
     }
-    if (!qmatmul_uses_bf16_dot(w.dtype)) return;
+    if (w.dtype != DType::Blocks && !qmatmul_uses_bf16_dot(w.dtype)) return;
     const int k = w.dtype == DType::F8_E4M3;
     if (xb[k]) return;
     uint16_t* p = t_xb[k].get(size_t(N) * bf16dot::padded(w.I));
@@ -221,7 +221,9 @@ struct Prepared {
     xb[k] = p;
   }
   void run(const QWeight& w, float* y, int o0, int o1) const {
-    if (w.dtype == DType::Blocks)
+    if (w.dtype == DType::Blocks && qblock::bf16_panels(w, N))
+      qblock::rows_bf16(w, xb[0], y, N, o0, o1);
+    else if (w.dtype == DType::Blocks)
       qblock::rows(w, xq, y, o0, o1);
     else if (qmatmul_uses_bf16_dot(w.dtype))
       bf16dot::rows(w, xb[w.dtype == DType::F8_E4M3], y, N, o0, o1);

@@ -150,13 +150,15 @@ void tile_n(int nr, const uint8_t* w, size_t wstride, int I, const uint16_t* xb,
   }
 }
 
-// Blocks of weight rows small enough to stay in L2: each block is read from memory once, by the
-// first group of activation rows (which prefetches ahead), and from L2 by the other groups.
-template <bool kFp8>
-void rows_t(const QWeight& q, const uint16_t* xb, float* y, int N, int o_begin, int o_end) {
-  const size_t stride = size_t(q.I) * (kFp8 ? 1 : 2), ldx = padded(q.I);
+// Weight rows [o_begin, o_end) at base + o * stride (I values each, `scale(o)` their factors) times
+// N activation rows; y[n * ldy + o]. Blocks of weight rows small enough to stay in L2: each block
+// is read from memory once, by the first group of activation rows (which prefetches ahead, never
+// past row o_limit), and from L2 by the other groups.
+template <bool kFp8, class Scale>
+void rows_t(const uint8_t* base, size_t stride, int I, int o_limit, Scale scale, const uint16_t* xb, float* y,
+            size_t ldy, int N, int o_begin, int o_end) {
+  const size_t ldx = padded(I);
   const int block = std::max(kR, int((256 << 10) / std::max<size_t>(stride, 1)) / kR * kR);
-  const auto* base = static_cast<const uint8_t*>(q.data);
   for (int b0 = o_begin; b0 < o_end; b0 += block) {
     const int b1 = std::min(o_end, b0 + block);
     for (int n0 = 0; n0 < N;) {
@@ -164,10 +166,9 @@ void rows_t(const QWeight& q, const uint16_t* xb, float* y, int N, int o_begin, 
       auto run = [&](auto rows_c, int o) {
         constexpr int R = decltype(rows_c)::value;
         float s[R];
-        for (int r = 0; r < R; r++) s[r] = q.row_scale(o + r);
-        const uint8_t* next = n0 == 0 && o + 2 * R <= q.O ? base + (o + R) * stride : nullptr;
-        tile_n<kFp8, R>(nr, base + o * stride, stride, q.I, xb + n0 * ldx, ldx, y + size_t(n0) * q.O + o, q.O, s,
-                        next);
+        for (int r = 0; r < R; r++) s[r] = scale(o + r);
+        const uint8_t* next = n0 == 0 && o + 2 * R <= o_limit ? base + (o + R) * stride : nullptr;
+        tile_n<kFp8, R>(nr, base + o * stride, stride, I, xb + n0 * ldx, ldx, y + size_t(n0) * ldy + o, ldy, s, next);
       };
       int o = b0;
       if (nr <= kNR)
@@ -209,10 +210,17 @@ void convert_rows(uint16_t* xb, const float* x, int N, int I, DType wdtype) {
 }
 
 void rows(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end) {
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  auto scale = [&](int o) { return w.row_scale(o); };
   if (w.dtype == DType::F8_E4M3)
-    rows_t<true>(w, xb, y, N, o_begin, o_end);
+    rows_t<true>(base, size_t(w.I), w.I, w.O, scale, xb, y, size_t(w.O), N, o_begin, o_end);
   else
-    rows_t<false>(w, xb, y, N, o_begin, o_end);
+    rows_t<false>(base, size_t(w.I) * 2, w.I, w.O, scale, xb, y, size_t(w.O), N, o_begin, o_end);
+}
+
+void panel(const uint16_t* wb, int R, int I, const uint16_t* xb, float* y, size_t ldy, int N) {
+  rows_t<false>(reinterpret_cast<const uint8_t*>(wb), size_t(padded(I)) * 2, I, R, [](int) { return 1.0f; }, xb, y,
+                ldy, N, 0, R);
 }
 
 }  // namespace sky::bf16dot

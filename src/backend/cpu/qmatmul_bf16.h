@@ -23,4 +23,8 @@ void convert_rows(uint16_t* xb, const float* x, int N, int I, DType wdtype);
 // y[n * w.O + o] for o in [o_begin, o_end): w (BF16 or F8_E4M3) times rows converted for w.dtype.
 void rows(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end);
 
+// y[n * ldy + r] for r < R: R bf16 weight rows in convert_rows' natural layout (stride padded(I))
+// times N rows converted for BF16 weights (the decoded panels of block-quantized weights).
+void panel(const uint16_t* wb, int R, int I, const uint16_t* xb, float* y, size_t ldy, int N);
+
 }  // namespace sky::bf16dot
