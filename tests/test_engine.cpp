@@ -13,6 +13,7 @@
 #include "model/transformer.h"
 #include "model_ref.h"
 #include "ref.h"
+#include "logits_check.h"
 
 using namespace sky;
 
@@ -85,15 +86,7 @@ TEST(Engine, MixedLayersAndTiedEmbeddingsMatchTrainingForward) {
   std::filesystem::remove_all(dir);
 }
 
-// Relative RMS error of quantized logits vs f32 logits.
-static double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using skytest::rel_rms;  // of quantized logits vs f32 logits
 
 TEST(Engine, QuantizedLogitsWithinTolerance) {
   // Stated tolerances (relative RMS over all logits of a 16-token sequence): BF16 weights 1%, FP8

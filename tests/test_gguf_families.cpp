@@ -24,6 +24,7 @@
 #include "model/gguf_model.h"
 #include "model/model.h"
 #include "ref.h"
+#include "logits_check.h"
 
 using namespace sky;
 
@@ -31,32 +32,9 @@ namespace {
 
 const std::string kData = std::string(SKYMOE_TEST_DATA);
 
-double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-// Every position's logits of one prompt through the engine.
-std::vector<float> engine_logits(const InferModel& im, const std::vector<int32_t>& ids) {
-  const int T = int(ids.size()), V = im.cfg.vocab_size;
-  SeqKV kv;
-  kv.init(im.cfg, T);
-  std::vector<BatchRow> rows = {{&kv, ids.data(), T}};
-  std::vector<float> last(V), all(size_t(T) * V);
-  BatchScratch scratch;
-  batch_forward(im, rows, last.data(), scratch, all.data());
-  return all;
-}
-
-std::vector<int32_t> prompt(int V, int T = 12) {
-  std::vector<int32_t> ids;
-  for (int i = 0; i < T; i++) ids.push_back((i * 7 + 3) % V);
-  return ids;
-}
+using skytest::engine_logits;
+using skytest::prompt;
+using skytest::rel_rms;
 
 template <class F>
 std::string error_of(F&& f) {

@@ -36,6 +36,7 @@
 #include "model/gguf_model.h"
 #include "model/model.h"
 #include "ref.h"
+#include "logits_check.h"
 
 extern char** environ;
 
@@ -56,32 +57,9 @@ std::string slurp(const std::string& p) {
 
 void spit(const std::string& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
 
-double rel_rms(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-// Every position's logits of one prompt through the engine (prefill over the KV cache).
-std::vector<float> engine_logits(const InferModel& im, const std::vector<int32_t>& ids) {
-  const int T = int(ids.size()), V = im.cfg.vocab_size;
-  SeqKV kv;
-  kv.init(im.cfg, T);
-  std::vector<BatchRow> rows = {{&kv, ids.data(), T}};
-  std::vector<float> last(V), all(size_t(T) * V);
-  BatchScratch scratch;
-  batch_forward(im, rows, last.data(), scratch, all.data());
-  return all;
-}
-
-std::vector<int32_t> prompt(int V, int T = 12) {
-  std::vector<int32_t> ids;
-  for (int i = 0; i < T; i++) ids.push_back((i * 7 + 3) % V);
-  return ids;
-}
+using skytest::engine_logits;
+using skytest::prompt;
+using skytest::rel_rms;
 
 struct RunResult {
   int code = -1, signal = 0;

@@ -21,6 +21,7 @@
 #include "model/model.h"
 #include "model_ref.h"
 #include "ref.h"
+#include "logits_check.h"
 
 using namespace sky;
 namespace fs = std::filesystem;
@@ -151,11 +152,7 @@ std::vector<float> logits(const InferModel& im, const std::vector<int32_t>& t) {
   return all;
 }
 
-double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); i++) num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
-  return std::sqrt(num / den);
-}
+using skytest::rel_rms;
 
 std::string run_ok(const std::string& args) {
   std::string out;

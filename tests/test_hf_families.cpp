@@ -21,6 +21,7 @@
 #include "model/model.h"
 #include "model/quantize.h"
 #include "model/transformer.h"
+#include "logits_check.h"
 
 using namespace sky;
 
@@ -39,15 +40,8 @@ std::vector<int32_t> ints(const SafetensorsReader& r, const std::string& name) {
   return out;
 }
 
-// sqrt(sum (a - b)^2 / sum b^2)
-double rel_rms(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
+using skytest::engine_logits;
+using skytest::rel_rms;
 
 class HfFamily : public testing::TestWithParam<std::string> {
  protected:
@@ -151,7 +145,9 @@ TEST_P(HfFamily, TrainingLogitsLossAndGradients) {
     const std::vector<float> stored = f32s(ref, "grad." + s.stored.name);
     const size_t at = size_t(s.stored.row0) * size_t(s.stored.shape.back());
     ASSERT_LE(at + s.numel(), stored.size());
-    if (s.stored.whole(s.shape)) ASSERT_EQ(stored.size(), s.numel());
+    if (s.stored.whole(s.shape)) {
+      ASSERT_EQ(stored.size(), s.numel());
+    }
     const std::vector<float> g(stored.begin() + at, stored.begin() + at + s.numel());
     double gmax = 0;
     for (float v : g) gmax = std::max(gmax, double(std::abs(v)));
@@ -171,15 +167,7 @@ TEST_P(HfFamily, EngineLogitsAndGreedyTokens) {
   const std::vector<int32_t> ids = ints(ref, "ids"), greedy = ints(ref, "greedy");
   const std::vector<float> logits = f32s(ref, "logits");
   InferModel im = InferModel::load(dir());
-  const int T = int(ids.size()), V = im.cfg.vocab_size;
-
-  SeqKV kv;
-  kv.init(im.cfg, T);
-  std::vector<BatchRow> rows = {{&kv, ids.data(), T}};
-  std::vector<float> last(V), all(size_t(T) * V);
-  BatchScratch scratch;
-  batch_forward(im, rows, last.data(), scratch, all.data());
-  EXPECT_LT(rel_rms(all.data(), logits.data(), all.size()), 1e-4);
+  EXPECT_LT(rel_rms(engine_logits(im, ids), logits), 1e-4);
 
   Engine e(im, {4, 1024});
   GenParams p;
@@ -202,15 +190,7 @@ TEST_P(HfFamily, Fp8AndBf16WithinTolerance) {
   const SafetensorsReader ref = SafetensorsReader::open(dir() + "/reference.safetensors");
   const std::vector<int32_t> ids = ints(ref, "ids");
   const std::vector<float> logits = f32s(ref, "logits");
-  auto err = [&](const InferModel& im) {
-    SeqKV kv;
-    kv.init(im.cfg, int(ids.size()));
-    std::vector<BatchRow> rows = {{&kv, ids.data(), int(ids.size())}};
-    std::vector<float> last(im.cfg.vocab_size), all(logits.size());
-    BatchScratch scratch;
-    batch_forward(im, rows, last.data(), scratch, all.data());
-    return rel_rms(all.data(), logits.data(), all.size());
-  };
+  auto err = [&](const InferModel& im) { return rel_rms(engine_logits(im, ids), logits); };
   // DeepSeek-V3's router picks on biased sigmoid scores (and groups): its typical token errs as the
   // others' (0.07-0.14) but a few tokens whose experts change reach 0.4-0.7: 0.25-0.28 over the
   // sequence (per-tensor fp8 from `quantize`, per-row on load).
