@@ -4,9 +4,11 @@
 //  - against the activations the kernel quantized (x^ = d q): exact integer sums, so only f32
 //    rounding of the scales and the final sums (1e-5 of sum |w x^|);
 //  - against the exact f32 activations: within the int8 rounding, sum over blocks of
-//    (d / 2) * sum |w|, plus the same f32 slack.
+//    (d / 2) * sum |w|, plus the same f32 slack (blocks of 32 activations, or of 256 where the K
+//    types' kernels read K256 activations).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -82,14 +84,15 @@ TEST_P(QBlock, MatchesFloat64Reference) {
       for (int i = 32; i < 64; i++) x[i] = 0;  // an all-zero block (scale 0)
       std::vector<float> y(size_t(N) * O, NAN);
       qmatmul(y.data(), x.data(), w, N);  // quantizes on this thread ...
-      const qblock::Acts a = qblock::quantize(x.data(), N, I);  // ... exactly as here
+      const qblock::Acts a = qblock::quantize(x.data(), N, I, qblock::act_format(w));  // ... exactly as here
+      const int bv = a.block();  // values per activation scale: 32, or 256 for the K types' K256 layout
       for (int n = 0; n < N; n++)
         for (int o = 0; o < O; o++) {
           double exact = 0, hat = 0, mag_hat = 0, bound = 0;
-          for (int b = 0; b < I / 32; b++) {
-            const size_t k = size_t(n) * (I / 32) + b;
+          for (int b = 0; b < I / bv; b++) {
+            const size_t k = size_t(n) * (I / bv) + b;
             double wabs = 0;
-            for (int i = b * 32; i < b * 32 + 32; i++) {
+            for (int i = b * bv; i < b * bv + bv; i++) {
               const double wv = wf[size_t(o) * I + i], xv = x[size_t(n) * I + i];
               const double xh = double(a.d[k]) * a.q[size_t(n) * I + i];
               exact += wv * xv;
@@ -155,6 +158,45 @@ TEST_P(QBlock, Bf16PanelsMatchFloat64Reference) {
         qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
         for (int n = 0; n < N; n++)
           for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * O + o], y[size_t(n) * O + o]) << block_type_name(t);
+      }
+    }
+  }
+}
+
+// Each target's activation quantizer against the definition: d = max|x| / 127 per block, codes
+// round(x / d) (ties to even) in [-127, 127], and the codes' sums (per 32 for B32, per 16 for
+// K256), on rows with huge, tiny, zero and tied values.
+TEST_P(QBlock, QuantizeMatchesDefinition) {
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0, 1);
+  const int N = 3, I = 768;
+  std::vector<float> x(size_t(N) * I);
+  for (size_t i = 0; i < x.size(); i++) x[i] = nd(rng) * (i % 53 == 0 ? 1e4f : i % 61 == 0 ? 1e-30f : 1.0f);
+  for (int i = 256; i < 512; i++) x[i] = 0;  // an all-zero block of 256
+  for (int i = 512; i < 544; i++) x[i] = float(i % 5) - 2.0f + 0.5f;  // ties: max 2.5, so x / d = +-127 and halves
+  for (qblock::ActFormat f : {qblock::ActFormat::B32, qblock::ActFormat::K256}) {
+    const qblock::Acts a = qblock::quantize(x.data(), N, I, f);
+    const int bv = a.block();
+    ASSERT_EQ(bv, f == qblock::ActFormat::K256 ? 256 : 32);
+    for (int k = 0; k < N * I / bv; k++) {
+      float amax = 0;
+      for (int i = 0; i < bv; i++) amax = std::max(amax, std::fabs(x[size_t(k) * bv + i]));
+      const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+      ASSERT_EQ(a.d[k], d) << "block " << k;
+      int32_t sum = 0;
+      for (int i = 0; i < bv; i++) {
+        const size_t at = size_t(k) * bv + i;
+        const int want = std::clamp(int(std::nearbyint(x[at] * inv)), -127, 127);
+        ASSERT_EQ(a.q[at], want) << "value " << at;
+        sum += want;
+        if (f == qblock::ActFormat::K256 && i % 16 == 15) {
+          ASSERT_EQ(a.bs[size_t(k) * 16 + i / 16], sum) << "block " << k << " sixteen " << i / 16;
+          sum = 0;
+        }
+      }
+      if (f == qblock::ActFormat::B32) {
+        ASSERT_EQ(a.s[k], sum);
+        ASSERT_EQ(a.ds[k], d * float(sum));
       }
     }
   }

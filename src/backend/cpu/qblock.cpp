@@ -50,21 +50,26 @@ namespace {
 
 using RowsFn = void (*)(const QWeight&, const Acts&, float*, int, int);
 using DecodeFn = void (*)(const QWeight&, int, int, float*, size_t);
+using QuantizeFn = void (*)(const float*, size_t, int, int8_t*, float*, int32_t*, float*, int16_t*);
 struct Target {
   const char* name;
   RowsFn rows;
   DecodeFn decode;
+  QuantizeFn quantize;
+  bool (*uses_k)(BlockType);
   bool (*runs)();
 };
 const Target kTargets[] = {
-    {"avx512vnni", vnni::rows, vnni::decode,
+    {"avx512vnni", vnni::rows, vnni::decode, vnni::quantize_blocks, [](BlockType t) { return vnni::uses_k(t); },
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f") &&
               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
               __builtin_cpu_supports("avx512vnni");
      }},
-    {"avx2", avx2::rows, avx2::decode, [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
-    {"scalar", scalar::rows, scalar::decode, [] { return true; }},
+    {"avx2", avx2::rows, avx2::decode, avx2::quantize_blocks, [](BlockType t) { return avx2::uses_k(t); },
+     [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
+    {"scalar", scalar::rows, scalar::decode, scalar::quantize_blocks, [](BlockType t) { return scalar::uses_k(t); },
+     [] { return true; }},
 };
 
 const Target* best() {
@@ -78,10 +83,12 @@ const Target* best() {
 const Target* g_forced = nullptr;
 const Target* current() { return g_forced ? g_forced : best(); }
 
-thread_local AlignedScratch<int8_t> t_q;
-thread_local AlignedScratch<float> t_d;
+// One set per activation layout (B32, K256): a call may need both.
+thread_local AlignedScratch<int8_t> t_q[2];
+thread_local AlignedScratch<float> t_d[2];
 thread_local AlignedScratch<int32_t> t_s;
 thread_local AlignedScratch<float> t_ds;
+thread_local AlignedScratch<int16_t> t_bs;
 thread_local AlignedScratch<float> t_panel_f32;
 thread_local AlignedScratch<uint16_t> t_panel_bf16;
 
@@ -105,36 +112,34 @@ bool supported(BlockType t) {
   }
 }
 
-Acts quantize(const float* x, int N, int I) {
-  SKY_CHECK(I % 32 == 0, "qblock: rows of {} values are not whole blocks of 32", I);
-  const size_t G = size_t(I) / 32;
-  int8_t* q = t_q.get(size_t(N) * I);
-  float* d = t_d.get(size_t(N) * G);
-  int32_t* s = t_s.get(size_t(N) * G);
-  float* ds = t_ds.get(size_t(N) * G);
-  for (size_t k = 0; k < size_t(N) * G; k++) {
-    const float* xb = x + k * 32;
-    float amax = 0;
-    for (int i = 0; i < 32; i++) amax = std::max(amax, std::fabs(xb[i]));
-    const float dk = amax / 127.0f;
-    const float inv = dk > 0 ? 1.0f / dk : 0.0f;
-    int32_t sum = 0;
-    for (int i = 0; i < 32; i++) {
-      const int v = int(std::nearbyint(xb[i] * inv));
-      q[k * 32 + i] = int8_t(std::clamp(v, -127, 127));
-      sum += q[k * 32 + i];
-    }
-    d[k] = dk;
-    s[k] = sum;
-    ds[k] = dk * float(sum);
-  }
-  return {q, d, s, ds, N, I};
+ActFormat act_format(const QWeight& w) {
+  return w.dtype == DType::Blocks && current()->uses_k(w.block) ? ActFormat::K256 : ActFormat::B32;
+}
+
+Acts quantize(const float* x, int N, int I, ActFormat f) {
+  Acts a;
+  a.format = f;
+  a.N = N;
+  a.I = I;
+  const int bv = a.block(), k = f == ActFormat::K256;
+  SKY_CHECK(I % bv == 0, "qblock: rows of {} values are not whole blocks of {}", I, bv);
+  const size_t values = size_t(N) * I;
+  int8_t* q = t_q[k].get(values);
+  float* d = t_d[k].get(values / bv);
+  int32_t* s = k ? nullptr : t_s.get(values / 32);
+  float* ds = k ? nullptr : t_ds.get(values / 32);
+  int16_t* bs = k ? t_bs.get(values / 16) : nullptr;
+  current()->quantize(x, values, bv, q, d, s, ds, bs);
+  a.q = q, a.d = d, a.s = s, a.ds = ds, a.bs = bs;
+  return a;
 }
 
 void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end) {
   SKY_CHECK(w.dtype == DType::Blocks && supported(w.block), "qblock: weight type {} has no kernel",
             w.dtype == DType::Blocks ? block_type_name(w.block) : dtype_name(w.dtype));
   SKY_CHECK(a.I == w.I, "qblock: activations of {} values for rows of {}", a.I, w.I);
+  SKY_CHECK(a.format == act_format(w), "qblock: {} activations for a {} kernel that reads the other layout",
+            a.format == ActFormat::K256 ? "K256" : "B32", block_type_name(w.block));
   if (a.N <= 0 || o_begin >= o_end) return;
   current()->rows(w, a, y, o_begin, o_end);
 }

@@ -16,16 +16,32 @@
 
 namespace sky::qblock {
 
-// Activations of N rows of I values (I a multiple of 32) in int8 blocks.
+// Activations of N rows of I values quantized to int8, in one of two layouts:
+//  - B32: blocks of 32 (I a multiple of 32), one f32 scale d = max|x| / 127 per block, and the sum
+//    of the codes per block for the types with a min. Used by the 32-value types and, where the
+//    512-bit VNNI kernels run, by Q4_K/Q6_K.
+//  - K256: blocks of 256 (I a multiple of 256), one f32 scale per block and the sum of the codes per
+//    16 values. The K types' kernels on the SIMD targets: their 6- and 8-bit scales are integers, so
+//    a whole block of 256 products sums in int32 (codes times integer scales) before one f32
+//    multiply, instead of a float conversion and multiply per 32 values. Coarser: the rounding
+//    error per value is half of a scale shared by 256 values (as llama.cpp's Q8_K).
+enum class ActFormat { B32, K256 };
 struct Acts {
-  const int8_t* q = nullptr;   // [N, I]
-  const float* d = nullptr;    // [N, I / 32]
-  const int32_t* s = nullptr;  // [N, I / 32]: sum of each block's codes
-  const float* ds = nullptr;   // [N, I / 32]: d * s (the min terms' factor)
+  ActFormat format = ActFormat::B32;
+  const int8_t* q = nullptr;    // [N, I]
+  const float* d = nullptr;     // [N, I / 32] (B32) or [N, I / 256] (K256)
+  const int32_t* s = nullptr;   // B32: [N, I / 32], sum of each block's codes
+  const float* ds = nullptr;    // B32: [N, I / 32], d * s (the min terms' factor)
+  const int16_t* bs = nullptr;  // K256: [N, I / 16], sum of each 16 codes
   int N = 0, I = 0;
+  // Values per scale: 32 or 256.
+  int block() const { return format == ActFormat::K256 ? 256 : 32; }
 };
-// Quantizes x [N, I] into per-thread scratch (valid until this thread's next call).
-Acts quantize(const float* x, int N, int I);
+// The layout w's kernel reads under the current target.
+ActFormat act_format(const QWeight& w);
+// Quantizes x [N, I] into per-thread scratch (one buffer per layout, valid until this thread's next
+// call for that layout).
+Acts quantize(const float* x, int N, int I, ActFormat f = ActFormat::B32);
 
 // y[n, o] = dot(w row o, x row n) for o in [o_begin, o_end), on the calling thread; y has stride w.O.
 void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end);

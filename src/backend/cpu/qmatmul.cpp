@@ -205,12 +205,14 @@ thread_local AlignedScratch<uint16_t> t_xb[2];
 struct Prepared {
   const float* x;
   const uint16_t* xb[2] = {nullptr, nullptr};
-  qblock::Acts xq;  // int8 blocks, for block-quantized weights
+  qblock::Acts xq[2];  // int8 blocks for block-quantized weights, per layout (B32, K256)
   int N;
   Prepared(const float* x_, int N_) : x(x_), N(N_) {}
   void add(const QWeight& w) {
     if (w.dtype == DType::Blocks && !qblock::bf16_panels(w, N)) {
-      if (!xq.q) xq = qblock::quantize(x, N, w.I);
+      const qblock::ActFormat f = qblock::act_format(w);
+      qblock::Acts& a = xq[f == qblock::ActFormat::K256];
+      if (!a.q) a = qblock::quantize(x, N, w.I, f);
       return;
     }
     if (w.dtype != DType::Blocks && !qmatmul_uses_bf16_dot(w.dtype)) return;
@@ -224,7 +226,7 @@ struct Prepared {
     if (w.dtype == DType::Blocks && qblock::bf16_panels(w, N))
       qblock::rows_bf16(w, xb[0], y, N, o0, o1);
     else if (w.dtype == DType::Blocks)
-      qblock::rows(w, xq, y, o0, o1);
+      qblock::rows(w, xq[qblock::act_format(w) == qblock::ActFormat::K256], y, o0, o1);
     else if (qmatmul_uses_bf16_dot(w.dtype))
       bf16dot::rows(w, xb[w.dtype == DType::F8_E4M3], y, N, o0, o1);
     else
