@@ -7,6 +7,8 @@
 #include <random>
 #include <unistd.h>
 
+#include "core/error.h"
+
 namespace skytest {
 
 std::vector<double> randn(size_t n, uint64_t seed, double scale) {
@@ -15,6 +17,15 @@ std::vector<double> randn(size_t n, uint64_t seed, double scale) {
   std::vector<double> v(n);
   for (auto& x : v) x = d(g);
   return v;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const sky::Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 std::vector<float> to_float(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }

@@ -26,6 +26,9 @@ inline std::string expert_name(int layer, int expert, const std::string& w) {
          ".weight";
 }
 
+// The message of the sky::Error f throws, or "" when it throws none.
+std::string error_of(const std::function<void()>& f);
+
 // A fresh temporary directory (removed by the caller or left for inspection).
 std::string temp_dir(const std::string& tag);
 // Runs a shell command with stderr folded into stdout; returns pclose's status, output in *out.

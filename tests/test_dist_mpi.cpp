@@ -106,7 +106,9 @@ class Dist : public ::testing::Test {
   static std::string odd() { return dir + "/odd.json"; }
   // The one-process run with `extra` flags, made once.
   static void single(const std::string& name, const std::string& extra, const std::string& config = "tiny") {
-    if (!std::filesystem::exists(dir + "/" + name + "/latest")) ASSERT_EQ(run(train_args(name, 5, extra, config)), 0);
+    if (!std::filesystem::exists(dir + "/" + name + "/latest")) {
+      ASSERT_EQ(run(train_args(name, 5, extra, config)), 0);
+    }
   }
 };
 

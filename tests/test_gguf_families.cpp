@@ -36,15 +36,7 @@ using skytest::engine_logits;
 using skytest::prompt;
 using skytest::rel_rms;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using skytest::error_of;
 
 bool close(double a, double b, double tol = 1e-6) { return std::abs(a - b) <= tol * std::max(1.0, std::abs(b)); }
 

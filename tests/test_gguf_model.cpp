@@ -94,15 +94,7 @@ RunResult run(const std::vector<std::string>& args) {
   return r;
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using skytest::error_of;
 
 // ---------------------------------------------------------------------------------------------
 // The reader

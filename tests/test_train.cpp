@@ -127,15 +127,7 @@ std::vector<uint32_t> tie_free_tokens(size_t n, int V, int B, int S, uint64_t se
 
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
-// The message of the sky::Error that f throws ("" when it throws none).
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using skytest::error_of;
 
 // Runs the CLI binary; returns its exit status and everything it printed (stdout and stderr).
 struct CliResult {
