@@ -1,11 +1,11 @@
 #pragma once
 // Linear layers over ggml's block-quantized weights (QWeight with dtype Blocks: Q8_0, Q4_0, Q4_1,
 // Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read as stored, with integer dot products: each activation row is
-// quantized to int8 in blocks of 32 (one f32 scale d = max|x| / 127 and the sum of the codes per
-// block, for the types with a min), each block of weights is unpacked to signed 8-bit codes in
-// registers, and the products are summed exactly in int32 (AVX2 vpmaddubsw + vpmaddwd, AVX512-VNNI
-// vpdpbusd) before one f32 multiply by the two scales. The error against exact f32 activations is
-// the activations' rounding: at most d/2 per value, sum over blocks of (d/2) * sum |w|.
+// quantized to int8 in blocks (Acts below: of 32, or of 256 for the K types on AVX2), each block of
+// weights is unpacked to 8-bit codes in registers, and the products are summed exactly in int32
+// (AVX2 vpmaddubsw + vpmaddwd, AVX512-VNNI vpdpbusd) before one f32 multiply by the two scales.
+// The error against exact f32 activations is the activations' rounding: at most d/2 per value, sum
+// over blocks of (d/2) * sum |w|.
 //
 // The code is compiled for several x86 targets (scalar, AVX2+FMA, AVX512-VNNI on 256-bit vectors)
 // with function attributes, and the best one the CPU has is chosen at run time.
