@@ -21,6 +21,10 @@ build:
 test: setup build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE slow
 
+# The micro-benchmarks (build/bench_*; README "Benchmarks"), which `make build` leaves out.
+bench: setup build
+	cmake --build $(BUILD) --target benches -j $(JOBS)
+
 test-mpi: setup build
 	cd $(BUILD) && ctest --output-on-failure -L mpi
 

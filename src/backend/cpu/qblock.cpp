@@ -60,15 +60,15 @@ struct Target {
   bool (*runs)();
 };
 const Target kTargets[] = {
-    {"avx512vnni", vnni::rows, vnni::decode, vnni::quantize_blocks, [](BlockType t) { return vnni::uses_k(t); },
+    {"avx512vnni", vnni::rows, vnni::decode, vnni::quantize_blocks, vnni::uses_k,
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f") &&
               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
               __builtin_cpu_supports("avx512vnni");
      }},
-    {"avx2", avx2::rows, avx2::decode, avx2::quantize_blocks, [](BlockType t) { return avx2::uses_k(t); },
+    {"avx2", avx2::rows, avx2::decode, avx2::quantize_blocks, avx2::uses_k,
      [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
-    {"scalar", scalar::rows, scalar::decode, scalar::quantize_blocks, [](BlockType t) { return scalar::uses_k(t); },
+    {"scalar", scalar::rows, scalar::decode, scalar::quantize_blocks, scalar::uses_k,
      [] { return true; }},
 };
 
