@@ -13,8 +13,10 @@
 #include "backend/cpu/qmatmul_bf16.h"
 
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* (GCC bug 105593).
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace sky::qblock {
 
@@ -28,23 +30,32 @@ namespace sky::qblock {
 #undef QB_NS
 #undef QB_SIMD
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+// GCC takes a target for a region of functions by `#pragma GCC target`; clang (the sanitizer
+// build) by `#pragma clang attribute`.
+#if defined(__clang__)
+#define QB_TARGET_BEGIN(t) _Pragma(QB_STR(clang attribute push(__attribute__((target(t))), apply_to = function)))
+#define QB_TARGET_END _Pragma("clang attribute pop")
+#else
+#define QB_TARGET_BEGIN(t) _Pragma("GCC push_options") _Pragma(QB_STR(GCC target(t)))
+#define QB_TARGET_END _Pragma("GCC pop_options")
+#endif
+#define QB_STR(x) #x
+
+QB_TARGET_BEGIN("avx2,fma,f16c")
 #define QB_NS avx2
 #define QB_SIMD 1
 #include "backend/cpu/qblock_impl.inc"
 #undef QB_NS
 #undef QB_SIMD
-#pragma GCC pop_options
+QB_TARGET_END
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+QB_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 #define QB_NS vnni
 #define QB_SIMD 2
 #include "backend/cpu/qblock_impl.inc"
 #undef QB_NS
 #undef QB_SIMD
-#pragma GCC pop_options
+QB_TARGET_END
 
 namespace {
 
