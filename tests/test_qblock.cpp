@@ -54,6 +54,15 @@ std::vector<uint8_t> random_blocks(BlockType t, int O, int I, std::mt19937& rng)
   return w;
 }
 
+// Rows [5, 30) computed on their own equal the same rows of the whole product y (threads split the
+// rows this way).
+void expect_row_range_matches(const QWeight& w, const std::vector<float>& x, const std::vector<float>& y, int N) {
+  std::vector<float> y2(size_t(N) * w.O, NAN);
+  qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
+  for (int n = 0; n < N; n++)
+    for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * w.O + o], y[size_t(n) * w.O + o]) << block_type_name(w.block);
+}
+
 class QBlock : public testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -109,11 +118,7 @@ TEST_P(QBlock, MatchesFloat64Reference) {
           ASSERT_LE(std::fabs(got - exact), bound * 1.0001 + 1e-5 * mag_hat + 1e-30)
               << block_type_name(t) << " I=" << I << " N=" << N << " n=" << n << " o=" << o;
         }
-      // A row block on its own gives the same values (threads split the rows this way).
-      std::vector<float> y2(size_t(N) * O, NAN);
-      qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
-      for (int n = 0; n < N; n++)
-        for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * O + o], y[size_t(n) * O + o]) << block_type_name(t);
+      expect_row_range_matches(w, x, y, N);
     }
   }
 }
@@ -153,11 +158,7 @@ TEST_P(QBlock, Bf16PanelsMatchFloat64Reference) {
             ASSERT_LE(std::fabs(got - exact), (1.0 / 128 + 1.0 / 65536 + 1e-5) * mag + 1e-30)
                 << block_type_name(t) << " O=" << O << " N=" << N << " n=" << n << " o=" << o;
           }
-        // A row range on its own gives the same values (threads split the rows this way).
-        std::vector<float> y2(size_t(N) * O, NAN);
-        qmatmul_rows(y2.data(), x.data(), w, N, 5, 30);
-        for (int n = 0; n < N; n++)
-          for (int o = 5; o < 30; o++) ASSERT_EQ(y2[size_t(n) * O + o], y[size_t(n) * O + o]) << block_type_name(t);
+        expect_row_range_matches(w, x, y, N);
       }
     }
   }
