@@ -512,6 +512,15 @@ TEST_F(Cli, InitInfoAndGreedyGenerateMatchReference) {
 // 3. upcycle keeps the function (experts are exact copies, noise off)
 // ---------------------------------------------------------------------------------------------
 
+// A prompt shorter than the 16 tokens batch-1 decode starts from once read past its end.
+TEST_F(Cli, BenchInferWithAShortPrompt) {
+  json j = run_json({"bench", "infer", "--preset", "tiny", "--prompt", "4", "--decode", "2", "--batches", "2",
+                     "--batch-steps", "1", "--threads", "1", "--json"});
+  EXPECT_EQ(j["prefill_tokens"], 4);
+  EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0.0);
+  EXPECT_GT(j["batched_tokens_per_s"]["2"].get<double>(), 0.0);
+}
+
 TEST_F(Cli, UpcycledModelHasTheDenseLoss) {
   ASSERT_EQ(run({"init", "--preset", "tiny-dense", "--out", path("dense"), "--seed", "5"}).code, 0);
   RunResult up = run({"upcycle", "--from", path("dense"), "--out", path("moe"), "--experts", "4", "--top-k", "2",

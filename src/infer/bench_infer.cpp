@@ -38,6 +38,7 @@ void warm_weights(const InferModel& m) {
   }
   static volatile double sink;
   sink = s;
+  (void)sink;
 }
 
 // Expected distinct experts a batch of b tokens touches per layer with top-k of E (uniform routing).
@@ -81,9 +82,11 @@ nlohmann::json bench_infer(const InferModel& m, const InferBenchOptions& o) {
   say(fmt::format("  prefill {} tokens: {:.1f} tokens/s", o.prompt, prefill_tps));
 
   // Batch-1 decode after a short prompt.
+  // (its own 16 tokens: --prompt may be shorter)
+  const auto short_prompt = random_tokens(16, V, 2);
   SeqKV kv;
   kv.init(c, 16 + o.decode, m.kv_bf16);
-  batch_forward(m, {{&kv, prompt.data(), 16}}, logits.data(), s);
+  batch_forward(m, {{&kv, short_prompt.data(), 16}}, logits.data(), s);
   int32_t tok = 1;
   auto t0 = Clock::now();
   double c0 = comm_s();
