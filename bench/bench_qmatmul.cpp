@@ -63,6 +63,7 @@ static uint64_t read_bytes(const void* p, size_t n) {
 }
 
 static volatile uint64_t g_sink;
+static const char* const kPanelNames[] = {"int8", "bf16 panels", "f32 panels"};  // qblock::Panels
 
 // GB/s reading a 1 GiB buffer (median and best call).
 static Timing read_bandwidth() {
@@ -158,19 +159,19 @@ int main(int argc, char** argv) {
           const double start = now();
           while (ta.size() < 5 || (now() - start < 0.8 && ta.size() < 500)) {
             for (int path = 0; path < 2; path++) {
-              qblock::set_bf16_min_rows(path ? 1 << 30 : 0);
+              qblock::set_panel_min_rows(path ? 1 << 30 : 0);
               const double t0 = now();
               qmatmul(y.data(), x.data(), qs[c++ % qs.size()], N);
               (path ? tb : ta).push_back(now() - t0);
             }
           }
-          qblock::set_bf16_min_rows(0);
+          qblock::set_panel_min_rows(0);
           std::sort(ta.begin(), ta.end());
           std::sort(tb.begin(), tb.end());
           const double a = ta[0], b = tb[0];
           std::printf("%-20s %-5s %3d | best us: dispatched %8.0f (%s), int8 kernels %8.0f | GFLOP/s %6.1f vs %6.1f | "
                       "%4.2fx | %5.0f%% of same-bytes read\n",
-                      sh.name, v.name, N, a * 1e6, qblock::bf16_panels(q0, N) ? "bf16 panels" : "int8", b * 1e6,
+                      sh.name, v.name, N, a * 1e6, kPanelNames[int(qblock::panels(q0, N))], b * 1e6,
                       2.0 * N * sh.O * sh.I / a / 1e9, 2.0 * N * sh.O * sh.I / b / 1e9, b / a,
                       100 * gb / a / same_best);
           continue;

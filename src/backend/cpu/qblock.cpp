@@ -103,15 +103,24 @@ thread_local AlignedScratch<int16_t> t_bs;
 thread_local AlignedScratch<float> t_panel_f32;
 thread_local AlignedScratch<uint16_t> t_panel_bf16;
 
-// Fewest activation rows for which decoding to bf16 panels beats the int8 kernels (bench_qmatmul,
-// Sapphire Rapids): 8, or 32 for the types with 512-bit VNNI kernels, which keep up with the panels
-// at 16 rows and lose at 64. SKYMOE_QBLOCK_BF16_MIN_ROWS overrides both (model-level comparisons;
-// a huge value keeps the int8 kernels).
+// Fewest activation rows for which panels beat the int8 kernels (bench_qmatmul). bf16 panels
+// (Sapphire Rapids): 8, or 32 for the types with 512-bit VNNI kernels, which keep up with the
+// panels at 16 rows and lose at 64. f32 panels (AVX2, AMD EPYC Zen 3): f32_min_rows.
+// SKYMOE_QBLOCK_PANEL_MIN_ROWS overrides all (model-level comparisons; a huge value keeps the int8
+// kernels).
 int env_min_rows() {
-  const char* e = std::getenv("SKYMOE_QBLOCK_BF16_MIN_ROWS");
+  const char* e = std::getenv("SKYMOE_QBLOCK_PANEL_MIN_ROWS");
   return e && std::atoi(e) > 0 ? std::atoi(e) : 0;
 }
-int g_bf16_min_rows = env_min_rows();  // 0: the defaults above
+int g_panel_min_rows = env_min_rows();  // 0: the defaults
+
+int f32_min_rows(BlockType t) {
+  switch (t) {
+    case BlockType::Q8_0: case BlockType::Q4_0: case BlockType::Q4_1: case BlockType::Q5_0: case BlockType::Q5_1:
+      return 32;
+    default: return 1 << 30;  // the K types: their int8 kernels keep up with f32 FMAs
+  }
+}
 
 }  // namespace
 
@@ -155,13 +164,23 @@ void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end) {
   current()->rows(w, a, y, o_begin, o_end);
 }
 
-bool bf16_panels(const QWeight& w, int N) {
-  const bool wide = current() == &kTargets[0] &&
-                    (w.block == BlockType::Q4_K || w.block == BlockType::Q6_K || w.block == BlockType::Q8_0);
-  return N >= (g_bf16_min_rows ? g_bf16_min_rows : wide ? 32 : 8) && bf16dot::supported();
+Panels panels(const QWeight& w, int N) {
+  if (bf16dot::supported()) {
+    const bool wide = current() == &kTargets[0] &&
+                      (w.block == BlockType::Q4_K || w.block == BlockType::Q6_K || w.block == BlockType::Q8_0);
+    return N >= (g_panel_min_rows ? g_panel_min_rows : wide ? 32 : 8) ? Panels::BF16 : Panels::None;
+  }
+  if (current() != &kTargets[1]) return Panels::None;
+  return N >= (g_panel_min_rows ? g_panel_min_rows : f32_min_rows(w.block)) ? Panels::F32 : Panels::None;
 }
 
-void set_bf16_min_rows(int n) { g_bf16_min_rows = n > 0 ? n : env_min_rows(); }
+void set_panel_min_rows(int n) { g_panel_min_rows = n > 0 ? n : env_min_rows(); }
+
+void decode_rows(const QWeight& w, int o_begin, int o_end, float* out, size_t ld) {
+  SKY_CHECK(w.dtype == DType::Blocks && supported(w.block), "qblock: weight type {} has no kernel",
+            w.dtype == DType::Blocks ? block_type_name(w.block) : dtype_name(w.dtype));
+  if (o_begin < o_end) current()->decode(w, o_begin, o_end, out, ld);
+}
 
 void rows_bf16(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end) {
   SKY_CHECK(w.dtype == DType::Blocks && supported(w.block), "qblock: weight type {} has no kernel",

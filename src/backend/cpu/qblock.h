@@ -48,17 +48,25 @@ void rows(const QWeight& w, const Acts& a, float* y, int o_begin, int o_end);
 
 bool supported(BlockType t);
 
-// Batched calls (N >= 8, or 32 where 512-bit int8 kernels run) on CPUs with AVX512-BF16 and VBMI (bf16dot::supported()) take
-// another path: weight rows decoded to f32 (scale * code + min), rounded to bf16 in panels that
-// stay in L2, and multiplied with bf16 activations by qmatmul_bf16's vdpbf16ps tiles. The decode
-// cost is paid once per weight for all N rows instead of an int8 product per row and group.
-// Error: bf16 rounding of weights and activations (relative 2^-8 each), f32 sums.
-bool bf16_panels(const QWeight& w, int N);
+// Batched calls may take another path than the int8 kernels: weight rows decoded to f32
+// (scale * code + min) once per call into panels that stay in L2, then multiplied with the f32 or
+// bf16 activations by dense register tiles, so the decode cost is paid once per weight for all N
+// rows instead of an int8 product per row and group.
+//  - BF16 (CPUs with AVX512-BF16 and VBMI, bf16dot::supported()): the panels rounded to bf16 and
+//    qmatmul_bf16's vdpbf16ps tiles; N >= 8, or 32 where 512-bit int8 kernels run. Error: bf16
+//    rounding of weights and activations (relative 2^-8 each), f32 sums.
+//  - F32 (the AVX2 target): qmatmul's f32 FMA tiles, for the types whose int8 kernels are slower
+//    per product than f32 FMAs (the 32-value types and Q6_K; bench_qmatmul). Exact weights and
+//    activations, f32 sums: more exact than the int8 kernels.
+enum class Panels { None, BF16, F32 };
+Panels panels(const QWeight& w, int N);
 // xb: x converted by bf16dot::convert_rows for DType::BF16; y has stride w.O.
 void rows_bf16(const QWeight& w, const uint16_t* xb, float* y, int N, int o_begin, int o_end);
-// Fewest rows that take the bf16 panels (tests, comparisons: a huge value keeps the int8 kernels;
-// 0 restores the default).
-void set_bf16_min_rows(int n);
+// Rows [o_begin, o_end) of w decoded to f32 (I values each, stride ld) by this target's decoder.
+void decode_rows(const QWeight& w, int o_begin, int o_end, float* out, size_t ld);
+// Fewest rows that take panels, of either kind (tests, comparisons: a huge value keeps the int8
+// kernels; 0 restores the defaults).
+void set_panel_min_rows(int n);
 
 // Run-time target: the names compiled in that this CPU runs ("scalar", "avx2", "avx512vnni"), the
 // one in use, and a way for tests to force one (returns false when it cannot run here).

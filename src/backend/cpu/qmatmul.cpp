@@ -15,6 +15,16 @@
 #include "backend/cpu/qblock.h"
 #include "backend/cpu/qmatmul_bf16.h"
 
+#ifndef SKY_QMATMUL_ONCE
+#define SKY_QMATMUL_ONCE
+namespace sky {
+namespace {
+// qblock::Panels::F32: one panel of decoded weight rows per thread.
+thread_local AlignedScratch<float> t_f32_panel;
+}  // namespace
+}  // namespace sky
+#endif
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "backend/cpu/qmatmul.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -170,6 +180,27 @@ void QRows(const QWeight& q, const float* x, float* y, int N, int o_begin, int o
   }
 }
 
+// Block-quantized rows [o_begin, o_end) through f32 panels (qblock::Panels::F32): P rows at a time
+// decoded into a panel that stays in L2 while every group of kNR activation rows passes over it.
+void PanelRows(const QWeight& q, const float* x, float* y, int N, int o_begin, int o_end) {
+  const int I = q.I, P = std::max(kR, int((192 << 10) / (size_t(I) * 4)) / kR * kR);
+  float* panel = t_f32_panel.get(size_t(P) * I);
+  const size_t stride = size_t(I) * 4;
+  static const float ones[4] = {1, 1, 1, 1};
+  for (int p0 = o_begin; p0 < o_end; p0 += P) {
+    const int R = std::min(P, o_end - p0);
+    qblock::decode_rows(q, p0, p0 + R, panel, size_t(I));
+    const auto* w = reinterpret_cast<const uint8_t*>(panel);
+    for (int n0 = 0; n0 < N; n0 += kNR) {
+      const int nr = std::min(kNR, N - n0);
+      float* yn = y + size_t(n0) * q.O + p0;
+      int r = 0;
+      for (; r + kR <= R; r += kR) TileN<WF32, kR>(w + r * stride, stride, I, x + size_t(n0) * I, nr, yn + r, q.O, ones, nullptr);
+      for (; r < R; r++) TileN<WF32, 1>(w + r * stride, stride, I, x + size_t(n0) * I, nr, yn + r, q.O, ones, nullptr);
+    }
+  }
+}
+
 const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
 
 }  // namespace HWY_NAMESPACE
@@ -179,6 +210,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace sky {
 HWY_EXPORT(QRows);
+HWY_EXPORT(PanelRows);
 HWY_EXPORT(TargetName);
 
 static void check(const QWeight& w) {
@@ -209,7 +241,9 @@ struct Prepared {
   int N;
   Prepared(const float* x_, int N_) : x(x_), N(N_) {}
   void add(const QWeight& w) {
-    if (w.dtype == DType::Blocks && !qblock::bf16_panels(w, N)) {
+    const qblock::Panels panels = w.dtype == DType::Blocks ? qblock::panels(w, N) : qblock::Panels::None;
+    if (panels == qblock::Panels::F32) return;  // reads x as it is
+    if (w.dtype == DType::Blocks && panels == qblock::Panels::None) {
       const qblock::ActFormat f = qblock::act_format(w);
       qblock::Acts& a = xq[f == qblock::ActFormat::K256];
       if (!a.q) a = qblock::quantize(x, N, w.I, f);
@@ -223,8 +257,11 @@ struct Prepared {
     xb[k] = p;
   }
   void run(const QWeight& w, float* y, int o0, int o1) const {
-    if (w.dtype == DType::Blocks && qblock::bf16_panels(w, N))
+    const qblock::Panels panels = w.dtype == DType::Blocks ? qblock::panels(w, N) : qblock::Panels::None;
+    if (panels == qblock::Panels::BF16)
       qblock::rows_bf16(w, xb[0], y, N, o0, o1);
+    else if (panels == qblock::Panels::F32)
+      HWY_DYNAMIC_DISPATCH(PanelRows)(w, x, y, N, o0, o1);
     else if (w.dtype == DType::Blocks)
       qblock::rows(w, xq[qblock::act_format(w) == qblock::ActFormat::K256], y, o0, o1);
     else if (qmatmul_uses_bf16_dot(w.dtype))
