@@ -173,7 +173,7 @@ TEST_P(QBlock, PanelsMatchFloat64Reference) {
 
 // Each target's activation quantizer against the definition: d = max|x| / 127 per block, codes
 // round(x / d) (ties to even) in [-127, 127], and the codes' sums (per 32 for B32, per 16 for
-// K256), on rows with huge, tiny, zero and tied values.
+// K256, and d times the sum per 32 in both), on rows with huge, tiny, zero and tied values.
 TEST_P(QBlock, QuantizeMatchesDefinition) {
   std::mt19937 rng(77);
   std::normal_distribution<float> nd(0, 1);
@@ -191,20 +191,24 @@ TEST_P(QBlock, QuantizeMatchesDefinition) {
       for (int i = 0; i < bv; i++) amax = std::max(amax, std::fabs(x[size_t(k) * bv + i]));
       const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
       ASSERT_EQ(a.d[k], d) << "block " << k;
-      int32_t sum = 0;
+      int32_t sum = 0, sum16 = 0;
       for (int i = 0; i < bv; i++) {
         const size_t at = size_t(k) * bv + i;
         const int want = std::clamp(int(std::nearbyint(x[at] * inv)), -127, 127);
         ASSERT_EQ(a.q[at], want) << "value " << at;
         sum += want;
+        sum16 += want;
         if (f == qblock::ActFormat::K256 && i % 16 == 15) {
-          ASSERT_EQ(a.bs[size_t(k) * 16 + i / 16], sum) << "block " << k << " sixteen " << i / 16;
+          ASSERT_EQ(a.bs[size_t(k) * 16 + i / 16], sum16) << "block " << k << " sixteen " << i / 16;
+          sum16 = 0;
+        }
+        if (i % 32 == 31) {  // d times the sum of each 32 codes, in both layouts
+          ASSERT_EQ(a.ds[size_t(k) * (bv / 32) + i / 32], d * float(sum)) << "block " << k << " group " << i / 32;
+          if (f == qblock::ActFormat::B32) {
+            ASSERT_EQ(a.s[k], sum);
+          }
           sum = 0;
         }
-      }
-      if (f == qblock::ActFormat::B32) {
-        ASSERT_EQ(a.s[k], sum);
-        ASSERT_EQ(a.ds[k], d * float(sum));
       }
     }
   }

@@ -147,7 +147,7 @@ Acts quantize(const float* x, int N, int I, ActFormat f) {
   int8_t* q = t_q[k].get(values);
   float* d = t_d[k].get(values / bv);
   int32_t* s = k ? nullptr : t_s.get(values / 32);
-  float* ds = k ? nullptr : t_ds.get(values / 32);
+  float* ds = t_ds.get(values / 32);
   int16_t* bs = k ? t_bs.get(values / 16) : nullptr;
   current()->quantize(x, values, bv, q, d, s, ds, bs);
   a.q = q, a.d = d, a.s = s, a.ds = ds, a.bs = bs;

@@ -31,7 +31,7 @@ struct Acts {
   const int8_t* q = nullptr;    // [N, I]
   const float* d = nullptr;     // [N, I / 32] (B32) or [N, I / 256] (K256)
   const int32_t* s = nullptr;   // B32: [N, I / 32], sum of each block's codes
-  const float* ds = nullptr;    // B32: [N, I / 32], d * s (the min terms' factor)
+  const float* ds = nullptr;    // [N, I / 32], d * (sum of each 32 codes) (the min terms' factor)
   const int16_t* bs = nullptr;  // K256: [N, I / 16], sum of each 16 codes
   int N = 0, I = 0;
   // Values per scale: 32 or 256.
