@@ -291,8 +291,8 @@ class CpuBackend final : public TypedOps<MoeOps> {
         const float* x = xg + size_t(r0) * H;
         float* a = h1 + size_t(r0) * I;
         float* b = h3 + size_t(r0) * I;
-        qmatmul_rows(a, x, *w1[e], n, o0, o1);
-        qmatmul_rows(b, x, *w3[e], n, o0, o1);
+        const QProduct gate_up[] = {{a, w1[e]}, {b, w3[e]}};
+        qmatmul_rows_multi(x, n, gate_up, 2, o0, o1);
         for (int r = 0; r < n; r++)
           silu_mul(a + size_t(r) * I + o0, a + size_t(r) * I + o0, b + size_t(r) * I + o0, o1 - o0);
       });

@@ -193,10 +193,11 @@ void PanelRows(const QWeight& q, const float* x, float* y, int N, int o_begin, i
     const auto* w = reinterpret_cast<const uint8_t*>(panel);
     for (int n0 = 0; n0 < N; n0 += kNR) {
       const int nr = std::min(kNR, N - n0);
+      const float* xn = x + size_t(n0) * I;
       float* yn = y + size_t(n0) * q.O + p0;
       int r = 0;
-      for (; r + kR <= R; r += kR) TileN<WF32, kR>(w + r * stride, stride, I, x + size_t(n0) * I, nr, yn + r, q.O, ones, nullptr);
-      for (; r < R; r++) TileN<WF32, 1>(w + r * stride, stride, I, x + size_t(n0) * I, nr, yn + r, q.O, ones, nullptr);
+      for (; r + kR <= R; r += kR) TileN<WF32, kR>(w + r * stride, stride, I, xn, nr, yn + r, q.O, ones, nullptr);
+      for (; r < R; r++) TileN<WF32, 1>(w + r * stride, stride, I, xn, nr, yn + r, q.O, ones, nullptr);
     }
   }
 }
@@ -272,12 +273,17 @@ struct Prepared {
 };
 }  // namespace
 
-void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin, int o_end) {
-  check(w);
+void qmatmul_rows_multi(const float* x, int N, const QProduct* ps, int count, int o_begin, int o_end) {
+  for (int j = 0; j < count; j++) check(*ps[j].w);
   if (N <= 0 || o_begin >= o_end) return;
   Prepared p(x, N);
-  p.add(w);
-  p.run(w, y, o_begin, o_end);
+  for (int j = 0; j < count; j++) p.add(*ps[j].w);
+  for (int j = 0; j < count; j++) p.run(*ps[j].w, ps[j].y, o_begin, o_end);
+}
+
+void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin, int o_end) {
+  const QProduct p{y, &w};
+  qmatmul_rows_multi(x, N, &p, 1, o_begin, o_end);
 }
 
 void qmatmul_multi(const float* x, int N, const QProduct* ps, int count) {

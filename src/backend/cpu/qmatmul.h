@@ -27,6 +27,9 @@ void qmatmul_multi(const float* x, int N, const QProduct* products, int count);
 // The same over a sub-range of output rows [o_begin, o_end) on the calling thread only (for use
 // inside a parallel region, e.g. grouped expert GEMMs). y keeps stride O.
 void qmatmul_rows(float* y, const float* x, const QWeight& w, int N, int o_begin, int o_end);
+// Several products of the same x over the same output rows (an expert's gate and up projections):
+// x is converted (quantized, rounded to bf16) once for all of them.
+void qmatmul_rows_multi(const float* x, int N, const QProduct* products, int count, int o_begin, int o_end);
 
 // BF16 and FP8 weights go through bf16 dot products (vdpbf16ps) where the CPU has AVX512-BF16 and
 // AVX512-VBMI: activations are rounded to bf16 (nearest even, relative error <= 2^-9 each) before
