@@ -286,7 +286,7 @@ def tokenizer_fixture(name, pre):
 
 # Where each type keeps its f16 scales (byte offsets in the block).
 SCALES = {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2],
-          Q.Q6_K: [208]}
+          Q.Q6_K: [208], Q.Q2_K: [80, 82], Q.Q3_K: [108]}
 EXTREME = [0.0, -0.0, 1.0, -1.0, 65504.0, -65504.0, 2.0 ** -24, -(2.0 ** -24), 2.0 ** -14, 6.1e-5, 1e-3, 0.5, 3.0e4]
 
 

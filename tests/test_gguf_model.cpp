@@ -283,6 +283,22 @@ float spec_value(BlockType t, const uint8_t* b, int i) {
       const int8_t sc = int8_t(b[192 + half * 8 + quarter * 2 + l / 16]);
       return h2f(b + 208) * float(sc) * float(q);
     }
+    case BlockType::Q2_K:
+    case BlockType::Q3_K: {
+      // Value i: half i / 128; within it, 2-bit plane p = (i % 128) / 32 of the half's 32 bytes of
+      // qs, byte l = i % 32; group i / 16.
+      const int half = i / 128, plane = (i % 128) / 32, l = i % 32, g = i / 16;
+      const uint8_t* qs = b + (t == BlockType::Q2_K ? 16 : 32) + half * 32;
+      const int low = (qs[l] >> (2 * plane)) & 3;
+      if (t == BlockType::Q2_K)
+        return h2f(b + 80) * float(b[g] & 0xF) * float(low) - h2f(b + 82) * float(b[g] >> 4);
+      // Q3_K: the third bit is bit 4 * half + plane of hmask[l]; set means no -4.
+      const int q = low - (((b[l] >> (4 * half + plane)) & 1) ? 0 : 4);
+      // 6-bit scale g: its low 4 bits in nibble g / 8 of byte 96 + g % 8, its top 2 bits in bits
+      // 2 (g / 4).. of byte 104 + g % 4.
+      const int sc = ((b[96 + g % 8] >> (4 * (g / 8))) & 0xF) | (((b[104 + g % 4] >> (2 * (g / 4))) & 3) << 4);
+      return h2f(b + 108) * float(sc - 32) * float(q);
+    }
     default: return NAN;
   }
 }
@@ -291,7 +307,7 @@ TEST(BlockQuant, DequantizationIsBitExact) {
   const gguf::File f = gguf::File::open(kG + "blocks.gguf");
   int checked = 0;
   for (BlockType t : {BlockType::Q4_0, BlockType::Q4_1, BlockType::Q5_0, BlockType::Q5_1, BlockType::Q8_0,
-                      BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K}) {
+                      BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K, BlockType::Q2_K, BlockType::Q3_K}) {
     const std::string name = block_type_name(t);
     std::string lower = name;
     for (auto& c : lower) c = char(std::tolower(c));
@@ -313,8 +329,8 @@ TEST(BlockQuant, DequantizationIsBitExact) {
       checked++;
     }
   }
-  EXPECT_GT(checked, 8 * 1000);
-  EXPECT_THROW(block_dequantize(BlockType::Q2_K, nullptr, nullptr, 256), Error);
+  EXPECT_GT(checked, 10 * 1000);
+  EXPECT_THROW(block_dequantize(BlockType::IQ2_XXS, nullptr, nullptr, 256), Error);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,14 +26,16 @@ using namespace sky;
 
 namespace {
 
-const BlockType kTypes[] = {BlockType::Q8_0, BlockType::Q4_0, BlockType::Q4_1, BlockType::Q5_0,
-                            BlockType::Q5_1, BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K};
+const BlockType kTypes[] = {BlockType::Q8_0, BlockType::Q4_0, BlockType::Q4_1, BlockType::Q5_0, BlockType::Q5_1,
+                            BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K, BlockType::Q2_K, BlockType::Q3_K};
 
 // Byte offsets of each type's f16 scales in its block.
 std::vector<int> scale_offsets(BlockType t) {
   switch (t) {
     case BlockType::Q4_1: case BlockType::Q5_1: case BlockType::Q4_K: case BlockType::Q5_K: return {0, 2};
     case BlockType::Q6_K: return {208};
+    case BlockType::Q2_K: return {80, 82};
+    case BlockType::Q3_K: return {108};
     default: return {0};
   }
 }

@@ -20,8 +20,8 @@ struct Entry {
 constexpr Entry kTypes[] = {
     {0, {"f32", 1, 4, true}},          {1, {"f16", 1, 2, true}},         {2, {"q4_0", 32, 18, true}},
     {3, {"q4_1", 32, 20, true}},       {6, {"q5_0", 32, 22, true}},      {7, {"q5_1", 32, 24, true}},
-    {8, {"q8_0", 32, 34, true}},       {9, {"q8_1", 32, 36, false}},     {10, {"q2_K", 256, 84, false}},
-    {11, {"q3_K", 256, 110, false}},   {12, {"q4_K", 256, 144, true}},   {13, {"q5_K", 256, 176, true}},
+    {8, {"q8_0", 32, 34, true}},       {9, {"q8_1", 32, 36, false}},     {10, {"q2_K", 256, 84, true}},
+    {11, {"q3_K", 256, 110, true}},   {12, {"q4_K", 256, 144, true}},   {13, {"q5_K", 256, 176, true}},
     {14, {"q6_K", 256, 210, true}},    {15, {"q8_K", 256, 292, false}},  {16, {"iq2_xxs", 256, 66, false}},
     {17, {"iq2_xs", 256, 74, false}},  {18, {"iq3_xxs", 256, 98, false}}, {19, {"iq1_s", 256, 50, false}},
     {20, {"iq4_nl", 32, 18, false}},   {21, {"iq3_s", 256, 110, false}}, {22, {"iq2_s", 256, 82, false}},
@@ -147,6 +147,41 @@ void deq_q6_k(const uint8_t* b, float* y) {
     qh += 32;
     sc += 8;
   }
+}
+
+// Q2_K and Q3_K: 16 groups of 16. Both walk each half of 128 values as four 2-bit planes of its 32
+// bytes of qs (shift 0, 2, 4, 6), each plane two groups (bytes 0-15, 16-31).
+void deq_q2_k(const uint8_t* b, float* y) {
+  const uint8_t* sc = b;  // low nibble: scale, high nibble: min
+  const uint8_t* q = b + 16;
+  const float d = h2f(b + 80), dmin = h2f(b + 82);
+  for (int n = 0, is = 0; n < 256; n += 128, q += 32)
+    for (int shift = 0; shift < 8; shift += 2)
+      for (int half = 0; half < 2; half++, is++) {
+        const float dl = d * float(sc[is] & 0xF), ml = dmin * float(sc[is] >> 4);
+        for (int l = 0; l < 16; l++) *y++ = dl * float((q[16 * half + l] >> shift) & 3) - ml;
+      }
+}
+// The 16 6-bit scales of a Q3_K block (12 bytes at p), before their -32: low nibbles of bytes
+// 0-7 (groups 0-7) and high nibbles (8-15), the top two bits of group g in bits 2(g/4)..+1 of byte
+// 8 + g % 4.
+void q3_k_scales(const uint8_t* p, int scales[16]) {
+  for (int g = 0; g < 16; g++) scales[g] = ((p[g % 8] >> (4 * (g / 8))) & 0xF) | (((p[8 + g % 4] >> (2 * (g / 4))) & 3) << 4);
+}
+void deq_q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hm = b;
+  const uint8_t* q = b + 32;
+  int scales[16];
+  q3_k_scales(b + 96, scales);
+  const float d = h2f(b + 108);
+  uint8_t m = 1;
+  for (int n = 0, is = 0; n < 256; n += 128, q += 32)
+    for (int shift = 0; shift < 8; shift += 2, m = uint8_t(m << 1))
+      for (int half = 0; half < 2; half++, is++) {
+        const float dl = d * float(scales[is] - 32);
+        for (int l = 16 * half; l < 16 * half + 16; l++)
+          *y++ = dl * float(((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+      }
 }
 
 // ---- Encoding ----
@@ -416,6 +451,8 @@ void block_dequantize(BlockType t, const void* src, float* dst, int64_t n) {
     case BlockType::Q4_K: f = deq_q4_k; break;
     case BlockType::Q5_K: f = deq_q5_k; break;
     case BlockType::Q6_K: f = deq_q6_k; break;
+    case BlockType::Q2_K: f = deq_q2_k; break;
+    case BlockType::Q3_K: f = deq_q3_k; break;
     default: fail("cannot decode tensor type {}", tr->name);
   }
   for (int64_t i = 0; i < nb; i++) f(s + i * bb, dst + i * bv);

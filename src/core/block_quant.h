@@ -16,6 +16,10 @@
 //         scale sc and min mn: x = (d sc) q - (dmin mn)
 //   Q5_K  {d; dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} as Q4_K with a fifth bit from qh
 //   Q6_K  {u8 ql[128]; u8 qh[64]; i8 scales[16]; d}        16 groups of 16: x = (d sc) (q - 32)
+//   Q2_K  {u8 scales[16]; u8 qs[64]; d; dmin}               16 groups of 16, 2-bit q, a 4-bit scale
+//         and min per group: x = (d sc) q - (dmin mn)
+//   Q3_K  {u8 hmask[32]; u8 qs[64]; u8 scales[12]; d}      16 groups of 16, 3-bit q (2 bits from qs,
+//         the third from hmask), 6-bit scales: x = (d (sc - 32)) (q - 4)
 #include <cstddef>
 #include <cstdint>
 

@@ -127,7 +127,8 @@ int f32_min_rows(BlockType t) {
 bool supported(BlockType t) {
   switch (t) {
     case BlockType::Q8_0: case BlockType::Q4_0: case BlockType::Q4_1: case BlockType::Q5_0: case BlockType::Q5_1:
-    case BlockType::Q4_K: case BlockType::Q5_K: case BlockType::Q6_K: return true;
+    case BlockType::Q4_K: case BlockType::Q5_K: case BlockType::Q6_K: case BlockType::Q2_K: case BlockType::Q3_K:
+      return true;
     default: return false;
   }
 }

@@ -1,6 +1,6 @@
 #pragma once
 // Linear layers over ggml's block-quantized weights (QWeight with dtype Blocks: Q8_0, Q4_0, Q4_1,
-// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), read as stored, with integer dot products: each activation row is
+// Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), read as stored, with integer dot products: each activation row is
 // quantized to int8 in blocks (Acts below: of 32, or of 256 for the K types on AVX2), each block of
 // weights is unpacked to 8-bit codes in registers, and the products are summed exactly in int32
 // (AVX2 vpmaddubsw + vpmaddwd, AVX512-VNNI vpdpbusd) before one f32 multiply by the two scales.
