@@ -10,6 +10,14 @@
 
 namespace sky {
 
+QWeight f32_view(const float* w, int O, int I) {
+  QWeight q;
+  q.O = O;
+  q.I = I;
+  q.data = w;
+  return q;
+}
+
 QWeight block_weight(BlockType type, const void* data, std::shared_ptr<void> owner, int O, int I) {
   const BlockTraits* t = block_traits(uint32_t(type));
   SKY_CHECK(t && t->decodable && block_is_quantized(type), "block_weight: type {} is not a block type skymoe runs",

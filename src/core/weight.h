@@ -27,6 +27,8 @@ struct QWeight {
 // Makes a QWeight from f32 values, converting to `dtype`. For F8_E4M3, `per_row` chooses one scale
 // per output row (else one per tensor); scales map each row's (or the tensor's) max |w| to 448.
 QWeight quantize_weight(const float* w, int O, int I, DType dtype, bool per_row);
+// A view of f32 rows [O, I] that the caller keeps alive (training's master weights, the router).
+QWeight f32_view(const float* w, int O, int I);
 // A view of block-quantized rows [O, I] (I a multiple of the type's block) kept alive by `owner`.
 QWeight block_weight(BlockType type, const void* data, std::shared_ptr<void> owner, int O, int I);
 // Row o of any weight decoded to f32 (I values, times the row's scale).

@@ -18,14 +18,6 @@ namespace sky {
 
 namespace fs = std::filesystem;
 
-static QWeight f32_view(const float* w, int O, int I) {
-  QWeight q;
-  q.O = O;
-  q.I = I;
-  q.data = w;
-  return q;
-}
-
 void Model::bind() {
   w = param_view<float>(layout, shard.layer_begin, shard.num_layers(), params.data());
   rope = RopeTable(cfg.rope_dim(), cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, cfg.rope_interleave);

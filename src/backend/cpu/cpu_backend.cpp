@@ -236,13 +236,8 @@ class CpuBackend final : public TypedOps<MoeOps> {
     // A few rows (the router while decoding) stream the weights through f32 dot products: the GEMM
     // would first pack all of w, ~3% of a decoded token's time. Not under bf16 training precision,
     // whose inexact products the GEMM defines.
-    if (N < kGemmRows && (exact || sky::matmul_precision() != MatmulPrecision::BF16)) {
-      QWeight v;
-      v.O = O;
-      v.I = I;
-      v.data = w;
-      return qmatmul(y, x, v, N);
-    }
+    if (N < kGemmRows && (exact || sky::matmul_precision() != MatmulPrecision::BF16))
+      return qmatmul(y, x, f32_view(w, O, I), N);
     matmul_forward(y, x, w, N, I, O, exact);
   }
   void matmul(double* y, const double* x, const double* w, int N, int I, int O, bool exact) override {
