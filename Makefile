@@ -51,7 +51,7 @@ build-fuzz:
 	  -DSKYMOE_FUZZ=ON >/dev/null
 	cmake --build $(SAN_BUILD) --target fuzz_targets -j $(JOBS)
 
-# Each fuzz target for a few seconds (SKYMOE_FUZZ_SECONDS, default 10) from its seed corpus, and
+# Each fuzz target for a few seconds (SKYMOE_FUZZ_SECONDS, default 6) from its seed corpus, and
 # the parsers' unit tests under the sanitizers.
 fuzz: setup build-fuzz
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L fuzz
